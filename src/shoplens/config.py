@@ -1,0 +1,190 @@
+"""Configuration in layers: defaults < file < flags.
+
+Every setting is a dataclass field with a default. A JSON or TOML file
+overrides some of them; command-line flags or keyword arguments override the
+file. ``None`` never overrides anything, so "not given" stays "not given".
+The resolved configuration is saved next to the index it built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+from .errors import ConfigError
+
+INTENTS = ("apparel", "other_product", "non_product")
+DOMAINS = ("apparel", "other_product")
+
+
+@dataclass
+class IntentConfig:
+    """Step 1: the intent gate."""
+
+    enabled: bool = True
+    #: Classifier name: "imagenet-map" (pretrained default, no training) or
+    #: "trained" (the one ``shoplens train-intent`` saved in the store).
+    classifier: str = "auto"
+    backbone: str = "efficientnet_lite0"
+
+
+@dataclass
+class DetectConfig:
+    """Step 2 for apparel: find every garment."""
+
+    enabled: bool = True
+    detector: str = "default"
+    min_score: float = 0.3
+    max_garments: int = 8
+    #: Also search the whole photo as one more region.
+    whole_image: bool = False
+
+
+@dataclass
+class DomainModelConfig:
+    """A recognition model: a backbone and the input size it is fed at."""
+
+    backbone: str = "efficientnet_lite0"
+    input_size: int = 224
+
+
+@dataclass
+class EmbedConfig:
+    """Step 2: one recognition model per domain."""
+
+    apparel: DomainModelConfig = field(default_factory=DomainModelConfig)
+    other_product: DomainModelConfig = field(default_factory=DomainModelConfig)
+
+
+@dataclass
+class SearchConfig:
+    """Steps 3-6: similar set, rank filter, entropy filter, ordering."""
+
+    #: Cap of the similar set (neighbours fetched from the index, step 3).
+    similar_k: int = 50
+    #: Neighbours farther than this are not similar (step 3); 0 … 2.
+    max_distance: float = 2.0
+    rank_filter: bool = True
+    min_rank: float = 1.08
+    entropy_filter: bool = True
+    max_entropy_bits: float = 3.0
+    category_order: bool = True
+    #: Cap of each returned result list.
+    top_k: int = 10
+
+
+@dataclass
+class StoreConfig:
+    """The vector store engine and its index."""
+
+    engine: str = "faiss"
+    #: "auto" (exact while small, approximate when large), "flat", "hnsw", "ivfpq".
+    index: str = "auto"
+
+
+@dataclass
+class Config:
+    intent: IntentConfig = field(default_factory=IntentConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def merged(self, overrides: Mapping[str, Any] | None) -> "Config":
+        """A copy with ``overrides`` (nested mapping) applied; ``None`` values are skipped."""
+        return _merge(self, overrides or {}, "")
+
+    def with_flags(self, **flags: Any) -> "Config":
+        """Apply dotted flags: ``with_flags(**{"search.min_rank": 1.2})``."""
+        nested: dict[str, Any] = {}
+        for key, value in flags.items():
+            if value is None:
+                continue
+            node = nested
+            parts = key.split(".")
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = value
+        return self.merged(nested)
+
+
+T = TypeVar("T")
+
+
+def _merge(obj: T, overrides: Mapping[str, Any], where: str) -> T:
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"{where or 'configuration'}: expected a table, got {overrides!r}")
+    known = {f.name: f for f in fields(obj)}  # type: ignore[arg-type]
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        path = f"{where}.{key}" if where else key
+        if key not in known:
+            raise ConfigError(f"unknown configuration option {path!r}; known: {', '.join(sorted(known))}")
+        if value is None:
+            continue
+        current = getattr(obj, key)
+        if is_dataclass(current):
+            changes[key] = _merge(current, value, path)
+        else:
+            changes[key] = _coerce(current, value, path)
+    return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
+
+
+def _coerce(current: Any, value: Any, path: str) -> Any:
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    if isinstance(current, int) and not isinstance(current, bool):
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}") from None
+    if isinstance(current, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: expected a number, got {value!r}") from None
+    if isinstance(current, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON or TOML configuration file into a nested mapping."""
+    p = Path(path)
+    try:
+        text = p.read_text("utf-8")
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot read configuration: {err.strerror or err}") from None
+    try:
+        if p.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            data = tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{p}: invalid configuration file: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the configuration must be a table of options")
+    return data
+
+
+def resolve_config(file: str | Path | None = None, base: Config | None = None, **flags: Any) -> Config:
+    """Defaults (or ``base``) < ``file`` < ``flags`` (dotted names)."""
+    config = base or Config()
+    if file is not None:
+        config = config.merged(load_config_file(file))
+    return config.with_flags(**flags)

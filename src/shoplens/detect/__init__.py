@@ -1,0 +1,44 @@
+"""Step 2 for apparel photos: find every garment.
+
+``create_detector(name)`` builds a registered detector; ``list_detectors()``
+lists them. Boxes are in pixels of the photo as given (after EXIF).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ..models import Encoding
+from ..registry import Registry
+from .base import GARMENT_LABELS, Detector, Garment
+
+_REGISTRY: Registry[Detector] = Registry("garment detector")
+
+
+class NoDetector(Detector):
+    """Finds nothing: every apparel photo is searched whole."""
+
+    name = "none"
+
+    def detect(self, encodings: Sequence[Encoding]) -> list[list[Garment]]:
+        return [[] for _ in encodings]
+
+
+@_REGISTRY.register("none", "no detection: search the whole photo")
+def _none(**_: Any) -> Detector:
+    return NoDetector()
+
+
+def create_detector(name: str, **kwargs: Any) -> Detector:
+    return _REGISTRY.create(name, **kwargs)
+
+
+def list_detectors(pattern: str = "*") -> list[str]:
+    return _REGISTRY.names(pattern)
+
+
+def register_detector(name: str, description: str = "") -> Any:
+    return _REGISTRY.register(name, description)
+
+
+__all__ = ["GARMENT_LABELS", "Detector", "Garment", "NoDetector", "create_detector", "list_detectors", "register_detector"]

@@ -1,0 +1,43 @@
+"""Step 1: the intent gate — apparel, other_product or non_product.
+
+An :class:`IntentClassifier` reads backbone encodings (the same forward pass
+the other-goods embedding uses) and returns probabilities over
+:data:`~shoplens.config.INTENTS`. ``create_intent_classifier(name)`` builds one
+by name; ``list_intent_classifiers()`` lists them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..registry import Registry
+from .base import IntentClassifier
+from .imagenet_map import ImageNetIntent
+
+_REGISTRY: Registry[IntentClassifier] = Registry("intent classifier")
+
+
+@_REGISTRY.register("imagenet-map", "ImageNet-1k class probabilities mapped to intents (no training)")
+def _imagenet_map(*, backbone: str = "efficientnet_lite0", **_: Any) -> IntentClassifier:
+    return ImageNetIntent(backbone=backbone)
+
+
+def create_intent_classifier(name: str, **kwargs: Any) -> IntentClassifier:
+    return _REGISTRY.create(name, **kwargs)
+
+
+def list_intent_classifiers(pattern: str = "*") -> list[str]:
+    return _REGISTRY.names(pattern)
+
+
+def register_intent_classifier(name: str, description: str = "") -> Any:
+    return _REGISTRY.register(name, description)
+
+
+__all__ = [
+    "ImageNetIntent",
+    "IntentClassifier",
+    "create_intent_classifier",
+    "list_intent_classifiers",
+    "register_intent_classifier",
+]
