@@ -32,7 +32,8 @@ def _build_lite(entry: ModelEntry, name: str) -> Backbone:
     return TorchConvBackbone(name, build_efficientnet_lite(name), entry.preprocess, has_imagenet_head=True)
 
 
-for _variant, _size, _extra in (("lite0", 224, None), ("lite1", 240, "lite1"), ("lite2", 260, "lite2")):
+# Native sizes are 224 / 240 / 260; inputs live on a 32-pixel grid (see preprocess.target_shape).
+for _variant, _size, _extra in (("lite0", 224, None), ("lite1", 256, "lite1"), ("lite2", 256, None)):
     register_model(
         ModelEntry(
             name=f"efficientnet_{_variant}",
