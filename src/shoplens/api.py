@@ -57,6 +57,8 @@ def _each(pipeline: Pipeline, images: Sequence[ImageSource], fn: Callable[[Photo
 
 
 def classify_photos(pipeline: Pipeline, images: Sequence[ImageSource]) -> list[IntentResult | ErrorResult]:
+    _ = pipeline.intent_classifier  # a bad configuration fails before any image is read
+
     def one(photo: Photo, _ms: float) -> IntentResult:
         probs = pipeline.classify(EncodingCache(pipeline, [photo]))[0]
         return IntentResult(
@@ -69,6 +71,8 @@ def classify_photos(pipeline: Pipeline, images: Sequence[ImageSource]) -> list[I
 
 
 def detect_photos(pipeline: Pipeline, images: Sequence[ImageSource]) -> list[DetectResult | ErrorResult]:
+    _ = pipeline.detector  # a bad configuration fails before any image is read
+
     def one(photo: Photo, _ms: float) -> DetectResult:
         garments = pipeline.detect(EncodingCache(pipeline, [photo]))[0]
         return DetectResult(image=photo.name, garments=[GarmentResult(**g.to_dict()) for g in garments])  # type: ignore[arg-type]
@@ -166,6 +170,7 @@ class Shoplens:
         allowed: Callable[[str], np.ndarray | None] | None = None,
     ) -> list[SearchResult | ErrorResult]:
         """SPEC steps 1–6 for each image; unreadable images give an ErrorResult."""
+        _ = self.pipeline.intent_classifier, self.pipeline.detector  # fail on bad configuration first
         return _each(
             self.pipeline,
             images,
