@@ -145,21 +145,21 @@ class Shoplens:
 
     def delete_products(self, product_ids: Sequence[str]) -> int:
         """Delete products and their images; returns how many existed."""
-        existing = [p for p in product_ids if self.store.db.get_product(p) is not None]
+        existing = [p for p in product_ids if self.store.get_product(p) is not None]
         self.store.write(WriteBatch(delete_products=existing))
         return len(existing)
 
     def get_product(self, product_id: str) -> ProductRecord:
-        record = self.store.db.get_product(product_id)
+        record = self.store.get_product(product_id)
         if record is None:
             raise NotFoundError(f"no product {product_id!r}")
         return record
 
     def list_products(self, offset: int = 0, limit: int = 100) -> list[ProductRecord]:
-        return self.store.db.list_products(offset, limit)
+        return self.store.list_products(offset, limit)
 
     def count_products(self) -> int:
-        return self.store.db.count_products()
+        return self.store.count_products()
 
     # -- queries ------------------------------------------------------------
     def search(

@@ -37,7 +37,7 @@ class DetectConfig:
     """Step 2 for apparel: find every garment."""
 
     enabled: bool = True
-    detector: str = "default"
+    detector: str = "none"
     min_score: float = 0.3
     max_garments: int = 8
     #: Also search the whole photo as one more region.

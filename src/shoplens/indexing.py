@@ -30,7 +30,7 @@ from .imaging import Photo, load_image
 from .intent.imagenet_map import intent_of_class
 from .models import imagenet_class_names
 from .pipeline import EncodingCache, Pipeline
-from .store import EmbeddedStore, ImageRecord, ProductRecord, WriteBatch
+from .store import CatalogueStore, ImageRecord, ProductRecord, WriteBatch
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def _chunks(products: "OrderedDict[str, list[CatalogueRow]]", size: int) -> Iter
 class Indexer:
     """Runs the indexing pipeline of one catalogue into one store."""
 
-    def __init__(self, pipeline: Pipeline, store: EmbeddedStore, *, chunk_size: int = 64, workers: int = 2) -> None:
+    def __init__(self, pipeline: Pipeline, store: CatalogueStore, *, chunk_size: int = 64, workers: int = 2) -> None:
         self.pipeline = pipeline
         self.store = store
         self.chunk_size = chunk_size
@@ -136,7 +136,7 @@ class Indexer:
     # -- read + decode ------------------------------------------------------
     def _prepare(self, chunk: Sequence[tuple[str, list[CatalogueRow]]], report: IndexReport, pool: ThreadPoolExecutor) -> list[_Product]:
         t0 = time.perf_counter()
-        db = self.store.db
+        db = self.store
         plan: list[_Product] = []
         for pid, rows in chunk:
             item = _Product(pid, rows, db.get_product(pid))

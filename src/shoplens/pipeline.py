@@ -26,6 +26,7 @@ from .imaging import Photo, crop
 from .intent import IntentClassifier, create_intent_classifier, list_intent_classifiers
 from .models import Backbone, Encoding, create_model
 from .rerank import Hit, postprocess
+from .store.base import CatalogueStore
 from .results import ProductHit, RegionResult, SearchResult
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ class Pipeline:
     def search(
         self,
         photo: Photo,
-        store: Any,
+        store: CatalogueStore,
         *,
         top_k: int | None = None,
         allowed: Callable[[str], np.ndarray | None] | None = None,
@@ -264,8 +265,8 @@ class Pipeline:
                 self._notify("search")
                 dists, ids = store.search(domain, np.stack([v for _, v in q.regions]), fetch, ids_allowed)
             with timer.step("rerank"):
-                products = store.db.image_products(ids[ids >= 0].tolist()) if ids.size else {}
-                records = store.products(set(products.values()))
+                products = store.image_products(ids[ids >= 0].tolist()) if ids.size else {}
+                records = store.get_products(list(set(products.values())))
                 totals: dict[str, dict[str, int]] = {}
                 for r, (garment, _) in enumerate(q.regions):
                     hits = []

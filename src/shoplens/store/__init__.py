@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from ..config import DOMAINS
 from ..errors import StoreError
+from .base import CatalogueStore, Projector, WriteBatch
 from .metadata import Change, ImageRecord, MetadataDB, ProductRecord
 from .vectors import FaissIndex, VectorIndex
 
@@ -33,28 +33,7 @@ log = logging.getLogger(__name__)
 DB_NAME = "shoplens.sqlite"
 
 
-class Projector(Protocol):
-    """Raw descriptors -> indexed vectors, per domain (the embed heads)."""
-
-    def project(self, domain: str, raw: np.ndarray) -> np.ndarray: ...
-
-    def version(self, domain: str) -> str: ...
-
-
-@dataclass
-class WriteBatch:
-    """One atomic change: products to upsert, images to add and to remove."""
-
-    products: list[ProductRecord] = field(default_factory=list)
-    add_images: list[ImageRecord] = field(default_factory=list)
-    remove_images: list[tuple[int, str]] = field(default_factory=list)  # (image_id, domain)
-    delete_products: list[str] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.products or self.add_images or self.remove_images or self.delete_products)
-
-
-class EmbeddedStore:
+class EmbeddedStore(CatalogueStore):
     """SQLite + FAISS in one folder; safe for one writer process at a time."""
 
     def __init__(self, root: str | Path, projector: Projector, *, create: bool = True) -> None:
@@ -225,8 +204,36 @@ class EmbeddedStore:
             return np.zeros((n, 0), dtype=np.float32), np.zeros((n, 0), dtype=np.int64)
         return index.search(vectors, k, allowed)
 
-    def products(self, product_ids: Iterable[str]) -> dict[str, ProductRecord]:
-        return self.db.get_products(list(product_ids))
+    # -- products and images (the metadata database answers) ----------------
+    def get_product(self, product_id: str) -> ProductRecord | None:
+        return self.db.get_product(product_id)
+
+    def get_products(self, product_ids: Sequence[str]) -> dict[str, ProductRecord]:
+        return self.db.get_products(product_ids)
+
+    def list_products(self, offset: int = 0, limit: int = 100) -> list[ProductRecord]:
+        return self.db.list_products(offset, limit)
+
+    def count_products(self) -> int:
+        return self.db.count_products()
+
+    def find_image(self, product_id: str, source: str) -> tuple[int, str, str, str] | None:
+        return self.db.find_image(product_id, source)
+
+    def product_images(self, product_id: str) -> list[tuple[int, str, str]]:
+        return self.db.product_images(product_id)
+
+    def image_products(self, image_ids: Sequence[int]) -> dict[int, str]:
+        return self.db.image_products(image_ids)
+
+    def image_source(self, image_id: int) -> str | None:
+        return self.db.image_source(image_id)
+
+    def count_images(self, domain: str | None = None) -> int:
+        return self.db.count_images(domain)
+
+    def iter_raw(self, domain: str | None = None, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return self.db.iter_raw(domain, batch)
 
 
-__all__ = ["EmbeddedStore", "ImageRecord", "MetadataDB", "ProductRecord", "Projector", "WriteBatch", "FaissIndex", "VectorIndex"]
+__all__ = ["CatalogueStore", "EmbeddedStore", "FaissIndex", "ImageRecord", "MetadataDB", "ProductRecord", "Projector", "VectorIndex", "WriteBatch"]
