@@ -230,6 +230,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval.metrics import read_queries
+    from .eval.report import write_html
+    from .eval.runner import run_eval
+
+    only = dict(item.split("=", 1) for item in args.only) if args.only else None
+    if args.only and any("=" not in item for item in args.only):
+        raise ShoplensError("--only expects COLUMN=VALUE")
+    queries = read_queries(args.queries, only)
+    with Shoplens(args.store, create=bool(args.catalogue), config_file=args.config, **_flags(args)) as lens:
+        if args.catalogue:
+            lens.index(args.catalogue, progress=sys.stderr.isatty())
+        report, outcomes = run_eval(lens, queries, ks=args.k, progress=sys.stderr.isatty())
+    if args.report:
+        write_html(args.report, report, outcomes, title=f"shoplens eval: {Path(args.queries).name}")
+    if args.json:
+        sys.stdout.write(json.dumps(report.to_dict()) + "\n")
+    else:
+        d = report.to_dict()
+        recall = ", ".join(f"R@{k} {v:.3f}" for k, v in d["recall_at"].items())
+        sys.stdout.write(f"{d['queries']} queries ({d['failed']} unreadable): {recall or 'no product labels'}; mAP {d['map']}\n")
+        sys.stdout.write(f"returned set: {d['returned']}\n")
+        if d["intent_accuracy"] is not None:
+            sys.stdout.write(f"intent accuracy {d['intent_accuracy']:.3f}, confusion (rows true, cols predicted) {d['intent_confusion']}\n")
+        sys.stdout.write("time per step (ms, mean/p50/p95): " + ", ".join(f"{k} {v['mean']}/{v['p50']}/{v['p95']}" for k, v in d["timings_ms"].items()) + "\n")
+        if args.report:
+            sys.stdout.write(f"report: {args.report}\n")
+    return EXIT_OK
+
+
 # -- parser -------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -304,6 +334,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     _add_search_options(p)
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("eval", help="measure search quality on labelled query photos (Recall@K, mAP, returned-set precision, intent, time)", description=(
+        "QUERIES is a CSV with an 'image' column (relative to the CSV) and labels: product_id, category and/or intent. "
+        "Every query is searched as configured; the report gives Recall@K, mAP, precision and recall of the returned set, "
+        "the intent confusion matrix and time per step, and --report writes an HTML page with plots."))
+    p.add_argument("queries", metavar="QUERIES", help="labelled queries CSV")
+    p.add_argument("--store", required=True, metavar="DIR", help="store to search (with --catalogue: created and indexed first)")
+    p.add_argument("--catalogue", metavar="CATALOGUE", help="index this catalogue into the store first")
+    p.add_argument("--only", action="append", metavar="COLUMN=VALUE", help="keep only query rows with this value, e.g. --only split=val (repeatable)")
+    p.add_argument("-k", type=int, nargs="+", default=[1, 5, 10], help="K values of Recall@K (default 1 5 10)")
+    p.add_argument("--report", metavar="HTML", help="write an HTML report with plots (needs the [eval] extra)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    _add_config_options(p)
+    _add_model_options(p)
+    _add_search_options(p)
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Evaluation: ``shoplens eval`` metrics and its HTML report."""
