@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ import pytest
 import torch
 
 from shoplens.detect import GARMENT_LABELS, create_detector, list_detectors
-from shoplens.detect.owlv2 import GARMENT_QUERIES, boxes_to_photo, nms
+from shoplens.detect.owlv2 import GARMENT_QUERIES, OWLV2_PREPROCESS, boxes_to_photo, nms
 from shoplens.errors import ConfigError, MissingDependencyError, UnknownModelError
 from shoplens.imaging import Photo, photo_from_array
 from shoplens.models import (
@@ -32,6 +33,7 @@ from shoplens.models import (
     list_models,
     parse_model_name,
 )
+from shoplens.models._hf import hf_preprocess
 from shoplens.models.hf_clip import CLIP_PREPROCESS, SIGLIP_PREPROCESS
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -587,6 +589,35 @@ def test_siglip_embedding_is_the_pooling_head(tiny: dict[str, Path]) -> None:
     assert backbone.encode([photo], input_size=48)[0].features["s8"].shape == (32, 6, 6)
 
 
+@needs_hf
+@pytest.mark.parametrize(
+    ("family", "cls", "expected"),
+    [
+        ("clip", "CLIPImageProcessor", CLIP_PREPROCESS),
+        ("siglip", "SiglipImageProcessor", SIGLIP_PREPROCESS),
+        ("owlv2", "Owlv2ImageProcessor", OWLV2_PREPROCESS),
+    ],
+)
+def test_registered_preprocessing_is_what_transformers_processors_do(
+    family: str, cls: str, expected: PreprocessCfg
+) -> None:
+    """The defaults we state per family equal the reading of transformers' own processor settings."""
+    try:  # transformers 5: the PIL processors; 4: the slow ones
+        module = importlib.import_module(f"transformers.models.{family}.image_processing_pil_{family}")
+        processor = getattr(module, f"{cls}Pil")()
+    except (ImportError, AttributeError):
+        processor = getattr(importlib.import_module("transformers"), cls)()
+    read = hf_preprocess(processor.to_dict(), PreprocessCfg(input_size=1, stride=expected.stride))
+    if family == "owlv2":
+        read = read.with_resize("letterbox")  # the OWLv2 processor pads to a square first
+    assert (read.input_size, read.resize, read.interpolation) == (
+        expected.input_size,
+        expected.resize,
+        expected.interpolation,
+    )
+    assert read.mean == pytest.approx(expected.mean) and read.std == pytest.approx(expected.std)
+
+
 def _fake_hub_cache(cache: Path, repo: str, files: Path) -> None:
     """Lay ``files`` out as huggingface_hub's cache holds a downloaded repository."""
     folder = cache / f"models--{repo.replace('/', '--')}"
@@ -611,9 +642,15 @@ def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @needs_hf
-def test_fashion_clip_entry_loads_from_the_hub_cache(tiny: dict[str, Path], offline_hub: Path) -> None:
+def test_fashion_clip_entry_loads_from_the_hub_cache(
+    tiny: dict[str, Path], offline_hub: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     _fake_hub_cache(offline_hub, "patrickjohncyh/fashion-clip", tiny["clip"])
-    backbone = create_model("fashion-clip")
+    with caplog.at_level(logging.WARNING, logger="shoplens.models._registry"):
+        backbone = create_model("fashion-clip")
+    # The tiny stand-in takes 32 px inputs, not the registered 224: the model's own files win, and we are told.
+    assert backbone.preprocess.input_size == 32
+    assert "not the registered" in caplog.text
     assert backbone.name == "fashion-clip"
     assert backbone.feature_dim == 24
     direct = create_model(f"local-dir:{tiny['clip']}")

@@ -29,6 +29,7 @@ from ..errors import ConfigError
 from ..imaging import Photo
 from ..models import Encoding, WeightsSource, parse_source
 from ..models._hf import from_pretrained, hf_preprocess, pretrained_ref, read_json, transformers_module
+from ..models.hf_clip import OPENAI_MEAN, OPENAI_STD
 from ..models.preprocess import PreprocessCfg, resize_photo
 from .base import GARMENT_LABELS, Detector, Garment
 
@@ -50,8 +51,8 @@ GARMENT_QUERIES: dict[str, tuple[str, ...]] = {
 OWLV2_PREPROCESS = PreprocessCfg(
     input_size=960,
     resize="letterbox",
-    mean=(122.77094, 116.74601, 104.09373),
-    std=(68.500534, 66.63216, 70.32316),
+    mean=OPENAI_MEAN,
+    std=OPENAI_STD,
     interpolation="bilinear",
     stride=16,
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,17 @@ def register_model(entry: ModelEntry) -> ModelEntry:
     return entry
 
 
+def _same_preprocess(a: PreprocessCfg, b: PreprocessCfg) -> bool:
+    """Equal up to float rounding (mean/std come from 0..1 values in JSON)."""
+    close = all(math.isclose(x, y, rel_tol=1e-5) for x, y in zip(a.mean + a.std, b.mean + b.std))
+    return close and (a.input_size, a.resize, a.interpolation, a.stride) == (
+        b.input_size,
+        b.resize,
+        b.interpolation,
+        b.stride,
+    )
+
+
 def register_alias(
     name: str,
     target: str,
@@ -124,7 +136,7 @@ def register_alias(
 
     def build(entry: ModelEntry, _: str) -> Backbone:
         backbone = create_model(target)
-        if backbone.preprocess != entry.preprocess:
+        if not _same_preprocess(backbone.preprocess, entry.preprocess):
             logger.warning(
                 "%s: %s specifies %s, not the registered %s", entry.name, target, backbone.preprocess, entry.preprocess
             )

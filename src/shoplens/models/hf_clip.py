@@ -25,11 +25,13 @@ from ._tokens import TokenBackbone, tokens_to_grid
 from .preprocess import PreprocessCfg
 
 #: OpenAI CLIP: resize the shortest side to 224 (bicubic), centre crop, OpenAI mean/std.
+OPENAI_MEAN = (0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255)
+OPENAI_STD = (0.26862954 * 255, 0.26130258 * 255, 0.27577711 * 255)
 CLIP_PREPROCESS = PreprocessCfg(
     input_size=224,
     resize="center_crop",
-    mean=(122.77094, 116.74601, 104.09373),
-    std=(68.500534, 66.63216, 70.32316),
+    mean=OPENAI_MEAN,
+    std=OPENAI_STD,
     interpolation="bicubic",
     stride=32,
 )

@@ -33,6 +33,7 @@ from ..errors import UnknownModelError
 from ._hf import register_dir_loader
 from ._registry import WeightsSource, parse_source, register_alias, register_scheme, resolve_local_dir
 from ._tokens import TokenBackbone
+from .hf_clip import OPENAI_MEAN, OPENAI_STD
 from .preprocess import PreprocessCfg, ResizeMode
 
 logger = logging.getLogger(__name__)
@@ -145,9 +146,7 @@ register_dir_loader("open_clip_config.json", lambda source: build_open_clip(Open
 register_alias(
     "clip-vit-b32-laion2b",
     "open_clip:ViT-B-32/laion2b_s34b_b79k",
-    preprocess=PreprocessCfg(
-        224, "center_crop", (122.77094, 116.74601, 104.09373), (68.500534, 66.63216, 70.32316), "bicubic", 1
-    ),
+    preprocess=PreprocessCfg(224, "center_crop", OPENAI_MEAN, OPENAI_STD, "bicubic", stride=1),
     description="OpenCLIP ViT-B/32 trained on LAION-2B (MIT); downloads from the hub",
     extra="clip",
     tags=("hub", "vit", "clip"),
