@@ -718,6 +718,17 @@ def test_open_clip_local_dir(tiny: dict[str, Path]) -> None:
     torch.testing.assert_close(same.embedding, enc.embedding)
     with pytest.raises(ConfigError, match="32 px inputs only"):
         backbone.encode([photo], input_size=64)
+    # open_clip's "longest" mode: a letterbox, padded to the tower's square; features cover the photo only.
+    backbone.preprocess = backbone.preprocess.with_resize("letterbox")
+    wide = make_photo(32, 16, 12)
+    enc = backbone.encode([wide, photo])[0]
+    assert enc.input_hw == (16, 32) and enc.features["s8"].shape == (32, 2, 4)
+    padded = np.empty((32, 32, 3), np.uint8)
+    padded[:] = np.round(backbone.preprocess.mean).astype(np.uint8)
+    padded[:16] = wide.pixels
+    with torch.inference_mode():
+        expected = model.encode_image(normalised(padded, backbone.preprocess))[0]
+    torch.testing.assert_close(enc.embedding, expected, atol=1e-5, rtol=1e-4)
 
 
 @needs_open_clip

@@ -54,7 +54,7 @@ OWLV2_PREPROCESS = PreprocessCfg(
     mean=OPENAI_MEAN,
     std=OPENAI_STD,
     interpolation="bilinear",
-    stride=16,
+    stride=1,  # the longest side is input_size exactly and the other keeps the aspect ratio
 )
 #: The OWLv2 processor pads with 0.5 (in 0..1 pixel units) before normalising.
 _PAD_PIXEL = 127.5
@@ -161,11 +161,7 @@ class Owlv2Detector(Detector):
         with torch.inference_mode():
             text = model.owlv2.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
             query_embeds = model.owlv2.text_projection(text.pooler_output)
-        default = replace(
-            OWLV2_PREPROCESS,
-            input_size=int(model.config.vision_config.image_size),
-            stride=int(model.config.vision_config.patch_size),
-        )
+        default = replace(OWLV2_PREPROCESS, input_size=int(model.config.vision_config.image_size))
         processor = read_json(source, "preprocessor_config.json", required=False)
         # The OWLv2 processor pads to a square before resizing: a letterbox, whatever its size says.
         preprocess = hf_preprocess(processor, default).with_resize("letterbox")

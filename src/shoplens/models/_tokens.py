@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import abc
 import threading
+from collections import defaultdict
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError
 from ..imaging import Photo
-from .backbone import Backbone, Encoding, _crop_map
-from .preprocess import PreprocessCfg, pack_resized, resize_photo
+from .backbone import Backbone, Encoding
+from .preprocess import PreprocessCfg, resize_photo
 
 
 class TokenBackbone(Backbone):
@@ -66,28 +68,55 @@ class TokenBackbone(Backbone):
         if size != self.native_size and not self.resizable:
             raise ConfigError(f"{self.name} takes {self.native_size} px inputs only, not {size}")
         cfg = self.preprocess.with_size(size)
-        out: list[Encoding] = []
-        for start in range(0, len(photos), self.batch_size):
-            chunk = photos[start : start + self.batch_size]
-            batch, valid = pack_resized([resize_photo(p.pixels, cfg) for p in chunk], cfg, square=True)
-            with self._lock, torch.inference_mode():
-                pooled, grid = self._forward(batch.contiguous(), batch.shape[-1] != self.native_size)
-            for i, photo in enumerate(chunk):
-                h, w = int(valid[i, 0]), int(valid[i, 1])
-                features: dict[str, torch.Tensor] = {}
-                cell_grid = None
-                if grid is not None:
-                    cell_grid = _crop_map(grid[i], h, w, batch.shape[-2:])
-                    features[f"s{batch.shape[-1] // grid.shape[-1]}"] = cell_grid
-                out.append(
-                    Encoding(
-                        photo=photo,
+        resized = [resize_photo(p.pixels, cfg) for p in photos]
+        # A fixed-size tower gets letterboxed photos padded to its square (with the
+        # mean colour, which normalises to zero); otherwise photos of one shape are
+        # batched together and never padded, so an encoding does not depend on its batch.
+        inputs = resized if self.resizable else [_pad_square(r, size, cfg) for r in resized]
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, x in enumerate(inputs):
+            groups[(x.shape[0], x.shape[1])].append(i)
+        out: list[Encoding | None] = [None] * len(photos)
+        for shape, members in groups.items():
+            for start in range(0, len(members), self.batch_size):
+                chunk = members[start : start + self.batch_size]
+                batch = _normalise([inputs[i] for i in chunk], cfg)
+                with self._lock, torch.inference_mode():
+                    pooled, grid = self._forward(batch, shape != (self.native_size, self.native_size))
+                for j, i in enumerate(chunk):
+                    h, w = resized[i].shape[:2]
+                    features: dict[str, torch.Tensor] = {}
+                    cells = None
+                    if grid is not None:
+                        gh, gw = grid.shape[-2:]
+                        # Cells that overlap the photo (all of them unless it was padded).
+                        cells = grid[j, :, : -(-h * gh // shape[0]), : -(-w * gw // shape[1])]
+                        features[f"s{shape[1] // gw}"] = cells
+                    out[i] = Encoding(
+                        photo=photos[i],
                         input_hw=(h, w),
                         features=features,
-                        embedding=self._embedding(pooled[i], cell_grid).float(),
+                        embedding=self._embedding(pooled[j], cells).float(),
                     )
-                )
-        return out
+        return [e for e in out if e is not None]
+
+
+def _pad_square(pixels: np.ndarray, size: int, cfg: PreprocessCfg) -> np.ndarray:
+    h, w = pixels.shape[:2]
+    if (h, w) == (size, size):
+        return pixels
+    canvas = np.empty((size, size, 3), dtype=np.uint8)
+    canvas[:] = np.clip(np.round(cfg.mean), 0, 255).astype(np.uint8)
+    canvas[:h, :w] = pixels
+    return canvas
+
+
+def _normalise(images: Sequence[np.ndarray], cfg: PreprocessCfg) -> torch.Tensor:
+    """Same-shaped uint8 (H, W, 3) images -> one normalised NCHW float batch."""
+    stacked = np.stack(images).astype(np.float32)
+    stacked -= np.asarray(cfg.mean, dtype=np.float32)
+    stacked *= 1.0 / np.asarray(cfg.std, dtype=np.float32)
+    return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
 
 
 def tokens_to_grid(tokens: torch.Tensor, height: int, width: int, patch: int) -> torch.Tensor:
