@@ -1,0 +1,1 @@
+"""Evaluation helpers: test material a program can make, quality reports."""
