@@ -243,6 +243,8 @@ def render(args, d_rates, d_conf, dpred, y, kinds, part, ok, sets, t_rates, t_co
         "PYTHONPATH=src python benchmarks/intent.py --out docs/benchmarks/intent.md",
         "```",
         "",
+        "It needs the dev extra (scikit-image) and, for the screenshot negatives, Debian's `chromium`.",
+        "",
         "Photos: grocery store photos (2,936) and catalogue images (81) as other_product; clothing (3,314) and",
         "street outfits (600) as apparel; 24 wallpapers and generated negatives (`shoplens.eval.negatives`:",
         "documents, charts, Chromium page screenshots, noise/gradients, memes, scikit-image pictures) as",
