@@ -1,1 +1,1 @@
-"""Evaluation: ``shoplens eval`` metrics and its HTML report."""
+"""Evaluation: ``shoplens eval`` (metrics, HTML report) and test material a program can make (negatives)."""
