@@ -74,3 +74,20 @@ def test_human_output_and_entry_point(tmp_path: Path, synthetic_catalogue: Path)
     make_image(tmp_path / "q.png", 3)
     out = subprocess.run(exe + ["search", str(tmp_path / "q.png"), "--store", store, "--no-rank-filter"], capture_output=True, text=True)
     assert out.returncode == 0 and str(tmp_path / "q.png") in out.stdout
+
+
+def test_train_intent_then_the_store_uses_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for k, intent in enumerate(("apparel", "other_product", "non_product")):
+        for i in range(4):
+            make_image(tmp_path / "labelled" / intent / f"{i}.png", seed=100 * k + i, size=(96, 96))
+    store = str(tmp_path / "store")
+    code, lines, _ = run(capsys, "train-intent", str(tmp_path / "labelled"), "--store", store, "--holdout", "0.25", "--json")
+    assert code == 0 and lines[0]["n_train"] == 9 and lines[0]["n_test"] == 3
+    assert (tmp_path / "store" / "models" / "intent.pt").exists()
+    image = str(tmp_path / "labelled" / "apparel" / "0.png")
+    code, lines, _ = run(capsys, "classify", image, "--store", store, "--json")
+    assert code == 0 and lines[0]["image"] == image
+    from shoplens import open_store
+
+    with open_store(store) as lens:
+        assert lens.pipeline.intent_classifier.name != "imagenet-map"  # "auto" picked the trained one

@@ -24,7 +24,7 @@ from .config import INTENTS, Config, resolve_config
 from .errors import BadImageError, NotFoundError
 from .imaging import ImageSource, Photo, load_image
 from .indexing import IndexReport, Indexer
-from .pipeline import EncodingCache, Pipeline
+from .pipeline import INTENT_MODEL_FILE, EncodingCache, Pipeline
 from .results import DetectResult, ErrorResult, GarmentResult, IntentResult, SearchResult
 from .store import EmbeddedStore, ProductRecord, WriteBatch
 
@@ -160,6 +160,26 @@ class Shoplens:
 
     def count_products(self) -> int:
         return self.store.count_products()
+
+    # -- training -----------------------------------------------------------
+    def train_intent(self, labelled: str | Path, *, holdout: float = 0.2, seed: int = 0, progress: bool = False) -> Any:
+        """SPEC step 7: train the intent classifier from labelled folders or a CSV.
+
+        Reports accuracy on a held-out part and saves the classifier in the
+        store, which uses it from now on (``intent.classifier = auto``).
+        """
+        from .intent.trained import train_intent
+
+        report = train_intent(
+            labelled,
+            self.store.models_dir / INTENT_MODEL_FILE,
+            backbone=self.config.intent.backbone,
+            holdout=holdout,
+            seed=seed,
+            progress=progress,
+        )
+        self.pipeline.reset_intent()
+        return report
 
     # -- queries ------------------------------------------------------------
     def search(

@@ -230,6 +230,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_train_intent(args: argparse.Namespace) -> int:
+    with Shoplens(args.store, config_file=args.config, **_flags(args)) as lens:
+        report = lens.train_intent(args.labelled, holdout=args.holdout, seed=args.seed, progress=sys.stderr.isatty())
+    d = report.to_dict()
+    if args.json:
+        sys.stdout.write(json.dumps(d) + "\n")
+    else:
+        acc = "no held-out part" if d["accuracy"] is None else f"held-out accuracy {d['accuracy']:.3f} on {d['n_test']} photo(s)"
+        sys.stdout.write(f"trained on {d['n_train']} photo(s) ({d['n_skipped']} unreadable skipped): {acc}\n")
+        if d.get("confusion") is not None and d["accuracy"] is not None:
+            sys.stdout.write(f"confusion (rows true, cols predicted; apparel, other_product, non_product): {d['confusion']}\n")
+        sys.stdout.write(f"saved to {d['path']}; searches in {args.store} now use it\n")
+    return EXIT_OK
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .eval.metrics import read_queries
     from .eval.report import write_html
@@ -334,6 +349,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     _add_search_options(p)
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("train-intent", help="train the intent classifier from labelled photos (SPEC step 7)", description=(
+        "LABELLED is a folder with apparel/, other_product/ and non_product/ subfolders, or a CSV with columns image, intent. "
+        "A head is trained on the bundled backbone's features, its accuracy is reported on a held-out part, and the store "
+        "uses it from then on."))
+    p.add_argument("labelled", metavar="LABELLED", help="labelled folders or CSV")
+    p.add_argument("--store", required=True, metavar="DIR", help="store that will use the classifier (created if absent)")
+    p.add_argument("--holdout", type=float, default=0.2, help="fraction held out to measure accuracy (default 0.2; 0: train on all)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the split and training")
+    p.add_argument("--json", action="store_true", help="print the training report as one JSON object")
+    _add_config_options(p)
+    p.set_defaults(func=cmd_train_intent)
+
     p = sub.add_parser("eval", help="measure search quality on labelled query photos (Recall@K, mAP, returned-set precision, intent, time)", description=(
         "QUERIES is a CSV with an 'image' column (relative to the CSV) and labels: product_id, category and/or intent. "
         "Every query is searched as configured; the report gives Recall@K, mAP, precision and recall of the returned set, "

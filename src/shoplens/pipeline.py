@@ -121,6 +121,10 @@ class Pipeline:
             self._intent = self._make_intent()
         return self._intent
 
+    def reset_intent(self) -> None:
+        """Forget the loaded intent classifier (a new one was trained)."""
+        self._intent = None
+
     def _make_intent(self) -> IntentClassifier:
         cfg = self.config.intent
         name = cfg.classifier
