@@ -162,7 +162,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     with open_store(args.store, config_file=args.config, **_flags(args)) as lens:
-        results = lens.search(args.images, top_k=args.top_k)
+        results = lens.search(args.images, top_k=args.top_k, filters=args.filter)
     return _emit(results, args.json, _human_search)
 
 
@@ -259,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="photo(s) to search with")
     p.add_argument("--store", required=True, metavar="DIR", help="store folder made by 'shoplens index'")
     p.add_argument("--json", action="store_true", help="one JSON object per line per image (SPEC.md schema)")
+    p.add_argument("--filter", action="append", default=[], metavar="FIELD_OP_VALUE", help=(
+        "only products whose metadata pass (repeatable; all must hold), applied inside the index search: "
+        "category=Juice, category=Juice|Milk, brand!=Acme, price<=20, price>5, title~apple (contains)"))
     _add_config_options(p)
     _add_model_options(p)
     _add_search_options(p)
