@@ -230,6 +230,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import ServerSettings, serve
+
+    settings = ServerSettings.from_env(
+        api_key_file=args.api_key_file,
+        cors_origins=args.cors_origin or None,
+        url_allowlist=args.allow_url or None,
+        max_upload_bytes=None if args.max_upload_mb is None else int(args.max_upload_mb * 1024 * 1024),
+        max_pixels=args.max_pixels,
+        search_concurrency=args.search_concurrency,
+    )
+    with Shoplens(args.store, config_file=args.config, create=args.create, **_flags(args)) as lens:
+        writes = "enabled (API key set)" if settings.writes_enabled else "disabled: no API key (set SHOPLENS_API_KEY or --api-key-file)"
+        sys.stderr.write(f"shoplens: serving {args.store} ({lens.count_products()} products) at http://{args.host}:{args.port}/ ; writes {writes}\n")
+        serve(lens, settings, host=args.host, port=args.port, log_level="debug" if args.verbose > 1 else "info" if args.verbose else "warning")
+    return EXIT_OK
+
+
 # -- parser -------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -307,6 +325,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     _add_search_options(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("serve", help="serve search, catalogue writes and a web page over HTTP", description=(
+        "Serve the store over HTTP: POST /search with a photo (SPEC.md's search object as JSON), product add / update / "
+        "delete (needs the API key), GET /products, /images/ID, /healthz, /readyz, /metrics, the OpenAPI schema at "
+        "/openapi.json and a web page at /. Needs: pip install 'shoplens[server]'."))
+    p.add_argument("--store", required=True, metavar="DIR", help="store folder made by 'shoplens index' (see --create)")
+    p.add_argument("--create", action="store_true", help="create an empty store if DIR has none (to fill it through the API)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key-file", metavar="FILE", help="file holding the API key for write endpoints (default: $SHOPLENS_API_KEY; with neither, writes answer 403)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", help="allow browser calls from this origin, e.g. https://shop.example (repeatable)")
+    p.add_argument("--allow-url", action="append", default=[], metavar="PREFIX", help="let POST /search/url fetch photos under this URL prefix (repeatable; default: never fetch)")
+    p.add_argument("--max-upload-mb", type=float, metavar="MB", help="largest photo accepted (default 20)")
+    p.add_argument("--max-pixels", type=int, metavar="N", help="largest decoded photo in pixels (default 40000000)")
+    p.add_argument("--search-concurrency", type=int, metavar="N", help="searches run at once; more wait their turn (default 2)")
+    _add_config_options(p)
+    _add_model_options(p)
+    _add_search_options(p)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 
