@@ -126,7 +126,8 @@
   }
 
   function regionName(region) {
-    return region.label ? region.label : "Whole photo";
+    const name = region.label || "whole photo";
+    return name.charAt(0).toUpperCase() + name.slice(1);
   }
 
   function drawBox(region, i, colour) {
