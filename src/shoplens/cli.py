@@ -240,6 +240,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_upload_bytes=None if args.max_upload_mb is None else int(args.max_upload_mb * 1024 * 1024),
         max_pixels=args.max_pixels,
         search_concurrency=args.search_concurrency,
+        persist_interval_s=args.persist_interval,
     )
     with Shoplens(args.store, config_file=args.config, create=args.create, **_flags(args)) as lens:
         writes = "enabled (API key set)" if settings.writes_enabled else "disabled: no API key (set SHOPLENS_API_KEY or --api-key-file)"
@@ -340,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, metavar="MB", help="largest photo accepted (default 20)")
     p.add_argument("--max-pixels", type=int, metavar="N", help="largest decoded photo in pixels (default 40000000)")
     p.add_argument("--search-concurrency", type=int, metavar="N", help="searches run at once; more wait their turn (default 2)")
+    p.add_argument("--persist-interval", type=float, metavar="S", help=(
+        "save the vector indexes this often, in seconds, when the catalogue changed (default 300; and at shutdown). "
+        "Every acknowledged write is durable in SQLite at once; a restart replays what the saved indexes miss"))
     _add_config_options(p)
     _add_model_options(p)
     _add_search_options(p)
