@@ -42,7 +42,8 @@ class ApiFuzzReport:
 def fuzz_api(app: Any, *, examples: int, headers: dict[str, str], seed: int = 0, modes: tuple[str, ...] = ("positive", "negative")) -> ApiFuzzReport:
     """Send generated requests for every operation of ``app``'s schema (in process, ASGI)."""
     import schemathesis
-    from hypothesis import HealthCheck, given, seed as hseed, settings
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import seed as hseed
     from hypothesis.errors import Unsatisfiable
     from schemathesis import GenerationMode
     from schemathesis.checks import not_a_server_error
@@ -84,6 +85,9 @@ def fuzz_api(app: Any, *, examples: int, headers: dict[str, str], seed: int = 0,
 
     try:
         for result in schema.get_all_operations():
+            if not hasattr(result, "ok"):  # an operation the schema describes wrongly
+                report.failures.append(f"invalid operation in the schema: {result.err()}")
+                continue
             operation = result.ok()
             for mode in modes:
 
@@ -120,7 +124,7 @@ def _seeds() -> dict[str, bytes]:
     img.convert("CMYK").save(buf, "JPEG")
     out["JPEG-CMYK"] = buf.getvalue()
     buf = io.BytesIO()
-    Image.fromarray((arr[..., 0].astype(np.uint16) * 257)).save(buf, "PNG")
+    Image.fromarray(arr[..., 0].astype(np.uint16) * 257).save(buf, "PNG")
     out["PNG-16bit"] = buf.getvalue()
     return out
 

@@ -8,7 +8,8 @@ import struct
 import threading
 import time
 import zlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any, Self
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from PIL import Image
 
 pytest.importorskip("fastapi", reason="the server tests need the [server] extra: pip install 'shoplens[server]'")
 
-import uvicorn  # noqa: E402
+import uvicorn
 
 KEY = "test-key-0123456789abcdef"
 AUTH = {"X-API-Key": KEY}
@@ -38,7 +39,7 @@ class LiveServer:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def __enter__(self) -> "LiveServer":
+    def __enter__(self) -> Self:
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:

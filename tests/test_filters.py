@@ -101,7 +101,7 @@ def test_filters_evaluated_in_sql(store: EmbeddedStore) -> None:
 def test_filter_reaches_products_far_from_the_query(tmp_path: Path) -> None:
     """The filter runs inside the index search: a post-filter on the top-K would find nothing."""
     rows = ["product_id,image,category,domain,price"]
-    for i in range(30):
+    for i in range(24):
         make_image(tmp_path / "img" / f"p{i}.png", seed=i)
         rows.append(f"p{i},img/p{i}.png,c{i % 3},other_product,{i}")
     (tmp_path / "c.csv").write_text("\n".join(rows) + "\n")
@@ -110,11 +110,11 @@ def test_filter_reaches_products_far_from_the_query(tmp_path: Path) -> None:
     with Shoplens(tmp_path / "store", **flags, **{"search.similar_k": 100}) as lens:
         lens.index(tmp_path / "c.csv")
         ranking = [h.product_id for h in lens.search_one(query, top_k=100).regions[0].results]
-    assert ranking[0] == "p0" and len(ranking) == 30
+    assert ranking[0] == "p0" and len(ranking) == 24
     farthest, far = ranking[-1], ranking[-5:]
     with Shoplens(tmp_path / "store", **flags, **{"search.similar_k": 3}) as lens:
         # Unfiltered, the index is asked for similar_k + 16 = 19 neighbours (exact search):
-        # the 5 farthest of 30 are not among them, so a post-filter could never return them.
+        # the 5 farthest of 24 are not among them, so a post-filter could never return them.
         assert len(lens.search_one(query, top_k=100).regions[0].results) == 3
         price = int(farthest[1:])
         hits = lens.search_one(query, top_k=100, filters=[f"price>={price}", f"price<={price}"]).regions[0].results

@@ -1,5 +1,7 @@
 """The HTTP API over a real store (generated photos, the real backbone, test intent classifiers)."""
 
+# ruff: noqa: I001 - serverutil comes first: it skips the module without the [server] extra
+
 from __future__ import annotations
 
 import http.server
@@ -8,19 +10,20 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from .serverutil import AUTH, KEY, LiveServer, bad_photos, encode, odd_but_good_photos, picture  # noqa: I001 (skips without fastapi)
+from .serverutil import AUTH, KEY, LiveServer, bad_photos, encode, odd_but_good_photos, picture  # first: skips this module without the [server] extra
 
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from shoplens import Shoplens  # noqa: E402
-from shoplens.errors import ConfigError  # noqa: E402
-from shoplens.server import ServerSettings, create_app  # noqa: E402
+from shoplens import Shoplens
+from shoplens.errors import ConfigError
+from shoplens.server import ServerSettings, create_app
 
-from . import test_engine  # noqa: F401,E402  (registers the test-* classifiers and detector)
+from . import test_engine  # noqa: F401  (registers the test-* classifiers and detector)
 
 SPEC_KEYS = {"image", "intent", "intent_scores", "regions", "timings_ms", "steps"}
 LOOSE = {"search.rank_filter": False, "search.entropy_filter": False, "search.category_order": False}
@@ -69,7 +72,7 @@ def test_search_answers_the_spec_object(client: TestClient, lens: Shoplens) -> N
     body = r.json()
     assert set(body) == SPEC_KEYS and body["image"] == "q.png" and body["intent"] == "other_product"
     hits = body["regions"][0]["results"]
-    assert [h["product_id"] for h in hits][0] == "p2" and len(hits) == 3
+    assert hits[0]["product_id"] == "p2" and len(hits) == 3
     assert hits[0]["price"] == 12.5 and hits[0]["sku"] == "002" and hits[0]["title"] == "Product 2"
     direct = lens.search([photo(2)], top_k=3)[0].model_dump(mode="json")
     assert [h["product_id"] for h in direct["regions"][0]["results"]] == [h["product_id"] for h in hits]
@@ -301,7 +304,7 @@ def test_url_search_only_under_the_allow_list(lens: Shoplens) -> None:
     good = photo(3)
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             if self.path == "/img/moved.png":
                 self.send_response(302)
                 self.send_header("Location", "http://169.254.169.254/latest/meta-data")

@@ -5,6 +5,8 @@ half there, nothing deleted comes back, and the vector indexes hold exactly
 the images SQLite holds.
 """
 
+# ruff: noqa: I001 - serverutil comes first: it skips the module without the [server] extra
+
 from __future__ import annotations
 
 import json
@@ -21,12 +23,12 @@ from typing import Any
 import pytest
 
 
-from .serverutil import KEY, encode, free_port, picture  # noqa: I001 (skips without fastapi)
+from .serverutil import KEY, encode, free_port, picture  # first: skips this module without the [server] extra
 
-import httpx  # noqa: E402
+import httpx
 
-from shoplens import open_store  # noqa: E402
-from shoplens.config import DOMAINS  # noqa: E402
+from shoplens import open_store
+from shoplens.config import DOMAINS
 
 REPO = Path(__file__).resolve().parents[1]
 # `shoplens serve` itself, with the test intent classifiers registered (every photo is a product).
@@ -45,7 +47,7 @@ class Server:
         env = {**os.environ, "SHOPLENS_API_KEY": KEY, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
         argv = [sys.executable, "-c", BOOT, str(REPO), "serve", "--store", str(store), "--create", "--port", str(self.port),
                 "--intent-classifier", "test-other_product", "--persist-interval", "0.5", "--no-rank-filter", "--no-entropy-filter", "--no-category-order"]
-        self.log = open(log, "ab")
+        self.log = open(log, "ab")  # noqa: SIM115 - held for the life of the process, closed in stop()
         self.proc = subprocess.Popen(argv, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 120) -> None:

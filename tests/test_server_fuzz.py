@@ -3,20 +3,22 @@
 The long runs are ``benchmarks/fuzz_server.py``; counts in docs/benchmarks/server.md.
 """
 
+# ruff: noqa: I001 - serverutil comes first: it skips the module without the [server] extra
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from .serverutil import AUTH, KEY, encode, picture  # noqa: I001 (skips without fastapi)
+from .serverutil import AUTH, KEY, encode, picture  # first: skips this module without the [server] extra
 
-from shoplens import Shoplens  # noqa: E402
-from shoplens.api import ProductInput  # noqa: E402
-from shoplens.server import ServerSettings, create_app  # noqa: E402
+from shoplens import Shoplens
+from shoplens.api import ProductInput
+from shoplens.server import ServerSettings, create_app
 
-from . import test_engine  # noqa: F401,E402
-from .fuzzing import fuzz_api, fuzz_decoder  # noqa: E402
+from . import test_engine  # noqa: F401
+from .fuzzing import fuzz_api, fuzz_decoder
 
 
 def test_api_fuzzed_from_its_schema(tmp_path: Path) -> None:

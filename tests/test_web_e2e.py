@@ -7,23 +7,26 @@ screen; a file that is not a photo. Skipped only when no browser is
 installed (.ci/run installs Debian's chromium).
 """
 
+# ruff: noqa: I001 - serverutil comes first: it skips the module without the [server] extra
+
 from __future__ import annotations
 
 import csv
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from .serverutil import LiveServer, encode, picture  # noqa: I001 (skips without fastapi)
+from .serverutil import LiveServer, encode, picture  # first: skips this module without the [server] extra
 
-from shoplens import Shoplens  # noqa: E402
-from shoplens.server import ServerSettings, create_app  # noqa: E402
+from shoplens import Shoplens
+from shoplens.server import ServerSettings, create_app
 
-from . import test_engine  # noqa: F401,E402  (registers the test-* classifiers and detector)
-from .conftest import data_root  # noqa: E402
+from . import test_engine  # noqa: F401  (registers the test-* classifiers and detector)
+from .conftest import data_root
 
 BROWSER_FLAGS = [
     "--headless=new",
@@ -117,9 +120,8 @@ def apparel_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def nonproduct_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("web-np")
-    with Shoplens(folder / "store", **{"intent.classifier": "test-non_product"}) as lens:
-        with LiveServer(create_app(lens, ServerSettings())) as server:
-            yield server.url
+    with Shoplens(folder / "store", **{"intent.classifier": "test-non_product"}) as lens, LiveServer(create_app(lens, ServerSettings())) as server:
+        yield server.url
 
 
 def _shot(page: Any, name: str, full_page: bool = True) -> None:

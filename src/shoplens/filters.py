@@ -23,8 +23,9 @@ search, not by cutting a top-K afterwards.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence, Union
+from typing import Any
 
 from .catalog import parse_value
 from .errors import FilterError
@@ -56,7 +57,7 @@ class Filter:
         return self.field in COLUMNS
 
 
-FilterLike = Union[str, Filter]
+FilterLike = str | Filter
 
 
 def parse_filter(text: str) -> Filter:
@@ -145,4 +146,4 @@ def _clause(f: Filter, columns: dict[str, str], meta: str) -> tuple[str, list[An
     return f"{expr} IS NULL OR NOT ({any_of})", [*xp, *params]
 
 
-__all__ = ["COLUMNS", "Filter", "FilterLike", "OPERATORS", "parse_filter", "parse_filters", "to_sql"]
+__all__ = ["COLUMNS", "OPERATORS", "Filter", "FilterLike", "parse_filter", "parse_filters", "to_sql"]

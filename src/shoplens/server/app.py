@@ -13,13 +13,14 @@ import logging
 import mimetypes
 import threading
 import time
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
-from pathlib import Path
-from typing import Annotated, Any, AsyncIterator, Sequence
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Body, Depends, FastAPI, File, Form, Path as PathParam, Query, Request, Security, UploadFile
+from fastapi import Body, Depends, FastAPI, File, Form, Query, Request, Security, UploadFile
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -178,7 +179,7 @@ class ServerState:
         while not self._stop.wait(self.settings.persist_interval_s):
             try:
                 self.persist()
-            except Exception:  # noqa: BLE001 - the next round tries again; SQLite holds every write
+            except Exception:
                 log.exception("saving the vector indexes failed")
 
 
@@ -249,7 +250,10 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
     key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the write API key")
     bearer = HTTPBearer(auto_error=False, description="the write API key as a bearer token")
 
-    def write_key(key: str | None = Security(key_header), token: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+    def write_key(
+        key: Annotated[str | None, Security(key_header)] = None,
+        token: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None,
+    ) -> None:
         problem = auth_problem(settings, key if key is not None else (token.credentials if token else None))
         if problem is not None:
             status, _, message = problem

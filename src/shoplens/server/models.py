@@ -6,7 +6,7 @@ SPEC.md's search object, as ``shoplens search --json`` prints it.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
@@ -31,7 +31,7 @@ ProductId = Annotated[
     Field(description="the product's id in the shop (1-512 characters, no control characters)", examples=["sku-123"]),
 ]
 MetaKey = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r'^[^\x00-\x1f\x7f"]+$'), AfterValidator(_clean_text)]
-MetaValue = Union[bool, int, Annotated[float, Field(allow_inf_nan=False)], Annotated[Text, StringConstraints(max_length=4096)]]
+MetaValue = bool | int | Annotated[float, Field(allow_inf_nan=False)] | Annotated[Text, StringConstraints(max_length=4096)]
 #: Keys a metadata mapping may not use: they are fields of every product or result.
 RESERVED_KEYS = frozenset(KNOWN_COLUMNS) | {"rank", "distance", "category_source", "domain_source", "images"}
 

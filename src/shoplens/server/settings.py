@@ -61,7 +61,7 @@ class ServerSettings:
         return self.api_key is not None
 
     @classmethod
-    def from_env(cls, *, api_key_file: str | Path | None = None, **overrides: Any) -> "ServerSettings":
+    def from_env(cls, *, api_key_file: str | Path | None = None, **overrides: Any) -> ServerSettings:
         """Settings with the API key from ``api_key_file`` or ``$SHOPLENS_API_KEY``.
 
         ``overrides`` set other fields; ``None`` values are ignored.
