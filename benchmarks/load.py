@@ -15,6 +15,11 @@ Photos: the grocery store photos of ../shared/data (SHOPLENS_DATA) as queries
 and the catalogue when present, generated ones otherwise. The server runs the
 bundled models with the intent gate off (--no-intent) so that every search and
 every generated photo goes through the whole pipeline (the worst case).
+
+--gate keeps the intent gate on and mixes non-product photos (the wallpapers
+of ../shared/data/nonproduct) into the queries: the server's per-intent
+timings show what the gate saves. Written products are then checked in
+process, with the gate off, after the server stopped.
 """
 
 from __future__ import annotations
@@ -80,11 +85,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(store: Path, log: Path, search_concurrency: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(store: Path, log: Path, search_concurrency: int, gate: bool) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "SHOPLENS_API_KEY": KEY, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     argv = [sys.executable, "-m", "shoplens.cli", "serve", "--store", str(store), "--create", "--port", str(port),
-            "--no-intent", "--search-concurrency", str(search_concurrency)]
+            "--search-concurrency", str(search_concurrency)] + ([] if gate else ["--no-intent"])
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -99,6 +104,14 @@ def start_server(store: Path, log: Path, search_concurrency: int) -> tuple[subpr
             pass
         time.sleep(0.3)
     raise SystemExit("the server did not become ready")
+
+
+def non_product_photos() -> list[bytes]:
+    folder = data_root() / "nonproduct"
+    if not (folder / "images.csv").exists():
+        raise SystemExit(f"--gate needs the non-product photos of {folder}")
+    with open(folder / "images.csv", newline="", encoding="utf-8") as f:
+        return [(folder / r["image"]).read_bytes() for r in csv.DictReader(f)]
 
 
 def photos(limit: int) -> tuple[list[tuple[str, bytes, str]], list[bytes], str]:
@@ -185,7 +198,7 @@ class Writer:
                     self.added[pid] = data
 
 
-def verify(url: str, initial: set[str], writers: list[Writer]) -> dict[str, Any]:
+def verify(url: str, initial: set[str], writers: list[Writer], search_over_http: bool = True) -> dict[str, Any]:
     """The store against what was acknowledged; every surviving write found by its photo, no deleted one."""
     expected = set(initial)
     for w in writers:
@@ -197,8 +210,9 @@ def verify(url: str, initial: set[str], writers: list[Writer]) -> dict[str, Any]
             listed |= {p["product_id"] for p in page}
             offset += len(page)
         lost, phantom = sorted(expected - listed), sorted(listed - expected)
-        unsearchable, resurrected = [], []
-        for w in writers:
+        unsearchable: list[str] = []
+        resurrected: list[str] = []
+        for w in writers if search_over_http else []:
             for pid, data in w.added.items():
                 r = client.post("/search", files={"photo": ("v.jpg", data, "image/jpeg")}, data={"filter": f"product_id={pid}", "top_k": "1"}).json()
                 hits = r["regions"][0]["results"] if r.get("regions") else []
@@ -218,6 +232,24 @@ def verify(url: str, initial: set[str], writers: list[Writer]) -> dict[str, Any]
     }
 
 
+def verify_in_process(store: Path, writers: list[Writer]) -> dict[str, list[str]]:
+    """Search every written product's photo in the stopped store, with the gate off."""
+    sys.path.insert(0, str(REPO / "src"))
+    from shoplens import open_store
+
+    unsearchable, resurrected = [], []
+    with open_store(store, **{"intent.enabled": False}) as lens:
+        for w in writers:
+            for pid, data in w.added.items():
+                result = lens.search_one(data, top_k=1, filters=f"product_id={pid}")
+                hits = result.regions[0].results if result.regions else []
+                if pid in w.deleted and hits:
+                    resurrected.append(pid)
+                if pid not in w.deleted and not (hits and hits[0].product_id == pid and hits[0].distance < 1e-3):
+                    unsearchable.append(pid)
+    return {"unsearchable": unsearchable, "deleted_but_found": resurrected}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="an already running server (its key in SHOPLENS_API_KEY); default: start one on a fresh store")
@@ -226,6 +258,7 @@ def main() -> None:
     p.add_argument("--writers", type=int, default=2)
     p.add_argument("--catalogue", type=int, default=300, help="products in the store before the load")
     p.add_argument("--search-concurrency", type=int, default=2)
+    p.add_argument("--gate", action="store_true", help="intent gate on, non-product photos among the queries")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = p.parse_args()
 
@@ -236,9 +269,15 @@ def main() -> None:
     if args.url:
         url, KEY = args.url, os.environ.get("SHOPLENS_API_KEY", KEY)
     else:
-        proc, url = start_server(tmp / "store", tmp / "server.log", args.search_concurrency)
+        proc, url = start_server(tmp / "store", tmp / "server.log", args.search_concurrency, args.gate)
+    if args.gate and proc is None:
+        raise SystemExit("--gate starts its own server (no --url)")
     try:
         catalogue, queries, source = photos(args.catalogue)
+        if args.gate:
+            extra = non_product_photos()
+            queries = queries[: 3 * len(extra)] + extra  # a quarter of the queries are not product photos
+            source += f" + {len(extra)} non-product photos"
         fill_s = fill(url, catalogue) if catalogue else 0.0
         initial = {pid for pid, _, _ in catalogue}
         stats, stop = Stats(), threading.Event()
@@ -253,12 +292,14 @@ def main() -> None:
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - start
-        check = verify(url, initial, writers)
+        check = verify(url, initial, writers, search_over_http=not args.gate)
         metrics = httpx.get(f"{url}/metrics").text
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=120)
+    if args.gate:
+        check.update(verify_in_process(tmp / "store", writers))
     load_after = os.getloadavg()
 
     rows = {}
@@ -281,6 +322,13 @@ def main() -> None:
             step = line.split('step="')[1].split('"')[0]
             steps.setdefault(step, {})["count"] = float(line.rsplit(" ", 1)[1])
     step_ms = {k: round(1000 * v["sum"] / v["count"], 1) for k, v in steps.items() if v.get("count")}
+    by_intent: dict[str, dict[str, float]] = {}
+    for line in metrics.splitlines():
+        for part in ("sum", "count"):
+            if line.startswith(f"shoplens_search_duration_seconds_{part}"):
+                intent = line.split('intent="')[1].split('"')[0]
+                by_intent.setdefault(intent, {})[part] = float(line.rsplit(" ", 1)[1])
+    intent_ms = {k: {"searches": int(v["count"]), "mean_ms": round(1000 * v["sum"] / v["count"], 1)} for k, v in by_intent.items() if v.get("count")}
     out = {
         "duration_s": round(elapsed, 1),
         "searchers": args.searchers,
@@ -290,6 +338,7 @@ def main() -> None:
         "fill_s": round(fill_s, 1),
         "requests": rows,
         "mean_server_step_ms": step_ms,
+        "by_intent": intent_ms,
         "verify": check,
         "cpu_cores": os.cpu_count(),
         "loadavg_before_after": [round(load_before[0], 1), round(load_after[0], 1)],
@@ -301,6 +350,7 @@ def main() -> None:
     for kind, r in rows.items():
         print(f"| {kind} | {r['ok']} | {r['errors']} | {r['per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} |")
     print("mean server time per search step (ms):", step_ms)
+    print("searches by intent (mean server time):", intent_ms)
     v = check
     print(f"after: {v['listed']} products listed, {v['expected']} expected; lost {len(v['lost'])}, phantom {len(v['phantom'])}, "
           f"unsearchable {len(v['unsearchable'])}, deleted but found {len(v['deleted_but_found'])}")
