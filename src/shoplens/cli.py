@@ -162,7 +162,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     with open_store(args.store, config_file=args.config, **_flags(args)) as lens:
-        results = lens.search(args.images, top_k=args.top_k)
+        results = lens.search(args.images, top_k=args.top_k, filters=args.filter)
     return _emit(results, args.json, _human_search)
 
 
@@ -275,6 +275,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import ServerSettings, serve
+
+    settings = ServerSettings.from_env(
+        api_key_file=args.api_key_file,
+        cors_origins=args.cors_origin or None,
+        url_allowlist=args.allow_url or None,
+        max_upload_bytes=None if args.max_upload_mb is None else int(args.max_upload_mb * 1024 * 1024),
+        max_pixels=args.max_pixels,
+        search_concurrency=args.search_concurrency,
+        persist_interval_s=args.persist_interval,
+    )
+    with Shoplens(args.store, config_file=args.config, create=args.create, **_flags(args)) as lens:
+        writes = "enabled (API key set)" if settings.writes_enabled else "disabled: no API key (set SHOPLENS_API_KEY or --api-key-file)"
+        sys.stderr.write(f"shoplens: serving {args.store} ({lens.count_products()} products) at http://{args.host}:{args.port}/ ; writes {writes}\n")
+        serve(lens, settings, host=args.host, port=args.port, log_level="debug" if args.verbose > 1 else "info" if args.verbose else "warning")
+    return EXIT_OK
+
+
 # -- parser -------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -304,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="photo(s) to search with")
     p.add_argument("--store", required=True, metavar="DIR", help="store folder made by 'shoplens index'")
     p.add_argument("--json", action="store_true", help="one JSON object per line per image (SPEC.md schema)")
+    p.add_argument("--filter", action="append", default=[], metavar="FIELD_OP_VALUE", help=(
+        "only products whose metadata pass (repeatable; all must hold), applied inside the index search: "
+        "category=Juice, category=Juice|Milk, brand!=Acme, price<=20, price>5, title~apple (contains)"))
     _add_config_options(p)
     _add_model_options(p)
     _add_search_options(p)
@@ -349,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     _add_search_options(p)
     p.set_defaults(func=cmd_demo)
+
     p = sub.add_parser("train-intent", help="train the intent classifier from labelled photos (SPEC step 7)", description=(
         "LABELLED is a folder with apparel/, other_product/ and non_product/ subfolders, or a CSV with columns image, intent. "
         "A head is trained on the bundled backbone's features, its accuracy is reported on a held-out part, and the store "
@@ -376,6 +399,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     _add_search_options(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("serve", help="serve search, catalogue writes and a web page over HTTP", description=(
+        "Serve the store over HTTP: POST /search with a photo (SPEC.md's search object as JSON), product add / update / "
+        "delete (needs the API key), GET /products, /images/ID, /healthz, /readyz, /metrics, the OpenAPI schema at "
+        "/openapi.json and a web page at /. Needs: pip install 'shoplens[server]'."))
+    p.add_argument("--store", required=True, metavar="DIR", help="store folder made by 'shoplens index' (see --create)")
+    p.add_argument("--create", action="store_true", help="create an empty store if DIR has none (to fill it through the API)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key-file", metavar="FILE", help="file holding the API key for write endpoints (default: $SHOPLENS_API_KEY; with neither, writes answer 403)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", help="allow browser calls from this origin, e.g. https://shop.example (repeatable)")
+    p.add_argument("--allow-url", action="append", default=[], metavar="PREFIX", help="let POST /search/url fetch photos under this URL prefix (repeatable; default: never fetch)")
+    p.add_argument("--max-upload-mb", type=float, metavar="MB", help="largest photo accepted (default 20)")
+    p.add_argument("--max-pixels", type=int, metavar="N", help="largest decoded photo in pixels (default 40000000)")
+    p.add_argument("--search-concurrency", type=int, metavar="N", help="searches run at once; more wait their turn (default 2)")
+    p.add_argument("--persist-interval", type=float, metavar="S", help=(
+        "save the vector indexes this often, in seconds, when the catalogue changed (default 300; and at shutdown). "
+        "Every acknowledged write is durable in SQLite at once; a restart replays what the saved indexes miss"))
+    _add_config_options(p)
+    _add_model_options(p)
+    _add_search_options(p)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

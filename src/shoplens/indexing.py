@@ -111,7 +111,9 @@ class Indexer:
         self.workers = workers
         self._names = imagenet_class_names()
 
-    def run(self, rows: Iterable[CatalogueRow], *, progress: bool = False) -> IndexReport:
+    def run(self, rows: Iterable[CatalogueRow], *, progress: bool = False, persist: bool = True) -> IndexReport:
+        """Index ``rows``; ``persist=False`` leaves saving the indexes to the caller
+        (each chunk is durable in SQLite anyway; the server saves them now and then)."""
         report = IndexReport()
         t0 = time.perf_counter()
         products = _group(rows, report)
@@ -129,7 +131,8 @@ class Indexer:
                 self._embed_and_write(plan, report)
                 bar.update(sum(len(rows) for _, rows in chunks[i]))
         bar.close()
-        self.store.persist()
+        if persist:
+            self.store.persist()
         report.add_time("total", time.perf_counter() - t0)
         return report
 

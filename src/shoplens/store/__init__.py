@@ -24,6 +24,7 @@ import numpy as np
 
 from ..config import DOMAINS
 from ..errors import StoreError
+from ..filters import Filter
 from .base import CatalogueStore, Projector, WriteBatch
 from .metadata import Change, ImageRecord, MetadataDB, ProductRecord
 from .vectors import FaissIndex, VectorIndex
@@ -198,11 +199,16 @@ class EmbeddedStore(CatalogueStore):
     def search(
         self, domain: str, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        index = self.index(domain)
-        if len(index) == 0:
-            n = len(vectors)
-            return np.zeros((n, 0), dtype=np.float32), np.zeros((n, 0), dtype=np.int64)
-        return index.search(vectors, k, allowed)
+        # Under the lock: a FAISS index must not be searched while a writer changes it.
+        with self._lock:
+            index = self.index(domain)
+            if len(index) == 0:
+                n = len(vectors)
+                return np.zeros((n, 0), dtype=np.float32), np.zeros((n, 0), dtype=np.int64)
+            return index.search(vectors, k, allowed)
+
+    def filter_image_ids(self, domain: str, filters: Sequence[Filter]) -> np.ndarray:
+        return self.db.filter_image_ids(domain, filters)
 
     # -- products and images (the metadata database answers) ----------------
     def get_product(self, product_id: str) -> ProductRecord | None:

@@ -14,6 +14,8 @@ from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
+from ..errors import StoreError
+from ..filters import Filter
 from .metadata import ImageRecord, ProductRecord
 
 
@@ -66,6 +68,14 @@ class CatalogueStore(abc.ABC):
     @abc.abstractmethod
     def search(self, domain: str, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(distances, image ids), each (n, k'), k' <= k; −1 ids are empty slots."""
+
+    def filter_image_ids(self, domain: str, filters: Sequence[Filter]) -> np.ndarray:
+        """Ids of the domain's images whose product passes every metadata filter.
+
+        The result is the ``allowed`` set of :meth:`search`, so filters apply
+        inside the index search.
+        """
+        raise StoreError(f"{type(self).__name__} does not support metadata filters")
 
     # -- products -----------------------------------------------------------
     @abc.abstractmethod

@@ -21,6 +21,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..errors import StoreError
+from ..filters import Filter, to_sql
 
 SCHEMA_VERSION = 1
 
@@ -284,6 +285,17 @@ class MetadataDB:
                 return
             last = int(rows[-1][0])
             yield np.array([r[0] for r in rows], dtype=np.int64), np.stack([decode_raw(r[1]) for r in rows])
+
+    _FILTER_COLUMNS = {"product_id": "p.product_id", "title": "p.title", "category": "p.category", "domain": "p.domain"}
+
+    def filter_image_ids(self, domain: str, filters: Sequence[Filter]) -> np.ndarray:
+        """Ids of the domain's images whose product passes every filter (evaluated in SQL)."""
+        where, params = to_sql(filters, self._FILTER_COLUMNS, "p.metadata")
+        rows = self.query(
+            f"SELECT i.image_id FROM images i JOIN products p ON p.product_id = i.product_id WHERE i.domain = ? AND {where}",
+            [domain, *params],
+        )
+        return np.array([r[0] for r in rows], dtype=np.int64)
 
     def count_images(self, domain: str | None = None) -> int:
         if domain is None:
