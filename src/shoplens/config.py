@@ -87,12 +87,24 @@ class StoreConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """How the backbones run on the CPU."""
+
+    #: "torch" (eager PyTorch, channels-last) or "onnx" (ONNX Runtime, extra
+    #: [onnx]; convolutional backbones; about 2x faster on CPU).
+    engine: str = "torch"
+    #: CPU threads for inference; 0 = the runtime's default (all cores).
+    threads: int = 0
+
+
+@dataclass
 class Config:
     intent: IntentConfig = field(default_factory=IntentConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -97,10 +97,8 @@ class TorchConvBackbone(Backbone):
         for shape, members in groups.items():
             for start in range(0, len(members), self.batch_size):
                 chunk = members[start : start + self.batch_size]
-                batch = to_tensor([resized[i] for i in chunk], cfg).contiguous(memory_format=torch.channels_last)
-                with self._lock, torch.inference_mode():
-                    feats = self.module.forward_features(batch)  # type: ignore[operator]
-                    logits = self.module.classify(feats["s32"].mean((2, 3))) if self.has_imagenet_head else None  # type: ignore[operator]
+                batch = to_tensor([resized[i] for i in chunk], cfg)
+                feats, logits = self.forward(batch)
                 for j, i in enumerate(chunk):
                     out[i] = Encoding(
                         photo=photos[i],
@@ -109,3 +107,11 @@ class TorchConvBackbone(Backbone):
                         logits=None if logits is None else logits[j],
                     )
         return [e for e in out if e is not None]
+
+    def forward(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Feature maps and ImageNet logits (or ``None``) of one normalised NCHW batch."""
+        batch = batch.contiguous(memory_format=torch.channels_last)
+        with self._lock, torch.inference_mode():
+            feats = self.module.forward_features(batch)  # type: ignore[operator]
+            logits = self.module.classify(feats["s32"].mean((2, 3))) if self.has_imagenet_head else None  # type: ignore[operator]
+        return feats, logits

@@ -29,10 +29,18 @@ _BN_EPS = 1e-3
 class Conv2dSame(nn.Conv2d):
     """Conv2d with TensorFlow "SAME" padding (asymmetric when stride is 2)."""
 
+    #: Pad as for inputs divisible by the stride (``kernel - stride``), with no
+    #: shape arithmetic: set on a copy exported to ONNX, whose inputs are on that grid.
+    static_pad: bool = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ih, iw = x.shape[-2:]
         kh, kw = self.kernel_size
         sh, sw = self.stride
+        if self.static_pad:
+            ph, pw = max(kh - sh, 0), max(kw - sw, 0)
+            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+            return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        ih, iw = x.shape[-2:]
         ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
         pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
         if ph or pw:
