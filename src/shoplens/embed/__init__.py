@@ -36,15 +36,22 @@ class Embedder:
 
     def describe(self, encodings: Sequence[Encoding]) -> np.ndarray:
         """(N, raw_dim) float32 raw descriptors."""
-        rows = []
-        for e in encodings:
-            if e.embedding is not None:
-                rows.append(e.embedding.float())
-            else:
-                rows.append(gem(e.features["s32"].float()))
-        if not rows:
+        if not encodings:
             return np.zeros((0, 0), dtype=np.float32)
-        return torch.stack(rows).numpy().astype(np.float32, copy=False)
+        rows: list[torch.Tensor | None] = [None] * len(encodings)
+        same_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, e in enumerate(encodings):
+            if e.embedding is not None:
+                rows[i] = e.embedding.float()
+            else:
+                same_shape.setdefault(tuple(e.features["s32"].shape), []).append(i)
+        # One pooling per feature-map shape, not per photo: small per-photo ops
+        # cost far more than their arithmetic on a busy CPU.
+        for members in same_shape.values():
+            pooled = gem(torch.stack([encodings[i].features["s32"] for i in members]).float())
+            for i, v in zip(members, pooled):
+                rows[i] = v
+        return torch.stack(rows).numpy().astype(np.float32, copy=False)  # type: ignore[arg-type]
 
     def project(self, raw: np.ndarray) -> np.ndarray:
         return self.head.apply(raw)

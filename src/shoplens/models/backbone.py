@@ -74,6 +74,10 @@ class TorchConvBackbone(Backbone):
     ) -> None:
         self.name = name
         self.module = module.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        # Inference runs on a copy with batch norms folded into the convolutions
+        # when the model offers one (``fused()``); ``module`` is left as built.
+        fused = getattr(module, "fused", None)
+        self._infer = fused().to(memory_format=torch.channels_last) if callable(fused) else self.module
         self.preprocess = preprocess
         self.feature_dim = int(getattr(module, "num_features"))
         self.has_imagenet_head = has_imagenet_head
@@ -112,6 +116,6 @@ class TorchConvBackbone(Backbone):
         """Feature maps and ImageNet logits (or ``None``) of one normalised NCHW batch."""
         batch = batch.contiguous(memory_format=torch.channels_last)
         with self._lock, torch.inference_mode():
-            feats = self.module.forward_features(batch)  # type: ignore[operator]
-            logits = self.module.classify(feats["s32"].mean((2, 3))) if self.has_imagenet_head else None  # type: ignore[operator]
+            feats = self._infer.forward_features(batch)  # type: ignore[operator]
+            logits = self._infer.classify(feats["s32"].mean((2, 3))) if self.has_imagenet_head else None  # type: ignore[operator]
         return feats, logits

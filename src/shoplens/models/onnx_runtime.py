@@ -131,6 +131,9 @@ class OnnxConvBackbone(TorchConvBackbone):
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
+        # Idle threads sleep instead of spinning: decoding and the other
+        # stages share the same few cores with inference.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session: Any = ort.InferenceSession(str(self.model_path), opts, providers=["CPUExecutionProvider"])
 
     def forward(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
