@@ -4,7 +4,9 @@
     forward pass (NCHW, no_grad) per batch of 32;
 (b) the backbone forward pass alone at the same batch size (pre-made
     224x224 tensors; nothing else) in each runtime: eager NCHW,
-    channels-last + inference_mode, ONNX Runtime fp32;
+    channels-last + inference_mode, ONNX Runtime fp32 (and, with the
+    runtime ``onnx-int8``, a static int8 copy calibrated on 64 grocery val
+    photos: see int8_accuracy.py for what it costs in accuracy);
 (c) shoplens' own Indexer end to end (read + decode + preprocess + embed +
     write into a fresh store), per runtime.
 
@@ -33,7 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import data_root, rows  # noqa: E402
 
 from shoplens import Shoplens  # noqa: E402
-from shoplens.models import create_model  # noqa: E402
+from shoplens.imaging import load_image  # noqa: E402
+from shoplens.models import Backbone, create_model  # noqa: E402
+from shoplens.models.onnx_runtime import OnnxConvBackbone, quantize_int8  # noqa: E402
 from shoplens.models.efficientnet_lite import build_efficientnet_lite  # noqa: E402
 
 
@@ -50,10 +54,12 @@ def forward_only(run: Callable[[], object], n_batches: int) -> None:
         run()
 
 
-def indexer(paths: list[Path], engine: str, tmp: Path, tag: str) -> dict[str, float]:
+def indexer(paths: list[Path], engine: str, tmp: Path, tag: str, backbone: Backbone | None = None) -> dict[str, float]:
     csv = tmp / f"catalog-{tag}.csv"
     csv.write_text("product_id,image,category,domain\n" + "".join(f"p{i},{p},grocery,other_product\n" for i, p in enumerate(paths)))
-    with Shoplens(tmp / f"store-{tag}", **{"runtime.engine": engine}) as lens:
+    with Shoplens(tmp / f"store-{tag}", **{"runtime.engine": "onnx" if engine == "onnx-int8" else engine}) as lens:
+        if backbone is not None:  # the int8 graph is not a configured runtime: hand it to the pipeline
+            lens.pipeline._backbones["efficientnet_lite0"] = backbone
         lens.pipeline.backbone("efficientnet_lite0")  # model loading (and ONNX export) is not indexing
         report = lens.index(csv)
     assert report.images_added == len(paths), report.to_dict()
@@ -65,7 +71,7 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=256, help="grocery photos per measure")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--runtimes", default="torch,onnx", help="comma-separated: torch, onnx")
+    ap.add_argument("--runtimes", default="torch,onnx,onnx-int8", help="comma-separated: torch, onnx, onnx-int8")
     args = ap.parse_args()
     root = data_root() / "grocery"
     paths = [root / r["image"] for r in rows(root / "photos.csv")][: args.photos]
@@ -74,7 +80,14 @@ def main() -> None:
 
     eager = build_efficientnet_lite("efficientnet_lite0")  # NCHW, its own copy
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((args.batch, 3, 224, 224), dtype=np.float32))
-    backbones = {rt: create_model("efficientnet_lite0", runtime=rt) for rt in runtimes}
+    backbones: dict[str, Backbone] = {rt: create_model("efficientnet_lite0", runtime=rt) for rt in runtimes if rt != "onnx-int8"}
+    tmp_int8 = tempfile.TemporaryDirectory()
+    if "onnx-int8" in runtimes:
+        fp32 = create_model("efficientnet_lite0", runtime="onnx")
+        assert isinstance(fp32, OnnxConvBackbone)
+        val = [root / r["image"] for r in rows(root / "photos.csv") if r["split"] == "val"][::4][:64]
+        path = quantize_int8(fp32, [load_image(p, target_size=224) for p in val], Path(tmp_int8.name) / "int8.onnx")
+        backbones["onnx-int8"] = OnnxConvBackbone(fp32, model_path=path)
 
     def eager_fwd() -> object:
         with torch.no_grad():
@@ -85,15 +98,16 @@ def main() -> None:
     for rt, bb in backbones.items():
         measures[f"b_forward_{rt}" + ("_channels_last" if rt == "torch" else "")] = (
             n_batches * args.batch,
-            lambda bb=bb: forward_only(lambda: bb.forward(x), n_batches),  # type: ignore[misc]
+            lambda bb=bb: forward_only(lambda: bb.forward(x), n_batches),  # type: ignore[misc,attr-defined]
         )
     stage_times: dict[str, list[dict[str, float]]] = {rt: [] for rt in runtimes}
     with tempfile.TemporaryDirectory() as tmpdir:
         for rt in runtimes:
-            measures[f"c_indexer_{rt}"] = (len(paths), lambda rt=rt: stage_times[rt].append(indexer(paths, rt, Path(tmpdir), f"{rt}{len(stage_times[rt])}")))  # type: ignore[misc]
+            bb = backbones[rt] if rt == "onnx-int8" else None
+            measures[f"c_indexer_{rt}"] = (len(paths), lambda rt=rt, bb=bb: stage_times[rt].append(indexer(paths, rt, Path(tmpdir), f"{rt}{len(stage_times[rt])}", bb)))  # type: ignore[misc]
         eager_fwd()  # warm-up
         for bb in backbones.values():
-            bb.forward(x)
+            bb.forward(x)  # type: ignore[attr-defined]
         per_s: dict[str, list[float]] = {k: [] for k in measures}
         for r in range(args.rounds):
             for name, (n, fn) in measures.items():

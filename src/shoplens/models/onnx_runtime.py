@@ -18,7 +18,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -26,8 +26,10 @@ from torch import nn
 
 from .._deps import import_optional
 from ..errors import ConfigError
+from ..imaging import Photo
 from .backbone import Backbone, TorchConvBackbone
 from .efficientnet_lite import Conv2dSame
+from .preprocess import resize_photo, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +147,47 @@ class OnnxConvBackbone(TorchConvBackbone):
         feats = {k: torch.from_numpy(v) for k, v in zip(_FEATURES, outs)}
         logits = torch.from_numpy(outs[3]) if self.has_imagenet_head else None
         return feats, logits
+
+
+def quantize_int8(backbone: OnnxConvBackbone, calibration: Sequence[Photo], path: str | Path, *, input_size: int | None = None) -> Path:
+    """Write an int8 (static, QDQ, per-channel weights) copy of ``backbone``'s graph to ``path``.
+
+    Activation ranges are calibrated on ``calibration`` photos, preprocessed as
+    the backbone does; use photos like those the model will see (a few dozen
+    catalogue photos). Run it with ``OnnxConvBackbone(base, model_path=path)``.
+    Not a configured runtime: it loses some accuracy (docs/benchmarks/speed.md
+    states how much on the grocery photos).
+    """
+    import_optional("onnxruntime", "onnxruntime", "onnx", "int8 quantisation")
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    cfg = backbone.preprocess if input_size is None else backbone.preprocess.with_size(input_size)
+    inputs = [to_tensor([resize_photo(p.pixels, cfg)], cfg).contiguous().numpy() for p in calibration]
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(inputs)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self._it, None)
+            return None if x is None else {"pixels": x}
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(backbone.model_path), str(pre))
+        quantize_static(
+            str(pre),
+            str(path),
+            _Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+    return path
 
 
 def to_onnx(backbone: Backbone, *, threads: int = 0) -> OnnxConvBackbone:
