@@ -151,3 +151,14 @@ def test_onnx_matches_torch_on_real_photos(data_dir: Path, backbones: tuple[Torc
         emb = Embedder("other_product", "efficientnet_lite0", size, IdentityHead())
         va, vb = emb.project(emb.describe(a)), emb.project(emb.describe(b))
         assert float(np.min(np.sum(va * vb, axis=1))) > 0.9999
+
+
+def test_nchw_batch_for_onnx_equals_the_torch_batch() -> None:
+    from shoplens.models.preprocess import PreprocessCfg, to_nchw, to_tensor
+
+    rng = np.random.default_rng(0)
+    resized = [rng.integers(0, 256, (64, 32, 3), dtype=np.uint8) for _ in range(3)]
+    cfg = PreprocessCfg(mean=(120.0, 110.0, 100.0), std=(60.0, 50.0, 40.0))
+    nchw = to_nchw(resized, cfg)
+    assert nchw.flags.c_contiguous and nchw.dtype == np.float32 and nchw.shape == (3, 3, 64, 32)
+    np.testing.assert_allclose(nchw, to_tensor(resized, cfg).numpy(), rtol=1e-6, atol=1e-6)

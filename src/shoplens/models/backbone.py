@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from ..imaging import Photo
@@ -101,7 +102,7 @@ class TorchConvBackbone(Backbone):
         for shape, members in groups.items():
             for start in range(0, len(members), self.batch_size):
                 chunk = members[start : start + self.batch_size]
-                batch = to_tensor([resized[i] for i in chunk], cfg)
+                batch = self.make_batch([resized[i] for i in chunk], cfg)
                 feats, logits = self.forward(batch)
                 for j, i in enumerate(chunk):
                     out[i] = Encoding(
@@ -111,6 +112,10 @@ class TorchConvBackbone(Backbone):
                         logits=None if logits is None else logits[j],
                     )
         return [e for e in out if e is not None]
+
+    def make_batch(self, resized: Sequence[np.ndarray], cfg: PreprocessCfg) -> torch.Tensor:
+        """One normalised NCHW batch of same-shaped resized photos, in the layout :meth:`forward` wants."""
+        return to_tensor(resized, cfg)  # NHWC in memory: channels-last for free
 
     def forward(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """Feature maps and ImageNet logits (or ``None``) of one normalised NCHW batch."""

@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from ..imaging import Photo
 from .backbone import Backbone, TorchConvBackbone
 from .efficientnet_lite import Conv2dSame
-from .preprocess import resize_photo, to_tensor
+from .preprocess import PreprocessCfg, resize_photo, to_nchw, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,9 @@ class OnnxConvBackbone(TorchConvBackbone):
         # stages share the same few cores with inference.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session: Any = ort.InferenceSession(str(self.model_path), opts, providers=["CPUExecutionProvider"])
+
+    def make_batch(self, resized: Sequence[np.ndarray], cfg: PreprocessCfg) -> torch.Tensor:
+        return torch.from_numpy(to_nchw(resized, cfg))  # contiguous NCHW: no copy before the run
 
     def forward(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         h, w = batch.shape[-2:]
