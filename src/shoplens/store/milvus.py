@@ -75,6 +75,13 @@ _CHUNK = 60000
 _BATCH = 1000
 
 
+class _LiteNoise(logging.Filter):
+    """Milvus Lite's in-process server logs every unimplemented call (the query iterator probes one) as an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Method not implemented" not in record.getMessage()
+
+
 def _client(uri: str, token: str | None) -> Any:
     try:
         from pymilvus import MilvusClient
@@ -139,6 +146,7 @@ class MilvusStore(CatalogueStore):
         lite = not uri.startswith(("http://", "https://", "tcp://", "grpc://"))
         if lite:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
+            logging.getLogger("grpc._server").addFilter(_LiteNoise())
         self.client = _client(uri, token)
         self.location = f"milvus-lite:{uri}#{name}" if lite else f"milvus://{uri.split('://', 1)[1]}/{name}"
         if cache_dir is None:
@@ -479,7 +487,7 @@ class MilvusStore(CatalogueStore):
         for r, row in enumerate(hits):
             for c, hit in enumerate(row):
                 dist[r, c] = np.sqrt(max(float(hit["distance"]), 0.0))  # Milvus L2 is squared
-                ids[r, c] = int(hit["id"])
+                ids[r, c] = int(hit["entity"]["image_id"])
         return dist, ids
 
     def count_vectors(self, domain: str) -> int:
