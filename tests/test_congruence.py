@@ -262,3 +262,35 @@ def test_migrate_embedded_to_milvus_and_back(tmp_path: Path) -> None:
     src.close()
     mid.close()
     back.close()
+
+
+@needs_milvus
+def test_shoplens_migrate_command_end_to_end(tmp_path: Path, synthetic_catalogue: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`shoplens migrate` moves an indexed catalogue to Milvus Lite; searches give the same products and ranks."""
+    import json
+
+    from shoplens import Shoplens, open_store
+    from shoplens.cli import main
+
+    from . import test_engine  # noqa: F401  (registers the test-* intent classifiers)
+
+    flags = {"intent.classifier": "test-other_product", "search.rank_filter": False, "search.entropy_filter": False}
+    with Shoplens(tmp_path / "store", **flags, **{"search.similar_k": 77}) as lens:
+        lens.index(synthetic_catalogue)
+        (lens.store.models_dir / "note.bin").write_bytes(b"trained model stand-in")
+    target = f"milvus-lite:{tmp_path / 'moved.db'}#shop"
+    assert main(["migrate", str(tmp_path / "store"), target, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["products"] == 6 and report["images"] == {"apparel": 0, "other_product": 7}
+    assert set(report["files"]) == {"config.json", "models/note.bin"}
+    query = synthetic_catalogue.parent / "img" / "p4.png"
+    results = []
+    for location in (str(tmp_path / "store"), target):
+        with open_store(location, **flags) as lens:
+            hits = lens.search_one(query).regions[0].results
+            results.append([(h.product_id, round(h.rank, 3), h.price) for h in hits])
+            if location == target:
+                assert lens.config.search.similar_k == 77  # the saved configuration moved too
+                assert (lens.store.models_dir / "note.bin").read_bytes() == b"trained model stand-in"
+    assert results[0] == results[1] and results[0][0][0] == "p4"
+    assert main(["migrate", str(tmp_path / "store"), target]) == 2  # the target is not empty
