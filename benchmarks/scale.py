@@ -128,6 +128,7 @@ def main() -> int:
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--kinds", default="ivfsq8,ivfflat,hnsw")
     ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--noise", type=float, default=0.6, help="spread of each cluster (1.0: the seeds' own covariance)")
     ap.add_argument("--nlist", type=int, default=1024)
     ap.add_argument("--nprobes", default="4,8,16,32,64")
     ap.add_argument("--efs", default="16,32,64,128")
@@ -138,7 +139,7 @@ def main() -> int:
     faiss.omp_set_num_threads(2)
 
     t0 = time.perf_counter()
-    gen = Generator(args.dim)
+    gen = Generator(args.dim, noise=args.noise)
     base = np.empty((args.n, gen.dim), dtype=np.float16)
     for start in range(0, args.n, 50_000):
         base[start : start + 50_000] = gen.chunk(start, min(50_000, args.n - start))
@@ -149,7 +150,7 @@ def main() -> int:
     log.info("exact ground truth in %.0f s; mean 10-NN distance %.3f", time.perf_counter() - t0, float(np.sqrt(np.maximum(truth_d, 0)).mean()))
     ids = np.arange(args.n, dtype=np.int64)
     rows: list[dict[str, object]] = []
-    common = {"n": args.n, "dim": gen.dim, "queries": args.queries, "machine": f"{os.cpu_count()} cores, shared"}
+    common = {"n": args.n, "dim": gen.dim, "noise": args.noise, "queries": args.queries, "machine": f"{os.cpu_count()} cores, shared"}
 
     # exact search: measured on a sample, scaled linearly in n
     flat = FaissIndex(gen.dim)
