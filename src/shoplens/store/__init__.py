@@ -83,7 +83,7 @@ class EmbeddedStore(CatalogueStore):
         self._lock = threading.RLock()
 
     @property
-    def models_dir(self) -> Path:
+    def models_dir(self) -> Path:  # type: ignore[override]
         return self.root / "models"
 
     @property
@@ -248,7 +248,7 @@ class EmbeddedStore(CatalogueStore):
         params = {**ann_params(kind, count, 1), **self.ann}
         size = min(len(all_ids), max(64 * int(params["nlist"]), 39 * 256 if kind == "ivfpq" else 0))
         picked = np.random.default_rng(0).choice(all_ids, size=size, replace=False)
-        sample = np.concatenate([self._projector.project(domain, raw) for _, raw in self.db.iter_raw(image_ids=picked)])
+        sample = np.concatenate([self._projector.project(domain, raw) for _, raw in self.db.iter_raw(image_ids=picked.tolist())])
         if kind == "ivfpq" and "m" not in self.ann:
             params.pop("m", None)
         return FaissIndex.trained(kind, sample, params)
@@ -259,7 +259,10 @@ class EmbeddedStore(CatalogueStore):
         kind = self.wanted_kind(n)
         if self.index_kind == "auto" and index.kind != "flat" and n >= self.ann_threshold // 2:
             kind = index.kind  # hysteresis: stay approximate until well below the threshold
-        grown = isinstance(index, FaissIndex) and not index.exact and n > 16 * 39 * int(index.params.get("nlist", 1))
+        # Outgrown: the lists it was trained with are a quarter of what its size now calls for.
+        grown = isinstance(index, FaissIndex) and not index.exact and "nlist" not in self.ann and (
+            ann_params(index.kind, n, index.dim)["nlist"] >= 4 * int(index.params.get("nlist", 1))
+        )
         if kind != index.kind or grown:
             log.info("vector index %s: %d vectors, %s -> %s: retraining from the stored descriptors", domain, n, index.kind, kind)
             self.rebuild(domain)
