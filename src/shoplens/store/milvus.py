@@ -125,6 +125,8 @@ class MilvusStore(CatalogueStore):
     """
 
     engine = "milvus"
+    #: Milvus Lite files opened by this process -> open stores (its in-process server is released with the last).
+    _lite_users: dict[str, int] = {}
 
     def __init__(
         self,
@@ -148,6 +150,9 @@ class MilvusStore(CatalogueStore):
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
             logging.getLogger("grpc._server").addFilter(_LiteNoise())
         self.client = _client(uri, token)
+        self._lite_path = str(Path(uri).absolute()) if lite else None
+        if self._lite_path:
+            MilvusStore._lite_users[self._lite_path] = MilvusStore._lite_users.get(self._lite_path, 0) + 1
         self.location = f"milvus-lite:{uri}#{name}" if lite else f"milvus://{uri.split('://', 1)[1]}/{name}"
         if cache_dir is None:
             if lite:
@@ -161,6 +166,10 @@ class MilvusStore(CatalogueStore):
             raise StoreError(f"{self.location}: no such store (run 'shoplens index ... --store {self.location}' first)")
         if not exists:
             self._create_metadata_collections()
+        else:  # after a restart of Milvus (or of Milvus Lite, in process) collections come back released
+            for coll in [self._products, self._images, self._journal, self._files] + [self._vec(d) for d in DOMAINS]:
+                if self.client.has_collection(coll):
+                    self.client.load_collection(coll)
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self._dims: dict[str, int] = {}
         self._download_files()
@@ -420,8 +429,32 @@ class MilvusStore(CatalogueStore):
         self._upload_files()
 
     def close(self) -> None:
-        self.persist()
-        self.client.close()
+        if self.client is None:
+            return
+        try:
+            self.persist()
+        finally:
+            self.client.close()
+            self.client = None
+            if self._lite_path:
+                self._release_lite(self._lite_path)
+
+    @classmethod
+    def _release_lite(cls, path: str) -> None:
+        """Stop this process's Milvus Lite server for ``path`` once no store uses it.
+
+        Milvus Lite serves a file from one process at a time: holding it
+        after close would block (or corrupt) the next process that opens it.
+        """
+        cls._lite_users[path] -= 1
+        if cls._lite_users[path] > 0:
+            return
+        del cls._lite_users[path]
+        try:
+            from milvus_lite.server_manager import server_manager_instance
+        except ImportError:  # an older Milvus Lite: nothing to release
+            return
+        server_manager_instance.release_server(path)
 
     # -- files (trained models, saved configuration) ------------------------
     def _local_files(self) -> dict[str, Path]:
