@@ -83,7 +83,8 @@ def ann_params(kind: str, n: int, dim: int) -> dict[str, int]:
     nlist = int(min(65536, max(16, 2 ** round(np.log2(np.sqrt(max(n, 1)))))))
     params = {"nlist": nlist, "nprobe": max(8, nlist // 64)}
     if kind == "ivfpq":
-        m = next(m for m in (64, 48, 32, 16, 8, 4, 2, 1) if dim % m == 0)
+        # sub-vectors of at least 8 dimensions (finer ones cost training time for little recall)
+        m = next((m for m in (64, 48, 32, 16, 8, 4, 2) if dim % m == 0 and dim // m >= 8), 1)
         params["m"] = m
     return params
 
