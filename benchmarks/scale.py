@@ -73,10 +73,10 @@ class Generator:
         self.noise = noise
         self.iso = 0.02 / np.sqrt(self.dim)
 
-    def chunk(self, start: int, n: int, stream: int = 0) -> np.ndarray:
+    def chunk(self, start: int, n: int, stream: int = 0, noise: float | None = None) -> np.ndarray:
         rng = np.random.default_rng([stream, start])
         idx = rng.integers(0, len(self.seeds), n)
-        x = self.seeds[idx] + self.noise * rng.standard_normal((n, self.basis.shape[1]), dtype=np.float32) @ self.basis.T
+        x = self.seeds[idx] + (self.noise if noise is None else noise) * rng.standard_normal((n, self.basis.shape[1]), dtype=np.float32) @ self.basis.T
         x += self.iso * rng.standard_normal((n, self.dim), dtype=np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         return x.astype(np.float16)  # stored as the store stores raw descriptors
@@ -122,6 +122,21 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f[:10]) & set(t[:10])) / 10 for f, t in zip(found, truth)]))
 
 
+def report(path: Path) -> None:
+    """The results file as one markdown table."""
+    cols = ["n", "dim", "noise", "query_noise", "kind", "nlist", "param", "value", "recall@10", "p50_ms", "p99_ms", "cpu_p50_ms",
+            "train_s", "add_per_s", "bytes_per_vector"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        cells = []
+        for c in cols:
+            v = r.get(c, "")
+            cells.append(f"{v:.2f}" if isinstance(v, float) and c.endswith("_ms") else ("" if v is None else str(v)))
+        print("| " + " | ".join(cells) + " |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -129,12 +144,17 @@ def main() -> int:
     ap.add_argument("--kinds", default="ivfsq8,ivfflat,hnsw")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--noise", type=float, default=0.6, help="spread of each cluster (1.0: the seeds' own covariance)")
+    ap.add_argument("--query-noise", type=float, default=None, help="spread of the queries around their seeds (default: --noise)")
     ap.add_argument("--nlist", type=int, default=1024)
     ap.add_argument("--nprobes", default="4,8,16,32,64")
     ap.add_argument("--efs", default="16,32,64,128")
     ap.add_argument("--flat-sample", type=int, default=100_000, help="exact-search latency is measured on this many vectors and scaled")
     ap.add_argument("--out", default=str(CACHE / "results.jsonl"))
+    ap.add_argument("--report", action="store_true", help="print the results in --out as a markdown table and stop")
     args = ap.parse_args()
+    if args.report:
+        report(Path(args.out))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     faiss.omp_set_num_threads(2)
 
@@ -143,14 +163,14 @@ def main() -> int:
     base = np.empty((args.n, gen.dim), dtype=np.float16)
     for start in range(0, args.n, 50_000):
         base[start : start + 50_000] = gen.chunk(start, min(50_000, args.n - start))
-    queries = gen.chunk(0, args.queries, stream=1).astype(np.float32)
+    queries = gen.chunk(0, args.queries, stream=1, noise=args.query_noise).astype(np.float32)
     log.info("generated %d x %d in %.0f s", args.n, gen.dim, time.perf_counter() - t0)
     t0 = time.perf_counter()
     truth_d, truth = exact_knn(base, queries, 10)
     log.info("exact ground truth in %.0f s; mean 10-NN distance %.3f", time.perf_counter() - t0, float(np.sqrt(np.maximum(truth_d, 0)).mean()))
     ids = np.arange(args.n, dtype=np.int64)
     rows: list[dict[str, object]] = []
-    common = {"n": args.n, "dim": gen.dim, "noise": args.noise, "queries": args.queries, "machine": f"{os.cpu_count()} cores, shared"}
+    common = {"n": args.n, "dim": gen.dim, "noise": args.noise, "query_noise": args.query_noise or args.noise, "queries": args.queries, "machine": f"{os.cpu_count()} cores, shared"}
 
     # exact search: measured on a sample, scaled linearly in n
     flat = FaissIndex(gen.dim)
