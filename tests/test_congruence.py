@@ -89,23 +89,32 @@ LOCATIONS: dict[str, Callable[[Path], str]] = {
     "milvus:": _milvus_location,
     "milvus-lite:": _lite_location,
 }
+#: Engine options tested too: (registered engine, keyword arguments).
+VARIANTS: dict[str, tuple[str, dict[str, object]]] = {name: (name, {}) for name in LOCATIONS}
+VARIANTS["embedded+ivfsq8"] = ("embedded", {"index": "ivfsq8", "ann": {"nlist": 4, "nprobe": 2}})
+VARIANTS["embedded+ivfflat"] = ("embedded", {"index": "ivfflat", "ann": {"nlist": 4, "nprobe": 2}})
 
 
 def test_every_registered_engine_has_a_test_location() -> None:
     assert set(list_stores()) == set(LOCATIONS), "register a test location for each store engine"
 
 
-@pytest.fixture(params=sorted(LOCATIONS))
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return LOCATIONS[request.param](tmp_path)
+@pytest.fixture(params=sorted(VARIANTS))
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, object]]:
+    engine, kwargs = VARIANTS[request.param]
+    return LOCATIONS[engine](tmp_path), kwargs
 
 
-def test_store_contract(location: str) -> None:
+def test_store_contract(location: tuple[str, dict[str, object]]) -> None:
     """Atomic writes, reads, search with filters, deletes and updates visible at once, durable on reopen."""
+    where, kwargs = location
     v = clustered(60, seed=1)
-    store = open_catalogue_store(location, Identity())
+    store = open_catalogue_store(where, Identity(), **kwargs)
     try:
         ids = fill(store, v, batch=25)
+        store.persist()  # an embedded approximate index is trained here, from the stored vectors
+        if kwargs.get("index"):
+            assert store.index("other_product").kind == kwargs["index"]  # type: ignore[attr-defined]
         assert store.count_products() == 60 and store.count_images("other_product") == 60
         assert store.count_vectors("other_product") == 60 and store.count_images("apparel") == 0
         assert store.get_product("p7") == product("p7")
@@ -114,7 +123,8 @@ def test_store_contract(location: str) -> None:
         assert store.product_images("p7") == [(ids[7], "other_product", "p7-0.jpg")]
         assert store.image_source(ids[7]) == "p7-0.jpg"
         d, found = store.search("other_product", v[:3], 5)
-        assert pids(store, found[:, :1]) == [["p0"], ["p1"], ["p2"]] and np.allclose(d[:, 0], 0, atol=1e-3)
+        atol = 0.01 if kwargs.get("index") == "ivfsq8" else 1e-3  # 8-bit codes: distances within ~0.005
+        assert pids(store, found[:, :1]) == [["p0"], ["p1"], ["p2"]] and np.allclose(d[:, 0], 0, atol=atol)
         assert np.all(np.diff(d, axis=1) >= -1e-6)  # nearest first
         assert store.search("apparel", v[:1], 5)[1].shape[1] == 0
 
@@ -141,7 +151,7 @@ def test_store_contract(location: str) -> None:
     finally:
         store.close()
 
-    again = open_catalogue_store(location, Identity(), create=False)
+    again = open_catalogue_store(where, Identity(), create=False, **kwargs)
     try:
         d2, found = again.search("other_product", v[5:6], 3)
         assert pids(again, found)[0][0] == "p5" and again.count_products() == 59
