@@ -65,7 +65,7 @@ class VectorIndex(abc.ABC):
 #: Index kinds a store can be asked for (``StoreConfig.index``).
 INDEX_KINDS = ("auto", "flat", "ivfflat", "ivfsq8", "ivfpq")
 #: Below this many vectors ``auto`` stays exact (a flat scan is fast enough).
-AUTO_ANN_THRESHOLD = 100_000
+AUTO_ANN_THRESHOLD = 50_000
 #: ``auto`` above the threshold: inverted lists over 8-bit scalar-quantised
 #: vectors (recall@10 >= 0.95 at a few ms per query, 1 byte per dimension;
 #: see docs/benchmarks/scale.md).
