@@ -124,12 +124,14 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 def report(path: Path) -> None:
     """The results file as one markdown table."""
-    cols = ["n", "dim", "noise", "query_noise", "kind", "nlist", "param", "value", "recall@10", "p50_ms", "p99_ms", "cpu_p50_ms",
+    cols = ["n", "dim", "noise", "query_noise", "kind", "nlist", "param", "value", "recall@10", "p50_ms", "p99_ms", "cpu_p50_ms", "cpu_p99_ms",
             "train_s", "add_per_s", "bytes_per_vector"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for line in path.read_text().splitlines():
         r = json.loads(line)
+        r.setdefault("noise", 0.6)  # the first runs predate the option
+        r.setdefault("query_noise", r["noise"])
         cells = []
         for c in cols:
             v = r.get(c, "")

@@ -76,12 +76,14 @@ def ann_params(kind: str, n: int, dim: int) -> dict[str, int]:
     """Default parameters of an approximate index over ``n`` vectors.
 
     ``nlist`` ~ sqrt(n) inverted lists (a power of two, 16 … 65536) and
-    ``nprobe`` = nlist / 64 lists visited per query (at least 8): 1024 and 16
-    for a million vectors, measured at recall@10 >= 0.97 in the scale
-    benchmark (docs/benchmarks/scale.md); ``m`` PQ sub-quantizers (``ivfpq``).
+    ``nprobe`` = nlist / 128 lists visited per query (at least 8): 1024 and 8
+    for a million vectors. In the scale benchmark (docs/benchmarks/scale.md)
+    recall@10 is already >= 0.977 at nprobe 4 for 256/512/1280-d, so 8 leaves
+    headroom for catalogues whose clusters overlap more; ``m`` PQ
+    sub-quantizers (``ivfpq``).
     """
     nlist = int(min(65536, max(16, 2 ** round(np.log2(np.sqrt(max(n, 1)))))))
-    params = {"nlist": nlist, "nprobe": max(8, nlist // 64)}
+    params = {"nlist": nlist, "nprobe": max(8, nlist // 128)}
     if kind == "ivfpq":
         # sub-vectors of at least 8 dimensions (finer ones cost training time for little recall)
         m = next((m for m in (64, 48, 32, 16, 8, 4, 2) if dim % m == 0 and dim // m >= 8), 1)
