@@ -178,7 +178,7 @@ def main() -> int:
     flat = FaissIndex(gen.dim)
     m = min(args.flat_sample, args.n)
     flat.add(ids[:m], base[:m].astype(np.float32))
-    p50, p99, _ = latency(lambda q: flat.search(q, 10)[1], queries[:50])
+    p50, p99, _ = latency(lambda q, ix=flat: ix.search(q, 10)[1], queries[:50])
     rows.append({**common, "kind": "flat", "measured_on": m, "p50_ms": p50 * args.n / m, "p99_ms": p99 * args.n / m,
                  "cpu_p50_ms": float(np.percentile(CPU_MS, 50)) * args.n / m,
                  "bytes_per_vector": 4 * gen.dim + 8, "recall@10": 1.0})
@@ -215,10 +215,12 @@ def main() -> int:
         for p in sweep:
             if kind == "hnsw":
                 index.hnsw.efSearch = p
-                search = lambda q: index.search(q, 10)[1]  # noqa: E731
             else:
                 index.nprobe = p
-                search = lambda q: index.search(q, 10)[1]  # noqa: E731
+
+            def search(q: np.ndarray, ix=index) -> np.ndarray:  # type: ignore[no-untyped-def]
+                return ix.search(q, 10)[1]
+
             p50, p99, found = latency(search, queries)
             rows.append({**common, "kind": kind, "param": ("efSearch" if kind == "hnsw" else "nprobe"), "value": p,
                          "nlist": None if kind == "hnsw" else index.params["nlist"], "train_s": round(train_s, 1),

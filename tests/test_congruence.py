@@ -153,7 +153,7 @@ def test_store_contract(location: tuple[str, dict[str, object]]) -> None:
 
     again = open_catalogue_store(where, Identity(), create=False, **kwargs)
     try:
-        d2, found = again.search("other_product", v[5:6], 3)
+        _, found = again.search("other_product", v[5:6], 3)
         assert pids(again, found)[0][0] == "p5" and again.count_products() == 59
         assert again.count_vectors("other_product") == 59
     finally:
