@@ -306,3 +306,43 @@ def test_shoplens_migrate_command_end_to_end(tmp_path: Path, synthetic_catalogue
                 assert (lens.store.models_dir / "note.bin").read_bytes() == b"trained model stand-in"
     assert results[0] == results[1] and results[0][0][0] == "p4"
     assert main(["migrate", str(tmp_path / "store"), target]) == 2  # the target is not empty
+
+
+@needs_milvus
+def test_milvus_recovers_interrupted_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that dies before its commit point leaves nothing; one that dies after it is completed on open."""
+    from shoplens.store.milvus import MilvusStore
+
+    location = f"milvus-lite:{tmp_path / 'r.db'}"
+    v = clustered(4, seed=9)
+    store = open_catalogue_store(location, Identity())
+    fill(store, v[:1])
+
+    class Crash(BaseException):
+        pass
+
+    def crash(*_: object, **__: object) -> None:
+        raise Crash
+
+    # dies after its image rows went in, before the commit point (and before any rollback could run)
+    monkeypatch.setattr(MilvusStore, "_plan", crash)
+    monkeypatch.setattr(MilvusStore, "_rollback", lambda *_: None)
+    with pytest.raises(Crash):
+        store.write(WriteBatch(products=[product("p1")], add_images=[image("p1", 0, v[1])]))
+    assert store.count_images() == 2  # the orphan row is there...
+    monkeypatch.undo()
+    again = open_catalogue_store(location, Identity())
+    assert again.count_images() == 1 and again.get_product("p1") is None  # ...and gone after recovery
+
+    # dies right after its commit point
+    monkeypatch.setattr(MilvusStore, "_apply", crash)
+    with pytest.raises(Crash):
+        again.write(WriteBatch(products=[product("p2")], add_images=[image("p2", 0, v[2])]))
+    assert again.get_product("p2") is None and again.count_vectors("other_product") == 1  # not applied yet
+    monkeypatch.undo()
+    third = open_catalogue_store(location, Identity())
+    assert third.get_product("p2") == product("p2") and third.count_vectors("other_product") == 2
+    _, found = third.search("other_product", v[2:3], 1)
+    assert pids(third, found) == [["p2"]]
+    for s in (store, again, third):
+        s.close()

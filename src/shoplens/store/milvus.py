@@ -5,10 +5,10 @@ any number of search processes can share one catalogue. A store named
 ``NAME`` is a set of collections:
 
 ```
-NAME_products        product_id (key), title, category, sources, metadata (JSON),
+NAME_products        product_id (key), title, category and their sources, metadata (JSON),
                      images: the committed image ids of the product (JSON list)
 NAME_images          image_id (key, allocated by Milvus), product_id, source, sha1, domain,
-                     signature, raw (the raw descriptor: float16, base64)
+                     signature, raw (the raw descriptor: float16, base64), batch (journal row that added it)
 NAME_vec_<domain>    image_id (key), vector: the projected vector, searched (one per domain partition)
 NAME_journal         one row per write in progress (see below)
 NAME_files           models trained for the catalogue and the saved configuration, in chunks
@@ -18,17 +18,17 @@ NAME_files           models trained for the catalogue and the saved configuratio
 collections carry a 2-d placeholder vector nobody searches.)
 
 **Atomic, durable writes.** Milvus has no multi-row transactions, so
-:meth:`MilvusStore.write` follows a redo-log protocol. (1) The new images'
-rows (raw descriptors, no vectors) go into ``NAME_images`` and a journal row
-``pending`` lists them: nothing searchable yet. (2) The journal row is
+:meth:`MilvusStore.write` follows a redo-log protocol. (1) A ``pending``
+journal row goes in, then the new images' rows (raw descriptors, no
+vectors), tagged with it: nothing searchable yet. (2) The journal row is
 upserted as ``committed`` with the whole change (product rows with their new
 image lists, ids to delete): this is the commit point; Milvus acknowledges
 an upsert once it is in its write-ahead log. (3) The change is applied:
 product rows upserted, vectors of the new images upserted, removed images
 and deleted products deleted. (4) The journal row is deleted. Opening the
-store (or the next write) finishes what a crash interrupted: a ``committed``
+store finishes what a crash interrupted: a ``committed``
 batch is applied again (every step is idempotent), a ``pending`` one is
-rolled back (its image rows deleted). A search only ever sees vectors,
+rolled back (its tagged image rows deleted). A search only ever sees vectors,
 written after the commit point, so an unacknowledged image is never found.
 
 **Visibility.** Collections use Strong consistency: when ``write`` returns,
@@ -230,6 +230,7 @@ class MilvusStore(CatalogueStore):
             ("domain", T.VARCHAR, {"max_length": 32}),
             ("signature", T.VARCHAR, {"max_length": 1024}),
             ("raw", T.VARCHAR, {"max_length": _VARCHAR}),
+            ("batch", T.INT64, {}),  # the journal row of the write that added it
         ], auto_id=True)
         self._create(self._journal, [
             ("seq", T.INT64, {"is_primary": True}),
@@ -323,21 +324,21 @@ class MilvusStore(CatalogueStore):
             return []
         if self.projector is None:
             raise StoreError("this store has no projector: it cannot index vectors")
-        # (1) the new images' rows, not yet part of any product
-        rows = [
-            {"product_id": im.product_id, "source": im.source, "sha1": im.sha1, "domain": im.domain,
-             "signature": im.signature, "raw": _b64(im.raw), "vector": [0.0, 0.0]}
-            for im in batch.add_images
-        ]
-        new_ids: list[int] = []
-        for start in range(0, len(rows), _BATCH):
-            new_ids.extend(int(i) for i in self.client.insert(self._images, rows[start : start + _BATCH])["ids"])
-        pending = self.client.insert(self._journal, [{"state": "pending", "payload": {"new": new_ids}, "vector": [0.0, 0.0]}])
+        # (1) a pending journal row, then the new images' rows tagged with it: not part of any product yet
+        pending = self.client.insert(self._journal, [{"state": "pending", "payload": {}, "vector": [0.0, 0.0]}])
         seq = int(pending["ids"][0])
         try:
+            rows = [
+                {"product_id": im.product_id, "source": im.source, "sha1": im.sha1, "domain": im.domain,
+                 "signature": im.signature, "raw": _b64(im.raw), "batch": seq, "vector": [0.0, 0.0]}
+                for im in batch.add_images
+            ]
+            new_ids: list[int] = []
+            for start in range(0, len(rows), _BATCH):
+                new_ids.extend(int(i) for i in self.client.insert(self._images, rows[start : start + _BATCH])["ids"])
             payload = self._plan(batch, new_ids)
         except BaseException:
-            self._rollback(seq, new_ids)
+            self._rollback(seq)
             raise
         # (2) the commit point
         self.client.upsert(self._journal, [{"seq": seq, "state": "committed", "payload": payload, "vector": [0.0, 0.0]}])
@@ -394,8 +395,9 @@ class MilvusStore(CatalogueStore):
         self._delete_ids(self._images, [i for i, _ in drop])
         self._delete_ids(self._products, payload["delete_products"])
 
-    def _rollback(self, seq: int, new_ids: list[int]) -> None:
-        self._delete_ids(self._images, new_ids)
+    def _rollback(self, seq: int) -> None:
+        """Forget an uncommitted write: its image rows (found by their tag), then its journal row."""
+        self.client.delete(self._images, filter=f"batch == {int(seq)}")
         self.client.delete(self._journal, ids=[seq])
 
     def _recover(self) -> None:
@@ -408,7 +410,7 @@ class MilvusStore(CatalogueStore):
                 self.client.delete(self._journal, ids=[row["seq"]])
             else:
                 log.warning("%s: rolling back write %d interrupted before its commit point", self.location, row["seq"])
-                self._rollback(int(row["seq"]), [int(i) for i in row["payload"].get("new", [])])
+                self._rollback(int(row["seq"]))
 
     def reproject(self, domain: str) -> None:
         """Re-project every stored raw descriptor into a new vector collection."""
@@ -543,6 +545,11 @@ class MilvusStore(CatalogueStore):
 
     def count_products(self) -> int:
         return self._count(self._products)
+
+    def iter_products(self, batch: int = 1000) -> Iterator[ProductRecord]:
+        """Every product, in no particular order (one pass, for migration)."""
+        for row in self._query(self._products, 'product_id != ""', self._PRODUCT_FIELDS):
+            yield self._record(row)
 
     # -- images -------------------------------------------------------------
     def find_image(self, product_id: str, source: str) -> tuple[int, str, str, str] | None:
