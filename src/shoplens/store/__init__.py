@@ -180,7 +180,7 @@ class EmbeddedStore(CatalogueStore):
         if index.head_id != version:
             log.info("vector index %s was built with another head: re-projecting the stored descriptors", path)
             return self.rebuild(domain)
-        if self.index_kind != "auto" and index.kind != self.index_kind:
+        if self.index_kind != "auto" and index.kind != self.index_kind and len(index):
             log.info("vector index %s is %s, configured %s: rebuilding it", path, index.kind, self.index_kind)
             return self.rebuild(domain)
         first = self.db.first_seq()
@@ -256,6 +256,8 @@ class EmbeddedStore(CatalogueStore):
     def _retune(self, domain: str, index: VectorIndex) -> None:
         """Retrain a partition whose index kind or size no longer fits its vector count."""
         n = len(index)
+        if n == 0:
+            return  # nothing to train on yet: an empty partition stays flat
         kind = self.wanted_kind(n)
         if self.index_kind == "auto" and index.kind != "flat" and n >= self.ann_threshold // 2:
             kind = index.kind  # hysteresis: stay approximate until well below the threshold
