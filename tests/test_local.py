@@ -14,11 +14,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from shoplens.errors import ConfigError, NotFoundError, StoreError
 from shoplens.imaging import Photo, load_image, photo_from_array
-from shoplens.local import LocalConfig, LocalIndex, fuse, rerank_verified
+from shoplens.local import LocalConfig, LocalIndex, Vocabulary, fuse, rerank_verified
 from shoplens.local.features import FeatureExtractor, LocalFeatures
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = LocalConfig(vocabulary_size=512, max_keypoints=600)
+CONFIG = LocalConfig(max_keypoints=600)
 MIN_INLIERS = CONFIG.min_inliers
 
 
@@ -68,7 +68,7 @@ def labels() -> list[Photo]:
 
 @pytest.fixture(scope="module")
 def index(labels: list[Photo]) -> LocalIndex:
-    idx = LocalIndex.train_vocabulary(labels, CONFIG)
+    idx = LocalIndex(config=CONFIG)  # the generic vocabulary shipped with shoplens
     idx.add(np.arange(10, 16, dtype=np.int64), labels)
     return idx
 
@@ -95,8 +95,9 @@ def test_warped_label_is_found_and_verified(index: LocalIndex, labels: list[Phot
     assert np.delete(inliers, 2).max() < MIN_INLIERS
 
 
-def test_affine_model_also_verifies(labels: list[Photo]) -> None:
+def test_trained_vocabulary_and_affine_model(labels: list[Photo]) -> None:
     idx = LocalIndex.train_vocabulary(labels, LocalConfig(vocabulary_size=512, model="affine"))
+    assert idx.vocabulary.size == 512
     idx.add(np.arange(6, dtype=np.int64), labels)
     inliers = idx.verify(photo(warp(np.asarray(labels[4].pixels), angle=-15, scale=0.9, tilt=0.05)), np.arange(6))
     assert inliers[4] >= 40 and np.delete(inliers, 4).max() < MIN_INLIERS
@@ -122,7 +123,7 @@ def test_verify_unknown_id_raises(index: LocalIndex, labels: list[Photo]) -> Non
 
 def test_add_remove_replace_save_load(tmp_path: Path, labels: list[Photo]) -> None:
     feats = [_extract(p) for p in labels]
-    idx = LocalIndex.train_vocabulary(feats, CONFIG)
+    idx = LocalIndex(config=CONFIG)
     idx.add(np.array([1, 2, 3]), feats[:3])
     idx.add(np.array([4, 5]), feats[3:5])
     assert len(idx) == 5 and 4 in idx and 6 not in idx
@@ -158,7 +159,7 @@ def test_add_remove_replace_save_load(tmp_path: Path, labels: list[Photo]) -> No
 
 
 def test_interrupted_save_leaves_previous_state(tmp_path: Path, labels: list[Photo]) -> None:
-    idx = LocalIndex.train_vocabulary(labels, CONFIG)
+    idx = LocalIndex(config=CONFIG)
     idx.add(np.array([1, 2]), labels[:2])
     store = tmp_path / "local"
     idx.save(store)
@@ -183,7 +184,7 @@ def test_corrupt_store_raises(tmp_path: Path) -> None:
 
 def test_merged_segments_give_the_same_answers(labels: list[Photo]) -> None:
     feats = [_extract(p) for p in labels]
-    vocab = LocalIndex.train_vocabulary(feats, CONFIG).vocabulary
+    vocab = Vocabulary.generic()
     one = LocalIndex(vocab, CONFIG)
     one.add(np.arange(6), feats)
     many = LocalIndex(vocab, LocalConfig(**{**CONFIG.__dict__, "max_segments": 2}))
@@ -258,7 +259,7 @@ def test_grocery_packages_found_by_local_index() -> None:
         pids = {r["product_id"] for r in catalog}
         photos = [r for r in csv.DictReader(f) if r["split"] == "val" and r["product_id"] in pids]
     cat_photos = [load_image(root / r["image"]) for r in catalog]
-    idx = LocalIndex.train_vocabulary(cat_photos, LocalConfig(vocabulary_size=1024))
+    idx = LocalIndex()
     ids = np.array([int(r["product_id"]) for r in catalog], np.int64)
     idx.add(ids, cat_photos)
     queries = photos[::10]  # 10 photos, every tenth

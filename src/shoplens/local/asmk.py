@@ -47,12 +47,17 @@ def pack_signs(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(bits).view(np.uint64).reshape(len(x), SIGNATURE_WORDS)
 
 
-def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Normalised Hamming similarity of signature rows: 1 - 2·hamming/128."""
-    ham = np.bitwise_count(np.bitwise_xor(a, b)).sum(axis=-1, dtype=np.int32)
-    return 1.0 - ham.astype(np.float32) * (2.0 / DESCRIPTOR_DIM)
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamming distances between signature rows of ``a`` and ``b`` (each (E, 2) uint64): (E,) uint8."""
+    x = np.bitwise_xor(a, b)
+    return (np.bitwise_count(x[:, 0]) + np.bitwise_count(x[:, 1])).astype(np.uint8)
 
 
-def selectivity(u: np.ndarray, alpha: float, tau: float) -> np.ndarray:
-    """ASMK's σ: ``u**alpha`` above ``tau``, 0 below."""
+def selectivity_table(alpha: float, tau: float) -> np.ndarray:
+    """σ of the similarity ``u = 1 - 2·h/128`` for every Hamming distance ``h``: (129,) float32.
+
+    ASMK's σ is ``u**alpha`` above ``tau`` and 0 below; a table lookup by
+    Hamming distance is much cheaper than evaluating it per match.
+    """
+    u = 1.0 - np.arange(DESCRIPTOR_DIM + 1, dtype=np.float64) * (2.0 / DESCRIPTOR_DIM)
     return np.where(u > tau, np.power(np.maximum(u, 0.0), alpha), 0.0).astype(np.float32)

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import ConfigError, NotFoundError, StoreError
 from ..imaging import Photo
-from .asmk import aggregate
+from .asmk import aggregate, selectivity_table
 from .features import FeatureExtractor, LocalFeatures, rootsift
 from ._io import fsync_dir
 from .segment import Segment
@@ -99,22 +99,23 @@ class LocalConfig:
 class LocalIndex:
     """Catalogue images indexed by visual words, with geometric verification.
 
-    Build: ``LocalIndex.train_vocabulary(photos)`` (or pass a :class:`Vocabulary`),
-    then :meth:`add`. Search: ``ids, scores = index.query(photo, k)``, then
+    Build: ``LocalIndex()`` (the generic vocabulary shipped with shoplens) or
+    ``LocalIndex.train_vocabulary(photos)`` (one trained on the catalogue), then
+    :meth:`add`. Search: ``ids, scores = index.query(photo, k)``, then
     ``index.verify(photo, ids)``. Extract a query's features once with
     :meth:`extract` and pass the :class:`LocalFeatures` to both.
     """
 
-    def __init__(self, vocabulary: Vocabulary, config: LocalConfig | None = None) -> None:
+    def __init__(self, vocabulary: Vocabulary | None = None, config: LocalConfig | None = None) -> None:
         self.config = config or LocalConfig()
-        self.vocabulary = vocabulary
+        self.vocabulary = vocabulary if vocabulary is not None else Vocabulary.generic()
         self._extractor = FeatureExtractor(self.config.max_side, self.config.max_keypoints,
                                            self.config.contrast_threshold)
         self._verify = self.config.verify_params()
+        self._table = selectivity_table(self.config.alpha, self.config.tau)
         self._segments: list[Segment] = []
         self._where: dict[int, tuple[Segment, int]] = {}
-        self._df = np.zeros(vocabulary.size, np.int64)
-        self._removed_segments: list[Segment] = []
+        self._df = np.zeros(self.vocabulary.size, np.int64)
 
     # -- construction ----------------------------------------------------------------------
 
@@ -233,7 +234,7 @@ class LocalIndex:
         q_norm = np.sqrt(max(1, len(q_words)))
         all_ids, all_scores = [], []
         for seg in self._segments:
-            s = seg.postings.score(q_words, q_sigs, weights, len(seg), self.config.alpha, self.config.tau)
+            s = seg.postings.score(q_words, q_sigs, weights, len(seg), self._table)
             s = s / (np.sqrt(np.maximum(seg.n_words, 1)) * q_norm)
             keep = seg.alive & (s > 0)
             all_ids.append(seg.ids[keep])

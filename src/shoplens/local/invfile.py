@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .asmk import SIGNATURE_WORDS, selectivity, similarity
+from .asmk import SIGNATURE_WORDS, hamming
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,11 @@ class Postings:
         return [(w[bounds[i]:bounds[i + 1]], s[bounds[i]:bounds[i + 1]]) for i in range(n_rows)]
 
     def score(self, q_words: np.ndarray, q_sigs: np.ndarray, q_weights: np.ndarray, n_rows: int,
-              alpha: float, tau: float) -> np.ndarray:
-        """Σ over shared words of ``q_weights[w] · σ(similarity)``, per row: (n_rows,) float32."""
+              table: np.ndarray) -> np.ndarray:
+        """Σ over shared words of ``q_weights[w] · table[hamming]``, per row: (n_rows,) float32.
+
+        ``table`` is ASMK's selectivity by Hamming distance (:func:`~shoplens.local.asmk.selectivity_table`).
+        """
         starts = self.ptr[q_words]
         lens = self.ptr[q_words + 1] - starts
         total = int(lens.sum())
@@ -67,6 +70,5 @@ class Postings:
             return np.zeros(n_rows, np.float32)
         which = np.repeat(np.arange(len(q_words)), lens)
         entry = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(total)
-        u = similarity(q_sigs[which], self.sigs[entry])
-        contrib = selectivity(u, alpha, tau) * q_weights[which]
+        contrib = table[hamming(q_sigs[which], self.sigs[entry])] * q_weights[which]
         return np.bincount(self.rows[entry], weights=contrib, minlength=n_rows).astype(np.float32)

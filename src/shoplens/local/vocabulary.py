@@ -10,6 +10,8 @@ added and removed without touching the others.
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 import faiss
@@ -21,6 +23,10 @@ from .features import DESCRIPTOR_DIM
 
 log = logging.getLogger(__name__)
 
+#: File (in ``shoplens/local/data``) of the vocabulary :meth:`Vocabulary.generic` returns.
+GENERIC = "vocabulary-generic-4096.npy"
+#: Its uint8 centroids are RootSIFT components times this (centroid components stay under 0.5).
+GENERIC_SCALE = 512.0
 #: Vocabularies of more words than this are searched approximately (HNSW).
 EXACT_ASSIGN_MAX_WORDS = 4096
 #: Vocabularies of more words than this are trained by a two-level k-means.
@@ -92,6 +98,16 @@ class Vocabulary:
         dist, words = self._index.search(x, k)
         return words.astype(np.int64, copy=False), dist
 
+    @classmethod
+    def generic(cls) -> "Vocabulary":
+        """The vocabulary shipped with shoplens (:data:`GENERIC`), so an index needs no training.
+
+        Trained by ``benchmarks/local_vocabulary.py`` on photos that are neither
+        groceries nor any catalogue's (clothing, street outfits, landscapes);
+        centroids stored as uint8 (RootSIFT components × :data:`GENERIC_SCALE`).
+        """
+        return cls(_generic_centroids())
+
     def save(self, path: Path) -> None:
         write_npy(path, self.centroids.astype(np.float32))
 
@@ -125,3 +141,11 @@ def _apportion(population: np.ndarray, total: int) -> np.ndarray:
     if rest > 0:
         share[np.argsort(-(exact - share), kind="stable")[:rest]] += 1
     return share
+
+
+@lru_cache(maxsize=1)
+def _generic_centroids() -> np.ndarray:
+    raw = np.load(resources.files(__package__).joinpath("data", GENERIC).open("rb"), allow_pickle=False)
+    centroids = raw.astype(np.float32) / GENERIC_SCALE
+    centroids.setflags(write=False)
+    return centroids
