@@ -78,9 +78,9 @@ def local_features(root: Path, paths: list[str], cache: Path, config: LocalConfi
     ex = FeatureExtractor(config.max_side, config.max_keypoints, config.contrast_threshold)
     file = cache / f"local-{_key(paths, config.max_side, config.max_keypoints, config.contrast_threshold)}.npz"
     if file.exists():
-        z = np.load(file)
-        ptr = z["ptr"]
-        return [LocalFeatures(z["xy"][a:b], z["sift"][a:b]) for a, b in zip(ptr[:-1], ptr[1:])]
+        with np.load(file) as z:  # each z[key] reads the whole array: read each once
+            ptr, xy, sift = z["ptr"], z["xy"], z["sift"]
+        return [LocalFeatures(xy[a:b], sift[a:b]) for a, b in zip(ptr[:-1], ptr[1:])]
     feats = [ex.extract(load_image(root / p)) for p in paths]
     ptr = np.cumsum([0] + [len(f) for f in feats])
     np.savez(file, ptr=ptr, xy=np.concatenate([f.xy for f in feats]), sift=np.concatenate([f.sift for f in feats]))
@@ -112,6 +112,36 @@ class Clock:
         return float(np.mean(self.ms[name])) if name in self.ms else float("nan")
 
 
+def scale_test(index: LocalIndex, db_feats: list[LocalFeatures], queries: list[tuple[str, int]], root: Path,
+               extractor: FeatureExtractor, sizes: list[int]) -> dict[int, float]:
+    """Inverted-file scoring time per query at larger catalogue sizes (the images repeated).
+
+    Uses the index's internals (encoding, postings) to avoid holding N images' keypoints.
+    """
+    if not sizes:
+        return {}
+    from shoplens.local.invfile import Postings
+
+    encoded = [index._encode(f, 1) for f in db_feats]
+    q_enc = [index._encode(extractor.extract(load_image(root / p)), index.config.query_assignments)
+             for p, _ in queries[:20]]
+    out: dict[int, float] = {}
+    print("\nInverted file alone at larger sizes (ms per query, 20 queries):\n\n| images | ms | µs per image |\n|---|---|---|")
+    for n in sizes:
+        block = [encoded[i % len(encoded)] for i in range(n)]
+        postings = Postings.build(block, index.vocabulary.size)
+        df = np.bincount(np.concatenate([w for w, _ in block]), minlength=index.vocabulary.size)
+        idf = np.log((n + 1.0) / (df + 1.0)).astype(np.float32)
+        t = time.perf_counter()
+        for w, sig in q_enc:
+            postings.score(w, sig, idf[w], n, index._table)
+        ms = (time.perf_counter() - t) * 1000 / len(q_enc)
+        out[n] = ms
+        print(f"| {n} | {ms:.1f} | {ms * 1000 / n:.1f} |")
+        del postings, block
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--queries", choices=("packages", "all"), default="packages")
@@ -123,13 +153,19 @@ def main() -> None:
                     help="words of a vocabulary trained on the catalogue")
     ap.add_argument("--query-assignments", type=int, default=LocalConfig.query_assignments)
     ap.add_argument("--model", default=LocalConfig.model)
-    ap.add_argument("--shortlist", type=int, default=20, help="fused shortlist length that is verified")
-    ap.add_argument("--candidates", type=int, default=100, help="ids taken from each of the global and local lists")
-    ap.add_argument("--fusion", default="rrf", choices=("rrf", "score"))
-    ap.add_argument("--weight", type=float, default=0.5, help="local list's share in the fusion")
-    ap.add_argument("--min-inliers", type=int, default=15)
-    ap.add_argument("--gates", default="15,20,25,30,40", help="gates (top inlier count) to report for gated re-ranking")
+    ap.add_argument("--estimator", default=LocalConfig.estimator)
+    ap.add_argument("--exhaustive", action="store_true",
+                    help="also verify every catalogue image (the slow reference the index replaces)")
+    ap.add_argument("--shortlist", type=int, default=LocalConfig.shortlist, help="fused shortlist length that is verified")
+    ap.add_argument("--candidates", type=int, default=LocalConfig.candidates,
+                    help="ids taken from each of the global and local lists")
+    ap.add_argument("--fusion", default=LocalConfig.fusion, choices=("rrf", "score"))
+    ap.add_argument("--weight", type=float, default=LocalConfig.fusion_weight, help="local list's share in the fusion")
+    ap.add_argument("--min-inliers", type=int, default=LocalConfig.min_inliers)
+    ap.add_argument("--gates", default="15,25,40", help="gates (top inlier count) to report for gated re-ranking")
     ap.add_argument("--sweep", action="store_true", help="also sweep fusion weights and methods (no verification)")
+    ap.add_argument("--scale", default="", help="also time the inverted file alone at these catalogue sizes "
+                    "(comma-separated; the catalogue's images repeated), e.g. 2721,10000,30000")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "shoplens" / "bench-local")
     ap.add_argument("--json", type=Path, help="write the figures to this JSON file")
     args = ap.parse_args()
@@ -137,7 +173,9 @@ def main() -> None:
     root = data_root() / "grocery"
     args.cache.mkdir(parents=True, exist_ok=True)
     config = dataclasses.replace(LocalConfig(), vocabulary_size=args.vocabulary_size,
-                                 query_assignments=args.query_assignments, model=args.model)
+                                 query_assignments=args.query_assignments, model=args.model,
+                                 estimator=args.estimator, fusion=args.fusion, fusion_weight=args.weight,
+                                 candidates=args.candidates, shortlist=args.shortlist, min_inliers=args.min_inliers)
     catalog = rows(root / "catalog.csv")
     photos = rows(root / "photos.csv")
     top_level = {r["product_id"]: r["top_level"] for r in catalog}
@@ -146,6 +184,7 @@ def main() -> None:
         db += [(r["image"], int(r["product_id"])) for r in photos if r["split"] == "train"]
     queries = [(r["image"], int(r["product_id"])) for r in photos if r["split"] == "val"
                and (args.queries == "all" or top_level[r["product_id"]] == "Packages")]
+    group = ["Packages" if top_level[str(pid)] == "Packages" else "Fruit+Veg" for _, pid in queries]
     db_paths = [p for p, _ in db]
     product_of = np.array([pid for _, pid in db], np.int64)
 
@@ -176,6 +215,8 @@ def main() -> None:
     clock = Clock()
     gates = [int(g) for g in args.gates.split(",") if g]
     names = ["global", "local", "fused", "fused+verify"] + [f"gated@{g}" for g in gates]
+    if args.exhaustive:
+        names.append("exhaustive verify")
     rec: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
     shortlist_recall: dict[str, list[list[float]]] = {"global": [], "local": [], "fused": []}
     sweep: dict[str, list[tuple[float, float]]] = {}
@@ -186,13 +227,12 @@ def main() -> None:
         sims = clock("global search", lambda: g_db @ g_q[qi])
         g_ids = np.argsort(-sims, kind="stable")[: args.candidates]  # type: ignore[call-overload]
         g_dist = np.sqrt(np.maximum(2 - 2 * sims[g_ids], 0))  # type: ignore[index]
-        l_ids, l_scores = clock("local query", lambda: index.query(feats, args.candidates))  # type: ignore[misc]
-        f_ids, f_scores = clock("fuse", lambda: fuse(g_ids, g_dist, l_ids, l_scores, length=max(LENGTHS),
-                                                     weight=args.weight, method=args.fusion))  # type: ignore[misc]
-        short = f_ids[: args.shortlist]
-        inl = clock("verify", lambda: index.verify(feats, short))
-        v_ids, _, v_inl = rerank_verified(short, f_scores[: args.shortlist], inl, min_inliers=args.min_inliers)  # type: ignore[arg-type]
-        v_ids = np.concatenate([v_ids, f_ids[args.shortlist:]])
+        res = index.search(feats, g_ids, g_dist)
+        for part, ms in res.timings_ms.items():
+            if part != "extract":
+                clock.ms.setdefault(part, []).append(ms)
+        l_ids, l_scores, f_ids, v_ids = res.local_ids, res.local_scores, res.fused_ids, res.ids
+        v_inl = res.inliers
         rankings = {
             "global": product_ranking(g_ids, product_of),
             "local": product_ranking(l_ids, product_of),
@@ -200,8 +240,11 @@ def main() -> None:
             "fused+verify": product_ranking(v_ids, product_of),
         }
         top_inl = int(v_inl[0]) if len(v_inl) else 0
-        truth_inl = max([int(n) for i, n in zip(short, inl) if product_of[i] == truth], default=0)  # type: ignore[arg-type]
-        inlier_stats.append((top_inl, truth_inl, bool(rankings["fused+verify"][:1] == [truth])))
+        inlier_stats.append((top_inl, 0, bool(rankings["fused+verify"][:1] == [truth])))
+        if args.exhaustive:
+            every = np.arange(len(db), dtype=np.int64)
+            all_inl = clock("exhaustive verify", lambda: index.verify(feats, every))
+            rankings["exhaustive verify"] = product_ranking(every[np.argsort(-all_inl, kind="stable")], product_of)  # type: ignore[operator]
         for g in gates:
             rankings[f"gated@{g}"] = rankings["fused+verify"] if top_inl >= g else rankings["global"]
         for n in names:
@@ -223,17 +266,23 @@ def main() -> None:
     print(f"local config: {dataclasses.asdict(config)}; vocabulary: {args.vocabulary}, {index.vocabulary.size} words "
           f"(trained in {train_s:.1f} s); fusion {args.fusion} weight {args.weight}, "
           f"{args.candidates} candidates from each list, shortlist {args.shortlist}, min_inliers {args.min_inliers}\n")
-    print("| method | R@1 | R@5 |\n|---|---|---|")
+    groups = sorted(set(group), reverse=True) + (["all"] if len(set(group)) > 1 else [])
+    print("| method | " + " | ".join(f"{g} R@1 | {g} R@5" for g in groups) + " |\n|---|" + "---|---|" * len(groups))
     for n in names:
-        r = np.mean(rec[n], axis=0)
-        print(f"| {n} | {r[0]:.3f} | {r[1]:.3f} |")
+        cells = []
+        for g in groups:
+            r = np.mean([x for x, gq in zip(rec[n], group) if g in ("all", gq)], axis=0)
+            cells.append(f"{r[0]:.3f} | {r[1]:.3f}")
+        print(f"| {n} | " + " | ".join(cells) + " |")
     print("\nRecall of an image shortlist of length L (the right product's image among the first L):\n")
     print("| list | " + " | ".join(f"L={L}" for L in LENGTHS) + " |\n|---|" + "---|" * len(LENGTHS))
     for n, v in shortlist_recall.items():
         print(f"| {n} | " + " | ".join(f"{x:.2f}" for x in np.mean(v, axis=0)) + " |")
     print("\nTime per query (ms, mean; busy shared machine):\n")
     print("| step | ms |\n|---|---|")
-    for name in ("extract", "local query", "global search", "fuse", "verify"):
+    for name in ("extract", "query", "global search", "fuse", "verify", "exhaustive verify"):
+        if name not in clock.ms:
+            continue
         print(f"| {name} | {clock.mean(name):.1f} |")
     print(f"\nIndexing: {add_ms:.1f} ms per image (quantise + aggregate + insert; extraction excluded).")
     print(f"Memory per catalogue image: {memory['ram_per_image'] / 1024:.1f} KiB in RAM (inverted file), "
@@ -246,14 +295,22 @@ def main() -> None:
         if m.any():
             print(f"- {label} ({int(m.sum())}): {np.percentile(top[m, 0], [10, 50, 90]).round(1).tolist()}")
     if sweep:
-        print("\nFusion sweep (no verification):\n\n| fusion | R@1 | R@5 |\n|---|---|---|")
+        print("\nFusion sweep (no verification):\n\n| fusion | " + " | ".join(f"{g} R@1 | {g} R@5" for g in groups)
+              + " |\n|---|" + "---|---|" * len(groups))
         for k, v in sweep.items():
-            r = np.mean(v, axis=0)
-            print(f"| {k} | {r[0]:.3f} | {r[1]:.3f} |")
+            cells = []
+            for g in groups:
+                r = np.mean([x for x, gq in zip(v, group) if g in ("all", gq)], axis=0)
+                cells.append(f"{r[0]:.3f} | {r[1]:.3f}")
+            print(f"| {k} | " + " | ".join(cells) + " |")
+    scale = scale_test(index, db_feats, queries, root, extractor, [int(n) for n in args.scale.split(",") if n])
     if args.json:
         args.json.write_text(json.dumps({
+            "scale": scale,
             "queries": args.queries, "catalogue": args.catalogue, "n_queries": n_q, "n_images": len(db),
             "recall": {n: np.mean(v, axis=0).tolist() for n, v in rec.items()},
+            "recall_by_group": {n: {g: np.mean([x for x, gq in zip(v, group) if g in ("all", gq)], axis=0).tolist()
+                                    for g in groups} for n, v in rec.items()},
             "shortlist_recall": {n: dict(zip(LENGTHS, np.mean(v, axis=0).tolist())) for n, v in shortlist_recall.items()},
             "ms": {k: clock.mean(k) for k in clock.ms}, "memory": memory, "add_ms": add_ms,
             "sweep": {k: np.mean(v, axis=0).tolist() for k, v in sweep.items()},

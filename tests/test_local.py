@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -101,6 +102,28 @@ def test_trained_vocabulary_and_affine_model(labels: list[Photo]) -> None:
     idx.add(np.arange(6, dtype=np.int64), labels)
     inliers = idx.verify(photo(warp(np.asarray(labels[4].pixels), angle=-15, scale=0.9, tilt=0.05)), np.arange(6))
     assert inliers[4] >= 40 and np.delete(inliers, 4).max() < MIN_INLIERS
+
+
+def test_search_fuses_and_verifies(index: LocalIndex, labels: list[Photo]) -> None:
+    query = photo(warp(np.asarray(labels[3].pixels), angle=-30, scale=0.7))
+    # The global list is wrong: label 3 (id 13) comes last; 999 is unknown to the local index.
+    res = index.search(query, np.array([10, 11, 999, 13]), np.array([0.2, 0.3, 0.4, 0.9]))
+    assert res.ids[0] == 13 and res.inliers[0] >= 40
+    assert res.verified == 1
+    assert res.inliers[res.ids.tolist().index(999)] == -1
+    assert set(res.ids.tolist()) == {10, 11, 12, 13, 14, 15, 999}
+    assert len(res.ids) == len(res.scores) == len(res.inliers)
+    assert set(res.timings_ms) == {"extract", "query", "fuse", "verify"}
+    # Re-configured to verify nothing: the fused order stays.
+    index.reconfigure(dataclasses.replace(CONFIG, shortlist=0))
+    try:
+        res0 = index.search(query, np.array([10, 11, 999, 13]), np.array([0.2, 0.3, 0.4, 0.9]))
+        assert res0.verified == 0 and (res0.inliers == -1).all()
+        np.testing.assert_array_equal(res0.ids, res0.fused_ids)
+    finally:
+        index.reconfigure(CONFIG)
+    with pytest.raises(ConfigError):
+        index.reconfigure(dataclasses.replace(CONFIG, max_keypoints=50))
 
 
 def test_unrelated_image_is_not_verified(index: LocalIndex) -> None:

@@ -9,14 +9,15 @@ itself. This stage gives the pipeline:
   ``save``/``load``, ``query`` for a shortlist and ``verify`` for RANSAC inlier
   counts;
 - :func:`fuse`: one shortlist from the global and the local candidates;
-- :func:`rerank_verified`: the shortlist re-ordered by verification.
+- :func:`rerank_verified`: the shortlist re-ordered by verification;
+- :meth:`LocalIndex.search`: all three for one query, with their timings.
 
 It knows image ids only, no store, CLI or pipeline.
 """
 
 from .features import FeatureExtractor, LocalFeatures, rootsift
 from .fusion import FUSION_METHODS, fuse, rerank_verified
-from .index import LocalConfig, LocalIndex
+from .index import LocalConfig, LocalIndex, LocalSearch
 from .verify import VerifyParams
 from .vocabulary import Vocabulary
 
@@ -26,6 +27,7 @@ __all__ = [
     "LocalConfig",
     "LocalFeatures",
     "LocalIndex",
+    "LocalSearch",
     "VerifyParams",
     "Vocabulary",
     "fuse",

@@ -23,8 +23,8 @@ def fuse(
     local_scores: np.ndarray,
     *,
     length: int = 20,
-    weight: float = 0.5,
-    method: str = "rrf",
+    weight: float = 0.2,
+    method: str = "score",
     rrf_k: float = 10.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One shortlist of ``length`` image ids from both lists, best first: (ids int64, fused scores float32).

@@ -25,7 +25,8 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+import time
+from typing import Any, ClassVar, Iterable, Sequence, Union
 
 import numpy as np
 
@@ -33,6 +34,7 @@ from ..errors import ConfigError, NotFoundError, StoreError
 from ..imaging import Photo
 from .asmk import aggregate, selectivity_table
 from .features import FeatureExtractor, LocalFeatures, rootsift
+from .fusion import FUSION_METHODS, fuse, rerank_verified
 from ._io import fsync_dir
 from .segment import Segment
 from .verify import VerifyParams, verify_pair
@@ -64,28 +66,46 @@ class LocalConfig:
     #: ASMK selectivity exponent and threshold.
     alpha: float = 3.0
     tau: float = 0.0
-    #: Verification: ratio test, mutual matches, model, RANSAC threshold (pixels of shrunk images).
+    #: Verification: ratio test, mutual matches, model, robust estimator, RANSAC threshold
+    #: (pixels of shrunk images).
     ratio: float = 0.9
     mutual: bool = True
     model: str = "homography"
+    estimator: str = "usac"
     ransac_threshold: float = 5.0
     #: Inliers from which a candidate counts as verified (see :func:`~shoplens.local.fusion.rerank_verified`).
     min_inliers: int = 15
+    #: Fusion with the global embedding (:func:`~shoplens.local.fusion.fuse`): method, the local
+    #: list's weight, ids taken from the local index, length of the fused shortlist that is verified.
+    fusion: str = "score"
+    fusion_weight: float = 0.2
+    candidates: int = 100
+    shortlist: int = 20
     #: Segments kept before the smallest are merged.
     max_segments: int = 8
+
+    #: Fields that shape the stored index; the others only change how it is searched.
+    BUILD_FIELDS: ClassVar[tuple[str, ...]] = ("max_side", "max_keypoints", "contrast_threshold")
 
     def __post_init__(self) -> None:
         if self.query_assignments < 1:
             raise ConfigError(f"query_assignments must be at least 1, got {self.query_assignments}")
         if self.max_segments < 1:
             raise ConfigError(f"max_segments must be at least 1, got {self.max_segments}")
+        if self.fusion not in FUSION_METHODS:
+            raise ConfigError(f"unknown fusion {self.fusion!r}; known: {', '.join(FUSION_METHODS)}")
+        if not 0.0 <= self.fusion_weight <= 1.0:
+            raise ConfigError(f"fusion_weight must be in [0, 1], got {self.fusion_weight}")
+        if self.candidates < 1 or self.shortlist < 0:
+            raise ConfigError("candidates must be at least 1 and shortlist at least 0")
         try:
             self.verify_params()
         except ValueError as err:
             raise ConfigError(str(err)) from None
 
     def verify_params(self) -> VerifyParams:
-        return VerifyParams(ratio=self.ratio, mutual=self.mutual, model=self.model, threshold=self.ransac_threshold)
+        return VerifyParams(ratio=self.ratio, mutual=self.mutual, model=self.model, estimator=self.estimator,
+                            threshold=self.ransac_threshold)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LocalConfig":
@@ -94,6 +114,26 @@ class LocalConfig:
         if unknown:
             raise ConfigError(f"unknown local-feature option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class LocalSearch:
+    """What :meth:`LocalIndex.search` found, for the pipeline and its ``steps`` report."""
+
+    #: Image ids, best first: the fused list, its verified shortlist re-ranked.
+    ids: np.ndarray
+    #: Fused score of each id (not re-ordered by verification).
+    scores: np.ndarray
+    #: RANSAC inliers of each id; -1 where not verified (beyond the shortlist, or not in the index).
+    inliers: np.ndarray
+    #: How many ids reached ``min_inliers``.
+    verified: int
+    #: Milliseconds per part: ``extract``, ``query``, ``fuse``, ``verify``.
+    timings_ms: dict[str, float]
+    #: The local index's own candidates (ids, scores), and the fused list before verification.
+    local_ids: np.ndarray
+    local_scores: np.ndarray
+    fused_ids: np.ndarray
 
 
 class LocalIndex:
@@ -261,6 +301,61 @@ class LocalIndex:
             cand = seg.features(row)
             out[j] = verify_pair(feats.xy, q_desc, cand.xy, cand.rootsift(), self._verify)
         return out
+
+    def search(self, photo: PhotoOrFeatures, global_ids: np.ndarray, global_distances: np.ndarray) -> LocalSearch:
+        """The whole stage: local query, fusion with the global candidates, verification of the shortlist.
+
+        ``global_ids`` / ``global_distances``: the global embedding's candidates,
+        best first (distances between L2-normalised vectors, 0 … 2). Ids
+        that this index does not hold are fused but not verified.
+        """
+        cfg = self.config
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        feats = self.extract(photo)
+        timings["extract"] = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        l_ids, l_scores = self.query(feats, cfg.candidates)
+        timings["query"] = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        g_ids = np.asarray(global_ids, np.int64).reshape(-1)
+        n_fused = len(np.union1d(g_ids, l_ids))
+        ids, scores = fuse(g_ids, np.asarray(global_distances, np.float64).reshape(-1), l_ids, l_scores,
+                           length=n_fused, weight=cfg.fusion_weight, method=cfg.fusion)
+        timings["fuse"] = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        n = min(cfg.shortlist, len(ids))
+        inliers = np.full(len(ids), -1, np.int64)
+        known = np.array([int(i) in self._where for i in ids[:n]], bool)
+        head = ids[:n]
+        if known.any():
+            inliers[:n][known] = self.verify(feats, head[known])
+        head_ids, head_scores, head_inl = rerank_verified(head, scores[:n], np.maximum(inliers[:n], 0),
+                                                          min_inliers=cfg.min_inliers)
+        # Unverifiable ids keep -1 after the re-ordering.
+        was_known = dict(zip(head.tolist(), known.tolist()))
+        head_inl = np.where([was_known[int(i)] for i in head_ids], head_inl, -1).astype(np.int64)
+        timings["verify"] = (time.perf_counter() - t) * 1000
+        return LocalSearch(
+            ids=np.concatenate([head_ids, ids[n:]]),
+            scores=np.concatenate([head_scores, scores[n:]]).astype(np.float32),
+            inliers=np.concatenate([head_inl, inliers[n:]]),
+            verified=int((head_inl >= cfg.min_inliers).sum()),
+            timings_ms=timings,
+            local_ids=l_ids,
+            local_scores=l_scores,
+            fused_ids=ids,
+        )
+
+    def reconfigure(self, config: LocalConfig) -> None:
+        """Use ``config`` for searching from now on; it must agree on :attr:`LocalConfig.BUILD_FIELDS`."""
+        for name in LocalConfig.BUILD_FIELDS:
+            if getattr(config, name) != getattr(self.config, name):
+                raise ConfigError(f"local index was built with {name}={getattr(self.config, name)!r}: "
+                                  f"changing it needs the catalogue re-indexed")
+        self.config = config
+        self._verify = config.verify_params()
+        self._table = selectivity_table(config.alpha, config.tau)
 
     # -- cost ------------------------------------------------------------------------------
 

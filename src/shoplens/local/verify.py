@@ -18,6 +18,9 @@ import numpy as np
 
 #: Models :func:`count_inliers` can fit.
 MODELS = ("homography", "affine")
+#: Robust estimators: OpenCV's USAC (with local optimisation; about 100 times faster than
+#: classic RANSAC on these match sets, for the same inlier counts) or classic RANSAC.
+ESTIMATORS = {"usac": cv2.USAC_DEFAULT, "usac_fast": cv2.USAC_FAST, "ransac": cv2.RANSAC}
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class VerifyParams:
     mutual: bool = True
     #: "homography" (flat labels, any viewpoint) or "affine" (6 degrees of freedom).
     model: str = "homography"
+    #: Robust estimator, one of :data:`ESTIMATORS`.
+    estimator: str = "usac"
     #: RANSAC reprojection threshold, pixels of the shrunk images.
     threshold: float = 5.0
     max_iters: int = 2000
@@ -38,6 +43,8 @@ class VerifyParams:
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f"unknown verification model {self.model!r}; known: {', '.join(MODELS)}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {self.estimator!r}; known: {', '.join(ESTIMATORS)}")
         if not 0.0 < self.ratio <= 1.0:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
 
@@ -47,16 +54,17 @@ def mutual_matches(a: np.ndarray, b: np.ndarray, ratio: float, mutual: bool) -> 
     if len(a) < 2 or len(b) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     sim = a @ b.T  # unit vectors: squared distance = 2 - 2·sim
-    top2 = np.argpartition(-sim, 1, axis=1)[:, :2]
     rows = np.arange(len(a))
-    s0, s1 = sim[rows, top2[:, 0]], sim[rows, top2[:, 1]]
-    swap = s1 > s0
-    best = np.where(swap, top2[:, 1], top2[:, 0])
-    d_best = np.sqrt(np.maximum(2.0 - 2.0 * np.maximum(s0, s1), 0.0))
-    d_second = np.sqrt(np.maximum(2.0 - 2.0 * np.minimum(s0, s1), 0.0))
+    back = np.argmax(sim, axis=0) if mutual else None
+    best = np.argmax(sim, axis=1)
+    s0 = sim[rows, best]
+    sim[rows, best] = -2.0  # then the row maximum is the second best
+    s1 = sim.max(axis=1)
+    d_best = np.sqrt(np.maximum(2.0 - 2.0 * s0, 0.0))
+    d_second = np.sqrt(np.maximum(2.0 - 2.0 * s1, 0.0))
     keep = d_best < ratio * d_second
-    if mutual:
-        keep &= np.argmax(sim, axis=0)[best] == rows
+    if back is not None:
+        keep &= back[best] == rows
     ia = np.flatnonzero(keep)
     return ia, best[ia]
 
@@ -68,12 +76,16 @@ def count_inliers(src: np.ndarray, dst: np.ndarray, params: VerifyParams) -> int
         return 0
     src = np.ascontiguousarray(src, np.float32)
     dst = np.ascontiguousarray(dst, np.float32)
-    if params.model == "homography":
-        _, mask = cv2.findHomography(src, dst, cv2.RANSAC, params.threshold,
-                                     maxIters=params.max_iters, confidence=params.confidence)
-    else:
-        _, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=params.threshold,
-                                       maxIters=params.max_iters, confidence=params.confidence)
+    method = ESTIMATORS[params.estimator]
+    try:
+        if params.model == "homography":
+            _, mask = cv2.findHomography(src, dst, method, params.threshold,
+                                         maxIters=params.max_iters, confidence=params.confidence)
+        else:
+            _, mask = cv2.estimateAffine2D(src, dst, method=method, ransacReprojThreshold=params.threshold,
+                                           maxIters=params.max_iters, confidence=params.confidence)
+    except cv2.error:  # degenerate point sets (all collinear, repeated points)
+        return 0
     return 0 if mask is None else int(mask.sum())
 
 

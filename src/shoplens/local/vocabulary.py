@@ -28,7 +28,7 @@ GENERIC = "vocabulary-generic-4096.npy"
 #: Its uint8 centroids are RootSIFT components times this (centroid components stay under 0.5).
 GENERIC_SCALE = 512.0
 #: Vocabularies of more words than this are searched approximately (HNSW).
-EXACT_ASSIGN_MAX_WORDS = 4096
+EXACT_ASSIGN_MAX_WORDS = 1024
 #: Vocabularies of more words than this are trained by a two-level k-means.
 FLAT_TRAIN_MAX_WORDS = 2048
 
@@ -40,10 +40,11 @@ class Vocabulary:
         centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         if centroids.ndim != 2 or centroids.shape[1] != DESCRIPTOR_DIM or len(centroids) < 2:
             raise ValueError(f"centroids must be (k >= 2, {DESCRIPTOR_DIM}), got {centroids.shape}")
+        centroids.setflags(write=False)
         self.centroids = centroids
         if len(centroids) > EXACT_ASSIGN_MAX_WORDS:
             index: faiss.Index = faiss.IndexHNSWFlat(DESCRIPTOR_DIM, 32)
-            index.hnsw.efSearch = 64
+            index.hnsw.efSearch = 32
         else:
             index = faiss.IndexFlatL2(DESCRIPTOR_DIM)
         index.add(centroids)
@@ -106,7 +107,7 @@ class Vocabulary:
         groceries nor any catalogue's (clothing, street outfits, landscapes);
         centroids stored as uint8 (RootSIFT components × :data:`GENERIC_SCALE`).
         """
-        return cls(_generic_centroids())
+        return _generic()
 
     def save(self, path: Path) -> None:
         write_npy(path, self.centroids.astype(np.float32))
@@ -144,8 +145,8 @@ def _apportion(population: np.ndarray, total: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
-def _generic_centroids() -> np.ndarray:
-    raw = np.load(resources.files(__package__).joinpath("data", GENERIC).open("rb"), allow_pickle=False)
-    centroids = raw.astype(np.float32) / GENERIC_SCALE
-    centroids.setflags(write=False)
-    return centroids
+def _generic() -> Vocabulary:
+    # One shared instance (its search structure takes a moment to build); vocabularies are never modified.
+    with resources.files(__package__).joinpath("data", GENERIC).open("rb") as f:
+        raw = np.load(f, allow_pickle=False)
+    return Vocabulary(raw.astype(np.float32) / GENERIC_SCALE)
