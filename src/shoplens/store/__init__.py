@@ -330,6 +330,9 @@ class EmbeddedStore(CatalogueStore):
     def count_images(self, domain: str | None = None) -> int:
         return self.db.count_images(domain)
 
+    def image_ids(self, domain: str) -> np.ndarray:
+        return self.db.image_ids(domain)
+
     def iter_raw(self, domain: str | None = None, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return self.db.iter_raw(domain, batch)
 

@@ -124,6 +124,11 @@ class CatalogueStore(abc.ABC):
     @abc.abstractmethod
     def count_images(self, domain: str | None = None) -> int: ...
 
+    def image_ids(self, domain: str) -> np.ndarray:
+        """Ids of the domain's stored images, ascending (int64)."""
+        parts = [ids for ids, _ in self.iter_raw(domain)]
+        return np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
+
     @abc.abstractmethod
     def count_vectors(self, domain: str) -> int:
         """Vectors in the domain's searchable index (== ``count_images(domain)`` when consistent)."""

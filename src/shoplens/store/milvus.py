@@ -576,6 +576,19 @@ class MilvusStore(CatalogueStore):
     def count_images(self, domain: str | None = None) -> int:
         return self._count(self._images, "" if domain is None else f"domain == {_quote(domain)}")
 
+    def image_ids(self, domain: str) -> np.ndarray:
+        it = self.client.query_iterator(self._images, batch_size=4096, filter=f"domain == {_quote(domain)}", output_fields=["image_id"])
+        ids: list[int] = []
+        try:
+            while True:
+                page = it.next()
+                if not page:
+                    break
+                ids.extend(int(r["image_id"]) for r in page)
+        finally:
+            it.close()
+        return np.sort(np.array(ids, dtype=np.int64))
+
     def iter_raw(self, domain: str | None = None, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         expr = "image_id >= 0" if domain is None else f"domain == {_quote(domain)}"
         it = self.client.query_iterator(self._images, batch_size=min(batch, 4096), filter=expr, output_fields=["image_id", "raw"])
