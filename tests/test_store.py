@@ -76,11 +76,13 @@ def test_reopen_catches_up_unpersisted_changes(tmp_path: Path) -> None:
     _ = v
 
 
+@pytest.mark.parametrize("kind", ["flat", "ivfsq8"])
 @pytest.mark.parametrize("damage", ["missing", "garbage", "truncated"])
-def test_damaged_index_is_rebuilt_with_a_log_line(tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
-    store = EmbeddedStore(tmp_path / "s", Identity())
+def test_damaged_index_is_rebuilt_with_a_log_line(tmp_path: Path, damage: str, kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    store = EmbeddedStore(tmp_path / "s", Identity(), index=kind)
     v = fill(store, 4)
     store.close()
+    assert EmbeddedStore(tmp_path / "s", Identity(), index=kind).index("other_product").kind == kind  # saved as configured
     path = tmp_path / "s" / "index" / "other_product.vidx"
     if damage == "missing":
         path.unlink()
@@ -89,10 +91,10 @@ def test_damaged_index_is_rebuilt_with_a_log_line(tmp_path: Path, damage: str, c
     else:
         path.write_bytes(path.read_bytes()[:-10])
     caplog.set_level(logging.WARNING)
-    again = EmbeddedStore(tmp_path / "s", Identity())
+    again = EmbeddedStore(tmp_path / "s", Identity(), index=kind)
     _, ids = again.search("other_product", v, 1)
     assert again.db.image_products(ids[:, 0].tolist()) == {int(i): f"p{k}" for k, i in enumerate(ids[:, 0])}
-    assert "rebuilding" in caplog.text
+    assert "rebuilding" in caplog.text and again.index("other_product").kind == kind
 
 
 def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ Stages are pluggable through registries: ``list_models``/``create_model``
 
 from __future__ import annotations
 
-from .api import Shoplens, classify, detect, open_store
+from .api import Shoplens, classify, detect, migrate, open_store
 from .config import DOMAINS, INTENTS, Config, resolve_config
 from .detect import list_detectors
 from .errors import (
@@ -50,6 +50,7 @@ __all__ = [
     "list_detectors",
     "list_intent_classifiers",
     "list_models",
+    "migrate",
     "open_store",
     "resolve_config",
 ]

@@ -26,17 +26,21 @@ from PIL import Image
 
 from .catalog import CatalogueRow, read_catalogue, validate_row
 from .config import INTENTS, Config, resolve_config
-from .errors import BadImageError, CatalogueError, NotFoundError, ShoplensError
+from .errors import BadImageError, CatalogueError, NotFoundError, ShoplensError, StoreError
 from .filters import FilterLike, parse_filters
 from .imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, Photo, load_image
 from .indexing import IndexReport, Indexer
+from .local.stage import LocalStage
 from .pipeline import INTENT_MODEL_FILE, EncodingCache, Pipeline
 from .results import DetectResult, ErrorResult, GarmentResult, IntentResult, SearchResult
-from .store import EmbeddedStore, ProductRecord, WriteBatch
+from .store import CatalogueStore, ProductRecord, WriteBatch, open_catalogue_store
+from .store.migrate import MigrationReport, copy_catalogue, copy_files
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+#: The local-feature index, in the store's folder.
+LOCAL_DIR = "local"
 #: Photos added through the API, content-addressed: ``<store>/photos/ab/ab12….jpg``.
 PHOTOS_DIR = "photos"
 R = TypeVar("R")
@@ -123,8 +127,19 @@ def detect(images: Sequence[ImageSource], config: Config | None = None) -> list[
     return detect_photos(Pipeline(config), images)
 
 
+def _open(location: str | Path, create: bool, engine: str) -> CatalogueStore:
+    store = open_catalogue_store(location, create=create)
+    if engine not in ("auto", store.engine):
+        store.close()
+        raise StoreError(f"{location}: a {store.engine} store, but the configuration asks for store.engine={engine!r}")
+    return store
+
+
 class Shoplens:
-    """A catalogue store (``--store DIR``) with its pipeline.
+    """A catalogue store (``--store DIR`` or a Milvus location) with its pipeline.
+
+    ``store``: a folder (the embedded engine), ``milvus://HOST:PORT/NAME`` or
+    ``milvus-lite:PATH.db[#NAME]`` (see :func:`shoplens.store.open_catalogue_store`).
 
     Configuration layers: defaults < the configuration saved in the store <
     ``config_file`` < ``flags`` (dotted names, e.g. ``**{"search.min_rank": 1.2}``).
@@ -139,16 +154,25 @@ class Shoplens:
         create: bool = True,
         **flags: Any,
     ) -> None:
-        root = Path(store)
-        base = config
-        saved = root / CONFIG_FILE
-        if base is None and saved.exists():
-            base = resolve_config(saved)
-        self.config = resolve_config(config_file, base=base, **flags)
-        self.pipeline = Pipeline(self.config, models_dir=root / "models")
-        self.store = EmbeddedStore(root, self.pipeline, create=create)
+        requested = resolve_config(config_file, base=config, **flags)
+        self.store = _open(store, create, requested.store.engine)
+        try:
+            base = config
+            saved = self.store.root / CONFIG_FILE
+            if base is None and saved.exists():
+                base = resolve_config(saved)
+            self.config = resolve_config(config_file, base=base, **flags)
+            self.pipeline = Pipeline(self.config, models_dir=self.store.models_dir)
+            self.store.attach(self.pipeline, index=self.config.store.index)
+        except BaseException:
+            self.store.close()
+            raise
         # Catalogue writes are read-check-write (what is stored decides what to embed): one at a time.
         self._write_lock = threading.RLock()
+        if self.config.local.enabled:
+            # Brought in step with the store now: a crash after a store commit left it behind at worst.
+            self.pipeline.local = LocalStage(self.store.root / LOCAL_DIR, self.config.local)
+            self._sync_local()
 
     # -- lifecycle ----------------------------------------------------------
     def close(self) -> None:
@@ -162,6 +186,7 @@ class Shoplens:
 
     def _save_config(self) -> None:
         path = self.store.root / CONFIG_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", "utf-8")
         tmp.replace(path)
@@ -176,8 +201,15 @@ class Shoplens:
         rows = read_catalogue(catalogue) if isinstance(catalogue, (str, os.PathLike)) else catalogue
         with self._write_lock:
             report = Indexer(self.pipeline, self.store).run(rows, progress=progress)
+            self._sync_local(progress=progress)
             self._save_config()
         return report
+
+    def _sync_local(self, *, progress: bool = False) -> None:
+        """Bring the local-feature index in step with the store (new images extracted, gone ones dropped)."""
+        if self.pipeline.local is not None:
+            with self._write_lock:
+                self.pipeline.local.sync(self.store, progress=progress)
 
     def save_photo(self, data: bytes, *, name: str = "photo", max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
         """Check that ``data`` is a usable image, then keep it under ``<store>/photos/``.
@@ -234,6 +266,7 @@ class Shoplens:
         with self._write_lock:
             # One chunk: the whole call is one store transaction, all or nothing.
             report = Indexer(self.pipeline, self.store, chunk_size=len(rows) + 1).run(rows, persist=False)
+            self._sync_local()
             if not (self.store.root / CONFIG_FILE).exists():
                 self._save_config()
         if report.failed:
@@ -294,6 +327,7 @@ class Shoplens:
         with self._write_lock:
             existing = [p for p in dict.fromkeys(product_ids) if self.store.get_product(p) is not None]
             self.store.write(WriteBatch(delete_products=existing))
+            self._sync_local()
         return len(existing)
 
     def product_images(self, product_id: str) -> list[tuple[int, str, str]]:
@@ -395,6 +429,27 @@ class Shoplens:
 
     def detect(self, images: Sequence[ImageSource]) -> list[DetectResult | ErrorResult]:
         return detect_photos(self.pipeline, images)
+
+
+def migrate(src: str | Path, dst: str | Path) -> MigrationReport:
+    """Move a catalogue between stores or engines: products, images (raw descriptors), models.
+
+    ``dst`` must be new or empty. The target projects the raw descriptors with
+    the source's models (copied first); the counts are verified afterwards.
+    """
+    with open_store(src) as source:
+        target = open_catalogue_store(dst, create=True)
+        try:
+            if target.count_products() or target.count_images():
+                raise StoreError(f"{target.location}: the target store is not empty")
+            files = copy_files(source.store, target)
+            config = resolve_config(target.root / CONFIG_FILE) if (target.root / CONFIG_FILE).exists() else source.config
+            target.attach(Pipeline(config, models_dir=target.models_dir), index=config.store.index)
+            report = copy_catalogue(source.store, target)
+            report.files = files
+        finally:
+            target.close()
+    return report
 
 
 def open_store(store: str | Path, **kwargs: Any) -> Shoplens:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import __version__
-from .api import Shoplens, classify_photos, detect_photos, open_store
+from .api import Shoplens, classify_photos, detect_photos, migrate, open_store
 from .config import Config, resolve_config
 from .errors import ShoplensError
 from .pipeline import Pipeline
@@ -58,6 +58,8 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-entropy-bits", type=float, metavar="B", help="drop categories whose surprisal exceeds B bits (default 3.0)")
     g.add_argument("--no-entropy-filter", action="store_true", help="switch the category entropy filter (step 5) off")
     g.add_argument("--no-category-order", action="store_true", help="order by rank only, not by category score (step 6)")
+    g.add_argument("--no-local-features", action="store_true", help="other_product: search the global embedding only, without the local-feature index")
+    g.add_argument("--no-verify", action="store_true", help="other_product: fuse local features without geometric verification (faster)")
 
 
 def _parse_set(items: Sequence[str]) -> dict[str, Any]:
@@ -88,6 +90,8 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
             "search.max_entropy_bits": get("max_entropy_bits"),
             "search.entropy_filter": False if get("no_entropy_filter") else None,
             "search.category_order": False if get("no_category_order") else None,
+            "local.enabled": False if get("no_local_features") else None,
+            "local.verify": False if get("no_verify") else None,
         }
     )
     return {k: v for k, v in flags.items() if v is not None}
@@ -291,6 +295,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         writes = "enabled (API key set)" if settings.writes_enabled else "disabled: no API key (set SHOPLENS_API_KEY or --api-key-file)"
         sys.stderr.write(f"shoplens: serving {args.store} ({lens.count_products()} products) at http://{args.host}:{args.port}/ ; writes {writes}\n")
         serve(lens, settings, host=args.host, port=args.port, log_level="debug" if args.verbose > 1 else "info" if args.verbose else "warning")
+def cmd_migrate(args: argparse.Namespace) -> int:
+    report = migrate(args.source, args.target)
+    if args.json:
+        sys.stdout.write(json.dumps(report.to_dict()) + "\n")
+    else:
+        images = ", ".join(f"{n} {d}" for d, n in report.images.items())
+        sys.stdout.write(f"migrated {report.products} product(s), images: {images}, {len(report.files)} file(s) to {args.target} (counts verified)\n")
     return EXIT_OK
 
 
@@ -310,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and any metadata columns) or a folder of images (product_id = file stem, category = parent folder). "
         "Each product listed gets exactly the images listed for it; re-running with the same rows changes nothing."))
     p.add_argument("catalogue", metavar="CATALOGUE", help="catalogue CSV file or folder of product photos")
-    p.add_argument("--store", required=True, metavar="DIR", help="store folder (created if absent)")
+    p.add_argument("--store", required=True, metavar="DIR", help="store folder (created if absent), or milvus://HOST:PORT/NAME, milvus-lite:PATH.db")
     p.add_argument("--json", action="store_true", help="print the indexing report as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     _add_config_options(p)
@@ -346,6 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p)
     _add_model_options(p)
     p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("migrate", help="move a catalogue between stores or engines (embedded folder, Milvus)", description=(
+        "Copy every product, image (raw descriptor), trained model and the saved configuration from SOURCE to a new "
+        "or empty TARGET, then verify the counts. A store location is a folder (embedded engine), "
+        "milvus://HOST:PORT/NAME (a Milvus cluster) or milvus-lite:PATH.db[#NAME] (Milvus Lite)."))
+    p.add_argument("source", metavar="SOURCE", help="the store to copy from")
+    p.add_argument("target", metavar="TARGET", help="the store to copy into (new or empty)")
+    p.add_argument("--json", action="store_true", help="print the migration report as one JSON object")
+    p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("models", help="list the registered backbones, intent classifiers and detectors")
     p.add_argument("--json", action="store_true")

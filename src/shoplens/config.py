@@ -78,11 +78,41 @@ class SearchConfig:
 
 
 @dataclass
-class StoreConfig:
-    """The vector store engine and its index."""
+class LocalFeaturesConfig:
+    """Local features for ``other_product`` (printed labels, packages): their own index, fused with the global one.
 
-    engine: str = "faiss"
-    #: "auto" (exact while small, approximate when large), "flat", "hnsw", "ivfpq".
+    Each candidate's distance becomes ``global distance × exp(−weight × ASMK score)``
+    (ASMK scores are comparable across queries, so the result stays a distance
+    in 0 … 2 that the rank filter can threshold); with ``verify``, the
+    ``shortlist`` closest are checked geometrically and those with
+    ``min_inliers`` RANSAC inliers or more come closer by the fraction ``verified_bonus``.
+    """
+
+    enabled: bool = True
+    weight: float = 8.0
+    #: Images taken from the local index per query (besides the global candidates).
+    candidates: int = 100
+    verify: bool = True
+    shortlist: int = 10
+    min_inliers: int = 15
+    verified_bonus: float = 0.3
+    #: Longest side photos are shrunk to before SIFT, and keypoints kept (changing either needs a re-index).
+    max_side: int = 512
+    max_keypoints: int = 1000
+
+
+@dataclass
+class StoreConfig:
+    """The store engine and its vector index.
+
+    The store location picks the engine (a folder: ``embedded``;
+    ``milvus://HOST:PORT/NAME`` or ``milvus-lite:PATH.db``: ``milvus``).
+    """
+
+    #: "auto" (whatever the location says), or "embedded" / "milvus" to insist on one.
+    engine: str = "auto"
+    #: "auto" (exact while small, approximate when large), "flat", "ivfflat", "ivfsq8", "ivfpq";
+    #: Milvus also takes "hnsw" ("auto" is Milvus's AUTOINDEX).
     index: str = "auto"
 
 
@@ -103,6 +133,7 @@ class Config:
     detect: DetectConfig = field(default_factory=DetectConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    local: LocalFeaturesConfig = field(default_factory=LocalFeaturesConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 

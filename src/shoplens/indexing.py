@@ -224,6 +224,9 @@ class Indexer:
 
         t0 = time.perf_counter()
         self.store.write(batch)
+        # Acknowledged: every product of this chunk is durably stored, with all its listed images.
+        done = [item.pid for item in plan if item.pending or item.unchanged]
+        log.info("committed %d product(s), %d image(s): %s", len(done), len(batch.add_images), " ".join(done))
         report.products_written += len(batch.products)
         report.add_time("write", time.perf_counter() - t0)
 

@@ -45,6 +45,21 @@ class CatalogueStore(abc.ABC):
 
     #: Folder for models trained for this catalogue (heads, classifiers).
     models_dir: Path
+    #: Local folder of the store's own files (saved configuration, models).
+    root: Path
+    #: Registered engine name ("embedded", "milvus").
+    engine: str = ""
+    #: Where the store is, as :func:`~shoplens.store.open_catalogue_store` accepts it.
+    location: str = ""
+    #: Turns raw descriptors into vectors; may be attached after opening.
+    projector: Projector | None = None
+    index_kind: str = "auto"
+
+    def attach(self, projector: Projector, *, index: str | None = None) -> None:
+        """Use ``projector`` (and the configured index kind) from now on."""
+        self.projector = projector
+        if index is not None:
+            self.index_kind = index
 
     # -- writes ---------------------------------------------------------------
     @abc.abstractmethod
@@ -108,6 +123,29 @@ class CatalogueStore(abc.ABC):
 
     @abc.abstractmethod
     def count_images(self, domain: str | None = None) -> int: ...
+
+    def image_ids(self, domain: str) -> np.ndarray:
+        """Ids of the domain's stored images, ascending (int64)."""
+        parts = [ids for ids, _ in self.iter_raw(domain)]
+        return np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+    @abc.abstractmethod
+    def count_vectors(self, domain: str) -> int:
+        """Vectors in the domain's searchable index (== ``count_images(domain)`` when consistent)."""
+
+    @abc.abstractmethod
+    def iter_images(self, batch: int = 1000) -> Iterator[ImageRecord]:
+        """Every stored image with its raw descriptor (for migration)."""
+
+    def iter_products(self, batch: int = 1000) -> Iterator[ProductRecord]:
+        """Every product, in pages."""
+        offset = 0
+        while True:
+            page = self.list_products(offset, batch)
+            yield from page
+            if len(page) < batch:
+                return
+            offset += batch
 
     @abc.abstractmethod
     def iter_raw(self, domain: str | None = None, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -296,6 +296,23 @@ class MetadataDB:
             [domain, *params],
         )
         return np.array([r[0] for r in rows], dtype=np.int64)
+    def iter_images(self, batch: int = 1000) -> Iterator[ImageRecord]:
+        """Every image with its raw descriptor, by image id."""
+        last = -1
+        while True:
+            rows = self.query(
+                "SELECT image_id, product_id, source, sha1, domain, signature, raw FROM images WHERE image_id>? ORDER BY image_id LIMIT ?",
+                (last, batch),
+            )
+            if not rows:
+                return
+            last = int(rows[-1][0])
+            for _, pid, source, sha1, domain, signature, raw in rows:
+                yield ImageRecord(pid, source, sha1, domain, signature, decode_raw(raw))
+
+    def image_ids(self, domain: str) -> np.ndarray:
+        rows = self.query("SELECT image_id FROM images WHERE domain=? ORDER BY image_id", (domain,))
+        return np.array([r[0] for r in rows], dtype=np.int64)
 
     def count_images(self, domain: str | None = None) -> int:
         if domain is None:
