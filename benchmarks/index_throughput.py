@@ -8,12 +8,15 @@
     runtime ``onnx-int8``, a static int8 copy calibrated on 64 grocery val
     photos: see int8_accuracy.py for what it costs in accuracy);
 (c) shoplens' own Indexer end to end (read + decode + preprocess + embed +
-    write into a fresh store), per runtime.
+    write into a fresh store, through ``Shoplens.index`` with local features
+    off), per runtime;
+(d) with ``--with-local``: ``Shoplens.index`` as configured by default, which
+    also extracts SIFT local features of every other_product photo (ONNX).
 
 The measures are interleaved over ``--rounds`` rounds and each figure is the
 median over rounds, so a busy machine slows all of them alike.
 
-    python benchmarks/index_throughput.py --photos 256 --rounds 3
+    python benchmarks/index_throughput.py --photos 160 --rounds 3 --with-local
 """
 
 from __future__ import annotations
@@ -54,10 +57,11 @@ def forward_only(run: Callable[[], object], n_batches: int) -> None:
         run()
 
 
-def indexer(paths: list[Path], engine: str, tmp: Path, tag: str, backbone: Backbone | None = None) -> dict[str, float]:
+def indexer(paths: list[Path], engine: str, tmp: Path, tag: str, backbone: Backbone | None = None, local: bool = False) -> dict[str, float]:
     csv = tmp / f"catalog-{tag}.csv"
     csv.write_text("product_id,image,category,domain\n" + "".join(f"p{i},{p},grocery,other_product\n" for i, p in enumerate(paths)))
-    with Shoplens(tmp / f"store-{tag}", **{"runtime.engine": "onnx" if engine == "onnx-int8" else engine}) as lens:
+    flags = {"runtime.engine": "onnx" if engine == "onnx-int8" else engine, "local.enabled": local}
+    with Shoplens(tmp / f"store-{tag}", **flags) as lens:
         if backbone is not None:  # the int8 graph is not a configured runtime: hand it to the pipeline
             lens.pipeline._backbones["efficientnet_lite0"] = backbone
         lens.pipeline.backbone("efficientnet_lite0")  # model loading (and ONNX export) is not indexing
@@ -71,6 +75,7 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=256, help="grocery photos per measure")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--with-local", action="store_true", help="also time Shoplens.index with local features on (the default)")
     ap.add_argument("--runtimes", default="torch,onnx,onnx-int8", help="comma-separated: torch, onnx, onnx-int8")
     args = ap.parse_args()
     root = data_root() / "grocery"
@@ -101,10 +106,13 @@ def main() -> None:
             lambda bb=bb: forward_only(lambda: bb.forward(x), n_batches),  # type: ignore[misc,attr-defined]
         )
     stage_times: dict[str, list[dict[str, float]]] = {rt: [] for rt in runtimes}
+    stage_times["onnx+local"] = []
     with tempfile.TemporaryDirectory() as tmpdir:
         for rt in runtimes:
             bb = backbones[rt] if rt == "onnx-int8" else None
             measures[f"c_indexer_{rt}"] = (len(paths), lambda rt=rt, bb=bb: stage_times[rt].append(indexer(paths, rt, Path(tmpdir), f"{rt}{len(stage_times[rt])}", bb)))  # type: ignore[misc]
+        if args.with_local:  # Shoplens.index as configured by default: also extracts SIFT local features
+            measures["d_index_onnx_with_local_features"] = (len(paths), lambda: stage_times["onnx+local"].append(indexer(paths, "onnx", Path(tmpdir), f"local{len(stage_times['onnx+local'])}", local=True)))
         eager_fwd()  # warm-up
         for bb in backbones.values():
             bb.forward(x)  # type: ignore[attr-defined]
