@@ -5,9 +5,10 @@ copies of their descriptors through the store API, as search_latency.py
 does) and grows it to each size in turn. At each size a fresh process opens
 the store with :class:`shoplens.Shoplens` (what ``shoplens serve`` holds),
 searches one photo of each kind (non-product, grocery, outfit) and reports
-its peak RSS (VmHWM) and its RSS after the searches (VmRSS).
+its peak RSS (VmHWM) and its RSS after the searches (VmRSS). Local
+features are off (the padded products have no photos to extract them from).
 
-    python benchmarks/memory.py --products 100000,300000 --store /tmp/mem-store
+    python benchmarks/memory.py --products 100000,1000000 --store /tmp/mem-store
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from search_latency import build_catalogue, pad  # noqa: E402
 
 from shoplens import Shoplens  # noqa: E402
 
+#: The padded products have no photo files, so the local-feature index (SIFT of
+#: other_product photos, on by default) is off here; it lives on disk, in its own index.
+FLAGS = {"local.enabled": False}
+
 _CHILD = r"""
 import json, sys, time
 from shoplens import Shoplens
@@ -38,7 +43,7 @@ def status():
             out[k] = int(v.split()[0]) * 1024
     return out
 t0 = time.perf_counter()
-with Shoplens(store, create=False) as lens:
+with Shoplens(store, create=False, **{"local.enabled": False}) as lens:
     n = lens.count_products()
     intents = [r.intent for r in lens.search(photos)]
     open_and_search_s = time.perf_counter() - t0
@@ -67,11 +72,11 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory() as tmpdir:
         store = Path(args.store) if args.store else Path(tmpdir) / "store"
-        with Shoplens(store) as lens:
+        with Shoplens(store, **FLAGS) as lens:
             lens.index(build_catalogue(root, Path(tmpdir), args.clothing))
         results = [measure(store, photos)]
         for n in sizes:
-            with Shoplens(store) as lens:
+            with Shoplens(store, **FLAGS) as lens:
                 pad(lens, n)
             results.append(measure(store, photos))
     base = results[0]

@@ -10,11 +10,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from ..models import Encoding
 from .heads import Head, IdentityHead, l2_normalize, load_head, register_head
-from .pooling import gem
+from .pooling import gem, gem_numpy
 
 
 class Embedder:
@@ -38,23 +37,18 @@ class Embedder:
         """(N, raw_dim) float32 raw descriptors."""
         if not encodings:
             return np.zeros((0, 0), dtype=np.float32)
-        rows: list[torch.Tensor | None] = [None] * len(encodings)
-        same_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, e in enumerate(encodings):
+        rows = []
+        for e in encodings:
             if e.embedding is not None:
-                rows[i] = e.embedding.float()
+                rows.append(e.embedding.float().numpy())
             else:
-                same_shape.setdefault(tuple(e.features["s32"].shape), []).append(i)
-        # One pooling per feature-map shape, not per photo: small per-photo ops
-        # cost far more than their arithmetic on a busy CPU.
-        for members in same_shape.values():
-            pooled = gem(torch.stack([encodings[i].features["s32"] for i in members]).float())
-            for i, v in zip(members, pooled):
-                rows[i] = v
-        return torch.stack(rows).numpy().astype(np.float32, copy=False)  # type: ignore[arg-type]
+                # Pooled in numpy, photo by photo: small torch ops cost far more
+                # than their arithmetic on a busy CPU (thread hand-offs).
+                rows.append(gem_numpy(e.features["s32"].float().numpy()))
+        return np.stack(rows).astype(np.float32, copy=False)
 
     def project(self, raw: np.ndarray) -> np.ndarray:
         return self.head.apply(raw)
 
 
-__all__ = ["Embedder", "Head", "IdentityHead", "gem", "l2_normalize", "load_head", "register_head"]
+__all__ = ["Embedder", "Head", "IdentityHead", "gem", "gem_numpy", "l2_normalize", "load_head", "register_head"]
