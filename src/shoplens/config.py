@@ -120,8 +120,9 @@ class StoreConfig:
 class RuntimeConfig:
     """How the backbones run on the CPU."""
 
-    #: "torch" (eager PyTorch, channels-last) or "onnx" (ONNX Runtime, extra
-    #: [onnx]; convolutional backbones; about 2x faster on CPU).
+    #: "torch" (eager PyTorch, batch norms folded, channels-last) or "onnx"
+    #: (ONNX Runtime, extra [onnx]; convolutional backbones only; its forward
+    #: pass is 3-5x eager torch on CPU, see docs/benchmarks/speed.md).
     engine: str = "torch"
     #: CPU threads for inference; 0 = the runtime's default (all cores).
     threads: int = 0
