@@ -94,7 +94,11 @@ class TorchConvBackbone(Backbone):
         # Resizing runs on the thread pool (OpenCV releases the GIL); photos
         # are batched with others of the same input shape, so no padding ever
         # touches a photo and its encoding does not depend on its batch.
-        resized = list(self._pool.map(lambda p: resize_photo(p.pixels, cfg), photos))
+        # One photo (a search) is resized here: a hand-off to the pool costs more.
+        if len(photos) == 1:
+            resized = [resize_photo(photos[0].pixels, cfg)]
+        else:
+            resized = list(self._pool.map(lambda p: resize_photo(p.pixels, cfg), photos))
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, r in enumerate(resized):
             groups[(r.shape[0], r.shape[1])].append(i)
