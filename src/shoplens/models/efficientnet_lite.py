@@ -132,7 +132,7 @@ class EfficientNetLite(nn.Module):
         the copy is for inference only (this module keeps its batch norms).
         """
         model = copy.deepcopy(self).eval()
-        pairs = [(model, "_conv_stem", "_bn0"), (model, "_conv_head", "_bn1")]
+        pairs: list[tuple[nn.Module, str, str]] = [(model, "_conv_stem", "_bn0"), (model, "_conv_head", "_bn1")]
         for block in model._blocks:
             if block.has_expand:
                 pairs.append((block, "_expand_conv", "_bn0"))

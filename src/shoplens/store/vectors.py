@@ -208,7 +208,7 @@ class FaissIndex(VectorIndex):
     def save(self, path: Path) -> None:
         # One copy of the index in memory besides the index itself (no bytes
         # conversion, no concatenation): persisting is where a server peaks.
-        payload = memoryview(faiss.serialize_index(self.index))
+        payload = memoryview(faiss.serialize_index(self.index))  # type: ignore[arg-type]
         header = json.dumps(
             {
                 "kind": self.kind,
