@@ -295,6 +295,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         writes = "enabled (API key set)" if settings.writes_enabled else "disabled: no API key (set SHOPLENS_API_KEY or --api-key-file)"
         sys.stderr.write(f"shoplens: serving {args.store} ({lens.count_products()} products) at http://{args.host}:{args.port}/ ; writes {writes}\n")
         serve(lens, settings, host=args.host, port=args.port, log_level="debug" if args.verbose > 1 else "info" if args.verbose else "warning")
+    return EXIT_OK
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     report = migrate(args.source, args.target)
     if args.json:

@@ -155,6 +155,10 @@ class EmbeddedStore(CatalogueStore):
     def _index_path(self, domain: str) -> Path:
         return self.root / "index" / f"{domain}.vidx"
 
+    def warm_up(self) -> None:
+        for domain in DOMAINS:
+            self.index(domain)
+
     def index(self, domain: str) -> VectorIndex:
         """The domain's vector index, loaded, rebuilt or caught up as needed."""
         with self._lock:
