@@ -6,11 +6,17 @@ the real descriptors, then times searches of non-product, grocery and outfit
 photos side by side (interleaved, after a warm-up).
 
     python benchmarks/search_latency.py --products 100000 --queries 30
+
+``--profile FILE`` also runs each photo kind once more under cProfile and
+writes the functions that take the most time, per kind, to FILE.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
+import pstats
 import json
 import random
 import statistics
@@ -72,6 +78,7 @@ def main() -> None:
     ap.add_argument("--clothing", type=int, default=300, help="clothing photos indexed as apparel products")
     ap.add_argument("--queries", type=int, default=30, help="queries per kind")
     ap.add_argument("--store", help="reuse this store folder (default: a temporary one)")
+    ap.add_argument("--profile", metavar="FILE", help="write a cProfile summary per photo kind to FILE")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="configuration override")
     args = ap.parse_args()
     root = data_root()
@@ -96,24 +103,48 @@ def main() -> None:
                 lens.search(picked[k][:2])
             times: dict[str, list[float]] = {k: [] for k in kinds}
             by_intent: dict[str, list[float]] = {}
+            steps: dict[str, dict[str, list[float]]] = {}
+            # CPU time of the whole process (all its threads) per search: what
+            # the search costs, whatever the other jobs on the machine do.
+            cpu: dict[str, list[float]] = {}
             for i in range(args.queries):
                 for kind, photos in picked.items():
                     if i < len(photos):
+                        cpu0 = time.process_time()
                         r = lens.search([photos[i]])[0]
+                        cpu.setdefault(r.intent, []).append((time.process_time() - cpu0) * 1000.0)  # type: ignore[union-attr]
                         total = r.timings_ms["total"]  # type: ignore[union-attr]
                         times[kind].append(total)
                         by_intent.setdefault(r.intent, []).append(total)  # type: ignore[union-attr]
+                        for step, ms in r.timings_ms.items():  # type: ignore[union-attr]
+                            steps.setdefault(r.intent, {}).setdefault(step, []).append(ms)  # type: ignore[union-attr]
+            if args.profile:
+                report = []
+                for kind, photos in picked.items():
+                    prof = cProfile.Profile()
+                    prof.enable()
+                    lens.search(photos)
+                    prof.disable()
+                    buf = io.StringIO()
+                    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(15)
+                    report.append(f"## {kind}: {len(photos)} searches, sorted by own time\n\n{buf.getvalue()}")
+                Path(args.profile).write_text("\n".join(report))
             n_products = lens.count_products()
+            config = lens.config
 
     def stats(v: list[float]) -> dict[str, float]:
         return {"n": len(v), "p50": round(statistics.median(v), 1), "p95": round(float(np.percentile(v, 95)), 1)} if v else {"n": 0}
 
     out = {
         "products": n_products,
+        "detector": config.detect.detector if config.detect.enabled else "off",
+        "runtime": config.runtime.engine,
         "index_real_photos_s": round(index_s, 1),
         "by_photo_kind_ms": {k: stats(v) for k, v in times.items()},
         "by_predicted_intent_ms": {k: stats(v) for k, v in by_intent.items()},
     }
+    out["process_cpu_ms_by_intent"] = {k: stats(v) for k, v in cpu.items()}
+    out["step_p50_ms_by_intent"] = {k: {s: round(statistics.median(v), 1) for s, v in st.items()} for k, st in steps.items()}
     a, n = out["by_predicted_intent_ms"].get("apparel", {}), out["by_predicted_intent_ms"].get("non_product", {})
     if a.get("n") and n.get("n"):
         out["non_product_over_apparel_p50"] = round(n["p50"] / a["p50"], 3)

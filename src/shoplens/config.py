@@ -117,6 +117,18 @@ class StoreConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """How the backbones run on the CPU."""
+
+    #: "torch" (eager PyTorch, batch norms folded, channels-last) or "onnx"
+    #: (ONNX Runtime, extra [onnx]; convolutional backbones only; its forward
+    #: pass is 3-5x eager torch on CPU, see docs/benchmarks/speed.md).
+    engine: str = "torch"
+    #: CPU threads for inference; 0 = the runtime's default (all cores).
+    threads: int = 0
+
+
+@dataclass
 class Config:
     intent: IntentConfig = field(default_factory=IntentConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
@@ -124,6 +136,7 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     local: LocalFeaturesConfig = field(default_factory=LocalFeaturesConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

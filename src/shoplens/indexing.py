@@ -15,7 +15,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -165,7 +165,7 @@ class Indexer:
         t0 = time.perf_counter()
         todo = [p for item in plan for p in item.pending]
         target = max(e.input_size or 224 for e in self.pipeline.embedders.values())
-        for p, result in zip(todo, pool.map(lambda p: _decode(p, target), todo)):
+        for p, result in zip(todo, decode_all([(p.data, p.row.image) for p in todo], pool, target)):
             if isinstance(result, BadImageError):
                 report.failed.append(_failure(p.row, str(result)))
             else:
@@ -295,11 +295,20 @@ class _Product:
         return out
 
 
-def _decode(p: _Pending, target: int) -> Photo | BadImageError:
-    try:
-        return load_image(p.data, name=p.row.image, target_size=target)
-    except BadImageError as err:
-        return err
+def decode_all(items: Sequence[tuple[bytes, str]], pool: Executor, target_size: int | None) -> list[Photo | BadImageError]:
+    """Decode ``(data, name)`` items on ``pool``, in parallel; results in the items' order.
+
+    An image that cannot be decoded gives its :class:`BadImageError` in its
+    place; the others are unaffected.
+    """
+
+    def one(item: tuple[bytes, str]) -> Photo | BadImageError:
+        try:
+            return load_image(item[0], name=item[1], target_size=target_size)
+        except BadImageError as err:
+            return err
+
+    return list(pool.map(one, items))
 
 
 def _failure(row: CatalogueRow, error: str) -> dict[str, str]:

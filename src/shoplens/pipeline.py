@@ -115,7 +115,8 @@ class Pipeline:
     # -- models -------------------------------------------------------------
     def backbone(self, name: str) -> Backbone:
         if name not in self._backbones:
-            self._backbones[name] = create_model(name)
+            rt = self.config.runtime
+            self._backbones[name] = create_model(name, runtime=rt.engine, threads=rt.threads)
         return self._backbones[name]
 
     @property

@@ -14,6 +14,7 @@ from importlib import resources
 
 from . import _hf, dinov2, hf_clip, openclip  # noqa: F401 - they register their schemes and entries
 from ._registry import (
+    RUNTIMES,
     ModelEntry,
     WeightsSource,
     create_model,
@@ -64,6 +65,7 @@ __all__ = [
     "Encoding",
     "ModelEntry",
     "PreprocessCfg",
+    "RUNTIMES",
     "TorchConvBackbone",
     "WeightsSource",
     "create_model",

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, NamedTuple
 
-from ..errors import UnknownModelError
+from ..errors import ConfigError, UnknownModelError
 from .backbone import Backbone
 from .preprocess import PreprocessCfg
 
@@ -203,10 +203,34 @@ def get_entry(name: str) -> ModelEntry:
     return _ENTRIES[parsed.location]
 
 
-def create_model(name: str) -> Backbone:
-    """Build the backbone called ``name`` (see :func:`parse_model_name`)."""
+#: Engines a backbone can run on (``runtime.engine`` in the configuration).
+RUNTIMES = ("torch", "onnx")
+
+
+def create_model(name: str, *, runtime: str = "torch", threads: int = 0) -> Backbone:
+    """Build the backbone called ``name`` (see :func:`parse_model_name`).
+
+    ``runtime``: ``"torch"`` (eager PyTorch) or ``"onnx"`` (ONNX Runtime, extra
+    ``[onnx]``; convolutional backbones only). ``threads``: CPU threads for
+    inference, 0 for the runtime's default; for torch it sets the process-wide
+    ``torch.set_num_threads``.
+    """
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
+    if threads < 0:
+        raise ConfigError(f"runtime threads must be 0 (default) or more, got {threads}")
     parsed = parse_model_name(name)
     if parsed.scheme:
-        return _SCHEMES[parsed.scheme][1](parsed.target)
-    entry = _ENTRIES[parsed.location]
-    return entry.build(entry, entry.name)
+        backbone = _SCHEMES[parsed.scheme][1](parsed.target)
+    else:
+        entry = _ENTRIES[parsed.location]
+        backbone = entry.build(entry, entry.name)
+    if threads and runtime == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    if runtime == "onnx":
+        from .onnx_runtime import to_onnx
+
+        backbone = to_onnx(backbone, threads=threads)
+    return backbone

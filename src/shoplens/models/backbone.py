@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from ..imaging import Photo
@@ -74,6 +75,10 @@ class TorchConvBackbone(Backbone):
     ) -> None:
         self.name = name
         self.module = module.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        # Inference runs on a copy with batch norms folded into the convolutions
+        # when the model offers one (``fused()``); ``module`` is left as built.
+        fused = getattr(module, "fused", None)
+        self._infer = fused().to(memory_format=torch.channels_last) if callable(fused) else self.module
         self.preprocess = preprocess
         self.feature_dim = int(getattr(module, "num_features"))
         self.has_imagenet_head = has_imagenet_head
@@ -89,7 +94,11 @@ class TorchConvBackbone(Backbone):
         # Resizing runs on the thread pool (OpenCV releases the GIL); photos
         # are batched with others of the same input shape, so no padding ever
         # touches a photo and its encoding does not depend on its batch.
-        resized = list(self._pool.map(lambda p: resize_photo(p.pixels, cfg), photos))
+        # One photo (a search) is resized here: a hand-off to the pool costs more.
+        if len(photos) == 1:
+            resized = [resize_photo(photos[0].pixels, cfg)]
+        else:
+            resized = list(self._pool.map(lambda p: resize_photo(p.pixels, cfg), photos))
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, r in enumerate(resized):
             groups[(r.shape[0], r.shape[1])].append(i)
@@ -97,10 +106,8 @@ class TorchConvBackbone(Backbone):
         for shape, members in groups.items():
             for start in range(0, len(members), self.batch_size):
                 chunk = members[start : start + self.batch_size]
-                batch = to_tensor([resized[i] for i in chunk], cfg).contiguous(memory_format=torch.channels_last)
-                with self._lock, torch.inference_mode():
-                    feats = self.module.forward_features(batch)  # type: ignore[operator]
-                    logits = self.module.classify(feats["s32"].mean((2, 3))) if self.has_imagenet_head else None  # type: ignore[operator]
+                batch = self.make_batch([resized[i] for i in chunk], cfg)
+                feats, logits = self.forward(batch)
                 for j, i in enumerate(chunk):
                     out[i] = Encoding(
                         photo=photos[i],
@@ -109,3 +116,15 @@ class TorchConvBackbone(Backbone):
                         logits=None if logits is None else logits[j],
                     )
         return [e for e in out if e is not None]
+
+    def make_batch(self, resized: Sequence[np.ndarray], cfg: PreprocessCfg) -> torch.Tensor:
+        """One normalised NCHW batch of same-shaped resized photos, in the layout :meth:`forward` wants."""
+        return to_tensor(resized, cfg)  # NHWC in memory: channels-last for free
+
+    def forward(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Feature maps and ImageNet logits (or ``None``) of one normalised NCHW batch."""
+        batch = batch.contiguous(memory_format=torch.channels_last)
+        with self._lock, torch.inference_mode():
+            feats = self._infer.forward_features(batch)  # type: ignore[operator]
+            logits = self._infer.classify(feats["s32"].mean((2, 3))) if self.has_imagenet_head else None  # type: ignore[operator]
+        return feats, logits

@@ -99,6 +99,16 @@ def to_tensor(resized: Sequence[np.ndarray], cfg: PreprocessCfg) -> torch.Tensor
     return torch.from_numpy(stacked).permute(0, 3, 1, 2)
 
 
+def to_nchw(resized: Sequence[np.ndarray], cfg: PreprocessCfg) -> np.ndarray:
+    """Like :func:`to_tensor`, as one contiguous NCHW float32 array (what ONNX Runtime reads)."""
+    if not resized:
+        raise ValueError("empty batch")
+    out = np.ascontiguousarray(np.stack(resized).transpose(0, 3, 1, 2), dtype=np.float32)
+    out -= np.asarray(cfg.mean, dtype=np.float32)[:, None, None]
+    out *= (1.0 / np.asarray(cfg.std, dtype=np.float32))[:, None, None]
+    return out
+
+
 def prepare_batch(images: Sequence[np.ndarray], cfg: PreprocessCfg) -> torch.Tensor:
     """Resize and normalise images that resize to the same shape into one batch."""
     return to_tensor([resize_photo(p, cfg) for p in images], cfg)

@@ -1,0 +1,148 @@
+"""Indexing throughput, side by side in one run, on real photos (grocery store photos).
+
+(a) naive loop: PIL open, squash to 224 px, one eager EfficientNet-Lite0
+    forward pass (NCHW, no_grad) per batch of 32;
+(b) the backbone forward pass alone at the same batch size (pre-made
+    224x224 tensors; nothing else) in each runtime: eager NCHW,
+    channels-last + inference_mode, ONNX Runtime fp32 (and, with the
+    runtime ``onnx-int8``, a static int8 copy calibrated on 64 grocery val
+    photos: see int8_accuracy.py for what it costs in accuracy);
+(c) shoplens' own Indexer end to end (read + decode + preprocess + embed +
+    write into a fresh store, through ``Shoplens.index`` with local features
+    off), per runtime;
+(d) with ``--with-local``: ``Shoplens.index`` as configured by default, which
+    also extracts SIFT local features of every other_product photo (ONNX).
+
+The measures are interleaved over ``--rounds`` rounds and each figure is the
+median over rounds, so a busy machine slows all of them alike.
+
+    python benchmarks/index_throughput.py --photos 160 --rounds 3 --with-local
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _data import data_root, rows  # noqa: E402
+
+from shoplens import Shoplens  # noqa: E402
+from shoplens.imaging import load_image  # noqa: E402
+from shoplens.models import Backbone, create_model  # noqa: E402
+from shoplens.models.onnx_runtime import OnnxConvBackbone, quantize_int8  # noqa: E402
+from shoplens.models.efficientnet_lite import build_efficientnet_lite  # noqa: E402
+
+
+def naive(paths: list[Path], model: torch.nn.Module, batch: int) -> None:
+    for start in range(0, len(paths), batch):
+        arrays = [np.asarray(Image.open(p).convert("RGB").resize((224, 224), Image.BILINEAR), dtype=np.float32) for p in paths[start : start + batch]]
+        x = torch.from_numpy((np.stack(arrays) - 127.0) / 128.0).permute(0, 3, 1, 2).contiguous()
+        with torch.no_grad():
+            model(x)
+
+
+def forward_only(run: Callable[[], object], n_batches: int) -> None:
+    for _ in range(n_batches):
+        run()
+
+
+def indexer(paths: list[Path], engine: str, tmp: Path, tag: str, backbone: Backbone | None = None, local: bool = False) -> dict[str, float]:
+    csv = tmp / f"catalog-{tag}.csv"
+    csv.write_text("product_id,image,category,domain\n" + "".join(f"p{i},{p},grocery,other_product\n" for i, p in enumerate(paths)))
+    flags = {"runtime.engine": "onnx" if engine == "onnx-int8" else engine, "local.enabled": local}
+    with Shoplens(tmp / f"store-{tag}", **flags) as lens:
+        if backbone is not None:  # the int8 graph is not a configured runtime: hand it to the pipeline
+            lens.pipeline._backbones["efficientnet_lite0"] = backbone
+        lens.pipeline.backbone("efficientnet_lite0")  # model loading (and ONNX export) is not indexing
+        report = lens.index(csv)
+    assert report.images_added == len(paths), report.to_dict()
+    return report.timings_s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--photos", type=int, default=256, help="grocery photos per measure")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--with-local", action="store_true", help="also time Shoplens.index with local features on (the default)")
+    ap.add_argument("--runtimes", default="torch,onnx,onnx-int8", help="comma-separated: torch, onnx, onnx-int8")
+    args = ap.parse_args()
+    root = data_root() / "grocery"
+    paths = [root / r["image"] for r in rows(root / "photos.csv")][: args.photos]
+    runtimes = args.runtimes.split(",")
+    n_batches = max(1, len(paths) // args.batch)
+
+    eager = build_efficientnet_lite("efficientnet_lite0")  # NCHW, its own copy
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((args.batch, 3, 224, 224), dtype=np.float32))
+    backbones: dict[str, Backbone] = {rt: create_model("efficientnet_lite0", runtime=rt) for rt in runtimes if rt != "onnx-int8"}
+    tmp_int8 = tempfile.TemporaryDirectory()
+    if "onnx-int8" in runtimes:
+        fp32 = create_model("efficientnet_lite0", runtime="onnx")
+        assert isinstance(fp32, OnnxConvBackbone)
+        val = [root / r["image"] for r in rows(root / "photos.csv") if r["split"] == "val"][::4][:64]
+        path = quantize_int8(fp32, [load_image(p, target_size=224) for p in val], Path(tmp_int8.name) / "int8.onnx")
+        backbones["onnx-int8"] = OnnxConvBackbone(fp32, model_path=path)
+
+    def eager_fwd() -> object:
+        with torch.no_grad():
+            return eager(x)
+
+    measures: dict[str, tuple[int, Callable[[], object]]] = {"a_naive_loop": (len(paths), lambda: naive(paths, eager, args.batch))}
+    measures["b_forward_torch_eager_nchw"] = (n_batches * args.batch, lambda: forward_only(eager_fwd, n_batches))
+    for rt, bb in backbones.items():
+        measures[f"b_forward_{rt}" + ("_channels_last" if rt == "torch" else "")] = (
+            n_batches * args.batch,
+            lambda bb=bb: forward_only(lambda: bb.forward(x), n_batches),  # type: ignore[misc,attr-defined]
+        )
+    stage_times: dict[str, list[dict[str, float]]] = {rt: [] for rt in runtimes}
+    stage_times["onnx+local"] = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        for rt in runtimes:
+            bb = backbones[rt] if rt == "onnx-int8" else None
+            measures[f"c_indexer_{rt}"] = (len(paths), lambda rt=rt, bb=bb: stage_times[rt].append(indexer(paths, rt, Path(tmpdir), f"{rt}{len(stage_times[rt])}", bb)))  # type: ignore[misc]
+        if args.with_local:  # Shoplens.index as configured by default: also extracts SIFT local features
+            measures["d_index_onnx_with_local_features"] = (len(paths), lambda: stage_times["onnx+local"].append(indexer(paths, "onnx", Path(tmpdir), f"local{len(stage_times['onnx+local'])}", local=True)))
+        eager_fwd()  # warm-up
+        for bb in backbones.values():
+            bb.forward(x)  # type: ignore[attr-defined]
+        per_s: dict[str, list[float]] = {k: [] for k in measures}
+        for r in range(args.rounds):
+            for name, (n, fn) in measures.items():
+                t0 = time.perf_counter()
+                fn()
+                per_s[name].append(n / (time.perf_counter() - t0))
+                print(f"round {r}: {name}: {per_s[name][-1]:.1f} img/s", file=sys.stderr)
+
+    med = {k: round(statistics.median(v), 1) for k, v in per_s.items()}
+    fastest_fwd = max(v for k, v in med.items() if k.startswith("b_"))
+    out: dict[str, object] = {
+        "photos": len(paths),
+        "batch": args.batch,
+        "rounds": args.rounds,
+        "torch_threads": torch.get_num_threads(),
+        "img_per_s_median": med,
+        "img_per_s_rounds": {k: [round(x, 1) for x in v] for k, v in per_s.items()},
+        "indexer_stage_s_median": {
+            rt: {k: round(statistics.median(t[k] for t in ts), 2) for k in ts[0]} for rt, ts in stage_times.items() if ts
+        },
+    }
+    for rt in runtimes:
+        c = med[f"c_indexer_{rt}"]
+        out[f"indexer_{rt}_over_naive"] = round(c / med["a_naive_loop"], 2)
+        out[f"indexer_{rt}_over_fastest_forward"] = round(c / fastest_fwd, 2)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

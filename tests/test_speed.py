@@ -1,0 +1,164 @@
+"""Speed work that must not change results: runtimes, fused inference, batched pooling, parallel decode."""
+
+from __future__ import annotations
+
+import io
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shoplens.config import Config
+from shoplens.embed import Embedder, IdentityHead, gem
+from shoplens.errors import BadImageError, ConfigError, MissingDependencyError
+from shoplens.imaging import Photo, load_image
+from shoplens.indexing import decode_all
+from shoplens.models import Backbone, Encoding, TorchConvBackbone, create_model
+from shoplens.models.efficientnet_lite import build_efficientnet_lite
+from shoplens.pipeline import Pipeline
+
+
+def _jpeg(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_unknown_runtime_and_bad_threads_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="unknown runtime 'tpu'"):
+        create_model("efficientnet_lite0", runtime="tpu")
+    with pytest.raises(ConfigError, match="threads"):
+        create_model("efficientnet_lite0", threads=-1)
+
+
+def test_onnx_runtime_without_onnxruntime_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # importing it now raises ImportError
+    with pytest.raises(MissingDependencyError, match=r"shoplens\[onnx\]"):
+        create_model("efficientnet_lite0", runtime="onnx")
+
+
+def test_onnx_runtime_refuses_a_non_convolutional_backbone() -> None:
+    from shoplens.models.onnx_runtime import to_onnx
+
+    class Other(Backbone):
+        name = "other"
+
+        def encode(self, photos, *, input_size=None):  # type: ignore[no-untyped-def]
+            return []
+
+    with pytest.raises(ConfigError, match="runtime 'onnx' supports"):
+        to_onnx(Other())
+
+
+def test_fused_batch_norm_gives_the_same_features() -> None:
+    model = build_efficientnet_lite("efficientnet_lite0")
+    fused = model.fused()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    x = torch.randn(2, 3, 224, 160)
+    with torch.inference_mode():
+        a, b = model.forward_features(x), fused.forward_features(x)
+        la, lb = model.classify(a["s32"].mean((2, 3))), fused.classify(b["s32"].mean((2, 3)))
+    for k in ("s8", "s16", "s32"):
+        assert a[k].shape == b[k].shape
+        assert torch.allclose(a[k], b[k], atol=1e-3, rtol=1e-3), k
+    assert torch.allclose(la, lb, atol=1e-3, rtol=1e-3)
+
+
+def test_describe_pools_mixed_shapes_as_one_photo_at_a_time() -> None:
+    torch.manual_seed(0)
+    photo = Photo(np.zeros((4, 4, 3), np.uint8), (4, 4))
+    maps = [torch.rand(16, 7, 7), torch.rand(16, 7, 5), torch.rand(16, 7, 7), torch.rand(16, 5, 7)]
+    encodings = [Encoding(photo, (224, 224), {"s32": m}) for m in maps]
+    encodings.insert(2, Encoding(photo, (224, 224), {"s32": torch.rand(16, 7, 7)}, embedding=torch.arange(16.0)))
+    raw = Embedder("other_product", "efficientnet_lite0", 224, IdentityHead()).describe(encodings)
+    expected = [gem(m) for m in maps[:2]] + [torch.arange(16.0)] + [gem(m) for m in maps[2:]]
+    assert raw.shape == (5, 16)
+    np.testing.assert_allclose(raw, torch.stack(expected).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_decode_all_keeps_order_and_reports_each_bad_image_in_place() -> None:
+    items = [
+        (_jpeg((40, 30), (255, 0, 0)), "red.jpg"),
+        (b"not an image at all", "junk.jpg"),
+        (_jpeg((30, 50), (0, 255, 0)), "green.jpg"),
+        (_jpeg((64, 64), (0, 0, 255))[:60], "truncated.jpg"),
+        (_jpeg((20, 10), (255, 255, 255)), "white.jpg"),
+    ]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        out = decode_all(items, pool, target_size=224)
+    assert [type(o).__name__ for o in out] == ["Photo", "BadImageError", "Photo", "BadImageError", "Photo"]
+    assert [o.size for o in out if isinstance(o, Photo)] == [(40, 30), (30, 50), (20, 10)]
+    assert [o.name for o in out if isinstance(o, Photo)] == ["red.jpg", "green.jpg", "white.jpg"]
+    assert "junk.jpg" in str(out[1]) and "truncated.jpg" in str(out[3])
+    assert isinstance(out[1], BadImageError)
+    assert out[0].pixels[5, 5, 0] > 200 and out[2].pixels[5, 5, 1] > 200  # type: ignore[union-attr]
+
+
+# -- ONNX Runtime ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(scope="module")
+def backbones(onnx_cache: Path) -> tuple[TorchConvBackbone, TorchConvBackbone]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SHOPLENS_CACHE", str(onnx_cache))
+        return create_model("efficientnet_lite0"), create_model("efficientnet_lite0", runtime="onnx")  # type: ignore[return-value]
+
+
+def test_pipeline_builds_the_configured_runtime(onnx_cache: Path, monkeypatch: pytest.MonkeyPatch, backbones: object) -> None:
+    from shoplens.models.onnx_runtime import OnnxConvBackbone
+
+    monkeypatch.setenv("SHOPLENS_CACHE", str(onnx_cache))  # the export of the fixture is reused
+    onnx = Pipeline(Config().merged({"runtime": {"engine": "onnx"}})).backbone("efficientnet_lite0")
+    assert isinstance(onnx, OnnxConvBackbone) and onnx.model_path.parent == onnx_cache / "onnx"
+    torch_ = Pipeline(Config()).backbone("efficientnet_lite0")
+    assert type(torch_) is TorchConvBackbone
+
+
+def test_onnx_falls_back_to_torch_off_the_32_px_grid(backbones: tuple[TorchConvBackbone, TorchConvBackbone]) -> None:
+    tb, ob = backbones
+    x = torch.randn(2, 3, 100, 75)  # "same" padding of this size is not what the exported graph does
+    (ft, lt), (fo, lo) = tb.forward(x), ob.forward(x)
+    assert fo["s32"].shape == ft["s32"].shape == (2, 1280, 4, 3)
+    assert torch.allclose(fo["s32"], ft["s32"]) and lo is not None and lt is not None and torch.allclose(lo, lt)
+
+
+@pytest.mark.data
+def test_onnx_matches_torch_on_real_photos(data_dir: Path, backbones: tuple[TorchConvBackbone, TorchConvBackbone]) -> None:
+    tb, ob = backbones
+    grocery = sorted((data_dir / "grocery" / "photos" / "val").rglob("*.jpg"))[::60][:8]
+    clothing = sorted((data_dir / "clothing").rglob("*.jpg"))[:4]
+    photos = [load_image(p, target_size=256) for p in grocery + clothing]
+    for size in (224, 256):
+        a, b = tb.encode(photos, input_size=size), ob.encode(photos, input_size=size)
+        assert len({e.input_hw for e in a}) >= 2  # several letterbox shapes, batched apart
+        for x, y in zip(a, b):
+            assert x.input_hw == y.input_hw and x.photo is y.photo
+            for k in ("s8", "s16", "s32"):
+                scale = float(x.features[k].abs().max())
+                assert float((x.features[k] - y.features[k]).abs().max()) < 1e-3 * max(scale, 1.0), k
+            assert torch.allclose(x.logits, y.logits, atol=1e-3)  # type: ignore[arg-type]
+            assert int(x.logits.argmax()) == int(y.logits.argmax())  # type: ignore[union-attr]
+        emb = Embedder("other_product", "efficientnet_lite0", size, IdentityHead())
+        va, vb = emb.project(emb.describe(a)), emb.project(emb.describe(b))
+        assert float(np.min(np.sum(va * vb, axis=1))) > 0.9999
+
+
+def test_nchw_batch_for_onnx_equals_the_torch_batch() -> None:
+    from shoplens.models.preprocess import PreprocessCfg, to_nchw, to_tensor
+
+    rng = np.random.default_rng(0)
+    resized = [rng.integers(0, 256, (64, 32, 3), dtype=np.uint8) for _ in range(3)]
+    cfg = PreprocessCfg(mean=(120.0, 110.0, 100.0), std=(60.0, 50.0, 40.0))
+    nchw = to_nchw(resized, cfg)
+    assert nchw.flags.c_contiguous and nchw.dtype == np.float32 and nchw.shape == (3, 3, 64, 32)
+    np.testing.assert_allclose(nchw, to_tensor(resized, cfg).numpy(), rtol=1e-6, atol=1e-6)
