@@ -4,7 +4,7 @@ An :class:`Embedder` pools a backbone's encodings into raw descriptors and
 passes them through its domain's :class:`~shoplens.embed.heads.Head` into the
 L2-normalised vectors the index holds. Heads are cheap functions of the raw
 descriptors: :func:`default_head` (untrained store), :func:`fit_whitening`,
-:func:`train_projection` and :func:`adapt_embedder` (``train-embedder``).
+:func:`train_projection` and :func:`train_embedder` (``train-embedder``).
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from ..imaging import Photo
 from ..models import Backbone, Encoding
 from .heads import Head, IdentityHead, LinearHead, MLPHead, l2_normalize, load_head, register_head
 from .pooling import gem, get_pooling, list_poolings, register_pooling, rmac
-from .training import ProjectionCfg, adapt_embedder, train_projection
+from .calibration import Calibration, calibration_file, fit_calibration, returned_set_quality, similar_sets
+from .training import EmbedderReport, ProjectionCfg, calibrate_head, train_embedder, train_projection
 from .whitening import default_head, fit_whitening
 
-#: The measured default (docs/benchmarks/embedding.md): R-MAC of the stride-32
+#: The measured default (docs/benchmarks/embedq.md): R-MAC of the stride-32
 #: map at 224 px (the pass the intent classifier shares) and at 320 px.
 DEFAULT_POOLING = "rmac-s32"
 DEFAULT_EXTRA_SIZES: tuple[int, ...] = (320,)
@@ -107,8 +108,15 @@ __all__ = [
     "IdentityHead",
     "LinearHead",
     "MLPHead",
+    "Calibration",
+    "EmbedderReport",
     "ProjectionCfg",
-    "adapt_embedder",
+    "calibrate_head",
+    "calibration_file",
+    "fit_calibration",
+    "returned_set_quality",
+    "similar_sets",
+    "train_embedder",
     "default_head",
     "fit_whitening",
     "gem",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Hashable, Sequence
 
 import numpy as np
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .calibration import Calibration, fit_calibration, similar_sets
 from .heads import Head, IdentityHead, LinearHead, MLPHead, l2_normalize
 from .whitening import default_head
 
@@ -153,104 +154,175 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, desc="train-embedder", unit="epoch")
 
 
-def _recall_at_1(head: Head, queries: np.ndarray, q_ids: np.ndarray, db: np.ndarray, db_ids: np.ndarray) -> float:
-    q, d = head.apply(queries), head.apply(db)
-    return float(np.mean(db_ids[np.argmax(q @ d.T, axis=1)] == q_ids))
+@dataclass
+class EmbedderReport:
+    """What :func:`train_embedder` did and measured."""
+
+    domain: str
+    #: "proxy-softmax" (trained), or the untrained default's kind when nothing could be learned.
+    method: str
+    #: What the head was trained to tell apart: "product_id", "category", or None (not trained).
+    labels: str | None
+    images: int = 0
+    extra_images: int = 0
+    classes: int = 0
+    dim: int = 0
+    epochs: int = 0
+    train_s: float = 0.0
+    loss: float | None = None
+    #: Held-out check: queries, R@1 of the untrained and the trained head against the catalogue.
+    heldout: dict[str, Any] | None = None
+    #: The rank calibration fitted alongside the head (None: not enough labelled pairs).
+    calibration: Calibration | None = None
+    reason: str = ""
+    #: Where the head was saved (set by the caller that saves it).
+    path: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["calibration"] = None if self.calibration is None else asdict(self.calibration)
+        return d
 
 
-def _holdout(ids: np.ndarray, from_extra: np.ndarray, seed: int, frac: float = 0.15) -> np.ndarray:
-    """Rows held out for the check: a share of the extra photos of each label
-    that has several training rows, never a label's last remaining row."""
-    rng = np.random.default_rng(seed + 1)
+def _recall_at_1(q: np.ndarray, q_ids: np.ndarray, db: np.ndarray, db_ids: np.ndarray) -> float:
+    return float(np.mean(db_ids[np.argmax(q @ db.T, axis=1)] == q_ids)) if len(q) else 0.0
+
+
+def _holdout(ids: np.ndarray, pool: np.ndarray, frac: float) -> np.ndarray:
+    """Rows held out for the check: the last ``frac`` of each label's rows in
+    ``pool`` (in the order given), only for labels with at least two rows in
+    all, and never a label's last row.
+
+    A contiguous block rather than a random sample: photos listed together
+    were often taken together, and near-duplicates on both sides of the
+    split would make the check (and the calibration fitted on it) optimistic.
+    """
     held = np.zeros(len(ids), dtype=bool)
     for label in np.unique(ids):
-        rows = np.flatnonzero((ids == label) & from_extra)
-        if len(rows) < 2:
-            continue
-        k = int(round(frac * len(rows)))
-        if k:
-            held[rng.choice(rows, size=k, replace=False)] = True
+        rows = np.flatnonzero((ids == label) & pool)
+        total = int(np.sum(ids == label))
+        k = min(int(round(frac * len(rows))), len(rows), total - 1)
+        if k > 0:
+            held[rows[-k:]] = True
     return held
 
 
-def adapt_embedder(
-    raw: np.ndarray,
-    product_ids: np.ndarray,
+def calibrate_head(
+    head: Head,
+    descriptors: np.ndarray,
+    product_ids: Sequence[str],
+    categories: Sequence[str],
     *,
-    extra_raw: np.ndarray | None = None,
-    extra_ids: np.ndarray | None = None,
-    categories: np.ndarray | None = None,
-    dim: int = 256,
-    seed: int = 0,
-    progress: bool = False,
-    epochs: int = 60,
-    check: bool = True,
-) -> tuple[Head, dict[str, Any]]:
-    """Adapt the recognition head to a catalogue (what ``train-embedder`` runs).
+    queries: np.ndarray | None = None,
+    database: np.ndarray | None = None,
+    target_precision: float = 0.9,
+    relevance: str = "category",
+) -> Calibration | None:
+    """Fit a :class:`~shoplens.embed.calibration.Calibration` for ``head``.
 
-    ``raw``/``product_ids``: the catalogue images' raw descriptors and their
-    product ids; ``extra_raw``/``extra_ids``: extra labelled photos (a shop's
-    own customer photos) of catalogue products; ``categories``: the catalogue
-    images' categories, used as labels when no product has two photos.
-
-    With ``check`` and extra photos, 15 % of them are first held out to
-    measure product-level R@1 against the rest before and after training (a
-    second, shorter-lived training run); the head returned is then trained on
-    everything. Returns ``(head, report)``; when nothing can be learned (one
-    photo per product and no categories), the head is :func:`default_head`
-    and the report says why.
+    ``queries``/``database``: boolean row masks. Without them, every row is
+    a query against all the others (leave-one-out over the catalogue).
+    Returns None when no query has a relevant hit to learn from.
     """
-    raw = np.asarray(raw, dtype=np.float32)
-    ids = np.asarray(product_ids).astype(str)
+    raw = np.asarray(descriptors, np.float32)
+    pid, cat = np.asarray(product_ids).astype(str), np.asarray(categories).astype(str)
+    vec = head.apply(raw)
+    if queries is None:
+        pairs = similar_sets(vec, pid, cat, vec, pid, cat, relevance=relevance, exclude_self=True)
+    else:
+        db = ~queries if database is None else database
+        pairs = similar_sets(vec[queries], pid[queries], cat[queries], vec[db], pid[db], cat[db], relevance=relevance)
+    if not pairs.relevant.any():
+        return None
+    cal = fit_calibration(pairs, target_precision=target_precision, relevance=relevance)
+    cal.info["head"] = head.kind
+    cal.info["fitted_on"] = "leave-one-out over the catalogue" if queries is None else "held-out labelled photos"
+    return cal
+
+
+def train_embedder(
+    descriptors: np.ndarray,
+    labels: Sequence[str],
+    *,
+    domain: str,
+    seed: int = 0,
+    categories: Sequence[str] | None = None,
+    catalogue: np.ndarray | None = None,
+    holdout: float = 0.15,
+    dim: int = 256,
+    epochs: int = 60,
+    cfg: ProjectionCfg | None = None,
+    target_precision: float = 0.9,
+    relevance: str = "category",
+    progress: bool = False,
+) -> tuple[Head, EmbedderReport]:
+    """Adapt a domain's recognition head to a catalogue (SPEC step 8, ``train-embedder``).
+
+    ``descriptors``: (N, D) raw descriptors of the catalogue images and of
+    any extra labelled photos; ``labels``: each row's product id; ``catalogue``:
+    a boolean mask of the rows that are catalogue images (default: all);
+    ``categories``: each row's category (for calibration, and as labels
+    when no product has two photos).
+
+    With ``holdout`` > 0, that share of the extra photos (of every row when
+    there are none) is first held out: a head trained on the rest is
+    measured on them (R@1 against the catalogue, before and after) and the
+    rank :class:`Calibration` is fitted on their distances to the catalogue.
+    The head returned is then trained on every row. When nothing can be
+    learned (one row per label), the head is the untrained default and the
+    calibration comes from the catalogue alone.
+    """
+    raw = np.asarray(descriptors, dtype=np.float32)
+    ids = np.asarray(labels).astype(str)
     if raw.ndim != 2 or len(raw) != len(ids):
-        raise ValueError(f"adapt_embedder needs (N, D) descriptors and N product ids, got {raw.shape} and {len(ids)}")
-    n_cat = len(raw)
-    if extra_raw is not None and len(extra_raw):
-        extra_raw = np.asarray(extra_raw, dtype=np.float32)
-        e_ids = np.asarray(extra_ids).astype(str)
-        if extra_raw.ndim != 2 or extra_raw.shape[1] != raw.shape[1] or len(e_ids) != len(extra_raw):
-            raise ValueError(f"extra descriptors {extra_raw.shape} / ids {len(e_ids)} do not match the catalogue's {raw.shape}")
-        all_raw = np.concatenate([raw, extra_raw])
-        all_ids = np.concatenate([ids, e_ids])
-    else:
-        all_raw, all_ids = raw, ids
-    from_extra = np.arange(len(all_ids)) >= n_cat
-    report: dict[str, Any] = {"catalogue_images": n_cat, "extra_images": int(from_extra.sum()), "dim": dim}
-    if from_extra.any():
-        report["extra_ids_not_in_catalogue"] = int(np.sum(~np.isin(all_ids[from_extra], ids)))
+        raise ValueError(f"train_embedder needs (N, D) descriptors and N labels, got {raw.shape} and {len(ids)}")
+    is_cat = np.ones(len(ids), bool) if catalogue is None else np.asarray(catalogue, bool)
+    cats = ids if categories is None else np.asarray(categories).astype(str)
+    if len(is_cat) != len(ids) or len(cats) != len(ids):
+        raise ValueError("catalogue mask and categories must have one entry per descriptor")
+    if not is_cat.any():
+        raise ValueError("train_embedder needs at least one catalogue image")
+    relevance = relevance if categories is not None else "product"
+    report = EmbedderReport(domain=domain, method="", labels=None, images=len(raw), extra_images=int((~is_cat).sum()))
 
-    _, counts = np.unique(all_ids, return_counts=True)
+    _, counts = np.unique(ids, return_counts=True)
     if np.sum(counts >= 2) >= 2:
-        labels, report["labels"] = all_ids, "product_id"
-    elif categories is not None and len(np.unique(np.asarray(categories).astype(str))) >= 2:
-        cats = np.asarray(categories).astype(str)
-        if len(cats) != n_cat:
-            raise ValueError(f"{len(cats)} categories for {n_cat} catalogue images")
-        # Extra photos take their product's category.
-        by_id = dict(zip(ids, cats))
-        labels = np.array([by_id.get(i, "") for i in all_ids])
-        keep = labels != ""
-        all_raw, labels, from_extra = all_raw[keep], labels[keep], from_extra[keep]
-        report["labels"] = "category"
+        train_labels, report.labels = ids, "product_id"
+    elif categories is not None and len(np.unique(cats)) >= 2 and np.unique(cats, return_counts=True)[1].max() >= 2:
+        train_labels, report.labels = cats, "category"
     else:
-        report.update(labels=None, method="default",
-                      reason="no product has two photos and no categories were given: nothing to learn from")
-        logger.info("train-embedder: %s", report["reason"])
-        return default_head(raw, dim=dim), report
+        head = default_head(raw[is_cat], dim=dim)
+        report.method, report.reason = head.kind, "no label has two photos: nothing to learn from"
+        report.calibration = calibrate_head(head, raw[is_cat], ids[is_cat], cats[is_cat], target_precision=target_precision, relevance=relevance)
+        logger.info("train-embedder %s: %s", domain, report.reason)
+        return head, report
 
-    dim = min(dim, all_raw.shape[1])
-    if check and from_extra.any() and report["labels"] == "product_id":
-        held = _holdout(labels, from_extra, seed)
-        if held.any():
-            head = train_projection(all_raw[~held], labels[~held], dim=dim, epochs=epochs, seed=seed)
-            db = ~held
-            before = _recall_at_1(IdentityHead(), all_raw[held], labels[held], all_raw[db], labels[db])
-            after = _recall_at_1(head, all_raw[held], labels[held], all_raw[db], labels[db])
-            report["heldout"] = {"queries": int(held.sum()), "r1_identity": round(before, 4), "r1_trained": round(after, 4)}
-            logger.info("train-embedder held-out R@1: %.3f -> %.3f on %d photos", before, after, int(held.sum()))
-    head = train_projection(all_raw, labels, dim=dim, epochs=epochs, seed=seed, progress=progress)
-    report.update(method=head.info["method"] if isinstance(head, LinearHead) else head.kind,
-                  images=len(all_raw), classes=head.info.get("classes") if isinstance(head, LinearHead) else None,
-                  loss=head.info.get("loss") if isinstance(head, LinearHead) else None,
-                  train_s=head.info.get("train_s") if isinstance(head, LinearHead) else None)
+    dim = min(dim, raw.shape[1])
+    held = np.zeros(len(ids), bool)
+    if holdout > 0:
+        pool = ~is_cat if (~is_cat).any() else np.ones(len(ids), bool)
+        held = _holdout(train_labels, pool, holdout)
+    if held.any():
+        check = train_projection(raw[~held], train_labels[~held], dim=dim, epochs=epochs, seed=seed, cfg=cfg)
+        db = is_cat & ~held
+        before = IdentityHead()
+        report.heldout = {
+            "queries": int(held.sum()),
+            "against": "catalogue images",
+            "r1_untrained": round(_recall_at_1(before.apply(raw[held]), train_labels[held], before.apply(raw[db]), train_labels[db]), 4),
+            "r1_trained": round(_recall_at_1(check.apply(raw[held]), train_labels[held], check.apply(raw[db]), train_labels[db]), 4),
+        }
+        logger.info("train-embedder %s held-out R@1 %.3f -> %.3f on %d photos", domain,
+                    report.heldout["r1_untrained"], report.heldout["r1_trained"], int(held.sum()))
+        report.calibration = calibrate_head(check, raw, ids, cats, queries=held, database=db,
+                                            target_precision=target_precision, relevance=relevance)
+    head = train_projection(raw, train_labels, dim=dim, epochs=epochs, seed=seed, cfg=cfg, progress=progress)
+    if report.calibration is None:
+        report.calibration = calibrate_head(head, raw[is_cat], ids[is_cat], cats[is_cat], target_precision=target_precision, relevance=relevance)
+    info = head.info if isinstance(head, LinearHead) else {}
+    report.method = str(info.get("method", head.kind))
+    report.classes = int(info.get("classes", 0))
+    report.dim, report.epochs = dim, epochs
+    report.train_s, report.loss = float(info.get("train_s", 0.0)), info.get("loss")
     return head, report
