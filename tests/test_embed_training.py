@@ -179,19 +179,19 @@ def _data_root() -> Path:
 
 @pytest.mark.data
 def test_train_embedder_on_a_store_with_labelled_photos(tmp_path: Path) -> None:
-    """A small grocery store: 8 products, labelled store photos, the CLI path end to end."""
+    """A small grocery store: 6 products, labelled store photos, the CLI path end to end."""
     root = _data_root() / "grocery"
     if not (root / "catalog.csv").exists():
         pytest.skip(f"grocery photos not found at {root} (set SHOPLENS_DATA)")
     from shoplens import Shoplens
 
     with open(root / "catalog.csv", newline="", encoding="utf-8") as f:
-        cat = [r for r in csv.DictReader(f)][::10][:8]
+        cat = [r for r in csv.DictReader(f)][::10][:6]
     with open(root / "photos.csv", newline="", encoding="utf-8") as f:
         photos = [r for r in csv.DictReader(f) if r["split"] == "train"]
     ids = {r["product_id"] for r in cat}
     extra = [r for r in photos if r["product_id"] in ids]
-    extra = [r for pid in sorted(ids) for r in [x for x in extra if x["product_id"] == pid][:4]]
+    extra = [r for pid in sorted(ids) for r in [x for x in extra if x["product_id"] == pid][:3]]
     catalogue = tmp_path / "catalogue.csv"
     with open(catalogue, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
