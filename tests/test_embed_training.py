@@ -218,3 +218,27 @@ def test_train_embedder_on_a_store_with_labelled_photos(tmp_path: Path) -> None:
             assert "other_product" in lens.pipeline.calibrations
         hit = lens.search([root / extra[-1]["image"]])[0]
         assert hit.regions[0].results, "a labelled photo of a catalogue product finds something with the default min_rank"
+
+
+def test_cli_train_embedder_with_labelled_photos(tmp_path: Path, synthetic_catalogue: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from shoplens.cli import main
+
+    from .conftest import make_image
+
+    rows = ["image,product_id"]
+    for i in range(6):
+        for j in range(3):
+            make_image(tmp_path / "extra" / f"p{i}_{j}.png", seed=i, size=(150 + 5 * j, 120))  # rescaled views of p{i}
+            rows.append(f"extra/p{i}_{j}.png,p{i}")
+    (tmp_path / "labelled.csv").write_text("\n".join(rows) + "\n")
+    store = str(tmp_path / "store")
+    small = ["--set", "embed.other_product.input_size=64", "--set", "embed.other_product.extra_sizes=96", "--set", "local.enabled=false"]
+    assert main(["index", str(synthetic_catalogue), "--store", store, "--intent-classifier", "test-other_product", *small]) == 0
+    capsys.readouterr()
+    assert main(["train-embedder", "--store", store, "--labelled", str(tmp_path / "labelled.csv"), "--json", *small]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["other_product"]
+    assert report["labels"] == "product_id" and report["extra_images"] == 18 and report["classes"] == 6
+    assert report["path"].endswith("head_other_product.pt") and Path(report["path"]).exists()
+    assert main(["train-embedder", "--store", str(tmp_path / "nothing"), *small]) != 0  # no such store
