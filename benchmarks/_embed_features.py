@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _data import data_root, rows  # noqa: E402
+from _data import data_root, rows
 
-from shoplens.embed.pooling import get_pooling, list_poolings  # noqa: E402
-from shoplens.imaging import load_image  # noqa: E402
-from shoplens.models import create_model  # noqa: E402
+from shoplens.embed.pooling import get_pooling, list_poolings
+from shoplens.imaging import load_image
+from shoplens.models import create_model
 
 log = logging.getLogger("embed_features")
 

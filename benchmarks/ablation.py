@@ -34,9 +34,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _embed_features import cache_path, descriptors, items  # noqa: E402
+from _embed_features import cache_path, descriptors, items
 
-from shoplens.embed import (  # noqa: E402
+from shoplens.embed import (
     Head,
     IdentityHead,
     calibrate_head,
@@ -47,8 +47,8 @@ from shoplens.embed import (  # noqa: E402
     similar_sets,
     train_embedder,
 )
-from shoplens.imaging import load_image  # noqa: E402
-from shoplens.models import create_model  # noqa: E402
+from shoplens.imaging import load_image
+from shoplens.models import create_model
 
 log = logging.getLogger("ablation")
 BACKBONE = "efficientnet_lite0"
@@ -273,7 +273,7 @@ def report_md(g_rows: list[dict], returned: dict, c_rows: list[dict], timing: di
         if r.get("missing"):
             out.append(f"| {r['variant']} | not measured (descriptors not cached) | | | | |")
             continue
-        pr = lambda k: "–" if k not in r else f"{r[k][0]:.3f} / {r[k][1]:.3f}"  # noqa: E731
+        pr = lambda k: "–" if k not in r else f"{r[k][0]:.3f} / {r[k][1]:.3f}"
         out.append(f"| {r['variant']} | {r['p10']:.3f} | {r['p10_white']:.3f} | {r['p10_trained']:.3f} | "
                    f"{pr('returned_untrained_raw')} → {pr('returned_untrained_calibrated')} | {pr('returned_trained_raw')} → {pr('returned_trained_calibrated')} |")
     if c_rows and "queries" in c_rows[-1]:

@@ -17,7 +17,6 @@ from shoplens.embed import (
     LinearHead,
     MLPHead,
     ProjectionCfg,
-    calibrate_head,
     fit_whitening,
     get_pooling,
     l2_normalize,
@@ -74,7 +73,7 @@ def test_multiscale_describe_concatenates_normalised_parts() -> None:
     emb = Embedder("other_product", "efficientnet_lite0", 224, pooling="gem3-s32", extra_sizes=[320])
     assert emb.input_sizes == (224, 320) and emb.pooling == "gem3-s32+ms320"
     rng = np.random.default_rng(0)
-    enc = lambda h: Encoding(photo=None, input_hw=(h * 32, h * 32), features={"s32": torch.from_numpy(rng.random((16, h, h), dtype=np.float32))})  # type: ignore[arg-type]  # noqa: E731
+    enc = lambda h: Encoding(photo=None, input_hw=(h * 32, h * 32), features={"s32": torch.from_numpy(rng.random((16, h, h), dtype=np.float32))})  # type: ignore[arg-type]
     raw = emb.describe([enc(7), enc(7)], [enc(10), enc(10)])
     assert raw.shape == (2, 32)
     np.testing.assert_allclose(np.linalg.norm(raw[:, :16], axis=1), 1.0, rtol=1e-5)
@@ -113,7 +112,7 @@ def test_trained_projection_beats_the_raw_descriptor_and_is_deterministic() -> N
     np.testing.assert_array_equal(head.apply(x), again.apply(x))
     test = ~train
     q_raw, q_head = l2_normalize(x), head.apply(x)
-    r1 = lambda v: float(np.mean(labels[train][np.argmax(v[test] @ v[train].T, 1)] == labels[test]))  # noqa: E731
+    r1 = lambda v: float(np.mean(labels[train][np.argmax(v[test] @ v[train].T, 1)] == labels[test]))
     assert r1(q_head) > r1(q_raw) + 0.15, (r1(q_raw), r1(q_head))
 
 

@@ -9,16 +9,16 @@ descriptors: :func:`default_head` (untrained store), :func:`fit_whitening`,
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from ..imaging import Photo
 from ..models import Backbone, Encoding
+from .calibration import Calibration, calibration_file, fit_calibration, returned_set_quality, similar_sets
 from .heads import Head, IdentityHead, LinearHead, MLPHead, l2_normalize, load_head, register_head
 from .pooling import gem, get_pooling, list_poolings, register_pooling, rmac
-from .calibration import Calibration, calibration_file, fit_calibration, returned_set_quality, similar_sets
 from .training import EmbedderReport, ProjectionCfg, calibrate_head, train_embedder, train_projection
 from .whitening import default_head, fit_whitening
 
@@ -103,21 +103,18 @@ class Embedder:
 __all__ = [
     "DEFAULT_EXTRA_SIZES",
     "DEFAULT_POOLING",
+    "Calibration",
     "Embedder",
+    "EmbedderReport",
     "Head",
     "IdentityHead",
     "LinearHead",
     "MLPHead",
-    "Calibration",
-    "EmbedderReport",
     "ProjectionCfg",
     "calibrate_head",
     "calibration_file",
-    "fit_calibration",
-    "returned_set_quality",
-    "similar_sets",
-    "train_embedder",
     "default_head",
+    "fit_calibration",
     "fit_whitening",
     "gem",
     "get_pooling",
@@ -126,6 +123,9 @@ __all__ = [
     "load_head",
     "register_head",
     "register_pooling",
+    "returned_set_quality",
     "rmac",
+    "similar_sets",
+    "train_embedder",
     "train_projection",
 ]

@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +61,7 @@ class Calibration:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path) -> "Calibration":
+    def load(cls, path: Path) -> Calibration:
         try:
             d = json.loads(path.read_text("utf-8"))
             return cls(float(d["target_precision"]), str(d["relevance"]), float(d["threshold"]),
@@ -168,7 +169,7 @@ def fit_calibration(pairs: Pairs, *, target_precision: float = 0.9, relevance: s
         per_cat[str(cat)] = round((n * own + prior * base) / (n + prior), 5)
     cal = Calibration(target_precision, relevance, round(base, 5), per_cat)
     p, r = returned_set_quality(pairs, cal)
-    cal.info.update(queries=int(len(pairs.n_relevant_total)), hits=int(len(pairs.distance)),
+    cal.info.update(queries=len(pairs.n_relevant_total), hits=len(pairs.distance),
                     fitted_precision=round(p, 4), fitted_recall=round(r, 4))
     return cal
 

@@ -9,19 +9,20 @@ its kind, and loaded back by :func:`load_head`.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import StoreError
 
-_HEAD_KINDS: dict[str, Callable[[dict[str, Any]], "Head"]] = {}
+_HEAD_KINDS: dict[str, Callable[[dict[str, Any]], Head]] = {}
 
 
-def register_head(kind: str) -> Callable[[type["Head"]], type["Head"]]:
-    def decorator(cls: type["Head"]) -> type["Head"]:
+def register_head(kind: str) -> Callable[[type[Head]], type[Head]]:
+    def decorator(cls: type[Head]) -> type[Head]:
         _HEAD_KINDS[kind] = cls.from_state  # type: ignore[assignment]
         cls.kind = kind
         return cls
@@ -52,7 +53,7 @@ class Head(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def from_state(cls, state: dict[str, Any]) -> "Head":
+    def from_state(cls, state: dict[str, Any]) -> Head:
         ...
 
     def save(self, path: Path) -> None:
@@ -75,7 +76,7 @@ class IdentityHead(Head):
         return {}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "Head":
+    def from_state(cls, state: dict[str, Any]) -> Head:
         return cls()
 
 
@@ -119,7 +120,7 @@ class LinearHead(Head):
                 "bias": torch.from_numpy(self.bias), "info": dict(self.info)}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "Head":
+    def from_state(cls, state: dict[str, Any]) -> Head:
         return cls(state["mean"], state["weight"], state["bias"], state.get("info"))
 
 
@@ -146,7 +147,7 @@ class MLPHead(LinearHead):
         return out
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "Head":
+    def from_state(cls, state: dict[str, Any]) -> Head:
         return cls(state["mean"], state["weight"], state["bias"], state["w1"], state["b1"], state["w2"],
                    state["b2"], state.get("info"))
 

@@ -7,8 +7,8 @@ so a store knows its stored raw descriptors are stale when the pooling changes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Callable
 
 import torch
 

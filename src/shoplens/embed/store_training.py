@@ -54,7 +54,7 @@ def read_labelled(path: Path) -> list[tuple[Path, str]]:
     return out
 
 
-def _stored(store: "CatalogueStore", domain: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _stored(store: CatalogueStore, domain: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(raw descriptors, product ids, categories) of a domain's stored images."""
     raws, pids, cats = [], [], []
     for ids, raw in store.iter_raw(domain):
@@ -73,8 +73,8 @@ def _stored(store: "CatalogueStore", domain: str) -> tuple[np.ndarray, np.ndarra
 
 
 def train_store_embedder(
-    store: "CatalogueStore",
-    pipeline: "Pipeline",
+    store: CatalogueStore,
+    pipeline: Pipeline,
     labelled: Path | None = None,
     *,
     domains: tuple[str, ...] = DOMAINS,

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Hashable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
