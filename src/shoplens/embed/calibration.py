@@ -30,6 +30,9 @@ from ..errors import StoreError
 
 logger = logging.getLogger(__name__)
 
+#: Labels, one per row: a sequence of strings or an array.
+Labels = Sequence[str] | np.ndarray
+
 #: The distance the default ``min_rank`` (1.08) stands for: ``2 − 1.08``.
 REFERENCE_DISTANCE = 0.92
 #: Pseudo-count pulling a category's threshold towards the domain's.
@@ -83,11 +86,11 @@ class Pairs:
 
 def similar_sets(
     queries: np.ndarray,
-    q_products: Sequence[str],
-    q_categories: Sequence[str],
+    q_products: Labels,
+    q_categories: Labels,
     db: np.ndarray,
-    db_products: Sequence[str],
-    db_categories: Sequence[str],
+    db_products: Labels,
+    db_categories: Labels,
     *,
     relevance: str = "category",
     k: int = 50,

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .calibration import Calibration, fit_calibration, similar_sets
+from .calibration import Calibration, Labels, fit_calibration, similar_sets
 from .heads import Head, IdentityHead, LinearHead, MLPHead, l2_normalize
 from .whitening import default_head
 
@@ -70,6 +70,7 @@ class _Projection(nn.Module):
         if self.mlp is None:
             return LinearHead(mean, w, b, info=info)
         l1, l2 = self.mlp[0], self.mlp[2]
+        assert isinstance(l1, nn.Linear) and isinstance(l2, nn.Linear)
         return MLPHead(mean, w, b, l1.weight.detach().numpy(), l1.bias.detach().numpy(),
                        l2.weight.detach().numpy(), l2.bias.detach().numpy(), info=info)
 
@@ -209,7 +210,7 @@ def _holdout(ids: np.ndarray, pool: np.ndarray, frac: float) -> np.ndarray:
     for label in np.unique(ids):
         rows = np.flatnonzero((ids == label) & pool)
         total = int(np.sum(ids == label))
-        k = min(int(round(frac * len(rows))), len(rows), total - 1)
+        k = min(round(frac * len(rows)), len(rows), total - 1)
         if k > 0:
             held[rows[-k:]] = True
     return held
@@ -218,8 +219,8 @@ def _holdout(ids: np.ndarray, pool: np.ndarray, frac: float) -> np.ndarray:
 def calibrate_head(
     head: Head,
     descriptors: np.ndarray,
-    product_ids: Sequence[str],
-    categories: Sequence[str],
+    product_ids: Labels,
+    categories: Labels,
     *,
     queries: np.ndarray | None = None,
     database: np.ndarray | None = None,
@@ -250,11 +251,11 @@ def calibrate_head(
 
 def train_embedder(
     descriptors: np.ndarray,
-    labels: Sequence[str],
+    labels: Labels,
     *,
     domain: str,
     seed: int = 0,
-    categories: Sequence[str] | None = None,
+    categories: Labels | None = None,
     catalogue: np.ndarray | None = None,
     holdout: float = 0.15,
     dim: int = 256,
