@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from shoplens.config import Config
-from shoplens.embed import Embedder, IdentityHead, gem
+from shoplens.embed import Embedder, IdentityHead, gem, l2_normalize
 from shoplens.errors import BadImageError, ConfigError, MissingDependencyError
 from shoplens.imaging import Photo, load_image
 from shoplens.indexing import decode_all
@@ -75,10 +75,10 @@ def test_describe_pools_mixed_shapes_as_one_photo_at_a_time() -> None:
     maps = [torch.rand(16, 7, 7), torch.rand(16, 7, 5), torch.rand(16, 7, 7), torch.rand(16, 5, 7)]
     encodings = [Encoding(photo, (224, 224), {"s32": m}) for m in maps]
     encodings.insert(2, Encoding(photo, (224, 224), {"s32": torch.rand(16, 7, 7)}, embedding=torch.arange(16.0)))
-    raw = Embedder("other_product", "efficientnet_lite0", 224, IdentityHead()).describe(encodings)
-    expected = [gem(m) for m in maps[:2]] + [torch.arange(16.0)] + [gem(m) for m in maps[2:]]
+    raw = Embedder("other_product", "efficientnet_lite0", 224, IdentityHead(), pooling="gem3-s32").describe(encodings)
+    expected = torch.stack([gem(m) for m in maps[:2]] + [torch.arange(16.0)] + [gem(m) for m in maps[2:]]).numpy()
     assert raw.shape == (5, 16)
-    np.testing.assert_allclose(raw, torch.stack(expected).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(raw, l2_normalize(expected), rtol=1e-5, atol=1e-6)
 
 
 def test_decode_all_keeps_order_and_reports_each_bad_image_in_place() -> None:

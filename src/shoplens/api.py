@@ -79,7 +79,7 @@ def _name(source: ImageSource, index: int) -> str:
 
 def _each(pipeline: Pipeline, images: Sequence[ImageSource], fn: Callable[[Photo, float], R]) -> list[R | ErrorResult]:
     """Decode each image and run ``fn``; an unreadable image gives an ErrorResult, the others go on."""
-    target = max(e.input_size or 224 for e in pipeline.embedders.values())
+    target = max(s or 224 for e in pipeline.embedders.values() for s in e.input_sizes)
     out: list[R | ErrorResult] = []
     for i, source in enumerate(images):
         name = _name(source, i)
@@ -373,6 +373,33 @@ class Shoplens:
         )
         self.pipeline.reset_intent()
         return report
+
+    def train_embedder(
+        self,
+        labelled: str | Path | None = None,
+        *,
+        domains: Sequence[str] | None = None,
+        holdout: float = 0.15,
+        seed: int = 0,
+        target_precision: float = 0.9,
+        progress: bool = False,
+    ) -> dict[str, Any]:
+        """SPEC step 8: adapt each domain's head to the catalogue (plus labelled photos).
+
+        ``labelled``: a CSV with columns ``image`` (relative to the CSV) and
+        ``product_id`` of extra photos of catalogue products. Trains on the
+        stored raw descriptors, saves ``head_<domain>.pt`` and a rank
+        calibration in the store, and re-projects the stored vectors.
+        Returns an :class:`~shoplens.embed.EmbedderReport` per domain trained.
+        """
+        from .config import DOMAINS
+        from .embed.store_training import train_store_embedder
+
+        with self._write_lock:
+            return dict(train_store_embedder(
+                self.store, self.pipeline, Path(labelled) if labelled is not None else None,
+                domains=tuple(domains or DOMAINS), holdout=holdout, seed=seed,
+                target_precision=target_precision, progress=progress))
 
     # -- queries ------------------------------------------------------------
     def search(

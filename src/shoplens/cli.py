@@ -249,6 +249,34 @@ def cmd_train_intent(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_train_embedder(args: argparse.Namespace) -> int:
+    with Shoplens(args.store, create=False, config_file=args.config, **_flags(args)) as lens:
+        reports = lens.train_embedder(args.labelled, domains=args.domain, holdout=args.holdout, seed=args.seed,
+                                      target_precision=args.precision, progress=sys.stderr.isatty())
+    if args.json:
+        sys.stdout.write(json.dumps({d: r.to_dict() for d, r in reports.items()}) + "\n")
+        return EXIT_OK
+    for domain, r in reports.items():
+        if r.labels is None:
+            sys.stdout.write(f"{domain}: not trained ({r.reason}); untrained head {r.method}\n")
+        else:
+            sys.stdout.write(f"{domain}: trained a {r.dim}-d {r.method} head on {r.images} image(s) "
+                             f"({r.extra_images} labelled extra) to tell {r.classes} {r.labels} label(s) apart in {r.train_s:.1f}s\n")
+        if r.heldout:
+            h = r.heldout
+            sys.stdout.write(f"  held-out check: R@1 against the catalogue {h['r1_untrained']:.3f} untrained -> "
+                             f"{h['r1_trained']:.3f} trained ({h['queries']} photo(s))\n")
+        if r.calibration is not None:
+            c = r.calibration
+            sys.stdout.write(f"  rank calibrated: the default min_rank keeps hits of the same {c.relevance} with precision "
+                             f"{c.target_precision:.2f} (measured {c.info.get('fitted_precision')}, recall {c.info.get('fitted_recall')})\n")
+        skipped = {k: v for k, v in r.extra.items() if k in ("unknown_product", "unreadable") and v}
+        if skipped:
+            sys.stdout.write(f"  skipped labelled photos: {skipped}\n")
+    sys.stdout.write(f"saved in {args.store}; its vectors were re-projected\n")
+    return EXIT_OK
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .eval.metrics import read_queries
     from .eval.report import write_html
@@ -406,6 +434,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the training report as one JSON object")
     _add_config_options(p)
     p.set_defaults(func=cmd_train_intent)
+
+    p = sub.add_parser("train-embedder", help="adapt the recognition models to the catalogue (SPEC step 8)", description=(
+        "Trains each domain's projection head on the store's stored raw descriptors (no backbone pass over the catalogue) "
+        "with the catalogue's own labels: product ids where a product has several photos (add them with --labelled), "
+        "else categories. Reports a held-out check, calibrates the rank filter per category, saves the head in the store "
+        "and re-projects its vectors."))
+    p.add_argument("--store", required=True, metavar="DIR", help="indexed store to adapt")
+    p.add_argument("--labelled", metavar="CSV", help="extra photos of catalogue products: CSV with columns image, product_id")
+    p.add_argument("--domain", action="append", choices=["apparel", "other_product"], help="train only this domain (repeatable)")
+    p.add_argument("--holdout", type=float, default=0.15, help="share of the labelled photos held out for the check and calibration (default 0.15; 0: none)")
+    p.add_argument("--precision", type=float, default=0.9, help="precision of the returned set the default min_rank stands for (default 0.9)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the training")
+    p.add_argument("--json", action="store_true", help="print the reports as one JSON object")
+    _add_config_options(p)
+    p.set_defaults(func=cmd_train_embedder)
 
     p = sub.add_parser("eval", help="measure search quality on labelled query photos (Recall@K, mAP, returned-set precision, intent, time)", description=(
         "QUERIES is a CSV with an 'image' column (relative to the CSV) and labels: product_id, category and/or intent. "

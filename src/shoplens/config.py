@@ -50,6 +50,10 @@ class DomainModelConfig:
 
     backbone: str = "efficientnet_lite0"
     input_size: int = 224
+    #: Registered pooling of the stride-32 map (``shoplens.embed.list_poolings()``).
+    pooling: str = "rmac-s32"
+    #: More input sizes whose pooled descriptors are concatenated (multi-scale); "" for none.
+    extra_sizes: str = ""
 
 
 @dataclass
@@ -57,7 +61,8 @@ class EmbedConfig:
     """Step 2: one recognition model per domain."""
 
     apparel: DomainModelConfig = field(default_factory=DomainModelConfig)
-    other_product: DomainModelConfig = field(default_factory=DomainModelConfig)
+    #: Packaged goods and produce: R-MAC at 224 and 320 px (docs/benchmarks/embedq.md).
+    other_product: DomainModelConfig = field(default_factory=lambda: DomainModelConfig(extra_sizes="320"))
 
 
 @dataclass

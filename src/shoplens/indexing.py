@@ -164,7 +164,7 @@ class Indexer:
 
         t0 = time.perf_counter()
         todo = [p for item in plan for p in item.pending]
-        target = max(e.input_size or 224 for e in self.pipeline.embedders.values())
+        target = max(s or 224 for e in self.pipeline.embedders.values() for s in e.input_sizes)
         for p, result in zip(todo, decode_all([(p.data, p.row.image) for p in todo], pool, target)):
             if isinstance(result, BadImageError):
                 report.failed.append(_failure(p.row, str(result)))

@@ -20,7 +20,7 @@ import numpy as np
 
 from .config import DOMAINS, INTENTS, Config
 from .detect import Detector, Garment, create_detector
-from .embed import Embedder, Head, IdentityHead, load_head
+from .embed import Calibration, Embedder, Head, IdentityHead, calibration_file, load_head
 from .errors import StoreError
 from .imaging import Photo, crop
 from .local.stage import LocalStage
@@ -107,6 +107,11 @@ class Pipeline:
         self._intent: IntentClassifier | None = None
         self._detector: Detector | None = None
         self.embedders = {d: self._make_embedder(d) for d in DOMAINS}
+        #: Per-domain rank calibrations saved by ``train-embedder`` (shoplens.embed.calibration).
+        self.calibrations: dict[str, Calibration] = {}
+        for d in DOMAINS:
+            if models_dir is not None and calibration_file(models_dir, d).exists():
+                self.calibrations[d] = Calibration.load(calibration_file(models_dir, d))
         #: Called with the step name whenever a costly step runs (tests count work with it).
         self.on_step: Callable[[str], None] | None = None
         #: The store's local-feature index (set by :class:`~shoplens.api.Shoplens` when configured).
@@ -153,13 +158,24 @@ class Pipeline:
         head: Head = IdentityHead()
         if self.models_dir is not None and head_file(self.models_dir, domain).exists():
             head = load_head(head_file(self.models_dir, domain))
-        return Embedder(domain, cfg.backbone, cfg.input_size, head)
+        extra = [int(x) for x in str(cfg.extra_sizes).replace(",", " ").split()]
+        return Embedder(domain, cfg.backbone, cfg.input_size, head, pooling=cfg.pooling, extra_sizes=extra)
 
     def set_head(self, domain: str, head: Head) -> None:
         """Use ``head`` for ``domain`` from now on, saved in the store's models folder."""
         if self.models_dir is not None:
             head.save(head_file(self.models_dir, domain))
         self.embedders[domain].head = head
+        # A calibration belongs to the head it was fitted for.
+        self.calibrations.pop(domain, None)
+        if self.models_dir is not None:
+            calibration_file(self.models_dir, domain).unlink(missing_ok=True)
+
+    def set_calibration(self, domain: str, calibration: Calibration) -> None:
+        """Rescale ``domain``'s hit distances with ``calibration`` from now on (saved with the head)."""
+        if self.models_dir is not None:
+            calibration.save(calibration_file(self.models_dir, domain))
+        self.calibrations[domain] = calibration
 
     # -- Projector (for the store) ------------------------------------------
     def project(self, domain: str, raw: np.ndarray) -> np.ndarray:
@@ -198,7 +214,8 @@ class Pipeline:
         """Raw descriptors of the cached photos for ``domain``."""
         emb = self.embedders[domain]
         self._notify(f"embed:{domain}")
-        return emb.describe(cache.get(emb.backbone, emb.input_size))
+        encodings = [cache.get(emb.backbone, size) for size in emb.input_sizes]
+        return emb.describe(encodings[0], *encodings[1:])
 
     def intent_of(self, probs: np.ndarray) -> str:
         """The intent a probability row stands for, as configured.
@@ -282,6 +299,7 @@ class Pipeline:
                 products = store.image_products(ids[ids >= 0].tolist()) if ids.size else {}
                 records = store.get_products(list(set(products.values())))
                 totals: dict[str, dict[str, int]] = {}
+                calibration = self.calibrations.get(domain)
                 for r, (garment, _) in enumerate(q.regions):
                     hits = []
                     for d, i in zip(dists[r], ids[r]):
@@ -289,7 +307,8 @@ class Pipeline:
                         if i < 0 or pid is None or pid not in records:
                             continue
                         rec = records[pid]
-                        hits.append(Hit(int(i), pid, float(d), rec.category, rec.fields()))
+                        dist = float(d) if calibration is None else calibration.distance(rec.category, float(d))
+                        hits.append(Hit(int(i), pid, dist, rec.category, rec.fields()))
                     final, region_steps = postprocess(hits, cfg, top_k=top_k)
                     for name, s in region_steps.items():
                         t = totals.setdefault(name, {"before": 0, "after": 0})

@@ -2,53 +2,133 @@
 
 An :class:`Embedder` pools a backbone's encodings into raw descriptors and
 passes them through its domain's :class:`~shoplens.embed.heads.Head` into the
-L2-normalised vectors the index holds.
+L2-normalised vectors the index holds. Heads are cheap functions of the raw
+descriptors: :func:`default_head` (untrained store), :func:`fit_whitening`,
+:func:`train_projection` and :func:`train_embedder` (``train-embedder``).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from ..models import Encoding
-from .heads import Head, IdentityHead, l2_normalize, load_head, register_head
-from .pooling import gem, gem_numpy
+from ..imaging import Photo
+from ..models import Backbone, Encoding
+from .calibration import Calibration, calibration_file, fit_calibration, returned_set_quality, similar_sets
+from .heads import Head, IdentityHead, LinearHead, MLPHead, l2_normalize, load_head, register_head
+from .pooling import gem, gem_numpy, get_pooling, list_poolings, register_pooling, rmac
+from .training import EmbedderReport, ProjectionCfg, calibrate_head, train_embedder, train_projection
+from .whitening import default_head, fit_whitening
+
+#: The measured default (docs/benchmarks/embedq.md): R-MAC of the stride-32
+#: map at 224 px (the pass the intent classifier shares) and at 320 px.
+DEFAULT_POOLING = "rmac-s32"
+DEFAULT_EXTRA_SIZES: tuple[int, ...] = (320,)
 
 
 class Embedder:
-    """A domain's recognition model: backbone + pooling + head."""
+    """A domain's recognition model: backbone + pooling (at one or more input sizes) + head.
 
-    #: Changes whenever :meth:`describe` would give different raw descriptors,
-    #: so a store knows when its stored descriptors are stale.
-    pooling = "gem3-s32"
+    The raw descriptor is the concatenation, over ``input_size`` and then each
+    of ``extra_sizes``, of the L2-normalised pooled stride-32 map of the photo
+    at that size (multi-scale). :meth:`describe` takes the encodings of each
+    size in that order.
+    """
 
-    def __init__(self, domain: str, backbone: str, input_size: int | None, head: Head | None = None) -> None:
+    def __init__(
+        self,
+        domain: str,
+        backbone: str,
+        input_size: int | None,
+        head: Head | None = None,
+        *,
+        pooling: str = DEFAULT_POOLING,
+        extra_sizes: Sequence[int] = (),
+    ) -> None:
         self.domain = domain
         self.backbone = backbone
         self.input_size = input_size
         self.head: Head = head or IdentityHead()
+        self._pool = get_pooling(pooling)
+        self._pooling_name = pooling
+        self.extra_sizes = tuple(int(s) for s in extra_sizes)
+
+    @property
+    def input_sizes(self) -> tuple[int | None, ...]:
+        """Every input size :meth:`describe` needs encodings at, in order."""
+        return (self.input_size, *self.extra_sizes)
+
+    @property
+    def pooling(self) -> str:
+        """Changes whenever :meth:`describe` would give different raw descriptors
+        for the same encodings, so a store knows its stored descriptors are stale."""
+        if not self.extra_sizes:
+            return self._pooling_name
+        return f"{self._pooling_name}+ms{'-'.join(str(s) for s in self.extra_sizes)}"
 
     @property
     def signature(self) -> str:
         return f"{self.backbone}@{self.input_size}/{self.pooling}"
 
-    def describe(self, encodings: Sequence[Encoding]) -> np.ndarray:
-        """(N, raw_dim) float32 raw descriptors."""
+    def describe(self, encodings: Sequence[Encoding], *more: Sequence[Encoding]) -> np.ndarray:
+        """(N, raw_dim) float32 raw descriptors.
+
+        ``encodings`` are at ``input_size``; ``more`` holds one sequence of
+        encodings of the same photos per entry of ``extra_sizes``.
+        """
+        if len(more) != len(self.extra_sizes):
+            raise ValueError(f"{self.signature} needs encodings at {len(self.input_sizes)} input sizes, got {1 + len(more)}")
+        per_size = [encodings, *more]
+        if any(len(e) != len(encodings) for e in per_size):
+            raise ValueError("encodings at each input size must cover the same photos")
         if not encodings:
             return np.zeros((0, 0), dtype=np.float32)
-        rows = []
-        for e in encodings:
-            if e.embedding is not None:
-                rows.append(e.embedding.float().numpy())
-            else:
-                # Pooled in numpy, photo by photo: small torch ops cost far more
-                # than their arithmetic on a busy CPU (thread hand-offs).
-                rows.append(gem_numpy(e.features["s32"].float().numpy()))
-        return np.stack(rows).astype(np.float32, copy=False)
+        parts = []
+        for encs in per_size:
+            rows = [
+                e.embedding.float().numpy() if e.embedding is not None else self._pool(e.features["s32"].float().numpy())
+                for e in encs
+            ]
+            parts.append(l2_normalize(np.stack(rows).astype(np.float32, copy=False)))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    def describe_photos(self, backbone: Backbone, photos: Sequence[Photo]) -> np.ndarray:
+        """Run ``backbone`` at every input size and describe ``photos`` (indexing, training, benchmarks)."""
+        encs = [backbone.encode(photos, input_size=s) for s in self.input_sizes]
+        return self.describe(encs[0], *encs[1:])
 
     def project(self, raw: np.ndarray) -> np.ndarray:
         return self.head.apply(raw)
 
 
-__all__ = ["Embedder", "Head", "IdentityHead", "gem", "gem_numpy", "l2_normalize", "load_head", "register_head"]
+__all__ = [
+    "DEFAULT_EXTRA_SIZES",
+    "DEFAULT_POOLING",
+    "Calibration",
+    "Embedder",
+    "EmbedderReport",
+    "Head",
+    "IdentityHead",
+    "LinearHead",
+    "MLPHead",
+    "ProjectionCfg",
+    "calibrate_head",
+    "calibration_file",
+    "default_head",
+    "fit_calibration",
+    "fit_whitening",
+    "gem",
+    "gem_numpy",
+    "get_pooling",
+    "l2_normalize",
+    "list_poolings",
+    "load_head",
+    "register_head",
+    "register_pooling",
+    "returned_set_quality",
+    "rmac",
+    "similar_sets",
+    "train_embedder",
+    "train_projection",
+]

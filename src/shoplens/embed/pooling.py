@@ -1,9 +1,49 @@
-"""Global descriptors pooled from backbone feature maps."""
+"""Global descriptors pooled from backbone feature maps.
+
+A pooling turns one photo's (C, h, w) stride-32 map into its raw descriptor.
+Poolings are registered by name; the name is part of an embedder's signature,
+so a store knows its stored raw descriptors are stale when the pooling changes.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import lru_cache
+
 import numpy as np
 import torch
+
+from ..errors import UnknownModelError
+
+#: A pooling maps one photo's float32 (C, h, w) map to its (C,) descriptor.
+#: Poolings run in numpy: per photo, small torch ops cost far more than their
+#: arithmetic on a busy CPU (intra-op thread hand-offs; docs/benchmarks/speed.md).
+Pooling = Callable[[np.ndarray], np.ndarray]
+
+_POOLINGS: dict[str, Pooling] = {}
+_DESCRIPTIONS: dict[str, str] = {}
+
+
+def register_pooling(name: str, description: str = "") -> Callable[[Pooling], Pooling]:
+    def decorator(fn: Pooling) -> Pooling:
+        if name in _POOLINGS:
+            raise ValueError(f"pooling {name!r} is already registered")
+        _POOLINGS[name] = fn
+        _DESCRIPTIONS[name] = description or (fn.__doc__ or "").strip().split("\n")[0]
+        return fn
+
+    return decorator
+
+
+def list_poolings() -> list[str]:
+    return sorted(_POOLINGS)
+
+
+def get_pooling(name: str) -> Pooling:
+    try:
+        return _POOLINGS[name]
+    except KeyError:
+        raise UnknownModelError(f"unknown pooling {name!r}; known: {', '.join(list_poolings())}") from None
 
 
 def gem(fmap: torch.Tensor, p: float = 3.0, eps: float = 1e-6) -> torch.Tensor:
@@ -21,3 +61,62 @@ def gem_numpy(fmap: np.ndarray, p: float = 3.0, eps: float = 1e-6) -> np.ndarray
     if p == 3.0:
         return np.cbrt(np.mean(x * x * x, axis=(-2, -1)))
     return np.power(np.mean(np.power(x, p), axis=(-2, -1)), 1.0 / p)
+
+
+@lru_cache(maxsize=256)
+def rmac_regions(h: int, w: int, levels: int = 3) -> tuple[tuple[int, int, int, int], ...]:
+    """Square regions (y0, x0, y1, x1) of R-MAC (Tolias et al., 2016) on an h x w grid.
+
+    The whole map, then at level l a grid of squares of side 2·min(h, w)/(l+1)
+    overlapping by about 40 %, with one more square along the longer side
+    where it fits better.
+    """
+    regions = [(0, 0, h, w)]
+    short, long_ = min(h, w), max(h, w)
+    extra = 0
+    if long_ > short:
+        # Number of extra squares along the long side that gives ~40 % overlap.
+        best = min(range(1, 7), key=lambda n: abs((short**2 - short * (long_ - short) / n) / short**2 - 0.4))
+        extra = best
+    for level in range(1, levels + 1):
+        side = int(2 * short // (level + 1))
+        if side < 1:
+            continue
+        n_h = level + (extra if h > w else 0)
+        n_w = level + (extra if w > h else 0)
+        ys = _starts(h, side, n_h)
+        xs = _starts(w, side, n_w)
+        regions.extend((y, x, y + side, x + side) for y in ys for x in xs)
+    return tuple(dict.fromkeys(regions))  # drop duplicates, keep order
+
+
+def _starts(total: int, side: int, n: int) -> list[int]:
+    if n <= 1 or total <= side:
+        return [max(0, (total - side) // 2)]
+    step = (total - side) / (n - 1)
+    return sorted({round(i * step) for i in range(n)})
+
+
+def rmac(fmap: np.ndarray, levels: int = 3) -> np.ndarray:
+    """R-MAC: the sum of L2-normalised max-pooled regions, (C, h, w) -> (C,)."""
+    c, h, w = fmap.shape
+    out = np.zeros(c, dtype=np.float32)
+    for y0, x0, y1, x1 in rmac_regions(h, w, levels):
+        v = fmap[:, y0:y1, x0:x1].max(axis=(-2, -1))
+        out += v / max(float(np.linalg.norm(v)), 1e-12)
+    return out
+
+
+@register_pooling("gem3-s32", "GeM (p=3) of the stride-32 map")
+def _gem3(fmap: np.ndarray) -> np.ndarray:
+    return gem_numpy(fmap, 3.0)
+
+
+@register_pooling("avg-s32", "average of the stride-32 map")
+def _avg(fmap: np.ndarray) -> np.ndarray:
+    return fmap.mean(axis=(-2, -1))
+
+
+@register_pooling("rmac-s32", "R-MAC (3 levels) of the stride-32 map")
+def _rmac(fmap: np.ndarray) -> np.ndarray:
+    return rmac(fmap, 3)
