@@ -1,0 +1,234 @@
+"""The garment detector: registry, shipped weights, decoding, photo coordinates, training."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shoplens.detect import Detector, Garment, create_detector, list_detectors
+from shoplens.detect.head import GarmentHead, HeadConfig, HeadDetector, decode, fold_batch_norm, load_head
+from shoplens.detect.metrics import DetectionScores, iou_matrix, match
+from shoplens.detect.train import MAIN_LABELS, is_validation, read_outfits, split_outfits, train_detector
+from shoplens.errors import ShoplensError, UnknownModelError
+from shoplens.imaging import load_image, photo_from_array
+from shoplens.models import Encoding
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SHOPLENS_DATA", ROOT.parent / "shared" / "data"))
+OUTFITS = DATA / "outfits"
+needs_outfits = pytest.mark.skipif(
+    not (OUTFITS / "garments.jsonl").exists(), reason=f"outfits photos not found under {OUTFITS} (set SHOPLENS_DATA)"
+)
+WEIGHTS = ROOT / "src" / "shoplens" / "detect" / "data" / "garment_head.pt"
+
+
+# ----------------------------------------------------------------------------- no data needed
+
+
+def test_registry_has_default_and_none() -> None:
+    assert {"default", "none", "head:"} <= set(list_detectors())
+    with pytest.raises(UnknownModelError):
+        create_detector("no-such-detector")
+
+
+def test_default_loads_the_shipped_weights() -> None:
+    assert WEIGHTS.exists() and WEIGHTS.stat().st_size < 4 * 2**20
+    det = create_detector("default")
+    assert isinstance(det, HeadDetector)
+    assert det.backbone == "efficientnet_lite0" and det.input_size == 320
+    assert set(det.labels) == {"top", "outerwear", "dress", "bottom", "shoes", "bag", "hat"}
+    shipped = load_head()
+    from_file = create_detector(f"head:{WEIGHTS}")
+    assert isinstance(from_file, HeadDetector)
+    for a, b in zip(shipped.state_dict().values(), load_head(WEIGHTS).state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_bad_weights_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(ShoplensError, match="cannot read"):
+        load_head(bad)
+    with pytest.raises(ShoplensError, match="not found"):
+        load_head(tmp_path / "missing.pt")
+    torch.save({"something": "else"}, bad)
+    with pytest.raises(ShoplensError, match="not a shoplens garment head"):
+        load_head(bad)
+
+
+def test_folding_batch_norm_keeps_outputs() -> None:
+    torch.manual_seed(0)
+    head = GarmentHead(HeadConfig())
+    for m in head.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.normal_()
+    head.eval()
+    x = (torch.randn(1, 40, 12, 9), torch.randn(1, 112, 6, 5), torch.randn(1, 1280, 3, 3))
+    with torch.no_grad():
+        a, b = head(*x), fold_batch_norm(head)(*x)
+    assert torch.allclose(a[0], b[0], atol=1e-4) and torch.allclose(a[1], b[1], atol=1e-4)
+
+
+def test_decode_reads_peaks_and_sides() -> None:
+    heat = torch.full((7, 10, 8), -10.0)
+    sides = torch.zeros((4, 10, 8))
+    heat[0, 2, 3] = 3.0  # a top centred in cell (row 2, col 3)
+    sides[:, 2, 3] = torch.log(torch.tensor([2.0, 1.0, 2.0, 3.0]))  # in strides
+    heat[4, 8, 1] = 2.0  # two shoes, and a weaker neighbour that is not a peak
+    heat[4, 8, 5] = 1.0
+    heat[4, 8, 6] = 0.5
+    found = decode(heat, sides, 8, max_per_label={i: (2 if i == 4 else 1) for i in range(7)}, min_score=0.3)
+    assert [f[1] for f in found] == [0, 4, 4]
+    assert found[0][0] == pytest.approx((28 - 16, 20 - 8, 28 + 16, 20 + 24))
+    assert found[0][2] == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item())
+    assert [f[2] for f in found] == sorted((f[2] for f in found), reverse=True)
+    none = decode(heat, sides, 8, max_per_label={i: 1 for i in range(7)}, min_score=0.99)
+    assert none == []
+
+
+class _FixedHead(GarmentHead):
+    """A head whose maps are set by the test: one top peak at cell (1, 2)."""
+
+    def forward(self, s8: torch.Tensor, s16: torch.Tensor, s32: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, _, h, w = s8.shape
+        heat = torch.full((n, len(self.cfg.labels), h, w), -10.0)
+        heat[:, 0, 1, 2] = 4.0
+        sides = torch.zeros((n, 4, h, w))
+        sides[:, :, 1, 2] = torch.log(torch.tensor([1.0, 2.0, 1.0, 4.0]))
+        return heat, sides
+
+
+def test_boxes_are_mapped_to_photo_pixels() -> None:
+    """An input-pixel box comes back in the photo's own (as given) coordinates, clipped to it."""
+    det = HeadDetector(_FixedHead(HeadConfig()))
+    photo = photo_from_array(np.zeros((64, 48, 3), np.uint8))  # photo twice the input size
+    maps = {"s8": torch.zeros(40, 4, 3), "s16": torch.zeros(112, 2, 2), "s32": torch.zeros(1280, 1, 1)}
+    found = det.detect([Encoding(photo=photo, input_hw=(32, 24), features=maps)])[0]
+    assert [g.label for g in found] == ["top"]
+    # Cell (1, 2): centre (20, 12) in input pixels; sides (8, 16, 8, 32) -> (12, -4, 28, 44)
+    # -> x2 in the photo -> (24, -8, 56, 88) -> clipped to the 48 x 64 photo.
+    assert found[0].box == pytest.approx((24.0, 0.0, 48.0, 64.0))
+    with pytest.raises(ShoplensError, match="s8/s16/s32"):
+        det.detect([Encoding(photo=photo, input_hw=(32, 24), features={"s32": maps["s32"]})])
+
+
+def test_match_is_one_to_one_and_needs_the_label() -> None:
+    truth = [((0, 0, 10, 10), "shoes"), ((20, 0, 30, 10), "shoes"), ((0, 0, 10, 10), "bag")]
+    pred = [((0, 0, 10, 11), "shoes", 0.9), ((1, 0, 10, 10), "shoes", 0.8), ((0, 0, 10, 10), "top", 0.7)]
+    found, used = match(pred, truth)
+    assert found == [True, False, False] and used == [True, False, False]
+    assert iou_matrix(np.array([[0, 0, 10, 10]]), np.array([[5, 0, 15, 10]]))[0, 0] == pytest.approx(1 / 3)
+    scores = DetectionScores(labels=("shoes", "bag"))
+    scores.add(pred, truth)
+    s = scores.summary()
+    assert s["recall"] == pytest.approx(1 / 3, abs=1e-4) and s["precision"] == pytest.approx(1 / 3, abs=1e-4)
+    assert s["boxes_per_photo"] == 3
+
+
+def test_split_is_stable_and_disjoint() -> None:
+    names = [Path(f"images/{i:04d}.jpg") for i in range(1, 601)]
+    val = [n for n in names if is_validation(n, 0.25)]
+    assert 120 <= len(val) <= 180
+    assert val == [n for n in reversed(names) if is_validation(n.name, 0.25)][::-1]
+
+
+def _synthetic_outfits(root: Path, n: int) -> Path:
+    """Photos of a pale 'top' block over a dark 'bottom' block, boxed like garments.jsonl."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    lines = []
+    for i in range(n):
+        img = np.full((192, 128, 3), 200, np.uint8)
+        y = int(rng.integers(10, 40))
+        img[y : y + 60, 30:100] = (220, 40, 40)
+        img[y + 60 : y + 140, 35:95] = (30, 30, 120)
+        Image.fromarray(img).save(root / "images" / f"{i}.jpg")
+        garments = [{"label": "top", "box": [30, y, 100, y + 60]}, {"label": "bottom", "box": [35, y + 60, 95, y + 140]}]
+        lines.append(json.dumps({"image": f"images/{i}.jpg", "garments": garments}))
+    (root / "garments.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "garments.jsonl"
+
+
+def test_train_detector_quick_run(tmp_path: Path) -> None:
+    jsonl = _synthetic_outfits(tmp_path / "data", 8)
+    train, val = split_outfits(read_outfits(jsonl, tmp_path / "data"), 0.5)
+    assert train and val
+    out = tmp_path / "head.pt"
+    report = train_detector(jsonl, tmp_path / "data", out, epochs=1, val_fraction=0.5, train_sizes=(160,), crops=0)
+    assert out.exists()
+    d = report.to_dict()
+    assert d["train_photos"] == len(train) and d["val_photos"] == len(val) and d["train_copies"] == 2 * len(train)
+    assert 0.0 <= d["recall"] <= 1.0 and d["epochs"] == 1 and len(d["losses"]) == 1
+    det = create_detector(f"head:{out}")
+    assert isinstance(det, Detector) and det.input_size == 320
+    with pytest.raises(ShoplensError):
+        train_detector(jsonl, tmp_path / "data", out, val_fraction=1.5)
+
+
+# ----------------------------------------------------------------------------- real photos
+
+
+@pytest.fixture(scope="module")
+def backbone():  # type: ignore[no-untyped-def]
+    from shoplens.models import create_model
+
+    return create_model("efficientnet_lite0")
+
+
+@pytest.fixture(scope="module")
+def val_photos():  # type: ignore[no-untyped-def]
+    _, val = split_outfits(read_outfits(OUTFITS / "garments.jsonl", OUTFITS), 0.25)
+    return val[:10]
+
+
+@pytest.mark.data
+@needs_outfits
+def test_finds_most_annotated_garments(backbone, val_photos) -> None:  # type: ignore[no-untyped-def]
+    det = create_detector("default")
+    encs = backbone.encode([load_image(p.image) for p in val_photos], input_size=det.input_size)
+    scores = DetectionScores(labels=MAIN_LABELS)
+    for p, found in zip(val_photos, det.detect(encs)):
+        assert len(found) <= 8
+        scores.add([(g.box, g.label, g.score) for g in found], list(zip(p.boxes, p.labels)))
+    assert scores.recall() >= 0.6, scores.summary()
+
+
+def _same_boxes(a: list[Garment], b: list[Garment], scale: float) -> None:
+    assert [g.label for g in a] == [g.label for g in b]
+    for ga, gb in zip(a, b):
+        ref = np.array(ga.box) * scale
+        assert iou_matrix(ref, np.array(gb.box))[0, 0] >= 0.85, (ga, gb)
+
+
+@pytest.mark.data
+@needs_outfits
+def test_boxes_follow_upscaled_and_exif_rotated_copies(backbone, val_photos, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    det = create_detector("default")
+    src = val_photos[0].image
+    original = load_image(src)
+    ref = det.detect(backbone.encode([original], input_size=det.input_size))[0]
+    assert len(ref) >= 3
+
+    pil = Image.open(src)
+    big = tmp_path / "big.jpg"
+    pil.resize((pil.width * 4, pil.height * 4), Image.Resampling.BICUBIC).save(big, quality=95)
+    photo = load_image(big, target_size=det.input_size)  # decoded at a reduced scale
+    assert photo.size == (pil.width * 4, pil.height * 4) and photo.scale > 1
+    _same_boxes(ref, det.detect(backbone.encode([photo], input_size=det.input_size))[0], 4.0)
+
+    # Stored sideways with an EXIF tag saying "rotate to view": boxes are in the upright photo.
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    pil.transpose(Image.Transpose.ROTATE_90).save(rotated, quality=95, exif=exif)
+    photo = load_image(rotated)
+    assert photo.size == pil.size
+    _same_boxes(ref, det.detect(backbone.encode([photo], input_size=det.input_size))[0], 1.0)
