@@ -37,7 +37,7 @@ class DetectConfig:
     """Step 2 for apparel: find every garment."""
 
     enabled: bool = True
-    detector: str = "default"
+    detector: str = "none"
     min_score: float = 0.3
     max_garments: int = 8
     #: Also search the whole photo as one more region.
@@ -79,10 +79,16 @@ class SearchConfig:
 
 @dataclass
 class StoreConfig:
-    """The vector store engine and its index."""
+    """The store engine and its vector index.
 
-    engine: str = "faiss"
-    #: "auto" (exact while small, approximate when large), "flat", "hnsw", "ivfpq".
+    The store location picks the engine (a folder: ``embedded``;
+    ``milvus://HOST:PORT/NAME`` or ``milvus-lite:PATH.db``: ``milvus``).
+    """
+
+    #: "auto" (whatever the location says), or "embedded" / "milvus" to insist on one.
+    engine: str = "auto"
+    #: "auto" (exact while small, approximate when large), "flat", "ivfflat", "ivfsq8", "ivfpq";
+    #: Milvus also takes "hnsw" ("auto" is Milvus's AUTOINDEX).
     index: str = "auto"
 
 

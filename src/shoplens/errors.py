@@ -42,5 +42,9 @@ class MissingDependencyError(ShoplensError):
         self.extra = extra
 
 
+class FilterError(ShoplensError):
+    """A metadata filter that cannot be parsed (see :mod:`shoplens.filters`)."""
+
+
 class NotFoundError(ShoplensError):
     """A product or other object that does not exist."""

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from ..models import Encoding
 from ..registry import Registry
 from .base import GARMENT_LABELS, Detector, Garment
+from .owlv2 import GARMENT_QUERIES, Owlv2Detector, create_owlv2
 
 _REGISTRY: Registry[Detector] = Registry("garment detector")
 
@@ -45,6 +46,16 @@ def _head_file(*, location: str, min_score: float | None = None, **_: Any) -> De
     return HeadDetector(weights=weights) if min_score is None else HeadDetector(weights=weights, min_score=min_score)
 
 
+@_REGISTRY.register("owlv2:", "OWLv2 open-vocabulary detector: owlv2:<hub id | /path | local-dir:/path> [hf]")
+def _owlv2(location: str, **kwargs: Any) -> Detector:
+    return create_owlv2(location, **kwargs)
+
+
+@_REGISTRY.register("owlv2-base", "OWLv2 base/16 ensemble (google/owlv2-base-patch16-ensemble, Apache-2.0) [hf]")
+def _owlv2_base(**kwargs: Any) -> Detector:
+    return create_owlv2("hf-hub:google/owlv2-base-patch16-ensemble", name="owlv2-base", **kwargs)
+
+
 def create_detector(name: str, **kwargs: Any) -> Detector:
     return _REGISTRY.create(name, **kwargs)
 
@@ -57,4 +68,14 @@ def register_detector(name: str, description: str = "") -> Any:
     return _REGISTRY.register(name, description)
 
 
-__all__ = ["GARMENT_LABELS", "Detector", "Garment", "NoDetector", "create_detector", "list_detectors", "register_detector"]
+__all__ = [
+    "GARMENT_LABELS",
+    "GARMENT_QUERIES",
+    "Detector",
+    "Garment",
+    "NoDetector",
+    "Owlv2Detector",
+    "create_detector",
+    "list_detectors",
+    "register_detector",
+]

@@ -8,11 +8,13 @@ by name; ``list_intent_classifiers()`` lists them.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..registry import Registry
 from .base import IntentClassifier
 from .imagenet_map import ImageNetIntent
+from .trained import IntentTrainReport, TrainedIntent, read_labelled, train_intent
 
 _REGISTRY: Registry[IntentClassifier] = Registry("intent classifier")
 
@@ -20,6 +22,11 @@ _REGISTRY: Registry[IntentClassifier] = Registry("intent classifier")
 @_REGISTRY.register("imagenet-map", "ImageNet-1k class probabilities mapped to intents (no training)")
 def _imagenet_map(*, backbone: str = "efficientnet_lite0", **_: Any) -> IntentClassifier:
     return ImageNetIntent(backbone=backbone)
+
+
+@_REGISTRY.register("trained", "a head trained by `shoplens train-intent` (path: the saved model file)")
+def _trained(*, path: Path, **_: Any) -> IntentClassifier:
+    return TrainedIntent(path)
 
 
 def create_intent_classifier(name: str, **kwargs: Any) -> IntentClassifier:
@@ -37,7 +44,11 @@ def register_intent_classifier(name: str, description: str = "") -> Any:
 __all__ = [
     "ImageNetIntent",
     "IntentClassifier",
+    "IntentTrainReport",
+    "TrainedIntent",
     "create_intent_classifier",
     "list_intent_classifiers",
+    "read_labelled",
     "register_intent_classifier",
+    "train_intent",
 ]

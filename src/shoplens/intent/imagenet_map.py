@@ -2,16 +2,34 @@
 
 ImageNet-1k's classes already separate garments (jersey, cardigan, jean,
 running shoe …), other goods (bottles, cartons, furniture, electronics, fruit)
-and things no shop sells (animals, landscapes, buildings, web sites). The
-mapping lives in ``data/imagenet_intent.tsv``, reviewed by hand. An intent's
-score is the total softmax probability of its classes.
+and things no shop sells (animals, landscapes, buildings, vehicles, web sites,
+served dishes). The mapping lives in ``data/imagenet_intent.tsv``, reviewed by
+hand (docs/intent.md gives the rules and the edge cases).
+
+The decision rule, with no training:
+
+1. ``q = softmax(logits / temperature)``; each intent's evidence is the sum of
+   ``q`` over its classes. A temperature below 1 lets the few classes the
+   network believes in vote, rather than the long tail of unlikely classes
+   (of which non-product has the most: 583 of 1000).
+2. Priors multiply the evidence: ``apparel_prior`` makes up for apparel
+   having few classes (70 against 330 other goods), ``non_product_prior`` for
+   most uploads not being product photos (SPEC.md).
+3. When the network recognises nothing — the entropy ``H`` of
+   ``softmax(logits)`` is above ``uncertain_nats`` — the non-product prior
+   grows by ``exp(uncertain_slope * (H - uncertain_nats))``: noise, textures
+   and abstract pictures spread their probability over hundreds of unrelated
+   classes, while a photo of a product points at a few.
+
+The three scores are then normalised to sum to 1, so their argmax is the
+intent.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -36,14 +54,52 @@ def intent_of_class() -> np.ndarray:
     return table
 
 
+def group_matrix(class_intent: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(1000, 3) one-hot matrix: class -> intent."""
+    index = torch.as_tensor(np.asarray(class_intent), dtype=torch.long)
+    onehot = torch.zeros(index.numel(), len(INTENTS))
+    onehot[torch.arange(index.numel()), index] = 1.0
+    return onehot
+
+
 class ImageNetIntent(IntentClassifier):
+    """ImageNet-1k probabilities summed per intent, with priors and an uncertainty rule."""
+
     name = "imagenet-map"
 
-    def __init__(self, backbone: str = "efficientnet_lite0") -> None:
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        *,
+        temperature: float = 0.5,
+        apparel_prior: float = 2.0,
+        non_product_prior: float = 2.0,
+        uncertain_nats: float = 4.0,
+        uncertain_slope: float = 2.5,
+        class_intent: np.ndarray | torch.Tensor | None = None,
+    ) -> None:
+        if temperature <= 0 or apparel_prior <= 0 or non_product_prior <= 0 or uncertain_slope < 0:
+            raise ValueError("temperature and priors must be positive, uncertain_slope non-negative")
         self.backbone = backbone
-        onehot = np.zeros((1000, len(INTENTS)), dtype=np.float32)
-        onehot[np.arange(1000), intent_of_class()] = 1.0
-        self._group = torch.from_numpy(onehot)
+        self.temperature = temperature
+        self.apparel_prior = apparel_prior
+        self.non_product_prior = non_product_prior
+        self.uncertain_nats = uncertain_nats
+        self.uncertain_slope = uncertain_slope
+        self.class_intent = np.asarray(intent_of_class() if class_intent is None else class_intent, dtype=np.int64)
+        if self.class_intent.shape != (1000,) or self.class_intent.min() < 0 or self.class_intent.max() >= len(INTENTS):
+            raise ValueError("class_intent must map each of the 1000 ImageNet classes to an intent index")
+        self._group = group_matrix(self.class_intent)
+
+    def params(self) -> dict[str, float]:
+        """The decision rule's parameters (as the constructor takes them)."""
+        return {
+            "temperature": self.temperature,
+            "apparel_prior": self.apparel_prior,
+            "non_product_prior": self.non_product_prior,
+            "uncertain_nats": self.uncertain_nats,
+            "uncertain_slope": self.uncertain_slope,
+        }
 
     def predict(self, encodings: Sequence[Encoding]) -> np.ndarray:
         if not encodings:
@@ -51,4 +107,17 @@ class ImageNetIntent(IntentClassifier):
         if any(e.logits is None for e in encodings):
             raise ValueError(f"{self.name} needs a backbone with an ImageNet head")
         logits = torch.stack([e.logits for e in encodings])  # type: ignore[misc]
-        return (logits.float().softmax(-1) @ self._group).numpy()
+        return self.predict_logits(logits)
+
+    def predict_logits(self, logits: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(N, 3) intent probabilities from (N, 1000) ImageNet logits."""
+        lg = torch.as_tensor(np.asarray(logits, dtype=np.float32)).double()
+        log_p = lg.log_softmax(-1)
+        entropy = -(log_p.exp() * log_p).sum(-1)
+        evidence = (lg / self.temperature).softmax(-1) @ self._group.double()
+        non = self.non_product_prior * torch.exp(
+            self.uncertain_slope * (entropy - self.uncertain_nats).clamp_min(0.0)
+        )
+        prior = torch.stack([torch.full_like(non, self.apparel_prior), torch.ones_like(non), non], dim=-1)
+        scores = evidence * prior
+        return (scores / scores.sum(-1, keepdim=True)).float().numpy()

@@ -1,8 +1,10 @@
 """Pretrained backbones, each with the preprocessing it needs.
 
 ``create_model("efficientnet_lite0")`` builds a registered backbone;
-``list_models()`` lists them. Other schemes (``open_clip:``, ``local-dir:`` …)
-register themselves here too.
+``list_models()`` lists them. Names with a scheme load models from elsewhere:
+``hf-hub:org/name`` and ``local-dir:/path`` (transformers DINOv2, CLIP, SigLIP;
+an open_clip folder), ``open_clip:ARCH/TAG`` (see docs/models.md). Their
+packages (extras ``[hf]``, ``[clip]``) are imported only when such a model is built.
 """
 
 from __future__ import annotations
@@ -10,13 +12,17 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib import resources
 
+from . import _hf, dinov2, hf_clip, openclip  # noqa: F401 - they register their schemes and entries
 from ._registry import (
     ModelEntry,
+    WeightsSource,
     create_model,
     get_entry,
     list_models,
     list_schemes,
     parse_model_name,
+    parse_source,
+    register_alias,
     register_model,
     register_scheme,
 )
@@ -32,7 +38,8 @@ def _build_lite(entry: ModelEntry, name: str) -> Backbone:
     return TorchConvBackbone(name, build_efficientnet_lite(name), entry.preprocess, has_imagenet_head=True)
 
 
-for _variant, _size, _extra in (("lite0", 224, None), ("lite1", 240, "lite1"), ("lite2", 260, "lite2")):
+# Native sizes are 224 / 240 / 260; inputs live on a 32-pixel grid (see preprocess.target_shape).
+for _variant, _size, _extra in (("lite0", 224, None), ("lite1", 256, "lite1"), ("lite2", 256, None)):
     register_model(
         ModelEntry(
             name=f"efficientnet_{_variant}",
@@ -58,12 +65,15 @@ __all__ = [
     "ModelEntry",
     "PreprocessCfg",
     "TorchConvBackbone",
+    "WeightsSource",
     "create_model",
     "get_entry",
     "imagenet_class_names",
     "list_models",
     "list_schemes",
     "parse_model_name",
+    "parse_source",
+    "register_alias",
     "register_model",
     "register_scheme",
 ]

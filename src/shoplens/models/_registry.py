@@ -3,18 +3,27 @@
 A name is either a registered entry (``efficientnet_lite0``) or a scheme with
 a location (``open_clip:ViT-B-32/laion2b_s34b_b79k``, ``hf-hub:org/model``,
 ``local-dir:/path/to/model``). :func:`parse_model_name` is the one place that
-splits names, and raises :class:`UnknownModelError` on anything it cannot use.
+splits names, and raises :class:`UnknownModelError` on anything it cannot use:
+each scheme registers the parser of its location with :func:`register_scheme`,
+and :func:`parse_source` reads the ``hf-hub:`` / ``local-dir:`` locations that
+several schemes (and the detectors) share.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import logging
+import math
+import re
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from pathlib import Path
+from typing import Any, Callable, Literal, NamedTuple
 
 from ..errors import UnknownModelError
 from .backbone import Backbone
 from .preprocess import PreprocessCfg
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -33,11 +42,62 @@ class ModelEntry:
 class ParsedName(NamedTuple):
     scheme: str  # "" for a registered entry
     location: str
+    #: The location as the scheme's parser read it (``location`` itself when it has none).
+    target: Any = None
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a model's files are: a local directory or a Hugging Face Hub repository."""
+
+    kind: Literal["local-dir", "hf-hub"]
+    #: An absolute directory path, or a repository id (``org/name``).
+    ref: str
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.ref}" + (f"@{self.revision}" if self.revision else "")
+
+
+# Hub repository ids: "org/name", letters, digits, "-", "_", "." (no "--" or ".." runs).
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+def parse_source(text: str, *, bare: Literal["hf-hub", "local-dir", None] = None) -> WeightsSource:
+    """Read ``local-dir:/path`` or ``hf-hub:org/name[@revision]``.
+
+    ``bare`` says how a location without either prefix is read: ``"hf-hub"``
+    takes ``org/name`` as a repository and a path starting with ``/``, ``~`` or
+    ``.`` as a directory; ``None`` refuses it. Directories are made absolute
+    but not checked here (see :func:`resolve_local_dir`).
+    """
+    text = text.strip()
+    kind, sep, rest = text.partition(":")
+    if not (sep and kind in ("local-dir", "hf-hub")):
+        if bare is None:
+            raise UnknownModelError(f"expected 'local-dir:/path' or 'hf-hub:org/name', got {text!r}")
+        kind, rest = ("local-dir" if bare == "local-dir" or text.startswith(("/", "~", ".")) else "hf-hub"), text
+    if not rest:
+        raise UnknownModelError(f"{text!r} has no location after '{kind}:'")
+    if kind == "local-dir":
+        return WeightsSource("local-dir", str(Path(rest).expanduser().absolute()))
+    repo, _, revision = rest.partition("@")
+    if not _REPO_ID.match(repo) or "--" in repo or ".." in repo:
+        raise UnknownModelError(f"{repo!r} is not a Hugging Face Hub repository id (expected 'org/name')")
+    return WeightsSource("hf-hub", repo, revision or None)
+
+
+def resolve_local_dir(source: WeightsSource) -> Path:
+    """The directory of a ``local-dir`` source; :class:`UnknownModelError` when it is not one."""
+    path = Path(source.ref)
+    if not path.is_dir():
+        raise UnknownModelError(f"model directory {source.ref} does not exist or is not a directory")
+    return path
 
 
 _ENTRIES: dict[str, ModelEntry] = {}
-#: Scheme -> builder(location) for names that carry their own location.
-_SCHEMES: dict[str, Callable[[str], Backbone]] = {}
+#: Scheme -> (location parser, builder(parsed location)) for names that carry their own location.
+_SCHEMES: dict[str, tuple[Callable[[str], Any], Callable[[Any], Backbone]]] = {}
 
 
 def register_model(entry: ModelEntry) -> ModelEntry:
@@ -47,10 +107,59 @@ def register_model(entry: ModelEntry) -> ModelEntry:
     return entry
 
 
-def register_scheme(scheme: str, builder: Callable[[str], Backbone]) -> None:
+def _same_preprocess(a: PreprocessCfg, b: PreprocessCfg) -> bool:
+    """Equal up to float rounding (mean/std come from 0..1 values in JSON)."""
+    close = all(math.isclose(x, y, rel_tol=1e-5) for x, y in zip(a.mean + a.std, b.mean + b.std))
+    return close and (a.input_size, a.resize, a.interpolation, a.stride) == (
+        b.input_size,
+        b.resize,
+        b.interpolation,
+        b.stride,
+    )
+
+
+def register_alias(
+    name: str,
+    target: str,
+    *,
+    preprocess: PreprocessCfg,
+    description: str,
+    extra: str | None,
+    tags: tuple[str, ...] = (),
+) -> ModelEntry:
+    """Register ``name`` for a scheme name, e.g. ``fashion-clip`` -> ``hf-hub:patrickjohncyh/fashion-clip``.
+
+    ``preprocess`` states what the model's own files specify; the model built
+    from them is authoritative, and a difference is logged as a warning.
+    """
+    parse_model_name(target)  # a bad target is a bug here, not at first use
+
+    def build(entry: ModelEntry, _: str) -> Backbone:
+        backbone = create_model(target)
+        if not _same_preprocess(backbone.preprocess, entry.preprocess):
+            logger.warning(
+                "%s: %s specifies %s, not the registered %s", entry.name, target, backbone.preprocess, entry.preprocess
+            )
+        backbone.name = entry.name
+        return backbone
+
+    return register_model(
+        ModelEntry(name, build, preprocess, f"{description} ({target})", extra, tuple(tags) + ("alias",))
+    )
+
+
+def register_scheme(
+    scheme: str, builder: Callable[[Any], Backbone], *, parse: Callable[[str], Any] | None = None
+) -> None:
+    """Register ``scheme:LOCATION`` names.
+
+    ``parse(location)`` validates the location when the name is parsed (raising
+    :class:`UnknownModelError`) and returns what ``builder`` receives; without
+    it the builder gets the location string.
+    """
     if scheme in _SCHEMES:
         raise ValueError(f"model scheme {scheme!r} is already registered")
-    _SCHEMES[scheme] = builder
+    _SCHEMES[scheme] = (parse or (lambda location: location), builder)
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -63,6 +172,11 @@ def list_schemes() -> list[str]:
 
 
 def parse_model_name(name: str) -> ParsedName:
+    """Split ``name`` into (scheme, location, parsed location); the one place names are read.
+
+    ``SCHEME:LOCATION`` for a registered scheme (its parser checks LOCATION),
+    else a registered entry name; anything else is an :class:`UnknownModelError`.
+    """
     if not isinstance(name, str) or not name.strip():
         raise UnknownModelError("a model name must be a non-empty string")
     name = name.strip()
@@ -70,9 +184,13 @@ def parse_model_name(name: str) -> ParsedName:
     if sep and scheme in _SCHEMES:
         if not location:
             raise UnknownModelError(f"model name {name!r} has no location after '{scheme}:'")
-        return ParsedName(scheme, location)
+        try:
+            target = _SCHEMES[scheme][0](location)
+        except UnknownModelError as err:
+            raise UnknownModelError(f"model name {name!r}: {err}") from None
+        return ParsedName(scheme, location, target)
     if name in _ENTRIES:
-        return ParsedName("", name)
+        return ParsedName("", name, name)
     known = ", ".join(list_models()) or "none"
     schemes = ", ".join(f"{s}:..." for s in list_schemes())
     raise UnknownModelError(f"unknown model {name!r}; registered models: {known}; or one of {schemes}")
@@ -89,6 +207,6 @@ def create_model(name: str) -> Backbone:
     """Build the backbone called ``name`` (see :func:`parse_model_name`)."""
     parsed = parse_model_name(name)
     if parsed.scheme:
-        return _SCHEMES[parsed.scheme](parsed.location)
+        return _SCHEMES[parsed.scheme][1](parsed.target)
     entry = _ENTRIES[parsed.location]
     return entry.build(entry, entry.name)

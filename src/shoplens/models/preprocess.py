@@ -2,8 +2,7 @@
 
 A model entry's :class:`PreprocessCfg` says how pixels must be prepared for
 it (size, resize mode, normalisation, interpolation), so a model is never fed
-wrongly prepared pixels. :func:`prepare_batch` turns photos into one batch
-tensor plus a mask of the valid (non-padding) area of each image.
+wrongly prepared pixels.
 """
 
 from __future__ import annotations
@@ -30,9 +29,10 @@ class PreprocessCfg:
     """How to turn an RGB uint8 photo into a model input.
 
     ``mean`` and ``std`` are in 0..255 pixel units: input = (pixel - mean) / std.
-    ``letterbox`` keeps the aspect ratio (longest side = ``input_size``) and
-    pads to a multiple of ``stride``; ``squash`` resizes to a square;
-    ``center_crop`` resizes the shortest side and crops the centre.
+    ``letterbox`` keeps the aspect ratio (longest side = ``input_size``, the
+    other side on a ``stride`` grid, see :func:`target_shape`); ``squash``
+    resizes to a square; ``center_crop`` resizes the shortest side and crops
+    the centre.
     """
 
     input_size: int = 224
@@ -56,59 +56,49 @@ def _interp(cfg: PreprocessCfg, shrinking: bool) -> int:
     return _INTERPOLATION[cfg.interpolation]
 
 
+def target_shape(h: int, w: int, cfg: PreprocessCfg) -> tuple[int, int]:
+    """Model-input (height, width) of an h x w photo.
+
+    ``letterbox`` keeps the aspect ratio on a grid of ``stride`` pixels: the
+    longest side becomes ``input_size`` and the other the nearest multiple of
+    ``stride``. No padding is ever needed, so a photo's encoding does not
+    depend on the other photos of its batch.
+    """
+    if cfg.resize != "letterbox":
+        return cfg.input_size, cfg.input_size
+    st = cfg.stride
+    s = max(st, round(cfg.input_size / st) * st)
+    scale = s / max(h, w)
+    snap = lambda n: int(min(s, max(st, round(n * scale / st) * st)))  # noqa: E731
+    return snap(h), snap(w)
+
+
 def resize_photo(pixels: np.ndarray, cfg: PreprocessCfg) -> np.ndarray:
     """Resize (H, W, 3) uint8 pixels as ``cfg`` says; returns uint8 pixels."""
     h, w = pixels.shape[:2]
     s = cfg.input_size
-    if cfg.resize == "squash":
-        return cv2.resize(pixels, (s, s), interpolation=_interp(cfg, max(h, w) > s))
     if cfg.resize == "center_crop":
         scale = s / min(h, w)
         nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
         out = cv2.resize(pixels, (nw, nh), interpolation=_interp(cfg, scale < 1))
         y0, x0 = (nh - s) // 2, (nw - s) // 2
         return out[y0 : y0 + s, x0 : x0 + s]
-    scale = s / max(h, w)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    if (nw, nh) == (w, h):
+    nh, nw = target_shape(h, w, cfg)
+    if (nh, nw) == (h, w):
         return pixels
-    return cv2.resize(pixels, (nw, nh), interpolation=_interp(cfg, scale < 1))
+    return cv2.resize(pixels, (nw, nh), interpolation=_interp(cfg, nh * nw < h * w))
 
 
-def prepare_batch(
-    images: Sequence[np.ndarray], cfg: PreprocessCfg, *, square: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resize, normalise and pad ``images`` into one NCHW float batch.
-
-    Returns ``(batch, valid)``: ``valid`` is (N, 2) int64 with the height and
-    width of each image inside the padded batch. Padding holds the value that
-    normalises to zero. ``square`` pads every image to input_size x input_size
-    (fixed shapes, e.g. for exported models); otherwise to the batch's largest
-    height/width rounded up to ``stride``.
-    """
-    resized = [resize_photo(p, cfg) for p in images]
-    return pack_resized(resized, cfg, square=square)
-
-
-def pack_resized(
-    resized: Sequence[np.ndarray], cfg: PreprocessCfg, *, square: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalise and pad already resized uint8 images (see :func:`prepare_batch`)."""
+def to_tensor(resized: Sequence[np.ndarray], cfg: PreprocessCfg) -> torch.Tensor:
+    """Normalise same-shaped uint8 images into one NCHW float batch (channels-last)."""
     if not resized:
         raise ValueError("empty batch")
-    st = cfg.stride
-    if square:
-        H = W = -(-cfg.input_size // st) * st
-    else:
-        H = -(-max(r.shape[0] for r in resized) // st) * st
-        W = -(-max(r.shape[1] for r in resized) // st) * st
-    mean = np.asarray(cfg.mean, dtype=np.float32)
-    inv_std = 1.0 / np.asarray(cfg.std, dtype=np.float32)
-    batch = np.zeros((len(resized), H, W, 3), dtype=np.float32)
-    valid = np.zeros((len(resized), 2), dtype=np.int64)
-    for i, r in enumerate(resized):
-        h, w = r.shape[:2]
-        batch[i, :h, :w] = (r.astype(np.float32) - mean) * inv_std
-        valid[i] = (h, w)
-    tensor = torch.from_numpy(batch).permute(0, 3, 1, 2)
-    return tensor.contiguous(memory_format=torch.channels_last), torch.from_numpy(valid)
+    stacked = np.stack(resized).astype(np.float32)
+    stacked -= np.asarray(cfg.mean, dtype=np.float32)
+    stacked *= 1.0 / np.asarray(cfg.std, dtype=np.float32)
+    return torch.from_numpy(stacked).permute(0, 3, 1, 2)
+
+
+def prepare_batch(images: Sequence[np.ndarray], cfg: PreprocessCfg) -> torch.Tensor:
+    """Resize and normalise images that resize to the same shape into one batch."""
+    return to_tensor([resize_photo(p, cfg) for p in images], cfg)

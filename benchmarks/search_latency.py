@@ -1,0 +1,127 @@
+"""Search latency per intent, in one run: what the intent gate saves.
+
+Builds a store from real photos (grocery catalogue as other_product, clothing
+photos as apparel), optionally padded to N products with perturbed copies of
+the real descriptors, then times searches of non-product, grocery and outfit
+photos side by side (interleaved, after a warm-up).
+
+    python benchmarks/search_latency.py --products 100000 --queries 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _data import data_root, rows  # noqa: E402
+
+from shoplens import Shoplens  # noqa: E402
+from shoplens.store import ImageRecord, ProductRecord, WriteBatch  # noqa: E402
+
+
+def build_catalogue(root: Path, tmp: Path, n_clothing: int) -> Path:
+    lines = ["product_id,image,title,category,domain"]
+    for r in rows(root / "grocery" / "catalog.csv"):
+        lines.append(f"g{r['product_id']},{root / 'grocery' / r['image']},{r['title']},{r['category']},other_product")
+    clothing = [r for r in rows(root / "clothing" / "labels.csv") if r["label"] not in ("Not sure", "Skip", "Other")]
+    for i, r in enumerate(clothing[:n_clothing]):
+        lines.append(f"c{i},{root / 'clothing' / r['image']},{r['label']} {i},{r['label']},apparel")
+    path = tmp / "catalog.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def pad(lens: Shoplens, target: int, seed: int = 0) -> None:
+    """Add perturbed copies of the stored descriptors until the store holds ``target`` products."""
+    rng = np.random.default_rng(seed)
+    base: dict[str, np.ndarray] = {}
+    for domain in ("apparel", "other_product"):
+        chunks = [raw for _, raw in lens.store.iter_raw(domain)]
+        if chunks:
+            base[domain] = np.concatenate(chunks)
+    have = lens.count_products()
+    domains = list(base)
+    batch_size = 5000
+    while have < target:
+        n = min(batch_size, target - have)
+        batch = WriteBatch()
+        for j in range(n):
+            domain = domains[j % len(domains)]
+            src = base[domain][rng.integers(len(base[domain]))]
+            raw = src * (1 + 0.15 * rng.standard_normal(src.shape)).astype(np.float32)
+            pid = f"pad{have + j}"
+            batch.products.append(ProductRecord(pid, None, f"pad-{domain}-{j % 40}", "catalogue", domain, "catalogue", {}))
+            batch.add_images.append(ImageRecord(pid, f"synthetic:{pid}", "-", domain, lens.pipeline.embedders[domain].signature, np.maximum(raw, 0)))
+        lens.store.write(batch)
+        have += n
+    lens.store.persist()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--products", type=int, default=0, help="pad the store to this many products (0: real photos only)")
+    ap.add_argument("--clothing", type=int, default=300, help="clothing photos indexed as apparel products")
+    ap.add_argument("--queries", type=int, default=30, help="queries per kind")
+    ap.add_argument("--store", help="reuse this store folder (default: a temporary one)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="configuration override")
+    args = ap.parse_args()
+    root = data_root()
+    flags = dict(s.split("=", 1) for s in args.set)
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        store = Path(args.store) if args.store else tmp / "store"
+        with Shoplens(store, **flags) as lens:
+            t0 = time.perf_counter()
+            lens.index(build_catalogue(root, tmp, args.clothing))
+            index_s = time.perf_counter() - t0
+            if args.products:
+                pad(lens, args.products)
+            rng = random.Random(0)
+            kinds = {
+                "non_product": [root / "nonproduct" / r["image"] for r in rows(root / "nonproduct" / "images.csv")],
+                "other_product": [root / "grocery" / r["image"] for r in rows(root / "grocery" / "photos.csv") if r["split"] == "val"],
+                "apparel": [root / "outfits" / json.loads(l)["image"] for l in (root / "outfits" / "garments.jsonl").read_text().splitlines()],
+            }
+            picked = {k: rng.sample(v, min(args.queries, len(v))) for k, v in kinds.items()}
+            for k in picked:  # warm-up: model loading and first-call costs are not search costs
+                lens.search(picked[k][:2])
+            times: dict[str, list[float]] = {k: [] for k in kinds}
+            by_intent: dict[str, list[float]] = {}
+            for i in range(args.queries):
+                for kind, photos in picked.items():
+                    if i < len(photos):
+                        r = lens.search([photos[i]])[0]
+                        total = r.timings_ms["total"]  # type: ignore[union-attr]
+                        times[kind].append(total)
+                        by_intent.setdefault(r.intent, []).append(total)  # type: ignore[union-attr]
+            n_products = lens.count_products()
+
+    def stats(v: list[float]) -> dict[str, float]:
+        return {"n": len(v), "p50": round(statistics.median(v), 1), "p95": round(float(np.percentile(v, 95)), 1)} if v else {"n": 0}
+
+    out = {
+        "products": n_products,
+        "index_real_photos_s": round(index_s, 1),
+        "by_photo_kind_ms": {k: stats(v) for k, v in times.items()},
+        "by_predicted_intent_ms": {k: stats(v) for k, v in by_intent.items()},
+    }
+    a, n = out["by_predicted_intent_ms"].get("apparel", {}), out["by_predicted_intent_ms"].get("non_product", {})
+    if a.get("n") and n.get("n"):
+        out["non_product_over_apparel_p50"] = round(n["p50"] / a["p50"], 3)
+    o = out["by_predicted_intent_ms"].get("other_product", {})
+    if o.get("n") and n.get("n"):
+        out["non_product_over_other_product_p50"] = round(n["p50"] / o["p50"], 3)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,441 @@
+"""The Python API: a store and the pipeline that indexes and searches it.
+
+>>> from shoplens import Shoplens
+>>> with Shoplens("my-store") as lens:
+...     lens.index("catalog.csv")
+...     result = lens.search_one("photo.jpg")
+
+The CLI and the HTTP server are thin layers over this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+
+import numpy as np
+from PIL import Image
+
+from .catalog import CatalogueRow, read_catalogue, validate_row
+from .config import INTENTS, Config, resolve_config
+from .errors import BadImageError, CatalogueError, NotFoundError, ShoplensError, StoreError
+from .filters import FilterLike, parse_filters
+from .imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, Photo, load_image
+from .indexing import IndexReport, Indexer
+from .pipeline import INTENT_MODEL_FILE, EncodingCache, Pipeline
+from .results import DetectResult, ErrorResult, GarmentResult, IntentResult, SearchResult
+from .store import CatalogueStore, ProductRecord, WriteBatch, open_catalogue_store
+from .store.migrate import MigrationReport, copy_catalogue, copy_files
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+#: Photos added through the API, content-addressed: ``<store>/photos/ab/ab12….jpg``.
+PHOTOS_DIR = "photos"
+R = TypeVar("R")
+Allowed = Callable[[str], "np.ndarray | None"]
+_KEEP: Any = object()
+
+
+@dataclass(frozen=True)
+class ProductInput:
+    """A product to add or replace: its photos (encoded bytes or paths) and its fields."""
+
+    product_id: str
+    photos: Sequence[bytes | str | Path]
+    title: str | None = None
+    category: str | None = None
+    domain: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _name(source: ImageSource, index: int) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return getattr(source, "name", None) or f"<image {index}>"
+
+
+def _each(pipeline: Pipeline, images: Sequence[ImageSource], fn: Callable[[Photo, float], R]) -> list[R | ErrorResult]:
+    """Decode each image and run ``fn``; an unreadable image gives an ErrorResult, the others go on."""
+    target = max(e.input_size or 224 for e in pipeline.embedders.values())
+    out: list[R | ErrorResult] = []
+    for i, source in enumerate(images):
+        name = _name(source, i)
+        start = time.perf_counter()
+        try:
+            photo = load_image(source, name=name, target_size=target)
+        except BadImageError as err:
+            out.append(ErrorResult(image=name, error=str(err)))
+            continue
+        out.append(fn(photo, (time.perf_counter() - start) * 1000.0))
+    return out
+
+
+def classify_photos(pipeline: Pipeline, images: Sequence[ImageSource]) -> list[IntentResult | ErrorResult]:
+    _ = pipeline.intent_classifier  # a bad configuration fails before any image is read
+
+    def one(photo: Photo, _ms: float) -> IntentResult:
+        probs = pipeline.classify(EncodingCache(pipeline, [photo]))[0]
+        return IntentResult(
+            image=photo.name,
+            intent=pipeline.intent_of(probs),
+            intent_scores={k: round(float(v), 4) for k, v in zip(INTENTS, probs)},
+        )
+
+    return _each(pipeline, images, one)
+
+
+def detect_photos(pipeline: Pipeline, images: Sequence[ImageSource]) -> list[DetectResult | ErrorResult]:
+    _ = pipeline.detector  # a bad configuration fails before any image is read
+
+    def one(photo: Photo, _ms: float) -> DetectResult:
+        garments = pipeline.detect(EncodingCache(pipeline, [photo]))[0]
+        return DetectResult(image=photo.name, garments=[GarmentResult(**g.to_dict()) for g in garments])  # type: ignore[arg-type]
+
+    return _each(pipeline, images, one)
+
+
+def classify(images: Sequence[ImageSource], config: Config | None = None) -> list[IntentResult | ErrorResult]:
+    """Intent of each image, without any store (SPEC ``shoplens classify``)."""
+    return classify_photos(Pipeline(config), images)
+
+
+def detect(images: Sequence[ImageSource], config: Config | None = None) -> list[DetectResult | ErrorResult]:
+    """Garments in each image, without any store (SPEC ``shoplens detect``)."""
+    return detect_photos(Pipeline(config), images)
+
+
+def _open(location: str | Path, create: bool, engine: str) -> CatalogueStore:
+    store = open_catalogue_store(location, create=create)
+    if engine not in ("auto", store.engine):
+        store.close()
+        raise StoreError(f"{location}: a {store.engine} store, but the configuration asks for store.engine={engine!r}")
+    return store
+
+
+class Shoplens:
+    """A catalogue store (``--store DIR`` or a Milvus location) with its pipeline.
+
+    ``store``: a folder (the embedded engine), ``milvus://HOST:PORT/NAME`` or
+    ``milvus-lite:PATH.db[#NAME]`` (see :func:`shoplens.store.open_catalogue_store`).
+
+    Configuration layers: defaults < the configuration saved in the store <
+    ``config_file`` < ``flags`` (dotted names, e.g. ``**{"search.min_rank": 1.2}``).
+    """
+
+    def __init__(
+        self,
+        store: str | Path,
+        *,
+        config: Config | None = None,
+        config_file: str | Path | None = None,
+        create: bool = True,
+        **flags: Any,
+    ) -> None:
+        requested = resolve_config(config_file, base=config, **flags)
+        self.store = _open(store, create, requested.store.engine)
+        try:
+            base = config
+            saved = self.store.root / CONFIG_FILE
+            if base is None and saved.exists():
+                base = resolve_config(saved)
+            self.config = resolve_config(config_file, base=base, **flags)
+            self.pipeline = Pipeline(self.config, models_dir=self.store.models_dir)
+            self.store.attach(self.pipeline, index=self.config.store.index)
+        except BaseException:
+            self.store.close()
+            raise
+        # Catalogue writes are read-check-write (what is stored decides what to embed): one at a time.
+        self._write_lock = threading.RLock()
+
+    # -- lifecycle ----------------------------------------------------------
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "Shoplens":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _save_config(self) -> None:
+        path = self.store.root / CONFIG_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", "utf-8")
+        tmp.replace(path)
+
+    # -- catalogue ----------------------------------------------------------
+    def index(self, catalogue: str | Path | Iterable[CatalogueRow], *, progress: bool = False) -> IndexReport:
+        """Add or update the products of a catalogue CSV, folder or rows.
+
+        Each product listed gets exactly the images listed for it; unchanged
+        images are not embedded again.
+        """
+        rows = read_catalogue(catalogue) if isinstance(catalogue, (str, os.PathLike)) else catalogue
+        with self._write_lock:
+            report = Indexer(self.pipeline, self.store).run(rows, progress=progress)
+            self._save_config()
+        return report
+
+    def save_photo(self, data: bytes, *, name: str = "photo", max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
+        """Check that ``data`` is a usable image, then keep it under ``<store>/photos/``.
+
+        The file is named by its content (SHA-1), written atomically and
+        synced, so it exists before any product refers to it.
+        """
+        load_image(data, name=name, max_bytes=max_bytes, max_pixels=max_pixels, target_size=224)
+        with Image.open(io.BytesIO(data)) as img:
+            suffix = _SUFFIXES.get(img.format or "", ".img")
+        digest = hashlib.sha1(data).hexdigest()
+        folder = self.store.root / PHOTOS_DIR / digest[:2]
+        path = folder / f"{digest}{suffix}"
+        if path.is_file() and path.stat().st_size == len(data):
+            return path
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        _fsync_dir(folder)
+        return path
+
+    def put_products(
+        self, products: Sequence[ProductInput], *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> IndexReport:
+        """Add or replace products, each with exactly the photos given, in one transaction.
+
+        Every photo is checked first: a bad one raises :class:`BadImageError`
+        (a bad id :class:`CatalogueError`) and nothing is written.
+        """
+        rows: list[CatalogueRow] = []
+        seen: set[str] = set()
+        for item in products:
+            pid = item.product_id
+            problem = validate_row(pid, "photo", item.domain)
+            if problem:
+                raise CatalogueError(f"product {pid!r}: {problem}")
+            if pid in seen:
+                raise CatalogueError(f"product {pid!r} is given twice")
+            seen.add(pid)
+            if not item.photos:
+                raise CatalogueError(f"product {pid!r}: at least one photo is needed")
+            for n, photo in enumerate(item.photos, 1):
+                label = f"product {pid!r}, photo {n}"
+                try:
+                    data = photo if isinstance(photo, bytes) else Path(photo).read_bytes()
+                except OSError as err:
+                    raise BadImageError(f"{label}: cannot read: {err.strerror or err}") from None
+                path = self.save_photo(data, name=label, max_bytes=max_bytes, max_pixels=max_pixels)
+                rows.append(CatalogueRow(pid, str(path), item.title or None, item.category or None, item.domain or None, dict(item.metadata), origin=label))
+        with self._write_lock:
+            # One chunk: the whole call is one store transaction, all or nothing.
+            report = Indexer(self.pipeline, self.store, chunk_size=len(rows) + 1).run(rows, persist=False)
+            if not (self.store.root / CONFIG_FILE).exists():
+                self._save_config()
+        if report.failed:
+            raise ShoplensError("; ".join(f"{f['origin']}: {f['error']}" for f in report.failed))
+        return report
+
+    def set_photos(self, product_id: str, photos: Sequence[bytes | str | Path], **limits: int) -> IndexReport:
+        """Replace a product's photos, keeping its title, category and metadata."""
+        with self._write_lock:
+            rec = self.get_product(product_id)
+            item = ProductInput(
+                product_id,
+                photos,
+                rec.title,
+                rec.category if rec.category_source == "catalogue" else None,
+                rec.domain if rec.domain_source == "catalogue" else None,
+                rec.metadata,
+            )
+            return self.put_products([item], **limits)
+
+    def update_product(
+        self,
+        product_id: str,
+        *,
+        title: str | None = _KEEP,
+        category: str | None = _KEEP,
+        metadata: Mapping[str, Any] | None = None,
+        replace_metadata: bool = False,
+    ) -> ProductRecord:
+        """Change a product's title, category or metadata without touching its photos.
+
+        ``metadata`` is merged key by key (a ``None`` value removes the key),
+        or replaces the whole mapping with ``replace_metadata``.
+        """
+        with self._write_lock:
+            old = self.get_product(product_id)
+            meta = {} if replace_metadata else dict(old.metadata)
+            for key, value in (metadata or {}).items():
+                if value is None:
+                    meta.pop(key, None)
+                else:
+                    meta[key] = value
+            new = ProductRecord(
+                product_id,
+                old.title if title is _KEEP else title,
+                old.category if category is _KEEP else category,
+                old.category_source if category is _KEEP else "catalogue",
+                old.domain,
+                old.domain_source,
+                meta,
+            )
+            if new != old:
+                self.store.write(WriteBatch(products=[new]))
+            return new
+
+    def delete_products(self, product_ids: Sequence[str]) -> int:
+        """Delete products and their images; returns how many existed."""
+        with self._write_lock:
+            existing = [p for p in dict.fromkeys(product_ids) if self.store.get_product(p) is not None]
+            self.store.write(WriteBatch(delete_products=existing))
+        return len(existing)
+
+    def product_images(self, product_id: str) -> list[tuple[int, str, str]]:
+        """(image_id, domain, source) of a product's images."""
+        return self.store.product_images(product_id)
+
+    def image_file(self, image_id: int) -> Path | None:
+        """The file of a stored image, if it is still there."""
+        source = self.store.image_source(image_id)
+        if source is None:
+            return None
+        path = Path(source)
+        return path if path.is_file() else None
+
+    def get_product(self, product_id: str) -> ProductRecord:
+        record = self.store.get_product(product_id)
+        if record is None:
+            raise NotFoundError(f"no product {product_id!r}")
+        return record
+
+    def list_products(self, offset: int = 0, limit: int = 100) -> list[ProductRecord]:
+        return self.store.list_products(offset, limit)
+
+    def count_products(self) -> int:
+        return self.store.count_products()
+
+    # -- training -----------------------------------------------------------
+    def train_intent(self, labelled: str | Path, *, holdout: float = 0.2, seed: int = 0, progress: bool = False) -> Any:
+        """SPEC step 7: train the intent classifier from labelled folders or a CSV.
+
+        Reports accuracy on a held-out part and saves the classifier in the
+        store, which uses it from now on (``intent.classifier = auto``).
+        """
+        from .intent.trained import train_intent
+
+        report = train_intent(
+            labelled,
+            self.store.models_dir / INTENT_MODEL_FILE,
+            backbone=self.config.intent.backbone,
+            holdout=holdout,
+            seed=seed,
+            progress=progress,
+        )
+        self.pipeline.reset_intent()
+        return report
+
+    # -- queries ------------------------------------------------------------
+    def search(
+        self,
+        images: Sequence[ImageSource],
+        *,
+        top_k: int | None = None,
+        allowed: Allowed | None = None,
+        filters: FilterLike | Iterable[FilterLike] | None = None,
+    ) -> list[SearchResult | ErrorResult]:
+        """SPEC steps 1–6 for each image; unreadable images give an ErrorResult.
+
+        ``filters`` (e.g. ``["category=Juice", "price<=20"]``, see
+        :mod:`shoplens.filters`) restrict the index search itself.
+        """
+        _ = self.pipeline.intent_classifier, self.pipeline.detector  # fail on bad configuration first
+        allowed = self._allowed(filters, allowed)
+        return _each(
+            self.pipeline,
+            images,
+            lambda photo, ms: self.pipeline.search(photo, self.store, top_k=top_k, allowed=allowed, decode_ms=ms),
+        )
+
+    def search_photo(
+        self, photo: Photo, *, top_k: int | None = None, filters: FilterLike | Iterable[FilterLike] | None = None, decode_ms: float = 0.0
+    ) -> SearchResult:
+        """SPEC steps 1–6 for a photo the caller decoded (with its own limits)."""
+        return self.pipeline.search(photo, self.store, top_k=top_k, allowed=self._allowed(filters, None), decode_ms=decode_ms)
+
+    def _allowed(self, filters: FilterLike | Iterable[FilterLike] | None, allowed: Allowed | None) -> Allowed | None:
+        """The allowed-ids function of ``filters`` (parsed now: bad syntax fails before any image)."""
+        parsed = parse_filters(filters)
+        if not parsed:
+            return allowed
+        cache: dict[str, np.ndarray] = {}
+
+        def by_filters(domain: str) -> np.ndarray:
+            if domain not in cache:
+                ids = self.store.filter_image_ids(domain, parsed)
+                extra = allowed(domain) if allowed is not None else None
+                cache[domain] = ids if extra is None else np.intersect1d(ids, extra)
+            return cache[domain]
+
+        return by_filters
+
+    def search_one(self, image: ImageSource, **kwargs: Any) -> SearchResult:
+        result = self.search([image], **kwargs)[0]
+        if isinstance(result, ErrorResult):
+            raise BadImageError(result.error)
+        return result
+
+    def classify(self, images: Sequence[ImageSource]) -> list[IntentResult | ErrorResult]:
+        return classify_photos(self.pipeline, images)
+
+    def detect(self, images: Sequence[ImageSource]) -> list[DetectResult | ErrorResult]:
+        return detect_photos(self.pipeline, images)
+
+
+def migrate(src: str | Path, dst: str | Path) -> MigrationReport:
+    """Move a catalogue between stores or engines: products, images (raw descriptors), models.
+
+    ``dst`` must be new or empty. The target projects the raw descriptors with
+    the source's models (copied first); the counts are verified afterwards.
+    """
+    with open_store(src) as source:
+        target = open_catalogue_store(dst, create=True)
+        try:
+            if target.count_products() or target.count_images():
+                raise StoreError(f"{target.location}: the target store is not empty")
+            files = copy_files(source.store, target)
+            config = resolve_config(target.root / CONFIG_FILE) if (target.root / CONFIG_FILE).exists() else source.config
+            target.attach(Pipeline(config, models_dir=target.models_dir), index=config.store.index)
+            report = copy_catalogue(source.store, target)
+            report.files = files
+        finally:
+            target.close()
+    return report
+
+
+def open_store(store: str | Path, **kwargs: Any) -> Shoplens:
+    """Open an existing store (raises StoreError when there is none)."""
+    return Shoplens(store, create=False, **kwargs)

@@ -1,0 +1,154 @@
+"""Catalogue ingestion: a CSV or a folder of product photos -> validated rows.
+
+CSV (SPEC "Catalogue CSV"): required columns ``product_id`` and ``image`` (a
+path relative to the CSV's folder, or absolute); optional ``title``,
+``category``, ``domain`` (``apparel`` / ``other_product``); every other column
+is kept as metadata. A folder: every image file below it, ``product_id`` = file
+stem, ``category`` = parent folder name.
+
+Structural problems (missing file, missing columns) raise
+:class:`CatalogueError` at once; problems of one row are reported on that row
+(:attr:`CatalogueRow.error`) so the other rows still go in.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .config import DOMAINS
+from .errors import CatalogueError
+
+REQUIRED_COLUMNS = ("product_id", "image")
+KNOWN_COLUMNS = ("product_id", "image", "title", "category", "domain")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+#: Longest product_id accepted; ids are keys, not descriptions.
+MAX_ID_LENGTH = 512
+
+
+@dataclass(frozen=True)
+class CatalogueRow:
+    """One product image of a catalogue."""
+
+    product_id: str
+    image: str  # absolute path, or another source the reader understands
+    title: str | None = None
+    category: str | None = None
+    domain: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    #: Where the row came from, for messages ("catalog.csv:12").
+    origin: str = ""
+    #: A problem with this row alone; such a row is reported, not indexed.
+    error: str | None = None
+
+
+_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")
+
+
+def parse_value(text: str) -> Any:
+    """Metadata values: plain decimal numbers become numbers, the rest stays text.
+
+    ``"12.50"`` becomes 12.5, but ``"00123"`` (a code) stays a string.
+    """
+    stripped = text.strip()
+    if _NUMBER.fullmatch(stripped):
+        return float(stripped) if "." in stripped else int(stripped)
+    return text
+
+
+def validate_row(product_id: str, image: str, domain: str | None) -> str | None:
+    """The problem with a row's key fields, or None."""
+    if not product_id:
+        return "empty product_id"
+    if len(product_id) > MAX_ID_LENGTH:
+        return f"product_id longer than {MAX_ID_LENGTH} characters"
+    if any(ord(ch) < 32 for ch in product_id):
+        return "product_id contains control characters"
+    if not image:
+        return "empty image path"
+    if domain and domain not in DOMAINS:
+        return f"domain {domain!r} is not one of {', '.join(DOMAINS)}"
+    return None
+
+
+def read_catalogue(source: str | Path) -> Iterator[CatalogueRow]:
+    """Rows of a catalogue CSV or folder (see module doc), lazily."""
+    path = Path(source)
+    if not path.exists():
+        raise CatalogueError(f"{path}: no such catalogue file or folder")
+    if path.is_dir():
+        return _read_folder(path)
+    return _read_csv(path)
+
+
+def _read_csv(path: Path) -> Iterator[CatalogueRow]:
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise CatalogueError(f"{path}: cannot read: {err.strerror or err}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise CatalogueError(f"{path}: not a UTF-8 text file (is it a CSV?)") from None
+    if "\x00" in text:
+        raise CatalogueError(f"{path}: contains NUL bytes; not a CSV file")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise CatalogueError(
+            f"{path}: missing required column(s) {', '.join(missing)}; found columns: {', '.join(columns) or 'none'}"
+        )
+    if len(set(columns)) != len(columns):
+        raise CatalogueError(f"{path}: duplicate column names in the header")
+    reader.fieldnames = columns
+    base = path.parent.resolve()
+    return _csv_rows(reader, path, base)
+
+
+def _csv_rows(reader: csv.DictReader, path: Path, base: Path) -> Iterator[CatalogueRow]:
+    for line, record in enumerate(reader, start=2):
+        origin = f"{path.name}:{line}"
+        if None in record:  # more cells than header columns
+            yield CatalogueRow("", "", origin=origin, error="more cells than header columns")
+            continue
+        values = {k: (v or "").strip() for k, v in record.items()}
+        product_id = values.get("product_id", "")
+        image = values.get("image", "")
+        domain = values.get("domain") or None
+        error = validate_row(product_id, image, domain)
+        image_path = ""
+        if image:
+            p = Path(image)
+            image_path = str(p if p.is_absolute() else (base / p))
+        metadata = {k: parse_value(v) for k, v in record.items() if k not in KNOWN_COLUMNS and k}
+        yield CatalogueRow(
+            product_id=product_id,
+            image=image_path,
+            title=values.get("title") or None,
+            category=values.get("category") or None,
+            domain=domain,
+            metadata=metadata,
+            origin=origin,
+            error=error,
+        )
+
+
+def _read_folder(root: Path) -> Iterator[CatalogueRow]:
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise CatalogueError(f"{root}: the folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return _folder_rows(root, files)
+
+
+def _folder_rows(root: Path, files: list[Path]) -> Iterator[CatalogueRow]:
+    root_resolved = root.resolve()
+    for p in files:
+        parent = p.parent.resolve()
+        category = None if parent == root_resolved else p.parent.name
+        error = validate_row(p.stem, str(p), None)
+        yield CatalogueRow(product_id=p.stem, image=str(p.resolve()), category=category, origin=str(p.relative_to(root)), error=error)

@@ -1,0 +1,461 @@
+"""The ``shoplens`` command line: a thin face over the Python API.
+
+``--json`` output follows SPEC.md exactly: one JSON object per line per input
+image. An image that cannot be read gives ``{"image", "error"}`` and the
+others go on; the exit code is 1 if any image (or catalogue row) failed, 2 on
+a usage, configuration or store error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import __version__
+from .api import Shoplens, classify_photos, detect_photos, migrate, open_store
+from .config import Config, resolve_config
+from .errors import ShoplensError
+from .pipeline import Pipeline
+from .results import ErrorResult
+
+log = logging.getLogger("shoplens")
+
+EXIT_OK, EXIT_FAILED_ITEMS, EXIT_ERROR = 0, 1, 2
+
+
+# -- option groups ------------------------------------------------------------
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("configuration (defaults < store's saved config < --config file < flags)")
+    g.add_argument("--config", metavar="FILE", help="JSON or TOML configuration file (see docs/configuration.md)")
+    g.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="set any configuration option by its dotted name, e.g. --set search.similar_k=100 (repeatable)",
+    )
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models")
+    g.add_argument("--intent-classifier", metavar="NAME", help="intent classifier: auto (trained if the store has one, else imagenet-map), imagenet-map, trained")
+    g.add_argument("--no-intent", action="store_true", help="switch the intent gate off: no photo is stopped as non_product")
+    g.add_argument("--detector", metavar="NAME", help="garment detector (see 'shoplens models')")
+    g.add_argument("--no-detect", action="store_true", help="switch garment detection off: apparel photos are searched whole")
+
+
+def _add_search_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("search steps (SPEC steps 3-6)")
+    g.add_argument("--top-k", type=int, metavar="N", help="cap of each result list (default 10)")
+    g.add_argument("--similar-k", type=int, metavar="N", help="cap of the similar set fetched from the index (default 50)")
+    g.add_argument("--max-distance", type=float, metavar="D", help="neighbours farther than D are not similar (0..2, default 2)")
+    g.add_argument("--min-rank", type=float, metavar="R", help="drop results with rank = 2 - distance below R (default 1.08)")
+    g.add_argument("--no-rank-filter", action="store_true", help="switch the rank filter (step 4) off")
+    g.add_argument("--max-entropy-bits", type=float, metavar="B", help="drop categories whose surprisal exceeds B bits (default 3.0)")
+    g.add_argument("--no-entropy-filter", action="store_true", help="switch the category entropy filter (step 5) off")
+    g.add_argument("--no-category-order", action="store_true", help="order by rank only, not by category score (step 6)")
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ShoplensError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    """Dotted configuration flags from the parsed options (None = not given)."""
+    flags: dict[str, Any] = _parse_set(getattr(args, "set", []) or [])
+    get = lambda name: getattr(args, name, None)  # noqa: E731
+    flags.update(
+        {
+            "intent.classifier": get("intent_classifier"),
+            "intent.enabled": False if get("no_intent") else None,
+            "detect.detector": get("detector"),
+            "detect.enabled": False if get("no_detect") else None,
+            "search.top_k": get("top_k"),
+            "search.similar_k": get("similar_k"),
+            "search.max_distance": get("max_distance"),
+            "search.min_rank": get("min_rank"),
+            "search.rank_filter": False if get("no_rank_filter") else None,
+            "search.max_entropy_bits": get("max_entropy_bits"),
+            "search.entropy_filter": False if get("no_entropy_filter") else None,
+            "search.category_order": False if get("no_category_order") else None,
+        }
+    )
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return resolve_config(getattr(args, "config", None), **_flags(args))
+
+
+# -- output -------------------------------------------------------------------
+def _emit(results: Sequence[Any], as_json: bool, human: Callable[[Any], str]) -> int:
+    failed = 0
+    for r in results:
+        if isinstance(r, ErrorResult):
+            failed += 1
+        if as_json:
+            sys.stdout.write(json.dumps(r.model_dump(mode="json"), ensure_ascii=False) + "\n")
+        elif isinstance(r, ErrorResult):
+            sys.stdout.write(f"{r.image}: error: {r.error}\n")
+        else:
+            sys.stdout.write(human(r) + "\n")
+        sys.stdout.flush()
+    return EXIT_FAILED_ITEMS if failed else EXIT_OK
+
+
+def _human_search(r: Any) -> str:
+    lines = [f"{r.image}: {r.intent} ({r.intent_scores[r.intent]:.2f}), {r.timings_ms.get('total', 0):.0f} ms"]
+    if r.intent == "non_product":
+        lines.append("  not a product photo: nothing searched")
+    for region in r.regions:
+        where = "whole photo" if region.box is None else f"{region.label} at {[round(v) for v in region.box]}"
+        lines.append(f"  {where}: {len(region.results)} result(s)")
+        for i, hit in enumerate(region.results, 1):
+            title = f" {hit.title}" if hit.title else ""
+            lines.append(f"    {i:2d}. {hit.product_id}{title} [{hit.category or '-'}] rank {hit.rank:.3f}")
+    return "\n".join(lines)
+
+
+def _human_classify(r: Any) -> str:
+    scores = ", ".join(f"{k} {v:.2f}" for k, v in r.intent_scores.items())
+    return f"{r.image}: {r.intent} ({scores})"
+
+
+def _human_detect(r: Any) -> str:
+    if not r.garments:
+        return f"{r.image}: no garment found"
+    parts = [f"{g.label} {g.score:.2f} {[round(v) for v in g.box]}" for g in r.garments]
+    return f"{r.image}: " + "; ".join(parts)
+
+
+# -- commands -----------------------------------------------------------------
+def cmd_index(args: argparse.Namespace) -> int:
+    with Shoplens(args.store, config_file=args.config, **_flags(args)) as lens:
+        report = lens.index(args.catalogue, progress=sys.stderr.isatty() and not args.no_progress)
+        total = lens.count_products()
+    if args.json:
+        sys.stdout.write(json.dumps({**report.to_dict(), "products_in_store": total}) + "\n")
+    else:
+        sys.stdout.write(
+            f"{report.rows} row(s), {report.products} product(s): {report.images_added} image(s) added, "
+            f"{report.images_replaced} replaced, {report.images_unchanged} unchanged, {report.images_removed} removed; "
+            f"{len(report.failed)} failed; {total} product(s) in {args.store} ({report.timings_s.get('total', 0):.1f} s)\n"
+        )
+        if report.categories_predicted:
+            sys.stdout.write(f"note: {report.categories_predicted} product(s) had no category: shoplens predicted one (category_source 'predicted')\n")
+        if report.domains_inferred:
+            sys.stdout.write(f"note: {report.domains_inferred} product(s) had no domain: inferred from the intent classifier\n")
+        for f in report.failed:
+            sys.stdout.write(f"  {f['origin']}: {f['error']}\n")
+    return EXIT_FAILED_ITEMS if report.failed else EXIT_OK
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    with open_store(args.store, config_file=args.config, **_flags(args)) as lens:
+        results = lens.search(args.images, top_k=args.top_k, filters=args.filter)
+    return _emit(results, args.json, _human_search)
+
+
+def _standalone_pipeline(args: argparse.Namespace) -> Pipeline:
+    """classify/detect run without an index, but use a store's trained models when --store is given."""
+    if args.store:
+        lens = open_store(args.store, config_file=args.config, **_flags(args))
+        return lens.pipeline
+    return Pipeline(_config(args))
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    return _emit(classify_photos(_standalone_pipeline(args), args.images), args.json, _human_classify)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    return _emit(detect_photos(_standalone_pipeline(args), args.images), args.json, _human_detect)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .detect import _REGISTRY as detectors
+    from .intent import _REGISTRY as intents
+    from .models import get_entry, list_models, list_schemes
+
+    out: dict[str, Any] = {
+        "backbones": {n: get_entry(n).description for n in list_models()},
+        "backbone_schemes": [f"{s}:..." for s in list_schemes()],
+        "intent_classifiers": intents.describe(),
+        "detectors": detectors.describe(),
+    }
+    if args.json:
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+    else:
+        for section, entries in out.items():
+            sys.stdout.write(f"{section}:\n")
+            items = entries.items() if isinstance(entries, dict) else ((e, "") for e in entries)
+            for name, desc in items:
+                sys.stdout.write(f"  {name:28s} {desc}\n")
+    return EXIT_OK
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.store:
+        with open_store(args.store, config_file=args.config, **_flags(args)) as lens:
+            config = lens.config
+    else:
+        config = _config(args)
+    sys.stdout.write(json.dumps(config.to_dict(), indent=2) + "\n")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import sample_catalogue
+
+    progress = sys.stderr.isatty()
+    catalogue, queries = sample_catalogue(Path(args.source) if args.source else None, url=args.url, sha256=args.sha256, progress=progress)
+    with Shoplens(args.store, config_file=args.config, **_flags(args)) as lens:
+        report = lens.index(catalogue, progress=progress)
+        if not args.json:
+            sys.stdout.write(f"indexed {report.products} sample product(s) into {args.store} ({report.timings_s.get('total', 0):.1f} s)\n")
+        results = lens.search(args.images or [str(q) for q in queries], top_k=5)
+    code = _emit(results, args.json, _human_search)
+    if not args.json:
+        sys.stdout.write(f"\nnext: shoplens search YOUR_PHOTO.jpg --store {args.store}\n")
+    return code
+
+
+def cmd_train_intent(args: argparse.Namespace) -> int:
+    with Shoplens(args.store, config_file=args.config, **_flags(args)) as lens:
+        report = lens.train_intent(args.labelled, holdout=args.holdout, seed=args.seed, progress=sys.stderr.isatty())
+    d = report.to_dict()
+    if args.json:
+        sys.stdout.write(json.dumps(d) + "\n")
+    else:
+        acc = "no held-out part" if d["accuracy"] is None else f"held-out accuracy {d['accuracy']:.3f} on {d['n_test']} photo(s)"
+        sys.stdout.write(f"trained on {d['n_train']} photo(s) ({d['n_skipped']} unreadable skipped): {acc}\n")
+        if d.get("confusion") is not None and d["accuracy"] is not None:
+            sys.stdout.write(f"confusion (rows true, cols predicted; apparel, other_product, non_product): {d['confusion']}\n")
+        sys.stdout.write(f"saved to {d['path']}; searches in {args.store} now use it\n")
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval.metrics import read_queries
+    from .eval.report import write_html
+    from .eval.runner import run_eval
+
+    only = dict(item.split("=", 1) for item in args.only) if args.only else None
+    if args.only and any("=" not in item for item in args.only):
+        raise ShoplensError("--only expects COLUMN=VALUE")
+    queries = read_queries(args.queries, only)
+    with Shoplens(args.store, create=bool(args.catalogue), config_file=args.config, **_flags(args)) as lens:
+        if args.catalogue:
+            lens.index(args.catalogue, progress=sys.stderr.isatty())
+        report, outcomes = run_eval(lens, queries, ks=args.k, progress=sys.stderr.isatty())
+    if args.report:
+        write_html(args.report, report, outcomes, title=f"shoplens eval: {Path(args.queries).name}")
+    if args.json:
+        sys.stdout.write(json.dumps(report.to_dict()) + "\n")
+    else:
+        d = report.to_dict()
+        recall = ", ".join(f"R@{k} {v:.3f}" for k, v in d["recall_at"].items())
+        sys.stdout.write(f"{d['queries']} queries ({d['failed']} unreadable): {recall or 'no product labels'}; mAP {d['map']}\n")
+        sys.stdout.write(f"returned set: {d['returned']}\n")
+        if d["intent_accuracy"] is not None:
+            sys.stdout.write(f"intent accuracy {d['intent_accuracy']:.3f}, confusion (rows true, cols predicted) {d['intent_confusion']}\n")
+        sys.stdout.write("time per step (ms, mean/p50/p95): " + ", ".join(f"{k} {v['mean']}/{v['p50']}/{v['p95']}" for k, v in d["timings_ms"].items()) + "\n")
+        if args.report:
+            sys.stdout.write(f"report: {args.report}\n")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import ServerSettings, serve
+
+    settings = ServerSettings.from_env(
+        api_key_file=args.api_key_file,
+        cors_origins=args.cors_origin or None,
+        url_allowlist=args.allow_url or None,
+        max_upload_bytes=None if args.max_upload_mb is None else int(args.max_upload_mb * 1024 * 1024),
+        max_pixels=args.max_pixels,
+        search_concurrency=args.search_concurrency,
+        persist_interval_s=args.persist_interval,
+    )
+    with Shoplens(args.store, config_file=args.config, create=args.create, **_flags(args)) as lens:
+        writes = "enabled (API key set)" if settings.writes_enabled else "disabled: no API key (set SHOPLENS_API_KEY or --api-key-file)"
+        sys.stderr.write(f"shoplens: serving {args.store} ({lens.count_products()} products) at http://{args.host}:{args.port}/ ; writes {writes}\n")
+        serve(lens, settings, host=args.host, port=args.port, log_level="debug" if args.verbose > 1 else "info" if args.verbose else "warning")
+def cmd_migrate(args: argparse.Namespace) -> int:
+    report = migrate(args.source, args.target)
+    if args.json:
+        sys.stdout.write(json.dumps(report.to_dict()) + "\n")
+    else:
+        images = ", ".join(f"{n} {d}" for d, n in report.images.items())
+        sys.stdout.write(f"migrated {report.products} product(s), images: {images}, {len(report.files)} file(s) to {args.target} (counts verified)\n")
+    return EXIT_OK
+
+
+# -- parser -------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shoplens",
+        description="Search a shop's own product catalogue with a photo.",
+        epilog="Run 'shoplens COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"shoplens {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("index", help="add or update the products of a catalogue CSV or folder", description=(
+        "Add or update products. CATALOGUE is a CSV (columns product_id, image; optional title, category, domain "
+        "and any metadata columns) or a folder of images (product_id = file stem, category = parent folder). "
+        "Each product listed gets exactly the images listed for it; re-running with the same rows changes nothing."))
+    p.add_argument("catalogue", metavar="CATALOGUE", help="catalogue CSV file or folder of product photos")
+    p.add_argument("--store", required=True, metavar="DIR", help="store folder (created if absent), or milvus://HOST:PORT/NAME, milvus-lite:PATH.db")
+    p.add_argument("--json", action="store_true", help="print the indexing report as one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    _add_config_options(p)
+    _add_model_options(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="search the catalogue with photos", description=(
+        "Run the whole pipeline (intent gate, garment detection, per-region embedding, index search, rank "
+        "filter, category entropy filter, category-aware ordering) on each image."))
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="photo(s) to search with")
+    p.add_argument("--store", required=True, metavar="DIR", help="store folder made by 'shoplens index'")
+    p.add_argument("--json", action="store_true", help="one JSON object per line per image (SPEC.md schema)")
+    p.add_argument("--filter", action="append", default=[], metavar="FIELD_OP_VALUE", help=(
+        "only products whose metadata pass (repeatable; all must hold), applied inside the index search: "
+        "category=Juice, category=Juice|Milk, brand!=Acme, price<=20, price>5, title~apple (contains)"))
+    _add_config_options(p)
+    _add_model_options(p)
+    _add_search_options(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("classify", help="intent of photos (apparel, other_product, non_product), no index needed")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--store", metavar="DIR", help="use the store's trained intent classifier, if it has one")
+    p.add_argument("--json", action="store_true", help='one {"image", "intent", "intent_scores"} object per line')
+    _add_config_options(p)
+    _add_model_options(p)
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("detect", help="garments in photos (boxes and labels), no index needed")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--store", metavar="DIR", help="use the store's configuration")
+    p.add_argument("--json", action="store_true", help='one {"image", "garments": [{"box", "label", "score"}]} object per line')
+    _add_config_options(p)
+    _add_model_options(p)
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("migrate", help="move a catalogue between stores or engines (embedded folder, Milvus)", description=(
+        "Copy every product, image (raw descriptor), trained model and the saved configuration from SOURCE to a new "
+        "or empty TARGET, then verify the counts. A store location is a folder (embedded engine), "
+        "milvus://HOST:PORT/NAME (a Milvus cluster) or milvus-lite:PATH.db[#NAME] (Milvus Lite)."))
+    p.add_argument("source", metavar="SOURCE", help="the store to copy from")
+    p.add_argument("target", metavar="TARGET", help="the store to copy into (new or empty)")
+    p.add_argument("--json", action="store_true", help="print the migration report as one JSON object")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("models", help="list the registered backbones, intent classifiers and detectors")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("config", help="print the resolved configuration")
+    p.add_argument("--store", metavar="DIR", help="include the configuration saved in this store")
+    _add_config_options(p)
+    _add_model_options(p)
+    _add_search_options(p)
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("demo", help="index a public sample catalogue (Grocery Store Dataset, MIT) and search it", description=(
+        "Download the Grocery Store Dataset once (checksum verified, cached), or read an offline copy with --from, "
+        "index its 81 products into --store and search a few store photos."))
+    p.add_argument("--from", dest="source", metavar="DIR", help="offline copy: upstream layout, or a folder with catalog.csv (e.g. ../shared/data/grocery)")
+    p.add_argument("--store", default="shoplens-demo-store", metavar="DIR", help="store folder (default ./shoplens-demo-store)")
+    p.add_argument("--url", help="download from this URL instead of the pinned upstream archive")
+    p.add_argument("--sha256", help="expected SHA-256 of the download")
+    p.add_argument("--json", action="store_true", help="search results as JSON lines")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="photos to search with (default: a few store photos of the sample)")
+    _add_config_options(p)
+    _add_model_options(p)
+    _add_search_options(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train-intent", help="train the intent classifier from labelled photos (SPEC step 7)", description=(
+        "LABELLED is a folder with apparel/, other_product/ and non_product/ subfolders, or a CSV with columns image, intent. "
+        "A head is trained on the bundled backbone's features, its accuracy is reported on a held-out part, and the store "
+        "uses it from then on."))
+    p.add_argument("labelled", metavar="LABELLED", help="labelled folders or CSV")
+    p.add_argument("--store", required=True, metavar="DIR", help="store that will use the classifier (created if absent)")
+    p.add_argument("--holdout", type=float, default=0.2, help="fraction held out to measure accuracy (default 0.2; 0: train on all)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the split and training")
+    p.add_argument("--json", action="store_true", help="print the training report as one JSON object")
+    _add_config_options(p)
+    p.set_defaults(func=cmd_train_intent)
+
+    p = sub.add_parser("eval", help="measure search quality on labelled query photos (Recall@K, mAP, returned-set precision, intent, time)", description=(
+        "QUERIES is a CSV with an 'image' column (relative to the CSV) and labels: product_id, category and/or intent. "
+        "Every query is searched as configured; the report gives Recall@K, mAP, precision and recall of the returned set, "
+        "the intent confusion matrix and time per step, and --report writes an HTML page with plots."))
+    p.add_argument("queries", metavar="QUERIES", help="labelled queries CSV")
+    p.add_argument("--store", required=True, metavar="DIR", help="store to search (with --catalogue: created and indexed first)")
+    p.add_argument("--catalogue", metavar="CATALOGUE", help="index this catalogue into the store first")
+    p.add_argument("--only", action="append", metavar="COLUMN=VALUE", help="keep only query rows with this value, e.g. --only split=val (repeatable)")
+    p.add_argument("-k", type=int, nargs="+", default=[1, 5, 10], help="K values of Recall@K (default 1 5 10)")
+    p.add_argument("--report", metavar="HTML", help="write an HTML report with plots (needs the [eval] extra)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    _add_config_options(p)
+    _add_model_options(p)
+    _add_search_options(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("serve", help="serve search, catalogue writes and a web page over HTTP", description=(
+        "Serve the store over HTTP: POST /search with a photo (SPEC.md's search object as JSON), product add / update / "
+        "delete (needs the API key), GET /products, /images/ID, /healthz, /readyz, /metrics, the OpenAPI schema at "
+        "/openapi.json and a web page at /. Needs: pip install 'shoplens[server]'."))
+    p.add_argument("--store", required=True, metavar="DIR", help="store folder made by 'shoplens index' (see --create)")
+    p.add_argument("--create", action="store_true", help="create an empty store if DIR has none (to fill it through the API)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key-file", metavar="FILE", help="file holding the API key for write endpoints (default: $SHOPLENS_API_KEY; with neither, writes answer 403)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", help="allow browser calls from this origin, e.g. https://shop.example (repeatable)")
+    p.add_argument("--allow-url", action="append", default=[], metavar="PREFIX", help="let POST /search/url fetch photos under this URL prefix (repeatable; default: never fetch)")
+    p.add_argument("--max-upload-mb", type=float, metavar="MB", help="largest photo accepted (default 20)")
+    p.add_argument("--max-pixels", type=int, metavar="N", help="largest decoded photo in pixels (default 40000000)")
+    p.add_argument("--search-concurrency", type=int, metavar="N", help="searches run at once; more wait their turn (default 2)")
+    p.add_argument("--persist-interval", type=float, metavar="S", help=(
+        "save the vector indexes this often, in seconds, when the catalogue changed (default 300; and at shutdown). "
+        "Every acknowledged write is durable in SQLite at once; a restart replays what the saved indexes miss"))
+    _add_config_options(p)
+    _add_model_options(p)
+    _add_search_options(p)
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except ShoplensError as err:
+        sys.stderr.write(f"shoplens: error: {err}\n")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("shoplens: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

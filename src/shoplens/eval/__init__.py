@@ -1,0 +1,1 @@
+"""Evaluation: ``shoplens eval`` (metrics, HTML report) and test material a program can make (negatives)."""

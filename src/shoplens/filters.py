@@ -1,0 +1,149 @@
+"""Metadata filters: one small language for the CLI, the Python API and the HTTP API.
+
+A filter is ``FIELD OP VALUE``; several filters must all hold::
+
+    category=Juice            equal
+    category=Juice|Milk       any of these values
+    category!=Juice           different, or the field is absent
+    price<=20   price>5       ordering (<, <=, >, >=); a number compares as a number
+    title~apple               contains, ignoring case
+
+``FIELD`` is ``product_id``, ``title``, ``category``, ``domain`` or any
+catalogue metadata column (``price``, ``brand`` …). Values are read the way
+catalogue cells are: ``12.50`` is the number 12.5, ``00123`` stays text, so
+``price<=20`` compares numbers and ``sku=00123`` compares text. A numeric
+comparison never matches a text value. ``true``/``false`` also match JSON
+booleans.
+
+The store evaluates filters into the set of allowed image ids of a domain,
+which the index search uses as a selector: filtering happens inside the
+search, not by cutting a top-K afterwards.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .catalog import parse_value
+from .errors import FilterError
+
+#: Product columns (the rest of the fields are metadata keys).
+COLUMNS = ("product_id", "title", "category", "domain")
+#: Operators, longest first so ``<=`` is not read as ``<``.
+OPERATORS = ("!=", "<=", ">=", "=", "<", ">", "~")
+ORDERING = ("<", "<=", ">", ">=")
+MAX_FIELD_LENGTH = 128
+MAX_VALUES = 256
+
+_OP_RE = re.compile(r"!=|<=|>=|=|<|>|~")
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One parsed condition; ``values`` holds several only for ``=`` and ``!=``."""
+
+    field: str
+    op: str
+    values: tuple[Any, ...]
+
+    def __str__(self) -> str:
+        return f"{self.field}{self.op}{'|'.join(str(v) for v in self.values)}"
+
+    @property
+    def is_column(self) -> bool:
+        return self.field in COLUMNS
+
+
+FilterLike = str | Filter
+
+
+def parse_filter(text: str) -> Filter:
+    """Parse ``FIELD OP VALUE`` (see the module doc); raises :class:`FilterError`."""
+    if not isinstance(text, str):
+        raise FilterError(f"a filter must be text like 'category=Juice', got {type(text).__name__}")
+    match = _OP_RE.search(text)
+    if match is None:
+        raise FilterError(f"filter {text!r} has no operator; expected FIELD OP VALUE with OP one of {' '.join(OPERATORS)}, e.g. 'category=Juice' or 'price<=20'")
+    field, op, raw = text[: match.start()].strip(), match.group(), text[match.end() :].strip()
+    if not field:
+        raise FilterError(f"filter {text!r} has no field name before {op!r}")
+    if len(field) > MAX_FIELD_LENGTH or any(ord(c) < 32 or c == '"' for c in field):
+        raise FilterError(f"filter {text!r}: field names are at most {MAX_FIELD_LENGTH} characters, without quotes or control characters")
+    if not raw:
+        raise FilterError(f"filter {text!r} has no value after {op!r}")
+    if raw[0] in "=<>!~":
+        raise FilterError(f"filter {text!r}: the value starts with {raw[0]!r}; write one operator, e.g. 'price<=20'")
+    if any(ord(c) < 32 for c in raw):
+        raise FilterError(f"filter {text!r}: the value contains control characters")
+    parts = [p.strip() for p in raw.split("|")] if op in ("=", "!=") else [raw]
+    if any(not p for p in parts):
+        raise FilterError(f"filter {text!r} has an empty alternative in {raw!r}")
+    if len(parts) > MAX_VALUES:
+        raise FilterError(f"filter {text!r} lists more than {MAX_VALUES} values")
+    if field in COLUMNS or op == "~":
+        values: tuple[Any, ...] = tuple(parts)
+    else:
+        values = tuple(parse_value(p) for p in parts)
+    return Filter(field, op, values)
+
+
+def parse_filters(filters: FilterLike | Iterable[FilterLike] | None) -> list[Filter]:
+    """Parse one filter or several (strings or :class:`Filter`); None gives none."""
+    if filters is None:
+        return []
+    if isinstance(filters, (str, Filter)):
+        filters = [filters]
+    return [f if isinstance(f, Filter) else parse_filter(f) for f in filters]
+
+
+def to_sql(filters: Sequence[Filter], columns: dict[str, str], metadata_column: str) -> tuple[str, list[Any]]:
+    """A SQL condition (``AND`` of all filters) and its parameters.
+
+    ``columns`` maps the product columns to SQL expressions; other fields are
+    read from the JSON text in ``metadata_column`` with ``json_extract``.
+    """
+    clauses: list[str] = []
+    params: list[Any] = []
+    for f in filters:
+        sql, p = _clause(f, columns, metadata_column)
+        clauses.append(sql)
+        params.extend(p)
+    return (" AND ".join(f"({c})" for c in clauses) or "1"), params
+
+
+def _clause(f: Filter, columns: dict[str, str], meta: str) -> tuple[str, list[Any]]:
+    if f.field in columns:
+        expr, xp, kind = columns[f.field], [], ""
+    else:
+        path = f'$."{f.field}"'
+        expr, xp, kind = f"json_extract({meta}, ?)", [path], f"json_type({meta}, ?)"
+    if f.op == "~":
+        return f"instr(lower(CAST({expr} AS TEXT)), lower(?)) > 0", [*xp, f.values[0]]
+    if f.op in ORDERING:
+        value = f.values[0]
+        if kind and isinstance(value, (int, float)):
+            return f"{kind} IN ('integer', 'real') AND {expr} {f.op} ?", [*xp, *xp, value]
+        if kind:
+            return f"{kind} = 'text' AND {expr} {f.op} ?", [*xp, *xp, value]
+        return f"{expr} {f.op} ?", [value]
+    # = and != : any of the values; true/false also match JSON booleans
+    alternatives: list[str] = []
+    params: list[Any] = []
+    plain = [v for v in f.values if not (kind and isinstance(v, str) and v.lower() in ("true", "false"))]
+    if plain:
+        alternatives.append(f"{expr} IN ({','.join('?' * len(plain))})")
+        params.extend([*xp, *plain])
+    for v in f.values:
+        if kind and isinstance(v, str) and v.lower() in ("true", "false"):
+            alternatives.append(f"({kind} = ? OR {expr} = ?)")
+            params.extend([*xp, v.lower(), *xp, v])
+    any_of = " OR ".join(alternatives)
+    if f.op == "=":
+        return any_of, params
+    return f"{expr} IS NULL OR NOT ({any_of})", [*xp, *params]
+
+
+__all__ = ["COLUMNS", "OPERATORS", "Filter", "FilterLike", "parse_filter", "parse_filters", "to_sql"]

@@ -1,0 +1,159 @@
+"""A segment: an immutable block of indexed images, as in a log-structured index.
+
+Each :meth:`LocalIndex.add <shoplens.local.index.LocalIndex.add>` makes a
+segment holding, for its images, the inverted-file postings (searched at
+query time, kept in memory) and the keypoints and SIFT descriptors that
+verification needs (memory-mapped from disk once saved, so they cost disk,
+not memory). Only the ``alive`` mask of a segment ever changes (removals);
+small segments are merged, dropping removed images, so that queries scan a
+few segments. A saved segment is a directory of ``.npy`` files written
+once and never modified.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import StoreError
+from ._io import fsync_dir, write_npy
+from .features import DESCRIPTOR_DIM, LocalFeatures
+from .invfile import Postings
+
+_ARRAYS = ("ids", "n_words", "ptr", "rows", "sigs", "kp_ptr", "xy", "sift")
+#: Arrays memory-mapped rather than read into memory when a segment is loaded.
+_MAPPED = ("xy", "sift")
+
+
+@dataclass(eq=False)  # compared by identity: segments hold arrays
+class Segment:
+    ids: np.ndarray  # (n,) int64 image ids
+    n_words: np.ndarray  # (n,) int32 distinct words of each image
+    postings: Postings
+    kp_ptr: np.ndarray  # (n + 1,) int64 offsets into xy / sift
+    xy: np.ndarray  # (P, 2) float32
+    sift: np.ndarray  # (P, 128) uint8
+    alive: np.ndarray  # (n,) bool
+    #: Directory name once written (``seg-…``), ``None`` while only in memory.
+    name: str | None = None
+    #: File (in the segment's directory) holding the alive mask last written, if any.
+    alive_file: str | None = None
+    #: The alive mask changed since it was last written.
+    alive_dirty: bool = field(default=True)
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def n_alive(self) -> int:
+        return int(self.alive.sum())
+
+    @classmethod
+    def build(cls, ids: np.ndarray, encoded: Sequence[tuple[np.ndarray, np.ndarray]],
+              features: Sequence[LocalFeatures], vocabulary_size: int) -> "Segment":
+        """``encoded``: per image, its distinct words and ASMK signatures; ``features``: its keypoints."""
+        counts = np.array([len(f) for f in features], np.int64)
+        kp_ptr = np.zeros(len(features) + 1, np.int64)
+        np.cumsum(counts, out=kp_ptr[1:])
+        xy = np.concatenate([f.xy for f in features]) if features else np.zeros((0, 2), np.float32)
+        sift = np.concatenate([f.sift for f in features]) if features else np.zeros((0, DESCRIPTOR_DIM), np.uint8)
+        return cls(
+            ids=np.asarray(ids, np.int64).copy(),
+            n_words=np.array([len(w) for w, _ in encoded], np.int32),
+            postings=Postings.build(encoded, vocabulary_size),
+            kp_ptr=kp_ptr,
+            xy=np.ascontiguousarray(xy, np.float32),
+            sift=np.ascontiguousarray(sift, np.uint8),
+            alive=np.ones(len(ids), bool),
+        )
+
+    def features(self, row: int) -> LocalFeatures:
+        a, b = int(self.kp_ptr[row]), int(self.kp_ptr[row + 1])
+        return LocalFeatures(np.asarray(self.xy[a:b]), np.asarray(self.sift[a:b]))
+
+    def entry_words(self) -> np.ndarray:
+        """The word of every posting entry, (E,) int64."""
+        return np.repeat(np.arange(self.postings.vocabulary_size, dtype=np.int64), np.diff(self.postings.ptr))
+
+    def alive_word_counts(self) -> np.ndarray:
+        """How many alive images hold each word: (K,) int64."""
+        words = self.entry_words()[self.alive[self.postings.rows]]
+        return np.bincount(words, minlength=self.postings.vocabulary_size)
+
+    def words_of_rows(self, rows: np.ndarray) -> np.ndarray:
+        """All words held by the given rows, concatenated (one pass over the postings)."""
+        mask = np.zeros(len(self), bool)
+        mask[rows] = True
+        return self.entry_words()[mask[self.postings.rows]]
+
+    @property
+    def nbytes_memory(self) -> int:
+        """Bytes kept in memory (postings and per-image arrays)."""
+        return int(self.postings.nbytes + self.ids.nbytes + self.n_words.nbytes + self.kp_ptr.nbytes + self.alive.nbytes)
+
+    @property
+    def nbytes_features(self) -> int:
+        """Bytes of keypoints and descriptors for verification (on disk, memory-mapped, once saved)."""
+        return int(self.xy.nbytes + self.sift.nbytes)
+
+    # -- merging -------------------------------------------------------------------------------
+
+    @classmethod
+    def merge(cls, segments: Sequence["Segment"]) -> "Segment":
+        """One segment holding the alive images of ``segments``, in order."""
+        vocabulary_size = segments[0].postings.vocabulary_size
+        ids, encoded, features = [], [], []
+        for seg in segments:
+            per_row = seg.postings.image_words(len(seg))
+            for row in np.flatnonzero(seg.alive):
+                ids.append(int(seg.ids[row]))
+                encoded.append(per_row[row])
+                features.append(seg.features(int(row)))
+        return cls.build(np.array(ids, np.int64), encoded, features, vocabulary_size)
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def write(self, directory: Path, name: str) -> None:
+        """Write the immutable arrays to ``directory/name`` (through a temporary directory)."""
+        tmp = directory / f".tmp-{name}"
+        tmp.mkdir(parents=True, exist_ok=False)
+        arrays = {
+            "ids": self.ids, "n_words": self.n_words, "ptr": self.postings.ptr, "rows": self.postings.rows,
+            "sigs": self.postings.sigs, "kp_ptr": self.kp_ptr, "xy": self.xy, "sift": self.sift,
+        }
+        for key, value in arrays.items():
+            write_npy(tmp / f"{key}.npy", np.asarray(value))
+        fsync_dir(tmp)
+        os.rename(tmp, directory / name)
+        self.name = name
+        self.alive_file = None
+
+    def write_alive(self, directory: Path, filename: str) -> None:
+        assert self.name is not None
+        write_npy(directory / self.name / filename, self.alive)
+        self.alive_file = filename
+        self.alive_dirty = False
+
+    @classmethod
+    def read(cls, directory: Path, name: str, alive_file: str, vocabulary_size: int) -> "Segment":
+        path = directory / name
+        try:
+            a = {k: np.load(path / f"{k}.npy", mmap_mode="r" if k in _MAPPED else None, allow_pickle=False)
+                 for k in _ARRAYS}
+            alive = np.array(np.load(path / alive_file, allow_pickle=False), bool)
+        except (OSError, ValueError) as err:
+            raise StoreError(f"{path}: cannot read a local-feature segment ({err})") from None
+        n = len(a["ids"])
+        if (len(a["ptr"]) != vocabulary_size + 1 or len(alive) != n or len(a["kp_ptr"]) != n + 1
+                or len(a["rows"]) != len(a["sigs"]) or int(a["kp_ptr"][-1]) != len(a["xy"])
+                or len(a["xy"]) != len(a["sift"])):
+            raise StoreError(f"{path}: local-feature segment is inconsistent (truncated or from another vocabulary)")
+        return cls(
+            ids=a["ids"], n_words=a["n_words"], postings=Postings(a["ptr"], a["rows"], a["sigs"]),
+            kp_ptr=a["kp_ptr"], xy=a["xy"], sift=a["sift"], alive=alive, name=name, alive_file=alive_file,
+            alive_dirty=False,
+        )

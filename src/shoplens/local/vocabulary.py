@@ -1,0 +1,152 @@
+"""A visual vocabulary: k-means centroids of RootSIFT descriptors.
+
+Every descriptor is quantised to its nearest centroid (its *visual word*);
+an image becomes a sparse set of words, which the inverted file indexes.
+The vocabulary is trained once (from the catalogue's own descriptors, or
+from any collection of photos) and then stays fixed, so images can be
+added and removed without touching the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from ..errors import StoreError
+from ._io import write_npy
+from .features import DESCRIPTOR_DIM
+
+log = logging.getLogger(__name__)
+
+#: File (in ``shoplens/local/data``) of the vocabulary :meth:`Vocabulary.generic` returns.
+GENERIC = "vocabulary-generic-4096.npy"
+#: Its uint8 centroids are RootSIFT components times this (centroid components stay under 0.5).
+GENERIC_SCALE = 512.0
+#: Vocabularies of more words than this are searched approximately (HNSW).
+EXACT_ASSIGN_MAX_WORDS = 1024
+#: Vocabularies of more words than this are trained by a two-level k-means.
+FLAT_TRAIN_MAX_WORDS = 2048
+
+
+class Vocabulary:
+    """``size`` centroids in RootSIFT space and a nearest-centroid search."""
+
+    def __init__(self, centroids: np.ndarray) -> None:
+        centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        if centroids.ndim != 2 or centroids.shape[1] != DESCRIPTOR_DIM or len(centroids) < 2:
+            raise ValueError(f"centroids must be (k >= 2, {DESCRIPTOR_DIM}), got {centroids.shape}")
+        centroids.setflags(write=False)
+        self.centroids = centroids
+        if len(centroids) > EXACT_ASSIGN_MAX_WORDS:
+            index: faiss.Index = faiss.IndexHNSWFlat(DESCRIPTOR_DIM, 32)
+            index.hnsw.efSearch = 32
+        else:
+            index = faiss.IndexFlatL2(DESCRIPTOR_DIM)
+        index.add(centroids)
+        self._index = index
+
+    @property
+    def size(self) -> int:
+        return int(self.centroids.shape[0])
+
+    @classmethod
+    def train(cls, descriptors: np.ndarray, size: int, *, niter: int = 20, seed: int = 0,
+              max_points_per_word: int = 32) -> "Vocabulary":
+        """k-means over RootSIFT ``descriptors`` (n, 128).
+
+        At most ``max_points_per_word`` × ``size`` descriptors are used. Beyond
+        :data:`FLAT_TRAIN_MAX_WORDS` words the k-means is two-level (a coarse
+        k-means, then one per coarse cell with words in proportion to its
+        population), which costs about ``sqrt(size)`` times less and loses
+        little: the words are then searched as one flat set.
+        """
+        x = np.ascontiguousarray(descriptors, dtype=np.float32)
+        if len(x) < 2 * size:
+            raise ValueError(
+                f"a vocabulary of {size} words needs at least {2 * size} descriptors, got {len(x)}: "
+                "use a smaller vocabulary or more training photos"
+            )
+        rng = np.random.default_rng(seed)
+        cap = max_points_per_word * size
+        if len(x) > cap:
+            x = x[np.sort(rng.choice(len(x), cap, replace=False))]
+        if size <= FLAT_TRAIN_MAX_WORDS:
+            centroids = _kmeans(x, size, niter, seed)
+        else:
+            coarse = _kmeans(x, int(np.sqrt(size)), niter, seed)
+            _, cell = _flat_search(coarse, x)
+            pop = np.bincount(cell, minlength=len(coarse))
+            quota = _apportion(pop, size)
+            parts = []
+            for c in np.flatnonzero(quota):
+                members = x[cell == c]
+                k = int(min(quota[c], len(members)))
+                parts.append(members if k == len(members) else _kmeans(members, k, niter, seed + 1 + int(c)))
+            centroids = np.concatenate(parts)
+        log.info("trained a vocabulary of %d words from %d descriptors", len(centroids), len(x))
+        return cls(centroids)
+
+    def assign(self, descriptors: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest words of each descriptor: (words (n, k) int64, squared distances (n, k))."""
+        x = np.ascontiguousarray(descriptors, dtype=np.float32)
+        if len(x) == 0:
+            return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+        dist, words = self._index.search(x, k)
+        return words.astype(np.int64, copy=False), dist
+
+    @classmethod
+    def generic(cls) -> "Vocabulary":
+        """The vocabulary shipped with shoplens (:data:`GENERIC`), so an index needs no training.
+
+        Trained by ``benchmarks/local_vocabulary.py`` on photos that are neither
+        groceries nor any catalogue's (clothing, street outfits, landscapes);
+        centroids stored as uint8 (RootSIFT components × :data:`GENERIC_SCALE`).
+        """
+        return _generic()
+
+    def save(self, path: Path) -> None:
+        write_npy(path, self.centroids.astype(np.float32))
+
+    @classmethod
+    def load(cls, path: Path) -> "Vocabulary":
+        try:
+            return cls(np.load(path, allow_pickle=False))
+        except (OSError, ValueError) as err:
+            raise StoreError(f"{path}: cannot read the visual vocabulary ({err})") from None
+
+
+def _kmeans(x: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
+    km = faiss.Kmeans(DESCRIPTOR_DIM, k, niter=niter, seed=seed, max_points_per_centroid=1 << 30,
+                      min_points_per_centroid=1)
+    km.train(np.ascontiguousarray(x))
+    return np.asarray(km.centroids, np.float32)
+
+
+def _flat_search(centroids: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    index = faiss.IndexFlatL2(DESCRIPTOR_DIM)
+    index.add(np.ascontiguousarray(centroids))
+    dist, nearest = index.search(np.ascontiguousarray(x), 1)
+    return dist[:, 0], nearest[:, 0]
+
+
+def _apportion(population: np.ndarray, total: int) -> np.ndarray:
+    """Split ``total`` into integer shares proportional to ``population`` (largest remainders)."""
+    exact = population / max(1, population.sum()) * total
+    share = np.floor(exact).astype(np.int64)
+    rest = total - int(share.sum())
+    if rest > 0:
+        share[np.argsort(-(exact - share), kind="stable")[:rest]] += 1
+    return share
+
+
+@lru_cache(maxsize=1)
+def _generic() -> Vocabulary:
+    # One shared instance (its search structure takes a moment to build); vocabularies are never modified.
+    with resources.files(__package__).joinpath("data", GENERIC).open("rb") as f:
+        raw = np.load(f, allow_pickle=False)
+    return Vocabulary(raw.astype(np.float32) / GENERIC_SCALE)

@@ -1,0 +1,313 @@
+"""The search pipeline: intent → detect → embed → index search → rerank.
+
+:class:`Pipeline` holds the models (backbones, intent classifier, detector,
+one embedder per domain) and runs each backbone once per photo and input
+size, whichever stages read it. :meth:`Pipeline.search` runs SPEC.md's steps
+on one photo against a store and reports counts and time for each step.
+The pipeline knows no CLI and no HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from .config import DOMAINS, INTENTS, Config
+from .detect import Detector, Garment, create_detector
+from .embed import Embedder, Head, IdentityHead, load_head
+from .errors import StoreError
+from .imaging import Photo, crop
+from .intent import IntentClassifier, create_intent_classifier, list_intent_classifiers
+from .models import Backbone, Encoding, create_model
+from .rerank import Hit, postprocess
+from .store.base import CatalogueStore
+from .results import ProductHit, RegionResult, SearchResult
+
+log = logging.getLogger(__name__)
+
+INTENT_MODEL_FILE = "intent.pt"
+
+
+def head_file(models_dir: Path, domain: str) -> Path:
+    return models_dir / f"head_{domain}.pt"
+
+
+class Timer:
+    """Accumulates milliseconds per named step."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - start) * 1000.0
+
+    def rounded(self) -> dict[str, float]:
+        return {k: round(v, 2) for k, v in self.ms.items()}
+
+
+class EncodingCache:
+    """Encodings of a set of photos, computed once per (backbone, input size).
+
+    ``subset(indices)`` views some of the photos: it reuses encodings the
+    parent already computed and computes only what is missing, for the subset.
+    """
+
+    def __init__(self, pipeline: "Pipeline", photos: Sequence[Photo], parent: "EncodingCache | None" = None, indices: Sequence[int] = ()) -> None:
+        self.pipeline = pipeline
+        self.photos = list(photos)
+        self._cache: dict[tuple[str, int], list[Encoding]] = {}
+        self._parent = parent
+        self._indices = list(indices)
+
+    def get(self, backbone: str, input_size: int | None) -> list[Encoding]:
+        size = input_size or self.pipeline.backbone(backbone).preprocess.input_size
+        key = (backbone, size)
+        if key not in self._cache:
+            if self._parent is not None and key in self._parent._cache:
+                whole = self._parent._cache[key]
+                self._cache[key] = [whole[i] for i in self._indices]
+            elif self.photos:
+                self._cache[key] = self.pipeline.backbone(backbone).encode(self.photos, input_size=size)
+            else:
+                self._cache[key] = []
+        return self._cache[key]
+
+    def subset(self, indices: Sequence[int]) -> "EncodingCache":
+        return EncodingCache(self.pipeline, [self.photos[i] for i in indices], self, indices)
+
+
+@dataclass
+class Query:
+    """What one photo becomes before the index search: its intent and regions."""
+
+    intent: str
+    intent_scores: dict[str, float]
+    regions: list[tuple[Garment | None, np.ndarray]] = field(default_factory=list)  # (garment, vector)
+
+
+class Pipeline:
+    """The models of SPEC.md steps 1–2 and the search over a store (steps 3–6)."""
+
+    def __init__(self, config: Config | None = None, models_dir: Path | None = None) -> None:
+        self.config = config or Config()
+        self.models_dir = models_dir
+        self._backbones: dict[str, Backbone] = {}
+        self._intent: IntentClassifier | None = None
+        self._detector: Detector | None = None
+        self.embedders = {d: self._make_embedder(d) for d in DOMAINS}
+        #: Called with the step name whenever a costly step runs (tests count work with it).
+        self.on_step: Callable[[str], None] | None = None
+
+    # -- models -------------------------------------------------------------
+    def backbone(self, name: str) -> Backbone:
+        if name not in self._backbones:
+            self._backbones[name] = create_model(name)
+        return self._backbones[name]
+
+    @property
+    def intent_classifier(self) -> IntentClassifier:
+        if self._intent is None:
+            self._intent = self._make_intent()
+        return self._intent
+
+    def reset_intent(self) -> None:
+        """Forget the loaded intent classifier (a new one was trained)."""
+        self._intent = None
+
+    def _make_intent(self) -> IntentClassifier:
+        cfg = self.config.intent
+        name = cfg.classifier
+        trained = self.models_dir / INTENT_MODEL_FILE if self.models_dir else None
+        if name == "auto":
+            use_trained = trained is not None and trained.exists() and "trained" in list_intent_classifiers()
+            name = "trained" if use_trained else "imagenet-map"
+        if name == "trained":
+            if trained is None or not trained.exists():
+                raise StoreError("no trained intent classifier in this store: run 'shoplens train-intent' first")
+            return create_intent_classifier("trained", path=trained)
+        return create_intent_classifier(name, backbone=cfg.backbone)
+
+    @property
+    def detector(self) -> Detector:
+        if self._detector is None:
+            self._detector = create_detector(self.config.detect.detector)
+        return self._detector
+
+    def _make_embedder(self, domain: str) -> Embedder:
+        cfg = getattr(self.config.embed, domain)
+        head: Head = IdentityHead()
+        if self.models_dir is not None and head_file(self.models_dir, domain).exists():
+            head = load_head(head_file(self.models_dir, domain))
+        return Embedder(domain, cfg.backbone, cfg.input_size, head)
+
+    def set_head(self, domain: str, head: Head) -> None:
+        """Use ``head`` for ``domain`` from now on, saved in the store's models folder."""
+        if self.models_dir is not None:
+            head.save(head_file(self.models_dir, domain))
+        self.embedders[domain].head = head
+
+    # -- Projector (for the store) ------------------------------------------
+    def project(self, domain: str, raw: np.ndarray) -> np.ndarray:
+        return self.embedders[domain].project(raw)
+
+    def version(self, domain: str) -> str:
+        path = head_file(self.models_dir, domain) if self.models_dir else None
+        if path is not None and path.exists():
+            st = path.stat()
+            return f"{self.embedders[domain].head.kind}:{st.st_size}:{st.st_mtime_ns}"
+        return self.embedders[domain].head.kind
+
+    # -- steps 1 and 2 ------------------------------------------------------
+    def _notify(self, step: str) -> None:
+        if self.on_step is not None:
+            self.on_step(step)
+
+    def classify(self, cache: EncodingCache) -> np.ndarray:
+        """(N, 3) intent probabilities for the cached photos."""
+        clf = self.intent_classifier
+        self._notify("intent")
+        return clf.predict(cache.get(clf.backbone, clf.input_size))
+
+    def detect(self, cache: EncodingCache) -> list[list[Garment]]:
+        det = self.detector
+        cfg = self.config.detect
+        self._notify("detect")
+        if det.backbone is None:
+            encodings = [Encoding(photo=p, input_hw=p.pixels.shape[:2]) for p in cache.photos]
+        else:
+            encodings = cache.get(det.backbone, det.input_size)
+        found = det.detect(encodings)
+        return [sorted((g for g in gs if g.score >= cfg.min_score), key=lambda g: -g.score)[: cfg.max_garments] for gs in found]
+
+    def describe(self, domain: str, cache: EncodingCache) -> np.ndarray:
+        """Raw descriptors of the cached photos for ``domain``."""
+        emb = self.embedders[domain]
+        self._notify(f"embed:{domain}")
+        return emb.describe(cache.get(emb.backbone, emb.input_size))
+
+    def intent_of(self, probs: np.ndarray) -> str:
+        """The intent a probability row stands for, as configured.
+
+        With the gate switched off, a photo is never stopped: it goes to the
+        likelier product domain.
+        """
+        if self.config.intent.enabled:
+            return INTENTS[int(np.argmax(probs))]
+        return DOMAINS[int(np.argmax(probs[: len(DOMAINS)]))]
+
+    def query(self, photo: Photo, timer: Timer, steps: dict[str, Any]) -> Query:
+        """Steps 1–2 for one photo: intent, then the vectors to search."""
+        cache = EncodingCache(self, [photo])
+        with timer.step("intent"):
+            probs = self.classify(cache)[0]
+        intent = self.intent_of(probs)
+        scores = {k: round(float(v), 4) for k, v in zip(INTENTS, probs)}
+        steps["intent"] = {"enabled": self.config.intent.enabled, "classifier": self.intent_classifier.name, "intent": intent}
+        q = Query(intent, scores)
+        if intent == "non_product":
+            return q
+        if intent == "apparel":
+            garments: list[Garment] = []
+            if self.config.detect.enabled:
+                with timer.step("detect"):
+                    garments = self.detect(cache)[0]
+            steps["detect"] = {"enabled": self.config.detect.enabled, "detector": self.config.detect.detector, "garments": len(garments)}
+            with timer.step("embed"):
+                regions: list[Garment | None] = list(garments)
+                crops = [crop(photo, g.box) for g in garments]
+                if not garments or self.config.detect.whole_image:
+                    regions.append(None)
+                    crops.append(photo)
+                raw = self.describe("apparel", EncodingCache(self, crops) if garments else cache)
+                vectors = self.project("apparel", raw)
+            q.regions = list(zip(regions, vectors))
+            return q
+        with timer.step("embed"):
+            vectors = self.project("other_product", self.describe("other_product", cache))
+        q.regions = [(None, vectors[0])]
+        return q
+
+    # -- steps 3–6 ----------------------------------------------------------
+    def search(
+        self,
+        photo: Photo,
+        store: CatalogueStore,
+        *,
+        top_k: int | None = None,
+        allowed: Callable[[str], np.ndarray | None] | None = None,
+        decode_ms: float = 0.0,
+    ) -> SearchResult:
+        """SPEC steps 1–6 for one decoded photo against ``store``.
+
+        ``allowed(domain)`` returns the image ids a metadata filter admits
+        (``None``: no filter); the filter runs inside the index search.
+        """
+        timer = Timer()
+        if decode_ms:
+            timer.ms["decode"] = decode_ms
+        steps: dict[str, Any] = {}
+        start = time.perf_counter()
+        q = self.query(photo, timer, steps)
+        region_results: list[RegionResult] = []
+        if q.regions:
+            domain = q.intent
+            cfg = self.config.search
+            fetch = max(cfg.similar_k * 4, cfg.similar_k + 16)
+            with timer.step("search"):
+                ids_allowed = allowed(domain) if allowed is not None else None
+                self._notify("search")
+                dists, ids = store.search(domain, np.stack([v for _, v in q.regions]), fetch, ids_allowed)
+            with timer.step("rerank"):
+                products = store.image_products(ids[ids >= 0].tolist()) if ids.size else {}
+                records = store.get_products(list(set(products.values())))
+                totals: dict[str, dict[str, int]] = {}
+                for r, (garment, _) in enumerate(q.regions):
+                    hits = []
+                    for d, i in zip(dists[r], ids[r]):
+                        pid = products.get(int(i))
+                        if i < 0 or pid is None or pid not in records:
+                            continue
+                        rec = records[pid]
+                        hits.append(Hit(int(i), pid, float(d), rec.category, rec.fields()))
+                    final, region_steps = postprocess(hits, cfg, top_k=top_k)
+                    for name, s in region_steps.items():
+                        t = totals.setdefault(name, {"before": 0, "after": 0})
+                        t["before"] += s["before"]
+                        t["after"] += s["after"]
+                    region_results.append(
+                        RegionResult(
+                            box=None if garment is None else [round(v, 1) for v in garment.box],
+                            label=None if garment is None else garment.label,
+                            score=None if garment is None else round(garment.score, 4),
+                            results=[_product_hit(h) for h in final],
+                            steps=region_steps,
+                        )
+                    )
+                for name, t in totals.items():
+                    steps[name] = {**t, "enabled": getattr(cfg, name, True) if name != "similar_set" else True}
+        timer.ms["total"] = (time.perf_counter() - start) * 1000.0 + decode_ms
+        return SearchResult(
+            image=photo.name,
+            intent=q.intent,
+            intent_scores=q.intent_scores,
+            regions=region_results,
+            timings_ms=timer.rounded(),
+            steps=steps,
+        )
+
+
+def _product_hit(hit: Hit) -> ProductHit:
+    fields = dict(hit.payload)
+    fields.update(product_id=hit.product_id, rank=round(hit.rank, 4), distance=round(hit.distance, 4), category=hit.category)
+    return ProductHit(**fields)

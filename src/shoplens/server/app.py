@@ -1,0 +1,653 @@
+"""The FastAPI application: a thin HTTP face over :class:`shoplens.Shoplens`.
+
+``create_app(lens, settings)`` builds it; ``shoplens serve`` runs it with
+uvicorn. Every handler does what the Python API does, nothing more: search a
+photo, add / update / delete products (with their photos), read the
+catalogue, serve product photos by image id, health, readiness, metrics and
+the web page at ``/``.
+"""
+
+
+import json
+import logging
+import mimetypes
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Body, Depends, FastAPI, File, Form, Query, Request, Security, UploadFile
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
+
+from .. import __version__
+from ..api import ProductInput, Shoplens
+from ..config import DOMAINS
+from ..errors import (
+    BadImageError,
+    CatalogueError,
+    ConfigError,
+    FilterError,
+    MissingDependencyError,
+    NotFoundError,
+    ShoplensError,
+    StoreError,
+    UnknownModelError,
+)
+from ..imaging import load_image, photo_from_array
+from ..indexing import IndexReport
+from ..pipeline import EncodingCache
+from ..results import SearchResult
+from .fetch import FetchFailed, FetchRefused, FetchTooLarge, fetch
+from .guard import Guard, auth_problem
+from .metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
+from .models import (
+    BatchProduct,
+    BatchWritten,
+    DeleteRequest,
+    DeleteResult,
+    ErrorBody,
+    Health,
+    Product,
+    ProductFields,
+    ProductImage,
+    ProductPage,
+    ProductPatch,
+    ProductWritten,
+    Ready,
+    UrlSearch,
+    WriteReport,
+)
+from .settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+STATIC = resources.files("shoplens.server") / "static"
+FILTER_HELP = (
+    "metadata filter FIELD OP VALUE, repeatable (all must hold), applied inside the index search: "
+    "category=Juice, category=Juice|Milk, brand!=Acme, price<=20, price>5, title~apple"
+)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "bad request (e.g. bad filter syntax)"},
+    413: {"model": ErrorBody, "description": "upload over the size or pixel limit"},
+    415: {"model": ErrorBody, "description": "wrong content type"},
+    422: {"model": ErrorBody, "description": "invalid request or unreadable photo"},
+}
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    401: {"model": ErrorBody, "description": "missing or wrong API key"},
+    403: {"model": ErrorBody, "description": "writes are disabled (no API key configured)"},
+}
+
+
+
+class TooLarge(ShoplensError):
+    """An uploaded file over the per-photo limit."""
+
+
+_STATUS_OF: list[tuple[type[Exception], int, str]] = [
+    (TooLarge, 413, "too_large"),
+    (FetchRefused, 403, "url_not_allowed"),
+    (FetchTooLarge, 413, "too_large"),
+    (FetchFailed, 422, "url_fetch_failed"),
+    (BadImageError, 422, "bad_image"),
+    (FilterError, 400, "bad_filter"),
+    (NotFoundError, 404, "not_found"),
+    (CatalogueError, 422, "bad_product"),
+    (ConfigError, 400, "bad_config"),
+    (UnknownModelError, 400, "unknown_model"),
+    (MissingDependencyError, 501, "missing_dependency"),
+    (StoreError, 503, "store_unavailable"),
+    (ShoplensError, 400, "error"),
+]
+
+
+def error(status: int, code: str, message: str, details: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": message, "code": code}
+    if details:
+        body["details"] = details
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class ServerState:
+    """What the handlers share: the lens, settings, metrics, locks and background work."""
+
+    def __init__(self, lens: Shoplens, settings: ServerSettings) -> None:
+        self.lens = lens
+        self.settings = settings
+        self.search_slots = threading.BoundedSemaphore(settings.search_concurrency)
+        self.metrics = Metrics(self.counts)
+        self.ready = threading.Event()
+        self.warm_error: str | None = None
+        self.dirty = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def counts(self) -> tuple[int, dict[str, int]]:
+        store = self.lens.store
+        return store.count_products(), {d: store.count_images(d) for d in DOMAINS}
+
+    # -- background work ------------------------------------------------------
+    def start(self) -> None:
+        self._stop.clear()
+        for target, name in ((self._warm_up, "shoplens-warm-up"), (self._persist_loop, "shoplens-persist")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=60)
+        self._threads.clear()
+        self.persist()
+
+    def persist(self) -> None:
+        if self.dirty.is_set():
+            self.dirty.clear()
+            self.lens.store.persist()
+
+    def _warm_up(self) -> None:
+        """Load the models and the vector indexes once, so the first search is not slow."""
+        try:
+            lens = self.lens
+            for domain in DOMAINS:
+                lens.store.index(domain)
+            photo = photo_from_array(np.full((64, 64, 3), 128, dtype=np.uint8), name="warm-up")
+            cache = EncodingCache(lens.pipeline, [photo])
+            lens.pipeline.classify(cache)
+            _ = lens.pipeline.detector
+            for domain in DOMAINS:
+                lens.pipeline.describe(domain, cache)
+            self.ready.set()
+            log.info("models and indexes loaded: ready")
+        except Exception as err:  # noqa: BLE001 - reported by /readyz
+            self.warm_error = f"{type(err).__name__}: {err}"
+            log.error("warm-up failed: %s", self.warm_error)
+
+    def _persist_loop(self) -> None:
+        while not self._stop.wait(self.settings.persist_interval_s):
+            try:
+                self.persist()
+            except Exception:
+                log.exception("saving the vector indexes failed")
+
+
+def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAPI:
+    """The HTTP API and web page over ``lens`` (which the caller opens and closes)."""
+    settings = settings or ServerSettings()
+    state = ServerState(lens, settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.start()
+        try:
+            yield
+        finally:
+            state.stop()
+
+    app = FastAPI(
+        title="shoplens",
+        version=__version__,
+        summary="Search a shop's own product catalogue with a photo.",
+        description=(
+            "Search by photo (intent gate → garment detection → per-region embedding → index search → rank filter → "
+            "category entropy filter → category-aware ordering), with metadata filters applied inside the index search; "
+            "add, update and delete products with their photos. Write endpoints need the API key "
+            "(X-API-Key header or Authorization: Bearer); with no key configured on the server they answer 403. "
+            "Every error is JSON: {\"error\": message, \"code\": code}."
+        ),
+        docs_url=None,  # Swagger UI would load from a CDN; the schema is at /openapi.json
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.shoplens = state
+
+    # -- errors -----------------------------------------------------------------
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+        message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no such endpoint: {request.method} {request.url.path} (see /openapi.json)"
+        if exc.status_code == 400 and "parsing the body" in message:
+            message = "the request body could not be parsed: " + _expected_body(request)
+        return error(exc.status_code, codes.get(exc.status_code, "error"), message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [_detail(e) for e in exc.errors()]
+        ctype = request.headers.get("content-type", "")
+        body_missing = any(d["loc"][:1] == ["body"] and d["type"] == "missing" for d in details)
+        if body_missing and request.method in ("POST", "PUT") and request.url.path != "/products/batch-delete" and not ctype.startswith("multipart/form-data"):
+            return error(415, "unsupported_media_type", f"expected multipart/form-data, got {ctype or 'no content type'}: " + _expected_body(request))
+        if any(d["type"] == "json_invalid" for d in details):
+            return error(422, "bad_json", "the request body is not valid JSON", details)
+        summary = "; ".join(f"{'.'.join(str(p) for p in d['loc'][1:]) or d['loc'][0]}: {d['msg']}" for d in details[:5])
+        return error(422, "invalid_request", summary, details)
+
+    @app.exception_handler(ShoplensError)
+    async def shoplens_error(_: Request, exc: ShoplensError) -> JSONResponse:
+        status, code = next((s, c) for cls, s, c in _STATUS_OF if isinstance(exc, cls))
+        return error(status, code, str(exc))
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error", exc_info=exc)
+        return error(500, "internal", "internal server error (logged on the server)")
+
+    # -- auth (documented in the schema; enforced before the body is read by Guard) --
+    key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the write API key")
+    bearer = HTTPBearer(auto_error=False, description="the write API key as a bearer token")
+
+    def write_key(
+        key: Annotated[str | None, Security(key_header)] = None,
+        token: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None,
+    ) -> None:
+        problem = auth_problem(settings, key if key is not None else (token.credentials if token else None))
+        if problem is not None:
+            status, _, message = problem
+            raise HTTPException(status, message)
+
+    writer = [Depends(write_key)]
+
+    # -- search -----------------------------------------------------------------
+    def run_search(data: bytes, name: str, top_k: int | None, filters: Sequence[str]) -> SearchResult:
+        if top_k is not None and top_k > settings.max_top_k:
+            raise RequestValidationError([{"type": "less_than_equal", "loc": ("body", "top_k"), "msg": f"top_k is at most {settings.max_top_k}"}])
+        start = time.perf_counter()
+        try:
+            photo = load_image(data, name=name, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels, target_size=_target(lens))
+        except BadImageError:
+            state.metrics.bad_images.inc()
+            raise
+        decode_ms = (time.perf_counter() - start) * 1000.0
+        with state.search_slots:
+            result = lens.search_photo(photo, top_k=top_k, filters=list(filters), decode_ms=decode_ms)
+        state.metrics.observe_search(result)
+        return result
+
+    @app.post(
+        "/search",
+        response_model=SearchResult,
+        tags=["search"],
+        summary="Search the catalogue with a photo",
+        responses=ERRORS,
+        description=(
+            "Upload one photo (multipart/form-data, part `photo`). The answer is SPEC.md's search object, the same as "
+            "`shoplens search --json`: the intent, and for product photos one result list per region (each garment, "
+            "or the whole photo). A non_product photo stops after the intent step: `regions` is empty."
+        ),
+    )
+    def search(
+        photo: Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, GIF …)")],
+        top_k: Annotated[int | None, Form(ge=1, le=settings.max_top_k, description="cap of each result list (default: the store's search.top_k)")] = None,
+        filters: Annotated[list[str] | None, Form(alias="filter", description=FILTER_HELP)] = None,
+    ) -> SearchResult:
+        data = _read_upload(photo, settings.max_upload_bytes)
+        return run_search(data, _upload_name(photo), top_k, filters or [])
+
+    @app.post(
+        "/search/url",
+        response_model=SearchResult,
+        tags=["search"],
+        summary="Search with a photo the server fetches from an allow-listed URL",
+        responses={**ERRORS, 403: {"model": ErrorBody, "description": "URL fetching disabled or URL not allowed"}},
+        description="Disabled (403) unless the server was started with an allow-list (--allow-url PREFIX). Redirects are not followed.",
+    )
+    def search_url(body: UrlSearch) -> SearchResult:
+        data = fetch(body.url, settings.url_allowlist, max_bytes=settings.max_upload_bytes, timeout=settings.url_timeout_s)
+        return run_search(data, body.url, body.top_k, body.filters)
+
+    # -- products: reads --------------------------------------------------------
+    def product_out(product_id: str) -> Product:
+        rec = lens.get_product(product_id)
+        images = [ProductImage(image_id=i, domain=d, url=f"/images/{i}") for i, d, _ in lens.product_images(product_id)]
+        return Product(
+            product_id=rec.product_id,
+            title=rec.title,
+            category=rec.category,
+            category_source=rec.category_source,
+            domain=rec.domain,
+            domain_source=rec.domain_source,
+            metadata=rec.metadata,
+            images=images,
+        )
+
+    @app.get("/products", response_model=ProductPage, tags=["products"], summary="List products (by id), a page at a time", responses=ERRORS)
+    def list_products(
+        offset: Annotated[int, Query(ge=0, le=2**62, description="products to skip")] = 0,
+        limit: Annotated[int, Query(ge=1, le=settings.max_page, description="products in this page")] = 100,
+    ) -> ProductPage:
+        records = lens.list_products(offset, limit)
+        items = []
+        for rec in records:
+            try:
+                items.append(product_out(rec.product_id))
+            except NotFoundError:
+                continue  # deleted between the two reads
+        return ProductPage(total=lens.count_products(), offset=offset, limit=limit, items=items)
+
+    # -- products: writes (registered before the catch-all product path) ----------
+    def report_out(report: IndexReport, products: Sequence[str]) -> WriteReport:
+        d = report.to_dict()
+        return WriteReport(products=list(products), **{k: d[k] for k in WriteReport.model_fields if k in d and k != "products"})
+
+    @app.post(
+        "/products",
+        response_model=ProductWritten,
+        status_code=201,
+        tags=["products"],
+        summary="Add (or replace) one product with its photos",
+        dependencies=writer,
+        responses={**WRITE_ERRORS, 200: {"model": ProductWritten, "description": "an existing product was replaced"}},
+        description=(
+            "multipart/form-data: a `product` part (JSON: product_id, title, category, domain, metadata) and one or more "
+            "`photos` parts. The product gets exactly these photos. Every photo is checked before anything is written; "
+            "the write is one transaction. 201 when the product is new, 200 when it replaced one."
+        ),
+    )
+    def add_product(
+        response: Response,
+        product: Annotated[str, Form(description="the product's fields as JSON (see the ProductFields schema)")],
+        photos: Annotated[list[UploadFile], File(description="the product's photos")],
+    ) -> ProductWritten:
+        fields = _parse_json(ProductFields, product, "product")
+        uploads = _read_photos(photos, settings)
+        existed = lens.store.get_product(fields.product_id) is not None
+        report = lens.put_products([_input(fields, uploads)], max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
+        state.dirty.set()
+        state.metrics.writes.labels("add").inc()
+        if existed:
+            response.status_code = 200
+        return ProductWritten(product=product_out(fields.product_id), report=report_out(report, [fields.product_id]))
+
+    @app.post(
+        "/products/batch",
+        response_model=BatchWritten,
+        tags=["products"],
+        summary="Add (or replace) several products in one transaction",
+        dependencies=writer,
+        responses=WRITE_ERRORS,
+        description=(
+            "multipart/form-data: a `products` part (JSON array of products, each with `photos`: the file names of its "
+            "uploaded `photos` parts) and the `photos` parts. All or nothing: one bad photo or product refuses the batch."
+        ),
+    )
+    def add_products(
+        products: Annotated[str, Form(description="JSON array of products (see the BatchProduct schema)")],
+        photos: Annotated[list[UploadFile], File(description="all photos of the batch, named as the products refer to them")],
+    ) -> BatchWritten:
+        items = _parse_batch(products, settings.max_batch_products)
+        uploads = _read_photos(photos, settings)
+        by_name: dict[str, bytes] = {}
+        for upload, data in zip(photos, uploads):
+            name = upload.filename or ""
+            if name in by_name:
+                raise CatalogueError(f"two uploaded photos are named {name!r}: names must tell photos apart")
+            by_name[name] = data
+        inputs = []
+        for item in items:
+            missing = [n for n in item.photos if n not in by_name]
+            if missing:
+                raise CatalogueError(f"product {item.product_id!r} names photos that were not uploaded: {', '.join(missing[:5])}")
+            inputs.append(_input(item, [by_name[n] for n in item.photos]))
+        report = lens.put_products(inputs, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
+        state.dirty.set()
+        state.metrics.writes.labels("add").inc(len(inputs))
+        ids = [i.product_id for i in inputs]
+        return BatchWritten(products=[product_out(p) for p in ids], report=report_out(report, ids))
+
+    @app.post(
+        "/products/batch-delete",
+        response_model=DeleteResult,
+        tags=["products"],
+        summary="Delete several products (one transaction)",
+        dependencies=writer,
+        responses=WRITE_ERRORS,
+    )
+    def delete_products(body: DeleteRequest) -> DeleteResult:
+        ids = list(dict.fromkeys(body.product_ids))
+        present = set(lens.store.get_products(ids))
+        lens.delete_products(ids)
+        state.dirty.set()
+        state.metrics.writes.labels("delete").inc(len(present))
+        return DeleteResult(deleted=[p for p in ids if p in present], missing=[p for p in ids if p not in present])
+
+    @app.put(
+        "/products/{product_id:path}/photos",
+        response_model=ProductWritten,
+        tags=["products"],
+        summary="Replace a product's photos",
+        dependencies=writer,
+        responses={**WRITE_ERRORS, 404: {"model": ErrorBody, "description": "no such product"}},
+        description="multipart/form-data with one or more `photos` parts: the product keeps its fields and gets exactly these photos.",
+    )
+    def set_photos(
+        product_id: Annotated[str, PathParam(description="the product's id")],
+        photos: Annotated[list[UploadFile], File(description="the product's new photos")],
+    ) -> ProductWritten:
+        lens.get_product(product_id)  # 404 before reading the photos
+        uploads = _read_photos(photos, settings)
+        report = lens.set_photos(product_id, uploads, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
+        state.dirty.set()
+        state.metrics.writes.labels("photos").inc()
+        return ProductWritten(product=product_out(product_id), report=report_out(report, [product_id]))
+
+    @app.get(
+        "/products/{product_id:path}",
+        response_model=Product,
+        tags=["products"],
+        summary="Get one product",
+        responses={404: {"model": ErrorBody, "description": "no such product"}},
+    )
+    def get_product(product_id: Annotated[str, PathParam(description="the product's id")]) -> Product:
+        return product_out(product_id)
+
+    @app.patch(
+        "/products/{product_id:path}",
+        response_model=Product,
+        tags=["products"],
+        summary="Change a product's title, category or metadata (photos untouched)",
+        dependencies=writer,
+        responses={**WRITE_ERRORS, 404: {"model": ErrorBody, "description": "no such product"}},
+    )
+    def patch_product(product_id: Annotated[str, PathParam(description="the product's id")], body: Annotated[ProductPatch, Body()]) -> Product:
+        given = body.model_fields_set
+        kwargs: dict[str, Any] = {}
+        if "title" in given:
+            kwargs["title"] = body.title
+        if "category" in given:
+            kwargs["category"] = body.category
+        lens.update_product(product_id, metadata=body.metadata, replace_metadata=body.replace_metadata, **kwargs)
+        state.metrics.writes.labels("update").inc()
+        return product_out(product_id)
+
+    @app.delete(
+        "/products/{product_id:path}",
+        status_code=204,
+        tags=["products"],
+        summary="Delete one product and its photos from the index",
+        dependencies=writer,
+        responses={**WRITE_ERRORS, 404: {"model": ErrorBody, "description": "no such product"}},
+    )
+    def delete_product(product_id: Annotated[str, PathParam(description="the product's id")]) -> Response:
+        if lens.delete_products([product_id]) == 0:
+            raise NotFoundError(f"no product {product_id!r}")
+        state.dirty.set()
+        state.metrics.writes.labels("delete").inc()
+        return Response(status_code=204)
+
+    # -- photos -----------------------------------------------------------------
+    def photo_response(image_id: int) -> FileResponse:
+        path = lens.image_file(image_id)
+        if path is None:
+            raise NotFoundError(f"no photo with image id {image_id}")
+        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if not media.startswith("image/"):
+            media = "application/octet-stream"
+        return FileResponse(path, media_type=media, headers={"Cache-Control": "public, max-age=3600"})
+
+    photo_doc: dict[int | str, dict[str, Any]] = {
+        200: {"content": {"image/*": {}}, "description": "the photo"},
+        404: {"model": ErrorBody, "description": "no such image"},
+    }
+
+    @app.get("/images/{image_id}", tags=["photos"], summary="A product photo, by image id", response_class=FileResponse, responses=photo_doc)
+    def get_image(image_id: Annotated[int, PathParam(ge=0, le=2**62, description="an image id from a product's `images`")]) -> FileResponse:
+        return photo_response(image_id)
+
+    @app.get("/images/of-product/{product_id:path}", tags=["photos"], summary="A product's first photo", response_class=FileResponse, responses=photo_doc)
+    def get_product_image(product_id: Annotated[str, PathParam(description="the product's id")]) -> FileResponse:
+        images = lens.product_images(product_id)
+        if not images:
+            raise NotFoundError(f"no photo of product {product_id!r}")
+        return photo_response(images[0][0])
+
+    # -- operations -------------------------------------------------------------
+    @app.get("/healthz", response_model=Health, tags=["operations"], summary="Liveness: the process answers")
+    def healthz() -> Health:
+        return Health(status="ok")
+
+    @app.get(
+        "/readyz",
+        response_model=Ready,
+        tags=["operations"],
+        summary="Readiness: models and indexes loaded, store readable",
+        responses={503: {"model": Ready, "description": "starting, or the store is unavailable"}},
+    )
+    def readyz() -> JSONResponse:
+        writes = settings.writes_enabled
+        if state.warm_error is not None:
+            return JSONResponse(Ready(status="unavailable", detail=state.warm_error, writes_enabled=writes).model_dump(), status_code=503)
+        if not state.ready.is_set():
+            return JSONResponse(Ready(status="starting", detail="loading models and indexes", writes_enabled=writes).model_dump(), status_code=503)
+        try:
+            products, images = state.counts()
+        except ShoplensError as err:
+            return JSONResponse(Ready(status="unavailable", detail=str(err), writes_enabled=writes).model_dump(), status_code=503)
+        return JSONResponse(Ready(status="ready", products=products, images=images, writes_enabled=writes).model_dump())
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
+    def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    # -- the web page -----------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    def page() -> Response:
+        return Response((STATIC / "index.html").read_bytes(), media_type="text/html; charset=utf-8")
+
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+
+    # -- middleware: metrics (outermost) > CORS > guard (key, body limit) > routes --
+    write_routes = [r for r in app.router.routes if any(getattr(d, "call", None) is write_key for d in getattr(getattr(r, "dependant", None), "dependencies", []))]
+
+    def needs_key(scope: dict[str, Any]) -> bool:
+        return any(r.matches(scope)[0] == Match.FULL for r in write_routes)
+
+    app.add_middleware(Guard, settings=settings, needs_key=needs_key)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["X-API-Key", "Authorization", "Content-Type"],
+        )
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics, route_of=lambda scope: _route_of(app, scope))
+    return app
+
+
+# -- helpers ----------------------------------------------------------------------
+def _target(lens: Shoplens) -> int:
+    return max(e.input_size or 224 for e in lens.pipeline.embedders.values())
+
+
+def _route_of(app: FastAPI, scope: dict[str, Any]) -> str:
+    """The route template of a request (bounded label values for metrics)."""
+    route = scope.get("route")
+    if route is None:
+        for candidate in app.router.routes:
+            match, _ = candidate.matches(scope)
+            if match == Match.FULL:
+                route = candidate
+                break
+    return getattr(route, "path", None) or "<unmatched>"
+
+
+def _detail(e: dict[str, Any]) -> dict[str, Any]:
+    return {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+
+
+def _expected_body(request: Request) -> str:
+    path = request.url.path
+    if path == "/search":
+        return "send the photo as multipart/form-data in a part named 'photo' (curl -F photo=@shoe.jpg ...)"
+    if path == "/products":
+        return "send multipart/form-data with a 'product' part (JSON) and 'photos' parts"
+    if path == "/products/batch":
+        return "send multipart/form-data with a 'products' part (JSON array) and 'photos' parts"
+    if path.endswith("/photos"):
+        return "send multipart/form-data with 'photos' parts"
+    return "see /openapi.json for the expected body"
+
+
+def _upload_name(upload: UploadFile) -> str:
+    name = "".join(c for c in (upload.filename or "upload") if c.isprintable())[:256]
+    return name or "upload"
+
+
+def _read_upload(upload: UploadFile, limit: int) -> bytes:
+    size = getattr(upload, "size", None)
+    if size is not None and size > limit:
+        raise TooLarge(f"{_upload_name(upload)}: the photo is {size} bytes, over the limit of {limit}")
+    data = upload.file.read(limit + 1)
+    if len(data) > limit:
+        raise TooLarge(f"{_upload_name(upload)}: the photo is over the limit of {limit} bytes")
+    return data
+
+
+def _read_photos(photos: list[UploadFile], settings: ServerSettings) -> list[bytes]:
+    if not photos:
+        raise CatalogueError("at least one photo is needed")
+    if len(photos) > settings.max_photos_per_product * settings.max_batch_products:
+        raise CatalogueError("too many photos in one request")
+    return [_read_upload(p, settings.max_upload_bytes) for p in photos]
+
+
+def _parse_json(model: Any, text: str, part: str) -> Any:
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as err:
+        raise RequestValidationError([{**e, "loc": ("body", part, *e.get("loc", ()))} for e in err.errors(include_url=False)]) from None
+
+
+def _parse_batch(text: str, limit: int) -> list[BatchProduct]:
+    try:
+        raw = json.loads(text)
+    except (ValueError, RecursionError):
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", "products"), "msg": "the 'products' part is not valid JSON"}]) from None
+    if not isinstance(raw, list) or not raw:
+        raise RequestValidationError([{"type": "list_type", "loc": ("body", "products"), "msg": "'products' must be a non-empty JSON array"}])
+    if len(raw) > limit:
+        raise RequestValidationError([{"type": "too_long", "loc": ("body", "products"), "msg": f"at most {limit} products per batch"}])
+    out = []
+    for i, item in enumerate(raw):
+        try:
+            out.append(BatchProduct.model_validate(item))
+        except ValidationError as err:
+            raise RequestValidationError([{**e, "loc": ("body", "products", i, *e.get("loc", ()))} for e in err.errors(include_url=False)]) from None
+    return out
+
+
+def _input(fields: ProductFields, photos: list[bytes]) -> ProductInput:
+    return ProductInput(fields.product_id, photos, fields.title, fields.category, fields.domain, dict(fields.metadata))

@@ -1,0 +1,83 @@
+"""Server settings: limits, the write API key, CORS, the URL allow-list."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+API_KEY_ENV = "SHOPLENS_API_KEY"
+#: Shorter keys are refused: a write key must not be guessable.
+MIN_API_KEY_LENGTH = 16
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How ``shoplens serve`` guards and limits its endpoints.
+
+    With no ``api_key``, write endpoints answer 403 (reads and search work).
+    """
+
+    #: Key for write endpoints (header ``X-API-Key`` or ``Authorization: Bearer``).
+    api_key: str | None = None
+    #: Largest photo accepted, in bytes; a bigger upload is cut off at this size with 413.
+    max_upload_bytes: int = 20 * MiB
+    #: Largest request body of a write (a batch of products with photos).
+    max_request_bytes: int = 200 * MiB
+    #: Largest decoded photo, in pixels (width x height as declared).
+    max_pixels: int = 40_000_000
+    #: Origins allowed to call the API from a browser (CORS); empty: same origin only.
+    cors_origins: tuple[str, ...] = ()
+    #: URL prefixes the server may fetch photos from (``POST /search/url``); empty: never.
+    url_allowlist: tuple[str, ...] = ()
+    url_timeout_s: float = 10.0
+    #: Searches run at once (each uses the CPU cores fully); more wait their turn.
+    search_concurrency: int = 2
+    max_top_k: int = 100
+    max_batch_products: int = 256
+    max_photos_per_product: int = 32
+    max_page: int = 1000
+    #: Vector indexes are saved this often when the catalogue changed (and at shutdown);
+    #: every acknowledged write is already durable in SQLite.
+    persist_interval_s: float = 300.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.api_key is not None and len(self.api_key) < MIN_API_KEY_LENGTH:
+            raise ConfigError(f"the API key is too short to be safe: use at least {MIN_API_KEY_LENGTH} random characters (e.g. 'openssl rand -hex 24')")
+        for name in ("max_upload_bytes", "max_request_bytes", "max_pixels", "search_concurrency", "max_top_k", "max_batch_products", "max_page"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"server setting {name} must be positive")
+        for prefix in self.url_allowlist:
+            if not prefix.startswith(("http://", "https://")):
+                raise ConfigError(f"URL allow-list entry {prefix!r} must start with http:// or https://")
+
+    @property
+    def writes_enabled(self) -> bool:
+        return self.api_key is not None
+
+    @classmethod
+    def from_env(cls, *, api_key_file: str | Path | None = None, **overrides: Any) -> ServerSettings:
+        """Settings with the API key from ``api_key_file`` or ``$SHOPLENS_API_KEY``.
+
+        ``overrides`` set other fields; ``None`` values are ignored.
+        """
+        key: str | None = None
+        if api_key_file is not None:
+            try:
+                key = Path(api_key_file).read_text("utf-8").strip()
+            except OSError as err:
+                raise ConfigError(f"{api_key_file}: cannot read the API key file: {err.strerror or err}") from None
+            if not key:
+                raise ConfigError(f"{api_key_file}: the API key file is empty")
+        elif os.environ.get(API_KEY_ENV):
+            key = os.environ[API_KEY_ENV].strip()
+        values = {k: v for k, v in overrides.items() if v is not None}
+        for name in ("cors_origins", "url_allowlist"):
+            if name in values:
+                values[name] = tuple(values[name])
+        return replace(cls(), api_key=key, **values)

@@ -1,0 +1,234 @@
+// shoplens web page: drop, paste, pick or take a photo; POST /search; draw the answer.
+// Plain DOM code, no libraries; every text from the server goes in through textContent.
+"use strict";
+
+(function () {
+  const COLOURS = ["#e11d48", "#2563eb", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#65a30d"];
+  const INTENT_NAMES = { apparel: "Apparel", other_product: "Product", non_product: "Not a product" };
+  const $ = (id) => document.getElementById(id);
+  const drop = $("drop"), statusBox = $("status"), result = $("result");
+  let current = null; // object URL of the photo shown
+
+  function el(tag, cls, text) {
+    const node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  function showStatus(kind, message) {
+    statusBox.hidden = false;
+    statusBox.className = "status" + (kind === "error" ? " error" : "");
+    statusBox.replaceChildren();
+    if (kind === "busy") statusBox.append(el("span", "spinner"));
+    statusBox.append(el("span", "status-text", message));
+  }
+
+  function hideStatus() { statusBox.hidden = true; statusBox.replaceChildren(); }
+
+  function filters() {
+    return $("filters").value.split(/[;\n]/).map((s) => s.trim()).filter(Boolean);
+  }
+
+  async function search(file) {
+    if (!file || !(file.type || "").startsWith("image/") && file.type !== "") {
+      showStatus("error", "That is not an image file: choose a photo (JPEG, PNG, WebP …).");
+      return;
+    }
+    if (current) URL.revokeObjectURL(current);
+    current = URL.createObjectURL(file);
+    const img = $("query-img");
+    img.src = current;
+    $("boxes").replaceChildren();
+    $("summary").replaceChildren();
+    $("regions").replaceChildren();
+    result.hidden = false;
+    drop.classList.add("compact");
+    showStatus("busy", "Searching the catalogue…");
+
+    const form = new FormData();
+    form.append("photo", file, file.name || "photo.jpg");
+    const k = parseInt($("topk").value, 10);
+    if (k > 0) form.append("top_k", String(Math.min(k, 100)));
+    for (const f of filters()) form.append("filter", f);
+
+    const started = performance.now();
+    let response, body;
+    try {
+      response = await fetch("/search", { method: "POST", body: form });
+      body = await response.json();
+    } catch (err) {
+      showStatus("error", "The server could not be reached (" + err.message + ").");
+      return;
+    }
+    const roundTrip = performance.now() - started;
+    if (!response.ok) {
+      showStatus("error", (body && body.error) || "The search failed (HTTP " + response.status + ").");
+      return;
+    }
+    hideStatus();
+    if (!img.complete) await new Promise((ok) => { img.onload = ok; img.onerror = ok; });
+    render(body, roundTrip);
+  }
+
+  function render(r, roundTrip) {
+    const summary = $("summary");
+    const pill = el("span", "intent " + r.intent, INTENT_NAMES[r.intent] || r.intent);
+    pill.id = "intent";
+    summary.append(pill);
+
+    const timing = el("p", "timing");
+    timing.id = "timing";
+    const serverMs = (r.timings_ms && r.timings_ms.total) || 0;
+    timing.append("Answered in ", el("strong", null, formatMs(roundTrip)), " (search " + formatMs(serverMs) + ")");
+    summary.append(timing);
+
+    const scores = el("div", "scores");
+    for (const [name, value] of Object.entries(r.intent_scores || {})) {
+      const row = el("div", "score");
+      const bar = el("div", "bar");
+      const fill = el("span");
+      fill.style.width = Math.round(value * 100) + "%";
+      bar.append(fill);
+      row.append(el("span", null, INTENT_NAMES[name] || name), bar, el("span", "v", Math.round(value * 100) + "%"));
+      scores.append(row);
+    }
+    summary.append(scores);
+
+    if (r.intent === "non_product") {
+      const card = el("div", "nonproduct");
+      card.id = "nonproduct";
+      card.append(el("h2", null, "This doesn't look like a product photo"));
+      card.append(el("p", null, "shoplens did not search the catalogue for it. Try a photo of a garment, an outfit or a product."));
+      summary.append(card);
+      return;
+    }
+
+    const regions = r.regions || [];
+    const chips = el("div", "chips");
+    regions.forEach((region, i) => {
+      const colour = COLOURS[i % COLOURS.length];
+      if (region.box) drawBox(region, i, colour);
+      if (regions.length > 1) {
+        const chip = el("button", "chip");
+        chip.type = "button";
+        chip.style.setProperty("--c", colour);
+        chip.append(el("i"), regionName(region));
+        chip.addEventListener("click", () => document.getElementById("region-" + i).scrollIntoView({ behavior: "smooth", block: "start" }));
+        chip.addEventListener("mouseenter", () => highlight(i, true));
+        chip.addEventListener("mouseleave", () => highlight(i, false));
+        chips.append(chip);
+      }
+      $("regions").append(regionSection(region, i, colour));
+    });
+    if (chips.childElementCount) summary.append(chips);
+    if (!regions.length) $("regions").append(el("p", "empty", "Nothing to search in this photo."));
+  }
+
+  function regionName(region) {
+    const name = region.label || "whole photo";
+    return name.charAt(0).toUpperCase() + name.slice(1);
+  }
+
+  function drawBox(region, i, colour) {
+    const img = $("query-img");
+    const w = img.naturalWidth, h = img.naturalHeight;
+    if (!w || !h) return;
+    const [x0, y0, x1, y1] = region.box;
+    const box = el("div", "box");
+    box.dataset.region = String(i);
+    box.style.setProperty("--c", colour);
+    box.style.left = (100 * x0 / w) + "%";
+    box.style.top = (100 * y0 / h) + "%";
+    box.style.width = (100 * (x1 - x0) / w) + "%";
+    box.style.height = (100 * (y1 - y0) / h) + "%";
+    if (y0 / h < 0.06) box.classList.add("inside");
+    box.append(el("span", "box-label", regionName(region)));
+    $("boxes").append(box);
+  }
+
+  function highlight(i, on) {
+    for (const b of document.querySelectorAll(".box")) b.classList.toggle("hot", on && b.dataset.region === String(i));
+  }
+
+  function regionSection(region, i, colour) {
+    const section = el("section", "region");
+    section.id = "region-" + i;
+    section.style.setProperty("--c", colour);
+    const head = el("div", "region-head");
+    head.append(el("span", "swatch"), el("h2", null, regionName(region)));
+    const n = (region.results || []).length;
+    head.append(el("span", "muted", n === 1 ? "1 product" : n + " products"));
+    section.append(head);
+    section.addEventListener("mouseenter", () => highlight(i, true));
+    section.addEventListener("mouseleave", () => highlight(i, false));
+    if (!n) {
+      section.append(el("p", "empty", "No similar products in the catalogue."));
+      return section;
+    }
+    const grid = el("div", "grid");
+    region.results.forEach((hit, pos) => grid.append(card(hit, pos + 1)));
+    section.append(grid);
+    return section;
+  }
+
+  function card(hit, position) {
+    const c = el("article", "card");
+    c.dataset.productId = hit.product_id;
+    const thumb = el("div", "thumb");
+    const img = el("img");
+    img.loading = "lazy";
+    img.alt = hit.title || hit.product_id;
+    img.src = "/images/of-product/" + encodeURIComponent(hit.product_id);
+    thumb.append(img);
+    c.append(thumb, el("span", "pos", "#" + position));
+    const body = el("div", "body");
+    body.append(el("div", "title", hit.title || hit.product_id));
+    const meta = el("div", "meta");
+    meta.append(el("span", "cat", hit.category || "uncategorised"), el("span", "rank", "rank " + Number(hit.rank).toFixed(2)));
+    body.append(meta);
+    c.append(body);
+    return c;
+  }
+
+  function formatMs(ms) {
+    return ms >= 1000 ? (ms / 1000).toFixed(2) + " s" : Math.round(ms) + " ms";
+  }
+
+  // -- input: pick, camera, drop, paste ---------------------------------------
+  for (const id of ["pick", "camera"]) {
+    $(id).addEventListener("change", (e) => {
+      const file = e.target.files && e.target.files[0];
+      if (file) search(file);
+      e.target.value = "";
+    });
+  }
+  ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
+  ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.remove("over"); }));
+  drop.addEventListener("drop", (e) => {
+    const file = e.dataTransfer && e.dataTransfer.files && e.dataTransfer.files[0];
+    if (file) search(file);
+  });
+  // Dropping a photo anywhere on the page must not navigate away from it.
+  window.addEventListener("dragover", (e) => e.preventDefault());
+  window.addEventListener("drop", (e) => e.preventDefault());
+  document.addEventListener("paste", (e) => {
+    const items = (e.clipboardData && e.clipboardData.items) || [];
+    for (const item of items) {
+      if (item.kind === "file" && item.type.startsWith("image/")) {
+        e.preventDefault();
+        search(item.getAsFile());
+        return;
+      }
+    }
+  });
+  drop.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("pick").click(); }
+  });
+  $("filters").addEventListener("keydown", (e) => { if (e.key === "Enter") e.preventDefault(); });
+
+  fetch("/readyz").then((r) => r.json()).then((s) => {
+    if (typeof s.products === "number") $("store-info").textContent = s.products.toLocaleString() + " products";
+    else if (s.detail) $("store-info").textContent = s.detail;
+  }).catch(() => {});
+})();

@@ -1,0 +1,153 @@
+"""The one interface every catalogue store implements.
+
+The pipeline, the indexer and the faces use only these methods, so the
+embedded store (SQLite + FAISS in a folder) and a distributed one are
+interchangeable.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Protocol, Sequence
+
+import numpy as np
+
+from ..errors import StoreError
+from ..filters import Filter
+from .metadata import ImageRecord, ProductRecord
+
+
+class Projector(Protocol):
+    """Raw descriptors -> indexed vectors, per domain (the embed heads)."""
+
+    def project(self, domain: str, raw: np.ndarray) -> np.ndarray: ...
+
+    def version(self, domain: str) -> str: ...
+
+
+@dataclass
+class WriteBatch:
+    """One atomic change: products to upsert, images to add and to remove."""
+
+    products: list[ProductRecord] = field(default_factory=list)
+    add_images: list[ImageRecord] = field(default_factory=list)
+    remove_images: list[tuple[int, str]] = field(default_factory=list)  # (image_id, domain)
+    delete_products: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.products or self.add_images or self.remove_images or self.delete_products)
+
+
+class CatalogueStore(abc.ABC):
+    """Products, their images' raw descriptors, and per-domain vector search."""
+
+    #: Folder for models trained for this catalogue (heads, classifiers).
+    models_dir: Path
+    #: Local folder of the store's own files (saved configuration, models).
+    root: Path
+    #: Registered engine name ("embedded", "milvus").
+    engine: str = ""
+    #: Where the store is, as :func:`~shoplens.store.open_catalogue_store` accepts it.
+    location: str = ""
+    #: Turns raw descriptors into vectors; may be attached after opening.
+    projector: Projector | None = None
+    index_kind: str = "auto"
+
+    def attach(self, projector: Projector, *, index: str | None = None) -> None:
+        """Use ``projector`` (and the configured index kind) from now on."""
+        self.projector = projector
+        if index is not None:
+            self.index_kind = index
+
+    # -- writes ---------------------------------------------------------------
+    @abc.abstractmethod
+    def write(self, batch: WriteBatch) -> list[int]:
+        """Apply ``batch`` atomically and durably; returns the new image ids.
+
+        When it returns, the change is visible to searches.
+        """
+
+    @abc.abstractmethod
+    def reproject(self, domain: str) -> None:
+        """Re-project every stored raw descriptor (after the domain's head changed)."""
+
+    def persist(self) -> None:
+        """Save derived state (indexes) so the next open is fast."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # -- vector search ------------------------------------------------------
+    @abc.abstractmethod
+    def search(self, domain: str, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, image ids), each (n, k'), k' <= k; −1 ids are empty slots."""
+
+    def filter_image_ids(self, domain: str, filters: Sequence[Filter]) -> np.ndarray:
+        """Ids of the domain's images whose product passes every metadata filter.
+
+        The result is the ``allowed`` set of :meth:`search`, so filters apply
+        inside the index search.
+        """
+        raise StoreError(f"{type(self).__name__} does not support metadata filters")
+
+    # -- products -----------------------------------------------------------
+    @abc.abstractmethod
+    def get_product(self, product_id: str) -> ProductRecord | None: ...
+
+    @abc.abstractmethod
+    def get_products(self, product_ids: Sequence[str]) -> dict[str, ProductRecord]: ...
+
+    @abc.abstractmethod
+    def list_products(self, offset: int = 0, limit: int = 100) -> list[ProductRecord]: ...
+
+    @abc.abstractmethod
+    def count_products(self) -> int: ...
+
+    # -- images -------------------------------------------------------------
+    @abc.abstractmethod
+    def find_image(self, product_id: str, source: str) -> tuple[int, str, str, str] | None:
+        """(image_id, sha1, signature, domain) of a product's image, if stored."""
+
+    @abc.abstractmethod
+    def product_images(self, product_id: str) -> list[tuple[int, str, str]]:
+        """(image_id, domain, source) of a product's images."""
+
+    @abc.abstractmethod
+    def image_products(self, image_ids: Sequence[int]) -> dict[int, str]:
+        """image id -> product id, for the ids that exist."""
+
+    @abc.abstractmethod
+    def image_source(self, image_id: int) -> str | None: ...
+
+    @abc.abstractmethod
+    def count_images(self, domain: str | None = None) -> int: ...
+
+    @abc.abstractmethod
+    def count_vectors(self, domain: str) -> int:
+        """Vectors in the domain's searchable index (== ``count_images(domain)`` when consistent)."""
+
+    @abc.abstractmethod
+    def iter_images(self, batch: int = 1000) -> Iterator[ImageRecord]:
+        """Every stored image with its raw descriptor (for migration)."""
+
+    def iter_products(self, batch: int = 1000) -> Iterator[ProductRecord]:
+        """Every product, in pages."""
+        offset = 0
+        while True:
+            page = self.list_products(offset, batch)
+            yield from page
+            if len(page) < batch:
+                return
+            offset += batch
+
+    @abc.abstractmethod
+    def iter_raw(self, domain: str | None = None, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(image ids, raw descriptors) in batches."""
+
+    def __enter__(self) -> "CatalogueStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

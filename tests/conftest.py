@@ -1,0 +1,53 @@
+"""Shared fixtures: real photos (skipped when absent) and generated images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("SHOPLENS_DATA") or REPO.parent / "shared" / "data")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    root = data_root()
+    if not (root / "grocery" / "catalog.csv").exists():
+        pytest.skip(f"real photos not found at {root} (set SHOPLENS_DATA to ../shared/data)")
+    return root
+
+
+def make_image(path: Path, seed: int, size: tuple[int, int] = (160, 120), kind: str = "shapes") -> Path:
+    """A deterministic synthetic picture: coloured shapes on a background."""
+    rng = np.random.default_rng(seed)
+    img = Image.new("RGB", size, tuple(int(v) for v in rng.integers(0, 255, 3)))
+    draw = ImageDraw.Draw(img)
+    for _ in range(6):
+        x0, y0 = int(rng.integers(0, size[0] - 20)), int(rng.integers(0, size[1] - 20))
+        x1, y1 = x0 + int(rng.integers(10, size[0] // 2)), y0 + int(rng.integers(10, size[1] // 2))
+        colour = tuple(int(v) for v in rng.integers(0, 255, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x1, y1], fill=colour)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+@pytest.fixture
+def synthetic_catalogue(tmp_path: Path) -> Path:
+    """A CSV catalogue of 6 products (one with two photos) of generated images."""
+    rows = ["product_id,image,title,category,domain,price,sku"]
+    for i in range(6):
+        make_image(tmp_path / "img" / f"p{i}.png", seed=i)
+        rows.append(f"p{i},img/p{i}.png,Product {i},{'red' if i < 3 else 'blue'},other_product,{10 + i}.5,00{i}")
+    make_image(tmp_path / "img" / "p0b.png", seed=100)
+    rows.append("p0,img/p0b.png,Product 0,red,other_product,10.5,000")
+    csv_path = tmp_path / "catalog.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    return csv_path

@@ -1,0 +1,93 @@
+"""The command line as other tools drive it: exact JSON lines and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shoplens.cli import main
+
+from .conftest import make_image
+from . import test_engine  # noqa: F401  (registers the test-* intent classifiers)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[dict], str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    lines = [json.loads(l) for l in out.out.splitlines() if l.startswith("{")]
+    return code, lines, out.err
+
+
+def test_index_search_classify_detect_json(tmp_path: Path, synthetic_catalogue: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = str(tmp_path / "store")
+    code, lines, _ = run(capsys, "index", str(synthetic_catalogue), "--store", store, "--json", "--intent-classifier", "test-other_product")
+    assert code == 0 and lines[0]["images_added"] == 7 and lines[0]["products_in_store"] == 6
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\x00" * 10)
+    good = synthetic_catalogue.parent / "img" / "p2.png"
+    code, lines, _ = run(capsys, "search", str(good), str(bad), "--store", store, "--json", "--top-k", "3", "--no-rank-filter", "--no-entropy-filter")
+    assert code == 1  # one image failed
+    assert set(lines[0]) == {"image", "intent", "intent_scores", "regions", "timings_ms", "steps"}
+    assert lines[0]["image"] == str(good) and lines[0]["intent"] == "other_product"
+    assert set(lines[0]["intent_scores"]) == {"apparel", "other_product", "non_product"}
+    region = lines[0]["regions"][0]
+    assert region["box"] is None and region["label"] is None and len(region["results"]) == 3
+    hit = region["results"][0]
+    assert {"product_id", "rank", "distance", "category", "title"} <= set(hit) and hit["product_id"] == "p2"
+    assert hit["rank"] == pytest.approx(2 - hit["distance"], abs=1e-3)
+    assert lines[1] == {"image": str(bad), "error": lines[1]["error"]} and "not an image" in lines[1]["error"]
+
+    code, lines, _ = run(capsys, "classify", str(good), "--json", "--intent-classifier", "test-apparel")
+    assert code == 0 and lines == [{"image": str(good), "intent": "apparel", "intent_scores": lines[0]["intent_scores"]}]
+
+    code, lines, _ = run(capsys, "detect", str(good), "--json", "--detector", "test-two-boxes")
+    assert code == 0 and set(lines[0]) == {"image", "garments"}
+    assert [g["label"] for g in lines[0]["garments"]] == ["top", "shoes"]
+    assert set(lines[0]["garments"][0]) == {"box", "label", "score"}
+
+
+def test_errors_exit_2_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "search", "x.jpg", "--store", str(tmp_path / "none"))
+    assert code == 2 and "no such store" in err
+    (tmp_path / "c.csv").write_text("id,file\n")
+    code, _, err = run(capsys, "index", str(tmp_path / "c.csv"), "--store", str(tmp_path / "s"))
+    assert code == 2 and "missing required column" in err
+    code, _, err = run(capsys, "classify", "x.jpg", "--set", "search.bogus=1")
+    assert code == 2 and "unknown configuration option" in err
+    code, _, err = run(capsys, "detect", "x.jpg", "--detector", "nope")
+    assert code == 2 and "unknown garment detector 'nope'" in err
+
+
+def test_human_output_and_entry_point(tmp_path: Path, synthetic_catalogue: Path) -> None:
+    store = str(tmp_path / "store")
+    exe = [sys.executable, "-m", "shoplens.cli"]
+    out = subprocess.run(exe + ["index", str(synthetic_catalogue), "--store", store], capture_output=True, text=True, check=True)
+    assert "6 product(s)" in out.stdout and "7 image(s) added" in out.stdout
+    out = subprocess.run(exe + ["--help"], capture_output=True, text=True, check=True)
+    for command in ("index", "search", "classify", "detect", "demo"):
+        assert command in out.stdout
+    make_image(tmp_path / "q.png", 3)
+    out = subprocess.run(exe + ["search", str(tmp_path / "q.png"), "--store", store, "--no-rank-filter"], capture_output=True, text=True)
+    assert out.returncode == 0 and str(tmp_path / "q.png") in out.stdout
+
+
+def test_train_intent_then_the_store_uses_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for k, intent in enumerate(("apparel", "other_product", "non_product")):
+        for i in range(4):
+            make_image(tmp_path / "labelled" / intent / f"{i}.png", seed=100 * k + i, size=(96, 96))
+    store = str(tmp_path / "store")
+    code, lines, _ = run(capsys, "train-intent", str(tmp_path / "labelled"), "--store", store, "--holdout", "0.25", "--json")
+    assert code == 0 and lines[0]["n_train"] == 9 and lines[0]["n_test"] == 3
+    assert (tmp_path / "store" / "models" / "intent.pt").exists()
+    image = str(tmp_path / "labelled" / "apparel" / "0.png")
+    code, lines, _ = run(capsys, "classify", image, "--store", store, "--json")
+    assert code == 0 and lines[0]["image"] == image
+    from shoplens import open_store
+
+    with open_store(store) as lens:
+        assert lens.pipeline.intent_classifier.name != "imagenet-map"  # "auto" picked the trained one

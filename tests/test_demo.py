@@ -1,0 +1,101 @@
+"""The demo's download path, against a local HTTP server on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from shoplens.demo import catalogue_from_upstream, download, extract, sample_catalogue
+from shoplens.errors import ShoplensError
+
+from .conftest import make_image
+
+
+def upstream_zip(tmp_path: Path) -> Path:
+    """A tiny archive in the upstream GroceryStoreDataset layout."""
+    src = tmp_path / "src" / "GroceryStoreDataset-abc"
+    ds = src / "dataset"
+    header = "Class Name (str),Class ID (int),Coarse Class Name (str),Coarse Class ID (int),Iconic Image Path (str),Product Description Path (str)\n"
+    rows = []
+    for i, (name, coarse, top) in enumerate([("Granny-Smith", "Apple", "Fruit"), ("Oatly-Oat-Milk", "Oat-Milk", "Packages")]):
+        rel = f"/iconic-images-and-descriptions/{top}/{coarse}/{name}/{name}_Iconic.jpg"
+        make_image(ds / rel.lstrip("/"), seed=i)
+        make_image(ds / "test" / top / coarse / name / f"{name}_001.jpg", seed=10 + i)
+        rows.append(f"{name},{i},{coarse},{i},{rel},/x.txt\n")
+    (ds / "classes.csv").write_text(header + "".join(rows))
+    (src / "README.md").write_text("not needed")
+    archive = tmp_path / "upstream.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in src.rglob("*"):
+            zf.write(p, p.relative_to(src.parent))
+        zf.writestr("GroceryStoreDataset-abc/../evil.txt", "zip slip")
+    return archive
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(root), **k)  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", root
+    httpd.shutdown()
+
+
+def test_download_verifies_and_caches(tmp_path: Path, server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    url, root = server
+    archive = upstream_zip(tmp_path)
+    (root / "ds.zip").write_bytes(archive.read_bytes())
+    good = hashlib.sha256(archive.read_bytes()).hexdigest()
+    dest = tmp_path / "cache" / "ds.zip"
+    with pytest.raises(ShoplensError, match="checksum mismatch"):
+        download(f"{url}/ds.zip", dest, sha256="0" * 64, progress=False)
+    assert not dest.exists() and not dest.with_name("ds.zip.part").exists()
+    assert download(f"{url}/ds.zip", dest, sha256=good, progress=False) == dest
+    (root / "ds.zip").unlink()  # the cached copy is used, no second request
+    assert download(f"{url}/ds.zip", dest, sha256=good, progress=False) == dest
+    with pytest.raises(ShoplensError, match="cannot download"):
+        download(f"{url}/missing.zip", tmp_path / "cache" / "other.zip", sha256=None, progress=False)
+
+
+def test_first_download_pins_its_hash(tmp_path: Path, server: tuple[str, Path]) -> None:
+    url, root = server
+    (root / "a.zip").write_bytes(b"first version")
+    dest = tmp_path / "cache" / "a.zip"
+    download(f"{url}/a.zip", dest, sha256=None, progress=False)
+    assert dest.with_name("a.zip.sha256").read_text().strip() == hashlib.sha256(b"first version").hexdigest()
+    dest.write_bytes(b"tampered")  # a damaged cache is fetched again and must match the pinned hash
+    (root / "a.zip").write_bytes(b"changed upstream")
+    with pytest.raises(ShoplensError, match="checksum mismatch"):
+        download(f"{url}/a.zip", dest, sha256=None, progress=False)
+
+
+def test_sample_catalogue_from_download(tmp_path: Path, server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    url, root = server
+    monkeypatch.setenv("SHOPLENS_CACHE", str(tmp_path / "cache"))
+    (root / "ds.zip").write_bytes(upstream_zip(tmp_path).read_bytes())
+    csv_path, queries = sample_catalogue(url=f"{url}/ds.zip", progress=False)
+    lines = csv_path.read_text().splitlines()
+    assert lines[0] == "product_id,image,title,category,top_level" and len(lines) == 3
+    assert "Granny Smith,Apple,Fruit" in lines[1]
+    assert len(queries) == 2 and all(q.exists() for q in queries)
+    assert not (tmp_path / "cache" / "evil.txt").exists()
+
+
+def test_offline_copy_and_bad_folders(tmp_path: Path) -> None:
+    with pytest.raises(ShoplensError, match="neither a catalog.csv"):
+        sample_catalogue(tmp_path)
+    extracted = extract(upstream_zip(tmp_path), tmp_path / "x")
+    out = catalogue_from_upstream(extracted, tmp_path / "cat.csv")
+    assert out.exists()
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    with pytest.raises(ShoplensError, match="not a valid zip"):
+        extract(tmp_path / "bad.zip", tmp_path / "y")

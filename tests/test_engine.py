@@ -1,0 +1,162 @@
+"""The engine end to end on generated images: index, re-index, update, search, gate."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pytest
+
+from shoplens import Shoplens, open_store
+from shoplens.config import INTENTS
+from shoplens.detect import Detector, Garment, register_detector
+from shoplens.intent import IntentClassifier, register_intent_classifier
+from shoplens.models import Encoding
+from shoplens.results import ErrorResult, SearchResult
+
+from .conftest import make_image
+
+
+class FixedIntent(IntentClassifier):
+    """Says the same intent for every photo (to drive the pipeline's branches)."""
+
+    def __init__(self, intent: str) -> None:
+        self.name = f"fixed-{intent}"
+        self.backbone = "efficientnet_lite0"
+        self.intent = intent
+
+    def predict(self, encodings: Sequence[Encoding]) -> np.ndarray:
+        probs = np.full((len(encodings), 3), 0.05, dtype=np.float32)
+        probs[:, INTENTS.index(self.intent)] = 0.9
+        return probs
+
+
+for _intent in INTENTS:
+    register_intent_classifier(f"test-{_intent}")(lambda _i=_intent, **_: FixedIntent(_i))
+
+
+class TwoBoxes(Detector):
+    """A top in the upper half, shoes in the lower left quarter."""
+
+    name = "test-two-boxes"
+    backbone = "efficientnet_lite0"
+
+    def detect(self, encodings: Sequence[Encoding]) -> list[list[Garment]]:
+        out = []
+        for e in encodings:
+            w, h = e.photo.size
+            out.append([Garment((0, 0, w, h / 2), "top", 0.9), Garment((0, h / 2, w / 2, h), "shoes", 0.8), Garment((0, 0, 5, 5), "hat", 0.1)])
+        return out
+
+
+register_detector("test-two-boxes")(lambda **_: TwoBoxes())
+
+LOOSE = {"search.rank_filter": False, "search.entropy_filter": False}
+
+
+def test_index_is_idempotent_and_products_never_repeat(tmp_path: Path, synthetic_catalogue: Path) -> None:
+    with Shoplens(tmp_path / "store", **{"intent.classifier": "test-other_product"}, **LOOSE) as lens:
+        first = lens.index(synthetic_catalogue)
+        assert (first.products, first.images_added, first.failed) == (6, 7, [])
+        assert first.domains_inferred == 0 and first.categories_predicted == 0
+        again = lens.index(synthetic_catalogue)
+        assert (again.images_added, again.images_unchanged, again.products_written) == (0, 7, 0)
+        result = lens.search_one(synthetic_catalogue.parent / "img" / "p3.png", top_k=10)
+    hits = result.regions[0].results
+    assert hits[0].product_id == "p3" and hits[0].distance < 1e-3 and hits[0].rank == pytest.approx(2.0, abs=1e-3)
+    ids = [h.product_id for h in hits]
+    assert len(ids) == len(set(ids)) == 6  # p0 has two photos but appears once
+    assert hits[0].price == 13.5 and hits[0].sku == "003" and hits[0].title == "Product 3"  # metadata rides along
+
+
+def test_update_replaces_vectors_and_listing_defines_images(tmp_path: Path, synthetic_catalogue: Path) -> None:
+    with Shoplens(tmp_path / "store", **{"intent.classifier": "test-other_product"}, **LOOSE) as lens:
+        lens.index(synthetic_catalogue)
+        # p1's photo changes content; p0 is now listed with one photo only.
+        make_image(synthetic_catalogue.parent / "img" / "p1.png", seed=999)
+        text = synthetic_catalogue.read_text().splitlines()
+        synthetic_catalogue.write_text("\n".join(l for l in text if "p0b.png" not in l) + "\n")
+        report = lens.index(synthetic_catalogue)
+        assert (report.images_replaced, report.images_removed, report.images_unchanged) == (1, 1, 5)
+        assert lens.store.db.count_images() == 6
+        hit = lens.search_one(synthetic_catalogue.parent / "img" / "p1.png").regions[0].results[0]
+        assert hit.product_id == "p1" and hit.distance < 1e-3
+        assert lens.delete_products(["p1", "nope"]) == 1
+        ids = [h.product_id for h in lens.search_one(synthetic_catalogue.parent / "img" / "p1.png").regions[0].results]
+        assert "p1" not in ids
+
+
+def test_bad_rows_are_reported_and_the_rest_indexed(tmp_path: Path) -> None:
+    make_image(tmp_path / "ok.png", 1)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (tmp_path / "c.csv").write_text("product_id,image\nok,ok.png\nmissing,nothere.jpg\nbroken,broken.jpg\n,ok.png\n")
+    with Shoplens(tmp_path / "store", **{"intent.classifier": "test-other_product"}) as lens:
+        report = lens.index(tmp_path / "c.csv")
+        assert lens.count_products() == 1
+    errors = {f["product_id"]: f["error"] for f in report.failed}
+    assert "cannot read image" in errors["missing"] and "corrupt" in errors["broken"] and errors[""] == "empty product_id"
+
+
+def test_missing_category_is_predicted_and_said(tmp_path: Path) -> None:
+    make_image(tmp_path / "a.png", 1)
+    (tmp_path / "c.csv").write_text("product_id,image\na,a.png\n")
+    with Shoplens(tmp_path / "store") as lens:
+        report = lens.index(tmp_path / "c.csv")
+        record = lens.get_product("a")
+    assert report.categories_predicted == 1 and report.domains_inferred == 1
+    assert record.category_source == "predicted" and record.category and record.domain in ("apparel", "other_product")
+
+
+def test_non_product_costs_only_the_classifier(tmp_path: Path, synthetic_catalogue: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Shoplens(tmp_path / "store", **{"intent.classifier": "test-other_product"}) as lens:
+        lens.index(synthetic_catalogue)
+    lens = open_store(tmp_path / "store", **{"intent.classifier": "test-non_product", "detect.detector": "test-two-boxes"})
+    steps: list[str] = []
+    lens.pipeline.on_step = steps.append
+    searched: list[Any] = []
+    monkeypatch.setattr(lens.store, "search", lambda *a, **k: searched.append(a))
+    result = lens.search_one(synthetic_catalogue.parent / "img" / "p1.png")
+    assert result.intent == "non_product" and result.regions == []
+    assert steps == ["intent"] and searched == []  # no detector, no embedding, no index search
+    assert set(result.timings_ms) <= {"decode", "intent", "total"}
+    assert result.intent_scores["non_product"] == pytest.approx(0.9)
+    lens.close()
+
+
+def test_apparel_searches_each_garment(tmp_path: Path, synthetic_catalogue: Path) -> None:
+    store = tmp_path / "store"
+    text = synthetic_catalogue.read_text().replace("other_product", "apparel")
+    synthetic_catalogue.write_text(text)
+    with Shoplens(store, **{"intent.classifier": "test-apparel", "detect.detector": "test-two-boxes"}, **LOOSE) as lens:
+        lens.index(synthetic_catalogue)
+        photo = make_image(tmp_path / "street.png", 5, size=(200, 300))
+        steps: list[str] = []
+        lens.pipeline.on_step = steps.append
+        result = lens.search_one(photo, top_k=3)
+    assert result.intent == "apparel"
+    assert [r.label for r in result.regions] == ["top", "shoes"]  # the 0.1 hat is under min_score
+    assert result.regions[0].box == [0, 0, 200, 150] and result.regions[1].box == [0, 150, 100, 300]
+    assert all(len(r.results) == 3 for r in result.regions)
+    assert steps == ["intent", "detect", "embed:apparel", "search"]
+    assert result.steps["detect"]["garments"] == 2
+
+
+def test_search_reports_errors_per_image_and_goes_on(tmp_path: Path, synthetic_catalogue: Path) -> None:
+    (tmp_path / "text.jpg").write_text("not an image")
+    with Shoplens(tmp_path / "store", **{"intent.classifier": "test-other_product"}) as lens:
+        lens.index(synthetic_catalogue)
+        results = lens.search([tmp_path / "text.jpg", synthetic_catalogue.parent / "img" / "p2.png", tmp_path / "gone.jpg"])
+    assert isinstance(results[0], ErrorResult) and "not an image" in results[0].error
+    assert isinstance(results[1], SearchResult)
+    assert isinstance(results[2], ErrorResult) and "no such file" in results[2].error
+
+
+def test_store_survives_a_lost_index_file(tmp_path: Path, synthetic_catalogue: Path) -> None:
+    with Shoplens(tmp_path / "store", **{"intent.classifier": "test-other_product"}, **LOOSE) as lens:
+        lens.index(synthetic_catalogue)
+    shutil.rmtree(tmp_path / "store" / "index")
+    (tmp_path / "store" / "index").mkdir()
+    with open_store(tmp_path / "store", **{"intent.classifier": "test-other_product"}, **LOOSE) as lens:
+        assert lens.search_one(synthetic_catalogue.parent / "img" / "p4.png").regions[0].results[0].product_id == "p4"

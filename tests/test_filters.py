@@ -1,0 +1,138 @@
+"""Metadata filters: the language, its SQL evaluation, and filtering inside the index search."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shoplens import Shoplens
+from shoplens.cli import main
+from shoplens.errors import FilterError
+from shoplens.filters import Filter, parse_filter, parse_filters
+from shoplens.store import EmbeddedStore, ImageRecord, ProductRecord, WriteBatch
+
+from . import test_engine  # noqa: F401  (registers the test-* intent classifiers)
+from .conftest import make_image
+
+
+def test_parse_operators_and_values() -> None:
+    assert parse_filter("category=Juice") == Filter("category", "=", ("Juice",))
+    assert parse_filter(" category = Juice|Milk ") == Filter("category", "=", ("Juice", "Milk"))
+    assert parse_filter("price<=20") == Filter("price", "<=", (20,))
+    assert parse_filter("price>=12.50") == Filter("price", ">=", (12.5,))
+    assert parse_filter("price<3") == Filter("price", "<", (3,))
+    assert parse_filter("sku!=00123") == Filter("sku", "!=", ("00123",))  # a code stays text
+    assert parse_filter("title~Apple juice") == Filter("title", "~", ("Apple juice",))
+    assert parse_filter("product_id=42") == Filter("product_id", "=", ("42",))  # product columns are text
+    assert str(parse_filter("price<=20")) == "price<=20"
+    assert parse_filters(None) == [] and parse_filters("a=b") == [Filter("a", "=", ("b",))]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("category", "no operator"),
+        ("=Juice", "no field name"),
+        ("category=", "no value"),
+        ("category=Juice||Milk", "empty alternative"),
+        ('bad"name=1', "without quotes"),
+        ("x=\x00", "control characters"),
+        ("f" * 200 + "=1", "at most 128"),
+    ],
+)
+def test_bad_filters_say_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(FilterError, match=message):
+        parse_filter(text)
+
+
+class Identity:
+    def project(self, domain: str, raw: np.ndarray) -> np.ndarray:
+        return raw / np.linalg.norm(raw, axis=1, keepdims=True)
+
+    def version(self, domain: str) -> str:
+        return "identity"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> EmbeddedStore:
+    rows = [
+        ("a", "Apple juice", "Juice", {"price": 12.5, "sku": "00123", "organic": True}),
+        ("b", "Orange juice", "Juice", {"price": 30, "sku": "00124", "organic": False}),
+        ("c", "Whole milk", "Milk", {"price": 9, "brand": "Acme"}),
+        ("d", "Oat milk", "Milk", {"price": "cheap", "brand": "Oaty"}),  # a text price is never a number
+        ("e", "Soap", None, {}),
+    ]
+    s = EmbeddedStore(tmp_path / "s", Identity())
+    rng = np.random.default_rng(0)
+    s.write(
+        WriteBatch(
+            products=[ProductRecord(p, t, c, "catalogue", "other_product", "catalogue", m) for p, t, c, m in rows],
+            add_images=[ImageRecord(p, f"{p}.jpg", p, "other_product", "sig", rng.normal(size=8)) for p, *_ in rows],
+        )
+    )
+    yield s
+    s.close()
+
+
+def _products(store: EmbeddedStore, *filters: str) -> set[str]:
+    ids = store.filter_image_ids("other_product", parse_filters(filters))
+    return set(store.image_products(ids.tolist()).values())
+
+
+def test_filters_evaluated_in_sql(store: EmbeddedStore) -> None:
+    assert _products(store, "category=Juice") == {"a", "b"}
+    assert _products(store, "category=Juice|Milk") == {"a", "b", "c", "d"}
+    assert _products(store, "category!=Juice") == {"c", "d", "e"}  # absent counts as different
+    assert _products(store, "price<=12.5") == {"a", "c"}  # numbers as numbers: 9 < 12.5 < 30
+    assert _products(store, "price>10", "price<100") == {"a", "b"}
+    assert _products(store, "price=30") == {"b"} and _products(store, "price=30.0") == {"b"}
+    assert _products(store, "sku=00123") == {"a"} and _products(store, "sku=123") == set()
+    assert _products(store, "title~MILK") == {"c", "d"}
+    assert _products(store, "organic=true") == {"a"} and _products(store, "organic=false") == {"b"}
+    assert _products(store, "brand!=Acme") == {"a", "b", "d", "e"}
+    assert _products(store, "nothing=1") == set()
+    assert _products(store, "category=Juice", "price>20") == {"b"}
+    assert store.filter_image_ids("apparel", parse_filters("category=Juice")).size == 0
+
+
+def test_filter_reaches_products_far_from_the_query(tmp_path: Path) -> None:
+    """The filter runs inside the index search: a post-filter on the top-K would find nothing."""
+    rows = ["product_id,image,category,domain,price"]
+    for i in range(24):
+        make_image(tmp_path / "img" / f"p{i}.png", seed=i)
+        rows.append(f"p{i},img/p{i}.png,c{i % 3},other_product,{i}")
+    (tmp_path / "c.csv").write_text("\n".join(rows) + "\n")
+    flags = {"intent.classifier": "test-other_product", "search.rank_filter": False, "search.entropy_filter": False, "search.category_order": False}
+    query = tmp_path / "img" / "p0.png"
+    with Shoplens(tmp_path / "store", **flags, **{"search.similar_k": 100}) as lens:
+        lens.index(tmp_path / "c.csv")
+        ranking = [h.product_id for h in lens.search_one(query, top_k=100).regions[0].results]
+    assert ranking[0] == "p0" and len(ranking) == 24
+    farthest, far = ranking[-1], ranking[-5:]
+    with Shoplens(tmp_path / "store", **flags, **{"search.similar_k": 3}) as lens:
+        # Unfiltered, the index is asked for similar_k + 16 = 19 neighbours (exact search):
+        # the 5 farthest of 24 are not among them, so a post-filter could never return them.
+        assert len(lens.search_one(query, top_k=100).regions[0].results) == 3
+        price = int(farthest[1:])
+        hits = lens.search_one(query, top_k=100, filters=[f"price>={price}", f"price<={price}"]).regions[0].results
+        assert [h.product_id for h in hits] == [farthest]
+        hits = lens.search_one(query, top_k=100, filters=f"product_id={'|'.join(far)}").regions[0].results
+        assert [h.product_id for h in hits] == far[:3]  # the 3 nearest of the allowed, in order
+        with pytest.raises(FilterError):
+            lens.search([query], filters=["price<"])
+
+
+def test_cli_filter(tmp_path: Path, synthetic_catalogue: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = str(tmp_path / "store")
+    assert main(["index", str(synthetic_catalogue), "--store", store, "--intent-classifier", "test-other_product"]) == 0
+    capsys.readouterr()
+    query = str(synthetic_catalogue.parent / "img" / "p0.png")
+    args = ["search", query, "--store", store, "--json", "--no-rank-filter", "--no-entropy-filter"]
+    assert main(args + ["--filter", "category=blue", "--filter", "price<=14"]) == 0
+    hits = json.loads(capsys.readouterr().out)["regions"][0]["results"]
+    assert sorted(h["product_id"] for h in hits) == ["p3"]  # blue: p3 (13.5), p4, p5; price <= 14: p3
+    assert main(args + ["--filter", "price<<3"]) == 2
+    assert "filter" in capsys.readouterr().err
