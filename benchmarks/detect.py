@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--detector", default="default")
     ap.add_argument("--val-fraction", type=float, default=0.25)
-    ap.add_argument("--scores", default="0.1,0.15,0.2,0.3,0.4", help="min_score values to sweep")
+    ap.add_argument("--scores", default="0.05,0.1,0.2,0.3", help="min_score values to sweep")
     ap.add_argument("--compare-size", type=int, default=224, help="backbone size to time side by side (intent's)")
     ap.add_argument("--json", type=Path, help="write the figures here too")
     args = ap.parse_args(argv)

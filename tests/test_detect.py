@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from shoplens.detect import Detector, Garment, create_detector, list_detectors
-from shoplens.detect.head import GarmentHead, HeadConfig, HeadDetector, decode, fold_batch_norm, load_head
+from shoplens.detect.head import GarmentHead, HeadConfig, HeadDetector, decode, fold_batch_norm, load_head, load_heads, save_head
 from shoplens.detect.metrics import DetectionScores, iou_matrix, match
 from shoplens.detect.train import MAIN_LABELS, is_validation, read_outfits, split_outfits, train_detector
 from shoplens.errors import ShoplensError, UnknownModelError
@@ -41,13 +41,14 @@ def test_default_loads_the_shipped_weights() -> None:
     assert WEIGHTS.exists() and WEIGHTS.stat().st_size < 4 * 2**20
     det = create_detector("default")
     assert isinstance(det, HeadDetector)
-    assert det.backbone == "efficientnet_lite0" and det.input_size == 320
+    assert det.backbone == "efficientnet_lite0" and det.input_size == 384
     assert set(det.labels) == {"top", "outerwear", "dress", "bottom", "shoes", "bag", "hat"}
-    shipped = load_head()
+    assert len(det.heads) == 3 and det.max_boxes == 8
     from_file = create_detector(f"head:{WEIGHTS}")
     assert isinstance(from_file, HeadDetector)
-    for a, b in zip(shipped.state_dict().values(), load_head(WEIGHTS).state_dict().values()):
-        assert torch.equal(a, b)
+    for a, b in zip(load_heads(), load_heads(WEIGHTS)):
+        for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+            assert torch.equal(x, y)
 
 
 def test_bad_weights_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -85,9 +86,13 @@ def test_decode_reads_peaks_and_sides() -> None:
     heat[4, 8, 1] = 2.0  # two shoes, and a weaker neighbour that is not a peak
     heat[4, 8, 5] = 1.0
     heat[4, 8, 6] = 0.5
-    found = decode(heat, sides, 8, max_per_label={i: (2 if i == 4 else 1) for i in range(7)}, min_score=0.3)
+    caps = {i: (2 if i == 4 else 1) for i in range(7)}
+    found = decode(heat, sides, 8, max_per_label=caps, min_score=0.3, average=False)
     assert [f[1] for f in found] == [0, 4, 4]
     assert found[0][0] == pytest.approx((28 - 16, 20 - 8, 28 + 16, 20 + 24))
+    # Averaging over the 3x3 neighbours weighs them by heat: cold neighbours barely move the box.
+    averaged = decode(heat, sides, 8, max_per_label=caps, min_score=0.3)
+    assert averaged[0][0] == pytest.approx(found[0][0], abs=0.01) and averaged[0][0] != found[0][0]
     assert found[0][2] == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item())
     assert [f[2] for f in found] == sorted((f[2] for f in found), reverse=True)
     none = decode(heat, sides, 8, max_per_label={i: 1 for i in range(7)}, min_score=0.99)
@@ -108,7 +113,7 @@ class _FixedHead(GarmentHead):
 
 def test_boxes_are_mapped_to_photo_pixels() -> None:
     """An input-pixel box comes back in the photo's own (as given) coordinates, clipped to it."""
-    det = HeadDetector(_FixedHead(HeadConfig()))
+    det = HeadDetector(_FixedHead(HeadConfig()), average=False)
     photo = photo_from_array(np.zeros((64, 48, 3), np.uint8))  # photo twice the input size
     maps = {"s8": torch.zeros(40, 4, 3), "s16": torch.zeros(112, 2, 2), "s32": torch.zeros(1280, 1, 1)}
     found = det.detect([Encoding(photo=photo, input_hw=(32, 24), features=maps)])[0]
@@ -154,23 +159,69 @@ def _synthetic_outfits(root: Path, n: int) -> Path:
         garments = [{"label": "top", "box": [30, y, 100, y + 60]}, {"label": "bottom", "box": [35, y + 60, 95, y + 140]}]
         lines.append(json.dumps({"image": f"images/{i}.jpg", "garments": garments}))
     (root / "garments.jsonl").write_text("\n".join(lines) + "\n")
-    return root / "garments.jsonl"
+    return root
 
 
-def test_train_detector_quick_run(tmp_path: Path) -> None:
-    jsonl = _synthetic_outfits(tmp_path / "data", 8)
-    train, val = split_outfits(read_outfits(jsonl, tmp_path / "data"), 0.5)
+def test_train_detector_quick_run_is_deterministic(tmp_path: Path) -> None:
+    root = _synthetic_outfits(tmp_path / "data", 8)
+    train, val = split_outfits(read_outfits(root / "garments.jsonl", root), 0.5)
     assert train and val
-    out = tmp_path / "head.pt"
-    report = train_detector(jsonl, tmp_path / "data", out, epochs=1, val_fraction=0.5, train_sizes=(160,), crops=0)
-    assert out.exists()
+    kw = dict(epochs=2, val_fraction=0.5, train_sizes=(128, 160), input_size=160, batch_size=4, members=((1, 16), (1, 24)))
+    report = train_detector(root, tmp_path / "a.pt", seed=3, **kw)  # type: ignore[arg-type]
     d = report.to_dict()
-    assert d["train_photos"] == len(train) and d["val_photos"] == len(val) and d["train_copies"] == 2 * len(train)
-    assert 0.0 <= d["recall"] <= 1.0 and d["epochs"] == 1 and len(d["losses"]) == 1
-    det = create_detector(f"head:{out}")
-    assert isinstance(det, Detector) and det.input_size == 320
+    assert d["train_photos"] == len(train) and d["val_photos"] == len(val) and d["epochs"] == 4
+    assert 0.0 <= d["recall"] <= 1.0 and len(d["losses"]) == 2 and d["ms_per_photo"] > 0
+    det = create_detector(f"head:{tmp_path / 'a.pt'}")
+    assert isinstance(det, HeadDetector) and det.input_size == 160 and [h.cfg.channels for h in det.heads] == [16, 24]
+    again = train_detector(root, tmp_path / "b.pt", seed=3, **kw)  # type: ignore[arg-type]
+    assert again.losses == report.losses
+    for a, b in zip(load_heads(tmp_path / "a.pt"), load_heads(tmp_path / "b.pt")):
+        for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+            assert torch.equal(x, y)
+    other = train_detector(root, tmp_path / "c.pt", seed=4, **kw)  # type: ignore[arg-type]
+    assert other.losses != report.losses
     with pytest.raises(ShoplensError):
-        train_detector(jsonl, tmp_path / "data", out, val_fraction=1.5)
+        train_detector(root, tmp_path / "d.pt", val_fraction=1.5)
+    with pytest.raises(ShoplensError, match="garments.jsonl"):
+        train_detector(tmp_path, tmp_path / "d.pt")
+
+
+def test_augmented_views_keep_boxes_on_the_garments() -> None:
+    """A mirrored, zoomed view: a block's box still frames that block's pixels."""
+    from shoplens.detect import train as T
+
+    img = np.full((96, 64, 3), 127, np.uint8)
+    img[20:50, 10:30] = 255  # a white block, left half
+    canvas = T._Canvas(
+        pixels=torch.full((1, 3, 96, 96), 127, dtype=torch.uint8),
+        hw=np.array([[96, 64]]),
+        boxes=[np.array([[10, 20, 30, 50]], np.float32)],
+        labels=[np.array([0])],
+    )
+    canvas.pixels[0, :, :96, :64] = torch.from_numpy(img).permute(2, 0, 1)
+    view = T._View(x0=0.0, y0=10.0, x1=64.0, y1=74.0, flip=True, gain=1.0, bias=0.0)
+    x = T._render(canvas, [0], [view], (128, 128), torch.device("cpu"))[0]
+    boxes, labels, ignore = T._view_boxes(canvas.boxes[0], canvas.labels[0], view, (128, 128))
+    assert labels.tolist() == [0] and len(ignore) == 0
+    x0, y0, x1, y1 = boxes[0]
+    assert (x0, y0, x1, y1) == pytest.approx((68.0, 20.0, 108.0, 80.0))  # mirrored, 2x
+    inside = x[0, int(y0) + 2 : int(y1) - 2, int(x0) + 2 : int(x1) - 2]
+    assert float(inside.min()) > 0.9  # white
+    assert float(x[0, 40:60, 10:50].max()) < 0.1  # the other half stays grey
+
+
+def test_ensemble_file_round_trip_and_caps(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    heads = [GarmentHead(HeadConfig(channels=8, tower=1)).eval(), GarmentHead(HeadConfig(channels=16, tower=1)).eval()]
+    save_head(heads, tmp_path / "e.pt")
+    back = load_heads(tmp_path / "e.pt")
+    assert [h.cfg.channels for h in back] == [8, 16] and load_head(tmp_path / "e.pt").cfg.channels == 8
+    det = HeadDetector(back, min_score=0.0, max_boxes=5)
+    photo = photo_from_array(np.zeros((64, 48, 3), np.uint8))
+    maps = {"s8": torch.randn(40, 8, 6), "s16": torch.randn(112, 4, 3), "s32": torch.randn(1280, 2, 2)}
+    found = det.detect([Encoding(photo=photo, input_hw=(64, 48), features=maps)])[0]
+    assert len(found) <= 5 and sum(g.label == "shoes" for g in found) <= 3 and sum(g.label == "top" for g in found) <= 1
+    assert [g.score for g in found] == sorted((g.score for g in found), reverse=True)
 
 
 # ----------------------------------------------------------------------------- real photos
@@ -198,7 +249,7 @@ def test_finds_most_annotated_garments(backbone, val_photos) -> None:  # type: i
     for p, found in zip(val_photos, det.detect(encs)):
         assert len(found) <= 8
         scores.add([(g.box, g.label, g.score) for g in found], list(zip(p.boxes, p.labels)))
-    assert scores.recall() >= 0.6, scores.summary()
+    assert scores.recall() >= 0.65, scores.summary()
 
 
 def _same_boxes(a: list[Garment], b: list[Garment], scale: float) -> None:

@@ -7,8 +7,9 @@ distances from the cell to the box's four sides (TTFNet-style). Decoding takes
 the local maxima of each label's heat map. It adds a few milliseconds to the
 backbone pass and has no other dependency.
 
-Weights (``data/garment_head.pt``, a ``weights_only`` torch file) are trained
-by :func:`shoplens.detect.train.train_detector` on the boxed street photos of
+Weights (``data/garment_head.pt``, a ``weights_only`` torch file holding a
+small ensemble of heads whose maps are averaged) are trained by
+:func:`shoplens.detect.train.train_detector` on the boxed street photos of
 ``shared/data/outfits``.
 """
 
@@ -165,24 +166,35 @@ def decode(
     return out
 
 
-def save_head(head: GarmentHead, path: Path, *, extra: dict[str, Any] | None = None) -> None:
-    """Write ``head`` as a ``weights_only`` torch file (config + state dict)."""
-    cfg = asdict(head.cfg)
-    payload = {
-        "format": _FORMAT,
-        "version": 1,
-        "config": cfg,
+def _payload(head: GarmentHead) -> dict[str, Any]:
+    return {
+        "config": asdict(head.cfg),
         "state_dict": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()},
-        "extra": extra or {},
     }
+
+
+def save_head(head: GarmentHead | Sequence[GarmentHead], path: Path, *, extra: dict[str, Any] | None = None) -> None:
+    """Write one head or an ensemble (heads on the same maps) as a ``weights_only`` torch file."""
+    heads = [head] if isinstance(head, GarmentHead) else list(head)
+    if not heads:
+        raise ShoplensError("no garment head to save")
+    payload = {"format": _FORMAT, "version": 2, "members": [_payload(h) for h in heads], "extra": extra or {}}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
 
 
-def load_head(path: Path | None = None) -> GarmentHead:
-    """Load a head saved by :func:`save_head` (the shipped one when ``path`` is None)."""
+def _build(member: dict[str, Any]) -> GarmentHead:
+    raw = dict(member["config"])
+    cfg = HeadConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    head = GarmentHead(cfg)
+    head.load_state_dict(member["state_dict"])
+    return head.eval()
+
+
+def load_heads(path: Path | None = None) -> list[GarmentHead]:
+    """Every head of a file saved by :func:`save_head` (the shipped ensemble when ``path`` is None)."""
     try:
         if path is None:
             with resources.as_file(resources.files(__package__).joinpath("data", _SHIPPED)) as p:
@@ -195,54 +207,87 @@ def load_head(path: Path | None = None) -> GarmentHead:
         raise ShoplensError(f"cannot read garment detector weights {path or _SHIPPED}: {err}") from None
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ShoplensError(f"{path or _SHIPPED} is not a shoplens garment head file")
-    raw = dict(payload["config"])
-    cfg = HeadConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-    head = GarmentHead(cfg)
-    head.load_state_dict(payload["state_dict"])
-    return head.eval()
+    members = payload["members"] if payload.get("version", 1) >= 2 else [payload]
+    heads = [_build(m) for m in members]
+    first = heads[0].cfg
+    for h in heads[1:]:
+        if (h.cfg.labels, h.cfg.backbone, h.cfg.stride, h.cfg.in_channels) != (first.labels, first.backbone, first.stride, first.in_channels):
+            raise ShoplensError(f"{path or _SHIPPED}: ensemble members read different maps or predict different labels")
+    return heads
+
+
+def load_head(path: Path | None = None) -> GarmentHead:
+    """The first head of a file saved by :func:`save_head`."""
+    return load_heads(path)[0]
+
+
+#: Boxes per label the default detector may give: each shoe is its own
+#: garment, a second bag is cheap insurance (bags and scarves are easily confused).
+DEFAULT_MAX_PER_LABEL = {"shoes": 3, "bag": 2}
 
 
 class HeadDetector(Detector):
-    """Garments from a :class:`GarmentHead` over the shared backbone pass.
+    """Garments from one :class:`GarmentHead` or an ensemble over the shared backbone pass.
 
-    ``min_score`` drops weak peaks; shoes may have ``max_shoes`` boxes (each
-    shoe is its own garment), every other label one box (one garment of a
-    kind per person is the common case, and it keeps the list short).
+    An ensemble averages its members' heat (probabilities) and box sides.
+    Per label at most ``max_per_label[label]`` boxes (1 when not named),
+    ``min_score`` drops weak peaks (``hat_min_score`` for hats, which are
+    rare), and at most ``max_boxes`` boxes per photo, best first.
     """
 
     name = "default"
 
     def __init__(
         self,
-        head: GarmentHead | None = None,
+        head: GarmentHead | Sequence[GarmentHead] | None = None,
         *,
         weights: Path | None = None,
-        min_score: float = 0.2,
-        max_shoes: int = 2,
-        max_per_label: int = 1,
+        min_score: float = 0.05,
+        hat_min_score: float = 0.2,
+        max_per_label: dict[str, int] | None = None,
+        max_boxes: int = 8,
+        input_size: int | None = None,
         average: bool = True,
     ) -> None:
-        self.head = fold_batch_norm(head if head is not None else load_head(weights))
-        cfg = self.head.cfg
+        if head is None:
+            heads = load_heads(weights)
+        else:
+            heads = [head] if isinstance(head, GarmentHead) else list(head)
+        self.heads = [fold_batch_norm(h) for h in heads]
+        cfg = self.heads[0].cfg
         self.backbone = cfg.backbone
-        self.input_size = cfg.input_size
+        self.input_size = input_size or cfg.input_size
         self.labels = cfg.labels
         self.min_score = min_score
+        self.hat_min_score = hat_min_score
+        self.max_boxes = max_boxes
         self.average = average
-        self._max = {i: (max_shoes if lab == "shoes" else max_per_label) for i, lab in enumerate(cfg.labels)}
+        caps = DEFAULT_MAX_PER_LABEL if max_per_label is None else max_per_label
+        self._max = {i: caps.get(lab, 1) for i, lab in enumerate(cfg.labels)}
+
+    @torch.inference_mode()
+    def maps(self, enc: Encoding) -> tuple[torch.Tensor, torch.Tensor]:
+        """One encoding -> (heat logits (L, h, w), log box sides (4, h, w)), averaged over members."""
+        f = enc.features
+        if not all(k in f for k in ("s8", "s16", "s32")):
+            raise ShoplensError(f"the garment head needs s8/s16/s32 feature maps of {self.backbone}")
+        x = (f["s8"][None].float(), f["s16"][None].float(), f["s32"][None].float())
+        outs = [h(*x) for h in self.heads]
+        if len(outs) == 1:
+            return outs[0][0][0], outs[0][1][0]
+        prob = torch.stack([o[0][0].sigmoid() for o in outs]).mean(0)
+        sides = torch.stack([o[1][0] for o in outs]).mean(0)
+        return torch.logit(prob.clamp(1e-6, 1 - 1e-6)), sides
 
     @torch.inference_mode()
     def detect(self, encodings: Sequence[Encoding]) -> list[list[Garment]]:
         out: list[list[Garment]] = []
+        hat = self.labels.index("hat") if "hat" in self.labels else -1
         for enc in encodings:
-            f = enc.features
-            if not all(k in f for k in ("s8", "s16", "s32")):
-                raise ShoplensError(f"the garment head needs s8/s16/s32 feature maps of {self.backbone}")
-            heat, sides = self.head(f["s8"][None].float(), f["s16"][None].float(), f["s32"][None].float())
-            found = decode(
-                heat[0], sides[0], self.head.cfg.stride, max_per_label=self._max, min_score=self.min_score, average=self.average
-            )
-            out.append([_to_photo(box, self.labels[li], s, enc) for box, li, s in found])
+            heat, sides = self.maps(enc)
+            found = decode(heat, sides, self.heads[0].cfg.stride, max_per_label=self._max, min_score=self.min_score, average=self.average)
+            kept = [t for t in found if t[1] != hat or t[2] >= self.hat_min_score][: self.max_boxes]
+            out.append([_to_photo(box, self.labels[li], s, enc) for box, li, s in kept])
         return out
 
 

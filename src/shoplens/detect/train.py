@@ -1,11 +1,13 @@
 """Training the default garment head on boxed outfit photos (``shoplens train-detector``).
 
-The backbone is frozen: each training photo is encoded once per augmented
-copy (mirror, input sizes, zoomed-in crops) and only the small head is
-trained on those cached maps, so a run takes minutes on two CPU cores. The
-photos are split into training and validation by a hash of their file name:
-the split does not depend on the seed or on the order of the file, and the
-report only ever scores validation photos.
+The backbone (``efficientnet_lite0``) is frozen, so the head reads the same
+maps the pipeline computes anyway. Every epoch sees a fresh augmented view of
+each training photo (mirror, zoom in and out, shift, aspect, input size,
+brightness and contrast), made on the fly by one ``grid_sample`` per batch:
+the same code runs on a CPU or a GPU, and a seed fixes every random draw.
+The photos are split into training and validation by a hash of their file
+name: the split does not depend on the seed or on the file's order, and the
+report scores validation photos only.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ShoplensError
-from ..imaging import load_image, photo_from_array
+from ..imaging import load_image
 from ..models import Backbone, create_model
 from .head import HEAD_LABELS, GarmentHead, HeadConfig, HeadDetector, save_head
 from .metrics import DetectionScores
@@ -85,131 +87,160 @@ def split_outfits(photos: Sequence[OutfitPhoto], val_fraction: float) -> tuple[l
     return train, val
 
 
-@dataclass(frozen=True)
-class _Copy:
-    """One augmented copy of a photo: mirror, crop (fractions of the photo), input size."""
+def outfits_paths(outfits_dir: Path) -> tuple[Path, Path]:
+    """(``garments.jsonl``, images root) of an outfits folder."""
+    jsonl = Path(outfits_dir) / "garments.jsonl"
+    if not jsonl.is_file():
+        raise ShoplensError(f"{outfits_dir}: no garments.jsonl (expected an outfits folder)")
+    return jsonl, Path(outfits_dir)
 
-    flip: bool
-    crop: tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions
-    size: int
 
-
-def _plan_copies(n: int, rng: np.random.Generator, sizes: Sequence[int], crops: int) -> list[list[_Copy]]:
-    full = (0.0, 0.0, 1.0, 1.0)
-    plans: list[list[_Copy]] = []
-    for _ in range(n):
-        copies = [_Copy(flip, full, s) for flip in (False, True) for s in sizes]
-        for _ in range(crops):
-            # Zoomed-in views: upper body, legs and feet, a person off-centre.
-            fh, fw = rng.uniform(0.45, 0.9), rng.uniform(0.7, 1.0)
-            y0, x0 = rng.uniform(0, 1 - fh), rng.uniform(0, 1 - fw)
-            copies.append(_Copy(bool(rng.integers(2)), (x0, y0, x0 + fw, y0 + fh), int(rng.choice(sizes))))
-        plans.append(copies)
-    return plans
+# ----------------------------------------------------------------------------- augmentation
 
 
 @dataclass
-class _Sample:
-    feats: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # s8, s16, s32 (fp16)
-    boxes: np.ndarray  # (n, 4) input pixels
-    labels: np.ndarray  # (n,) label index
-    ignore: np.ndarray  # (m, 5): x0, y0, x1, y1, label index of half-visible garments
-    targets: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+class _Canvas:
+    """Training photos as one uint8 tensor (N, 3, S, S), padded with mid grey."""
+
+    pixels: torch.Tensor
+    hw: np.ndarray  # (N, 2) height, width of each photo inside its canvas
+    boxes: list[np.ndarray]  # (n, 4) canvas pixels
+    labels: list[np.ndarray]  # (n,) label index
 
 
-def _transform(photo: OutfitPhoto, pixels: np.ndarray, copy: _Copy, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Crop/flip pixels and boxes; ``scale`` maps annotation pixels to ``pixels``."""
-    h, w = pixels.shape[:2]
-    cx0, cy0 = int(round(copy.crop[0] * w)), int(round(copy.crop[1] * h))
-    cx1, cy1 = int(round(copy.crop[2] * w)), int(round(copy.crop[3] * h))
-    out = pixels[cy0:cy1, cx0:cx1]
-    boxes = np.array(photo.boxes, dtype=np.float64).reshape(-1, 4) * scale - [cx0, cy0, cx0, cy0]
-    cw, ch = cx1 - cx0, cy1 - cy0
-    clipped = boxes.copy()
-    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, cw)
-    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, ch)
-    area = lambda b: (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)  # noqa: E731
-    visible = area(clipped) / np.maximum(area(boxes), 1e-9)
-    labels = np.array([HEAD_LABELS.index(lab) for lab in photo.labels], dtype=np.int64)
-    keep, half = visible >= 0.5, (visible > 0) & (visible < 0.5)
-    if copy.flip:
-        out = out[:, ::-1]
-        clipped[:, [0, 2]] = cw - clipped[:, [2, 0]]
-    return np.ascontiguousarray(out), clipped[keep], labels[keep], np.column_stack([clipped[half], labels[half]])
+def _load_canvas(photos: Sequence[OutfitPhoto], side: int) -> _Canvas:
+    import cv2
 
-
-def _encode_copies(
-    backbone: Backbone,
-    photos: Sequence[OutfitPhoto],
-    plans: Sequence[Sequence[_Copy]],
-    *,
-    progress: bool,
-) -> list[_Sample]:
-    from tqdm import tqdm
-
-    samples: list[_Sample] = []
-    bar = tqdm(total=sum(len(p) for p in plans), desc="encoding", unit="copy", disable=not progress)
-    for photo, copies in zip(photos, plans):
+    n = len(photos)
+    pixels = torch.full((n, 3, side, side), 127, dtype=torch.uint8)
+    hw = np.zeros((n, 2), dtype=np.int64)
+    boxes, labels = [], []
+    for i, photo in enumerate(photos):
         img = load_image(photo.image)
-        scale = 1.0 / img.scale
-        by_size: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray, Any]]] = {}
-        for c in copies:
-            px, boxes, labels, ignore = _transform(photo, img.pixels, c, scale)
-            by_size.setdefault(c.size, []).append((px, boxes, labels, ignore))
-        for size, items in by_size.items():
-            encs = backbone.encode([photo_from_array(px) for px, *_ in items], input_size=size)
-            for enc, (px, boxes, labels, ignore) in zip(encs, items):
-                f = (px.shape[1] / enc.input_hw[1], px.shape[0] / enc.input_hw[0])
-                k = np.array([f[0], f[1], f[0], f[1]])
-                feats = tuple(enc.features[n].to(torch.float16).clone() for n in ("s8", "s16", "s32"))
-                ign = ignore.copy()
-                ign[:, :4] /= k
-                samples.append(_Sample(feats, (boxes / k).astype(np.float32), labels, ign.astype(np.float32)))  # type: ignore[arg-type]
-        bar.update(len(copies))
-    bar.close()
-    return samples
+        px = img.pixels
+        w0, h0 = img.size
+        k = side / max(px.shape[:2])
+        if k != 1.0:
+            nh, nw = max(1, round(px.shape[0] * k)), max(1, round(px.shape[1] * k))
+            px = cv2.resize(px, (nw, nh), interpolation=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR)
+        h, w = px.shape[:2]
+        pixels[i, :, :h, :w] = torch.from_numpy(np.ascontiguousarray(px)).permute(2, 0, 1)
+        hw[i] = (h, w)
+        scale = np.array([w / w0, h / h0, w / w0, h / h0])
+        boxes.append((np.array(photo.boxes, dtype=np.float64).reshape(-1, 4) * scale).astype(np.float32))
+        labels.append(np.array([HEAD_LABELS.index(lab) for lab in photo.labels], dtype=np.int64))
+    return _Canvas(pixels, hw, boxes, labels)
 
 
-def _cached(cache_dir: Path | None, key: dict[str, Any], build: Any) -> Any:
-    if cache_dir is None:
-        return build()
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"features-{digest}.pt"
-    if path.exists():
-        log.info("reading cached features %s", path)
-        raw = torch.load(path, weights_only=False)
-        return [_Sample(*r) for r in raw]
-    samples = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save([(s.feats, s.boxes, s.labels, s.ignore) for s in samples], tmp)
-    tmp.replace(path)
-    return samples
+@dataclass(frozen=True)
+class _View:
+    """One augmented view: crop window in canvas pixels (may reach past the photo), mirror, tone."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    flip: bool
+    gain: float
+    bias: float
+
+
+def _draw_views(rng: np.random.Generator, hw: np.ndarray, out_hw: tuple[int, int], full: float = 0.3) -> list[_View]:
+    """Random windows of aspect ``out_hw``: zoomed in (0.5x) to zoomed out (1.2x), shifted."""
+    views = []
+    aspect = out_hw[1] / out_hw[0]
+    for h, w in hw:
+        if rng.random() < full:
+            zoom = 1.0
+        else:
+            zoom = float(rng.uniform(0.5, 1.2))
+        ch = h * zoom
+        cw = ch * aspect
+        lo_x, hi_x = sorted((cw / 2, w - cw / 2))
+        lo_y, hi_y = sorted((ch / 2, h - ch / 2))
+        cx = (lo_x + hi_x) / 2 if zoom == 1.0 else float(rng.uniform(lo_x, hi_x))
+        cy = (lo_y + hi_y) / 2 if zoom == 1.0 else float(rng.uniform(lo_y, hi_y))
+        views.append(
+            _View(
+                cx - cw / 2,
+                cy - ch / 2,
+                cx + cw / 2,
+                cy + ch / 2,
+                bool(rng.random() < 0.5),
+                float(rng.uniform(0.75, 1.25)),
+                float(rng.uniform(-0.15, 0.15)),
+            )
+        )
+    return views
+
+
+def _render(canvas: _Canvas, idx: Sequence[int], views: Sequence[_View], out_hw: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """Normalised (B, 3, H, W) input batch of the views (grey beyond the photo)."""
+    side = canvas.pixels.shape[-1]
+    theta = torch.zeros((len(idx), 2, 3), dtype=torch.float32)
+    for j, v in enumerate(views):
+        sx, sy = (v.x1 - v.x0) / side, (v.y1 - v.y0) / side
+        theta[j, 0, 0] = -sx if v.flip else sx
+        theta[j, 0, 2] = (v.x0 + v.x1) / side - 1.0
+        theta[j, 1, 1] = sy
+        theta[j, 1, 2] = (v.y0 + v.y1) / side - 1.0
+    src = (canvas.pixels[list(idx)].to(device).float() - 127.0) / 128.0  # lite0 normalisation; grey -> 0
+    grid = F.affine_grid(theta.to(device), [len(idx), 3, *out_hw], align_corners=False)
+    x = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    gain = torch.tensor([v.gain for v in views], device=device)[:, None, None, None]
+    bias = torch.tensor([v.bias for v in views], device=device)[:, None, None, None]
+    mean = x.mean((1, 2, 3), keepdim=True)
+    return ((x - mean) * gain + mean + bias).clamp(-1.0, 1.0)
+
+
+def _view_boxes(boxes: np.ndarray, labels: np.ndarray, v: _View, out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes in input pixels of a view: (kept boxes, their labels, ignore rows x0 y0 x1 y1 label)."""
+    oh, ow = out_hw
+    kx, ky = ow / (v.x1 - v.x0), oh / (v.y1 - v.y0)
+    b = (boxes.astype(np.float64) - [v.x0, v.y0, v.x0, v.y0]) * [kx, ky, kx, ky]
+    clipped = b.copy()
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, ow)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, oh)
+
+    def area(a: np.ndarray) -> np.ndarray:
+        return (a[:, 2] - a[:, 0]).clip(0) * (a[:, 3] - a[:, 1]).clip(0)
+
+    visible = area(clipped) / np.maximum(area(b), 1e-9)
+    if v.flip:
+        clipped[:, [0, 2]] = ow - clipped[:, [2, 0]]
+    keep, half = visible >= 0.5, (visible > 0) & (visible < 0.5)
+    ignore = np.column_stack([clipped[half], labels[half]]).astype(np.float32)
+    return clipped[keep].astype(np.float32), labels[keep], ignore
 
 
 # ----------------------------------------------------------------------------- targets and loss
 
 
 def _gaussian_targets(
-    sample: _Sample, stride: int, n_labels: int, alpha: float = 0.54
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    ignore: np.ndarray,
+    hw: tuple[int, int],
+    stride: int,
+    n_labels: int,
+    alpha: float = 0.54,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Heat (L, h, w), box targets (4, h, w), box weights (h, w), negative mask (L, h, w).
 
     Heat is an elliptic Gaussian around each garment's centre (TTFNet), 1 at
     the centre cell; box targets and weights cover the Gaussian's core inside
-    the box; the negative mask removes half-visible garments of a crop.
+    the box; the negative mask removes half-visible garments of a view.
     """
-    h, w = sample.feats[0].shape[-2:]
+    h, w = hw
     heat = np.zeros((n_labels, h, w), dtype=np.float32)
     box_t = np.zeros((4, h, w), dtype=np.float32)
     box_w = np.zeros((h, w), dtype=np.float32)
     neg = np.ones((n_labels, h, w), dtype=np.float32)
     ys = (np.arange(h, dtype=np.float32) + 0.5) * stride
     xs = (np.arange(w, dtype=np.float32) + 0.5) * stride
-    for x0, y0, x1, y1, li in sample.ignore:
+    for x0, y0, x1, y1, li in ignore:
         inside = (ys[:, None] >= y0) & (ys[:, None] <= y1) & (xs[None, :] >= x0) & (xs[None, :] <= x1)
         neg[int(li)][inside] = 0.0
-    boxes, labels = sample.boxes, sample.labels
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     for i in np.argsort(-areas):  # smaller boxes written last win the shared cells
         x0, y0, x1, y1 = boxes[i]
@@ -230,33 +261,6 @@ def _gaussian_targets(
     return heat, box_t, box_w, neg
 
 
-def _collate(samples: Sequence[_Sample], stride: int, n_labels: int) -> tuple[torch.Tensor, ...]:
-    """Pad a batch's maps and targets to its largest map; padding is never a negative."""
-    hs = [max(s.feats[i].shape[-2] for s in samples) for i in range(3)]
-    ws = [max(s.feats[i].shape[-1] for s in samples) for i in range(3)]
-    out = []
-    for i in range(3):
-        t = torch.zeros((len(samples), samples[0].feats[i].shape[0], hs[i], ws[i]))
-        for j, s in enumerate(samples):
-            f = s.feats[i]
-            t[j, :, : f.shape[-2], : f.shape[-1]] = f.float()
-        out.append(t)
-    for k in range(4):
-        first = _targets(samples[0], stride, n_labels)[k]
-        t = torch.zeros((len(samples), *first.shape[:-2], hs[0], ws[0]))
-        for j, s in enumerate(samples):
-            a = _targets(s, stride, n_labels)[k]
-            t[j, ..., : a.shape[-2], : a.shape[-1]] = torch.from_numpy(a)
-        out.append(t)
-    return tuple(out)
-
-
-def _targets(sample: _Sample, stride: int, n_labels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    if sample.targets is None:
-        sample.targets = _gaussian_targets(sample, stride, n_labels)
-    return sample.targets
-
-
 def _focal_loss(logits: torch.Tensor, heat: torch.Tensor, neg_mask: torch.Tensor) -> torch.Tensor:
     """CenterNet's penalty-reduced focal loss, normalised by the number of centres."""
     p = logits.sigmoid().clamp(1e-4, 1 - 1e-4)
@@ -268,8 +272,8 @@ def _focal_loss(logits: torch.Tensor, heat: torch.Tensor, neg_mask: torch.Tensor
 
 def _giou_loss(sides: torch.Tensor, box_t: torch.Tensor, box_w: torch.Tensor, stride: int) -> torch.Tensor:
     n, _, h, w = sides.shape
-    ys = (torch.arange(h, dtype=torch.float32) + 0.5) * stride
-    xs = (torch.arange(w, dtype=torch.float32) + 0.5) * stride
+    ys = (torch.arange(h, dtype=torch.float32, device=sides.device) + 0.5) * stride
+    xs = (torch.arange(w, dtype=torch.float32, device=sides.device) + 0.5) * stride
     d = sides.exp() * stride
     px0, py0 = xs[None, None, :] - d[:, 0], ys[None, :, None] - d[:, 1]
     px1, py1 = xs[None, None, :] + d[:, 2], ys[None, :, None] + d[:, 3]
@@ -288,27 +292,31 @@ def _giou_loss(sides: torch.Tensor, box_t: torch.Tensor, box_w: torch.Tensor, st
 
 
 @dataclass
-class DetectorTrainReport:
-    """What :func:`train_detector` did and how the head scores on the validation photos."""
+class DetectorReport:
+    """What :func:`train_detector` did and how the head scores on the held-out photos."""
 
     out_path: str
     train_photos: int
     val_photos: int
-    train_copies: int
-    epochs: int
+    epochs: int  # summed over the ensemble's members
     seed: int
+    device: str
     input_size: int
     min_score: float
-    recall: float  # over MAIN_LABELS, IoU >= 0.5, validation photos only
+    recall: float  # over MAIN_LABELS, IoU >= 0.5, held-out photos only
     recall_per_label: dict[str, float]
     precision: float
     boxes_per_photo: float
-    encode_seconds: float
+    ms_per_photo: float  # backbone pass + head + decoding, on the training device's CPU path
     train_seconds: float
-    losses: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # per epoch, last member
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: Older name, kept for callers of the first version.
+DetectorTrainReport = DetectorReport
 
 
 def evaluate_head(
@@ -327,129 +335,161 @@ def evaluate_head(
     return scores
 
 
-def train_detector(
-    jsonl: Path,
-    images_root: Path,
-    out_path: Path,
-    *,
-    epochs: int = 12,
-    seed: int = 0,
-    val_fraction: float = 0.25,
-    progress: bool = False,
-    input_size: int = 320,
-    train_sizes: Sequence[int] = (256, 320, 384),
-    crops: int = 2,
-    limit: int | None = None,
-    cache_dir: Path | None = None,
-) -> DetectorTrainReport:
-    """Train the garment head on ``jsonl`` boxes and save it to ``out_path``.
+def _timed_eval(detector: HeadDetector, backbone: Backbone, photos: Sequence[OutfitPhoto]) -> tuple[DetectionScores, float]:
+    """Score ``photos`` one at a time (as a search does) and the mean ms per photo."""
+    scores = DetectionScores(labels=MAIN_LABELS)
+    images = [load_image(p.image) for p in photos]
+    detector.detect(backbone.encode(images[:1], input_size=detector.input_size))  # warm-up
+    t0 = time.perf_counter()
+    for photo, img in zip(photos, images):
+        found = detector.detect(backbone.encode([img], input_size=detector.input_size))[0]
+        scores.add([(g.box, g.label, g.score) for g in found], list(zip(photo.boxes, photo.labels)))
+    return scores, 1000.0 * (time.perf_counter() - t0) / max(len(photos), 1)
 
-    The backbone (``efficientnet_lite0``) stays frozen. ``val_fraction`` of
-    the photos (chosen by a hash of the file name) are held out and the report
-    scores them only. ``limit`` keeps the first photos of each part (quick
-    runs); ``cache_dir`` keeps the encoded copies between runs.
+
+#: Ensemble members of the shipped detector: (epochs, channels) of each head.
+DEFAULT_MEMBERS: tuple[tuple[int, int], ...] = ((140, 96), (200, 96), (220, 128))
+
+
+def train_detector(
+    outfits_dir: Path,
+    out: Path,
+    *,
+    seed: int = 0,
+    epochs: int | None = None,
+    progress: bool = False,
+    device: str = "cpu",
+    members: Sequence[tuple[int, int]] = DEFAULT_MEMBERS,
+    input_size: int = 384,
+    train_sizes: Sequence[int] = (320, 352, 384, 416, 448),
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    tower: int = 3,
+    dropout: float = 0.1,
+    val_fraction: float = 0.25,
+    limit: int | None = None,
+) -> DetectorReport:
+    """Train the garment detector on ``outfits_dir/garments.jsonl`` and save it to ``out``.
+
+    The detector is a small ensemble of heads on the frozen
+    ``efficientnet_lite0`` maps, one per ``members`` entry (epochs,
+    channels), each trained from ``seed``; ``epochs`` (when given) replaces
+    every member's epoch count (quick runs). ``val_fraction`` of the photos
+    (chosen by a hash of the file name) are held out and the report scores
+    them only, one photo at a time on the CPU as a search runs. ``device``
+    ("cpu", "cuda") only changes where training runs; on the CPU a fixed
+    ``seed`` gives the same weights every time. ``limit`` keeps the first
+    photos of each part (quick runs).
     """
     if not 0.0 < val_fraction < 1.0:
         raise ShoplensError(f"val_fraction must be between 0 and 1, not {val_fraction}")
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    cfg = HeadConfig(input_size=input_size)
-    photos = read_outfits(jsonl, images_root)
+    if not members:
+        raise ShoplensError("train_detector needs at least one ensemble member")
+    jsonl, root = outfits_paths(outfits_dir)
+    photos = read_outfits(jsonl, root)
     train, val = split_outfits(photos, val_fraction)
     if limit is not None:
         train, val = train[:limit], val[: max(1, limit // 3)]
     if not train or not val:
         raise ShoplensError(f"{jsonl}: too few photos to train and validate ({len(train)} / {len(val)})")
-    backbone = create_model(cfg.backbone)
-    channels = backbone.torch_module().feature_channels  # type: ignore[union-attr]
-    cfg = HeadConfig(input_size=input_size, in_channels=(channels["s8"], channels["s16"], channels["s32"]))
-
+    backbone = create_model("efficientnet_lite0")
+    module = backbone.torch_module()
+    ch = module.feature_channels  # type: ignore[union-attr]
+    canvas = _load_canvas(train, max(train_sizes))
+    heads: list[GarmentHead] = []
+    losses: list[float] = []
+    n_epochs: list[int] = []
     t0 = time.perf_counter()
-    plans = _plan_copies(len(train), rng, train_sizes, crops)
-    key = {"backbone": cfg.backbone, "photos": [str(p.image) for p in train], "plans": [[asdict(c) for c in p] for p in plans], "v": 1}
-    samples: list[_Sample] = _cached(cache_dir, key, lambda: _encode_copies(backbone, train, plans, progress=progress))
-    val_key = {"backbone": cfg.backbone, "photos": [str(p.image) for p in val], "size": input_size, "val": 1}
-    val_enc = _cached_val(cache_dir, val_key, backbone, val, input_size)
-    encode_s = time.perf_counter() - t0
-    log.info("encoded %d training copies of %d photos in %.0f s", len(samples), len(train), encode_s)
+    for member_epochs, channels in members:
+        torch.manual_seed(seed)
+        cfg = HeadConfig(
+            input_size=input_size,
+            in_channels=(ch["s8"], ch["s16"], ch["s32"]),
+            channels=channels,
+            tower=tower,
+            dropout=dropout,
+        )
+        head = GarmentHead(cfg)
+        e = member_epochs if epochs is None else epochs
+        n_epochs.append(e)
+        losses = _fit(head, module, canvas, sizes=train_sizes, epochs=e, seed=seed, device=device, batch_size=batch_size, lr=lr, progress=progress)  # type: ignore[arg-type]
+        heads.append(head.cpu().eval())
+    train_s = time.perf_counter() - t0
+    module.cpu()  # type: ignore[union-attr]
 
-    head = GarmentHead(cfg)
-    t1 = time.perf_counter()
-    losses = _fit(head, samples, epochs=epochs, seed=seed, progress=progress)
-    train_s = time.perf_counter() - t1
-
-    detector = HeadDetector(head)
-    scores = evaluate_head(detector, backbone, val, encodings=val_enc)
+    detector = HeadDetector(heads)
+    scores, ms = _timed_eval(detector, backbone, val)
     summary = scores.summary()
-    save_head(head, out_path, extra={"trained_on": Path(jsonl).name, "val_fraction": val_fraction, "seed": seed, "epochs": epochs})
-    return DetectorTrainReport(
-        out_path=str(out_path),
+    extra = {"trained_on": str(jsonl.name), "val_fraction": val_fraction, "seed": seed, "epochs": n_epochs}
+    save_head(heads, out, extra=extra)
+    return DetectorReport(
+        out_path=str(out),
         train_photos=len(train),
         val_photos=len(val),
-        train_copies=len(samples),
-        epochs=epochs,
+        epochs=sum(n_epochs),
         seed=seed,
+        device=device,
         input_size=input_size,
         min_score=detector.min_score,
         recall=float(summary["recall"]),  # type: ignore[arg-type]
         recall_per_label=dict(summary["recall_per_label"]),  # type: ignore[call-overload]
         precision=float(summary["precision"]),  # type: ignore[arg-type]
         boxes_per_photo=float(summary["boxes_per_photo"]),  # type: ignore[arg-type]
-        encode_seconds=round(encode_s, 1),
+        ms_per_photo=round(ms, 1),
         train_seconds=round(train_s, 1),
         losses=[round(x, 4) for x in losses],
     )
 
 
-def _cached_val(cache_dir: Path | None, key: dict[str, Any], backbone: Backbone, val: Sequence[OutfitPhoto], size: int) -> list[Any]:
-    def build() -> list[Any]:
-        return backbone.encode([load_image(p.image) for p in val], input_size=size)
-
-    if cache_dir is None:
-        return build()
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"val-{digest}.pt"
-    if path.exists():
-        return torch.load(path, weights_only=False)  # type: ignore[no-any-return]
-    encs = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(encs, path)
-    return encs
-
-
-def _batches(samples: Sequence[_Sample], batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Shuffled batches of samples with similar map shapes (little padding to skew batch norm)."""
-    shape = np.array([s.feats[0].shape[-2] * 1000 + s.feats[0].shape[-1] for s in samples])
-    order = np.lexsort((rng.random(len(samples)), shape))
-    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
 def _fit(
     head: GarmentHead,
-    samples: Sequence[_Sample],
+    backbone: torch.nn.Module,
+    canvas: _Canvas,
     *,
+    sizes: Sequence[int],
     epochs: int,
     seed: int,
+    device: str,
+    batch_size: int,
+    lr: float,
     progress: bool,
-    batch_size: int = 16,
-    lr: float = 3e-3,
     weight_decay: float = 1e-2,
 ) -> list[float]:
+    """Train ``head`` on fresh augmented views of ``canvas`` every epoch."""
     from tqdm import tqdm
 
+    dev = torch.device(device)
     rng = np.random.default_rng(seed + 1)
     stride, n_labels = head.cfg.stride, len(head.cfg.labels)
-    steps = epochs * math.ceil(len(samples) / batch_size)
+    n = len(canvas.boxes)
+    per_epoch = math.ceil(n / batch_size)
+    steps = epochs * per_epoch
+    head.to(dev).train()
+    backbone.to(dev).eval()
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
-    head.train()
+    amp = dev.type == "cuda"
     losses: list[float] = []
     bar = tqdm(total=steps, desc="training", unit="step", disable=not progress)
     for _ in range(epochs):
         total, count = 0.0, 0
-        for idx in _batches(samples, batch_size, rng):
-            s8, s16, s32, heat, box_t, box_w, neg = _collate([samples[i] for i in idx], stride, n_labels)
+        order = rng.permutation(n)
+        for s in range(0, n, batch_size):
+            idx = order[s : s + batch_size]
+            size = int(rng.choice(sizes))
+            aspect = float(rng.uniform(0.55, 1.0))
+            out_hw = (size, max(stride * 4, int(round(size * aspect / 32)) * 32))
+            views = _draw_views(rng, canvas.hw[idx], out_hw)
+            x = _render(canvas, idx, views, out_hw, dev).contiguous(memory_format=torch.channels_last)
+            with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                f = backbone.forward_features(x)  # type: ignore[operator]
+            s8, s16, s32 = (f[k].float() for k in ("s8", "s16", "s32"))
+            hw = (s8.shape[-2], s8.shape[-1])
+            tg = [
+                _gaussian_targets(*_view_boxes(canvas.boxes[i], canvas.labels[i], v, out_hw), hw, stride, n_labels)
+                for i, v in zip(idx, views)
+            ]
+            heat, box_t, box_w, neg = (torch.from_numpy(np.stack([t[k] for t in tg])).to(dev) for k in range(4))
             logits, sides = head(s8, s16, s32)
             loss = _focal_loss(logits, heat, neg) + 5.0 * _giou_loss(sides, box_t, box_w, stride)
             opt.zero_grad(set_to_none=True)
