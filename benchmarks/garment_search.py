@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--store", type=Path, default=REPO / ".cache" / "garment-store", help="store folder (built once, then reused)")
     ap.add_argument("--top-k", type=int, default=10)
-    ap.add_argument("--min-score", type=float, default=None, help="detect.min_score for the per-garment run (default: the config's)")
+    ap.add_argument("--min-score", type=float, default=None, help="also run per-garment search with this detect.min_score")
     ap.add_argument("--val-fraction", type=float, default=0.25)
     ap.add_argument("--limit", type=int, default=None, help="first N held-out photos only (quick runs)")
     ap.add_argument("--json", type=Path)
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     val = val[: args.limit] if args.limit else val
     modes: dict[str, dict[str, Any]] = {"whole_image": {"detect.detector": "none"}, "per_garment": {"detect.detector": "default"}}
     if args.min_score is not None:
-        modes["per_garment"]["detect.min_score"] = args.min_score
+        modes[f"per_garment_min_score_{args.min_score}"] = {"detect.detector": "default", "detect.min_score": args.min_score}
     report: dict[str, Any] = {"catalogue": len(rows), "val_photos": len(val), "top_k": args.top_k, "modes": {}}
     for mode, flags in modes.items():
         per_label = {lab: [0, 0, 0] for lab in LABELS}  # garments, served, served anywhere

@@ -283,3 +283,11 @@ def test_boxes_follow_upscaled_and_exif_rotated_copies(backbone, val_photos, tmp
     photo = load_image(rotated)
     assert photo.size == pil.size
     _same_boxes(ref, det.detect(backbone.encode([photo], input_size=det.input_size))[0], 1.0)
+
+
+def test_cli_train_detector_needs_an_outfits_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from shoplens.cli import main
+
+    assert main(["train-detector", str(tmp_path), "--out", str(tmp_path / "h.pt")]) != 0
+    assert "garments.jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "h.pt").exists()
