@@ -63,7 +63,7 @@ def store(tmp_path: Path) -> EmbeddedStore:
         ("b", "Orange juice", "Juice", {"price": 30, "sku": "00124", "organic": False}),
         ("c", "Whole milk", "Milk", {"price": 9, "brand": "Acme"}),
         ("d", "Oat milk", "Milk", {"price": "cheap", "brand": "Oaty"}),  # a text price is never a number
-        ("e", "Soap", None, {}),
+        ("e", "Soap", None, {"tags": ["a", "b"]}),
     ]
     s = EmbeddedStore(tmp_path / "s", Identity())
     rng = np.random.default_rng(0)
@@ -136,3 +136,43 @@ def test_cli_filter(tmp_path: Path, synthetic_catalogue: Path, capsys: pytest.Ca
     assert sorted(h["product_id"] for h in hits) == ["p3"]  # blue: p3 (13.5), p4, p5; price <= 14: p3
     assert main(args + ["--filter", "price<<3"]) == 2
     assert "filter" in capsys.readouterr().err
+
+
+FILTERS = [
+    "category=Juice", "category=Juice|Milk", "category!=Juice", "price<=12.5", "price>10", "price=30", "price=30.0",
+    "sku=00123", "sku=123", "title~MILK", "organic=true", "organic=false", "organic!=true", "brand!=Acme", "nothing=1",
+    "price>cheap", "price<=cheap", "brand>=B", "title<Orange", "sku~12", "price~2.5", "organic~1", "tags~b", "tags=x",
+    "product_id=c|e", "domain=other_product", "price!=9|30", "category~ui",
+]
+
+
+@pytest.mark.parametrize("text", FILTERS)
+def test_python_matcher_agrees_with_sql(store: EmbeddedStore, text: str) -> None:
+    """Engines without SQL (Milvus) evaluate filters in Python: same products for every operator and type."""
+    from shoplens.filters import matches
+
+    filters = parse_filters(text)
+    expected = _products(store, text)
+    got = {
+        p.product_id
+        for p in store.iter_products()
+        if matches(filters, {"product_id": p.product_id, "title": p.title, "category": p.category, "domain": p.domain}, p.metadata)
+    }
+    assert got == expected, text
+
+
+def test_milvus_filters_match_the_embedded_store(tmp_path: Path, store: EmbeddedStore) -> None:
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    from shoplens.store import open_catalogue_store
+
+    milvus = open_catalogue_store(f"milvus-lite:{tmp_path / 'm.db'}", Identity())
+    try:
+        products = list(store.iter_products())
+        images = [r for r in store.iter_images()]
+        milvus.write(WriteBatch(products=products, add_images=images))
+        for text in FILTERS:
+            ids = milvus.filter_image_ids("other_product", parse_filters(text))
+            assert set(milvus.image_products(ids.tolist()).values()) == _products(store, text), text
+    finally:
+        milvus.close()

@@ -30,6 +30,7 @@ from .errors import BadImageError, CatalogueError, NotFoundError, ShoplensError,
 from .filters import FilterLike, parse_filters
 from .imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, Photo, load_image
 from .indexing import IndexReport, Indexer
+from .local.stage import LocalStage
 from .pipeline import INTENT_MODEL_FILE, EncodingCache, Pipeline
 from .results import DetectResult, ErrorResult, GarmentResult, IntentResult, SearchResult
 from .store import CatalogueStore, ProductRecord, WriteBatch, open_catalogue_store
@@ -38,6 +39,8 @@ from .store.migrate import MigrationReport, copy_catalogue, copy_files
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+#: The local-feature index, in the store's folder.
+LOCAL_DIR = "local"
 #: Photos added through the API, content-addressed: ``<store>/photos/ab/ab12….jpg``.
 PHOTOS_DIR = "photos"
 R = TypeVar("R")
@@ -166,6 +169,10 @@ class Shoplens:
             raise
         # Catalogue writes are read-check-write (what is stored decides what to embed): one at a time.
         self._write_lock = threading.RLock()
+        if self.config.local.enabled:
+            # Brought in step with the store now: a crash after a store commit left it behind at worst.
+            self.pipeline.local = LocalStage(self.store.root / LOCAL_DIR, self.config.local)
+            self._sync_local()
 
     # -- lifecycle ----------------------------------------------------------
     def close(self) -> None:
@@ -194,8 +201,15 @@ class Shoplens:
         rows = read_catalogue(catalogue) if isinstance(catalogue, (str, os.PathLike)) else catalogue
         with self._write_lock:
             report = Indexer(self.pipeline, self.store).run(rows, progress=progress)
+            self._sync_local(progress=progress)
             self._save_config()
         return report
+
+    def _sync_local(self, *, progress: bool = False) -> None:
+        """Bring the local-feature index in step with the store (new images extracted, gone ones dropped)."""
+        if self.pipeline.local is not None:
+            with self._write_lock:
+                self.pipeline.local.sync(self.store, progress=progress)
 
     def save_photo(self, data: bytes, *, name: str = "photo", max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
         """Check that ``data`` is a usable image, then keep it under ``<store>/photos/``.
@@ -252,6 +266,7 @@ class Shoplens:
         with self._write_lock:
             # One chunk: the whole call is one store transaction, all or nothing.
             report = Indexer(self.pipeline, self.store, chunk_size=len(rows) + 1).run(rows, persist=False)
+            self._sync_local()
             if not (self.store.root / CONFIG_FILE).exists():
                 self._save_config()
         if report.failed:
@@ -312,6 +327,7 @@ class Shoplens:
         with self._write_lock:
             existing = [p for p in dict.fromkeys(product_ids) if self.store.get_product(p) is not None]
             self.store.write(WriteBatch(delete_products=existing))
+            self._sync_local()
         return len(existing)
 
     def product_images(self, product_id: str) -> list[tuple[int, str, str]]:

@@ -58,6 +58,8 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-entropy-bits", type=float, metavar="B", help="drop categories whose surprisal exceeds B bits (default 3.0)")
     g.add_argument("--no-entropy-filter", action="store_true", help="switch the category entropy filter (step 5) off")
     g.add_argument("--no-category-order", action="store_true", help="order by rank only, not by category score (step 6)")
+    g.add_argument("--no-local-features", action="store_true", help="other_product: search the global embedding only, without the local-feature index")
+    g.add_argument("--no-verify", action="store_true", help="other_product: fuse local features without geometric verification (faster)")
 
 
 def _parse_set(items: Sequence[str]) -> dict[str, Any]:
@@ -88,6 +90,8 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
             "search.max_entropy_bits": get("max_entropy_bits"),
             "search.entropy_filter": False if get("no_entropy_filter") else None,
             "search.category_order": False if get("no_category_order") else None,
+            "local.enabled": False if get("no_local_features") else None,
+            "local.verify": False if get("no_verify") else None,
         }
     )
     return {k: v for k, v in flags.items() if v is not None}
@@ -309,6 +313,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         writes = "enabled (API key set)" if settings.writes_enabled else "disabled: no API key (set SHOPLENS_API_KEY or --api-key-file)"
         sys.stderr.write(f"shoplens: serving {args.store} ({lens.count_products()} products) at http://{args.host}:{args.port}/ ; writes {writes}\n")
         serve(lens, settings, host=args.host, port=args.port, log_level="debug" if args.verbose > 1 else "info" if args.verbose else "warning")
+    return EXIT_OK
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     report = migrate(args.source, args.target)
     if args.json:

@@ -78,6 +78,30 @@ class SearchConfig:
 
 
 @dataclass
+class LocalFeaturesConfig:
+    """Local features for ``other_product`` (printed labels, packages): their own index, fused with the global one.
+
+    Each candidate's distance becomes ``global distance × exp(−weight × ASMK score)``
+    (ASMK scores are comparable across queries, so the result stays a distance
+    in 0 … 2 that the rank filter can threshold); with ``verify``, the
+    ``shortlist`` closest are checked geometrically and those with
+    ``min_inliers`` RANSAC inliers or more come closer by the fraction ``verified_bonus``.
+    """
+
+    enabled: bool = True
+    weight: float = 8.0
+    #: Images taken from the local index per query (besides the global candidates).
+    candidates: int = 100
+    verify: bool = True
+    shortlist: int = 10
+    min_inliers: int = 15
+    verified_bonus: float = 0.3
+    #: Longest side photos are shrunk to before SIFT, and keypoints kept (changing either needs a re-index).
+    max_side: int = 512
+    max_keypoints: int = 1000
+
+
+@dataclass
 class StoreConfig:
     """The store engine and its vector index.
 
@@ -98,6 +122,7 @@ class Config:
     detect: DetectConfig = field(default_factory=DetectConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    local: LocalFeaturesConfig = field(default_factory=LocalFeaturesConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -22,8 +22,9 @@ search, not by cutting a top-K afterwards.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,4 +147,61 @@ def _clause(f: Filter, columns: dict[str, str], meta: str) -> tuple[str, list[An
     return f"{expr} IS NULL OR NOT ({any_of})", [*xp, *params]
 
 
-__all__ = ["COLUMNS", "OPERATORS", "Filter", "FilterLike", "parse_filter", "parse_filters", "to_sql"]
+def matches(filters: Sequence[Filter], columns: Mapping[str, Any], metadata: Mapping[str, Any]) -> bool:
+    """Whether a product passes every filter, evaluated in Python with :func:`to_sql`'s meaning.
+
+    For engines without SQL (Milvus): ``columns`` holds the product columns,
+    ``metadata`` the catalogue metadata as JSON values.
+    """
+    return all(_match(f, columns, metadata) for f in filters)
+
+
+def _match(f: Filter, columns: Mapping[str, Any], metadata: Mapping[str, Any]) -> bool:
+    is_column = f.field in COLUMNS
+    v = columns.get(f.field) if is_column else metadata.get(f.field)
+    if f.op == "~":
+        return v is not None and f.values[0].lower() in _sql_text(v).lower()
+    if f.op in ORDERING:
+        value = f.values[0]
+        if v is None:
+            return False
+        if not is_column:
+            if isinstance(value, (int, float)):
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    return False
+            elif not isinstance(v, str):
+                return False
+        elif isinstance(value, (int, float)) != isinstance(v, (int, float)):
+            return False
+        return bool({"<": v < value, "<=": v <= value, ">": v > value, ">=": v >= value}[f.op])
+    any_of = False
+    for value in f.values:
+        if not is_column and isinstance(value, str) and value.lower() in ("true", "false"):
+            hit = v is (value.lower() == "true") or (isinstance(v, str) and v == value)
+        else:
+            hit = v is not None and _sql_equal(v, value)
+        any_of = any_of or hit
+    if f.op == "=":
+        return any_of
+    return v is None or not any_of
+
+
+def _sql_text(v: Any) -> str:
+    """``CAST(json_extract(...) AS TEXT)`` in SQLite."""
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+    return str(v)
+
+
+def _sql_equal(v: Any, value: Any) -> bool:
+    """SQLite's ``=`` between a JSON value and a parameter: numbers with numbers, text with text."""
+    if isinstance(v, (list, dict)):
+        v = _sql_text(v)
+    if isinstance(v, str) != isinstance(value, str):
+        return False
+    return bool(v == value)
+
+
+__all__ = ["COLUMNS", "OPERATORS", "Filter", "FilterLike", "matches", "parse_filter", "parse_filters", "to_sql"]

@@ -124,7 +124,7 @@ def load_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = Image.open(stream)
+            img: Image.Image = Image.open(stream)
             width, height = img.size
             if width <= 0 or height <= 0:
                 raise BadImageError(f"{label}: image has no pixels ({width}x{height})")

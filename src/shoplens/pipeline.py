@@ -23,6 +23,7 @@ from .detect import Detector, Garment, create_detector
 from .embed import Embedder, Head, IdentityHead, load_head
 from .errors import StoreError
 from .imaging import Photo, crop
+from .local.stage import LocalStage
 from .intent import IntentClassifier, create_intent_classifier, list_intent_classifiers
 from .models import Backbone, Encoding, create_model
 from .rerank import Hit, postprocess
@@ -108,6 +109,8 @@ class Pipeline:
         self.embedders = {d: self._make_embedder(d) for d in DOMAINS}
         #: Called with the step name whenever a costly step runs (tests count work with it).
         self.on_step: Callable[[str], None] | None = None
+        #: The store's local-feature index (set by :class:`~shoplens.api.Shoplens` when configured).
+        self.local: LocalStage | None = None
 
     # -- models -------------------------------------------------------------
     def backbone(self, name: str) -> Backbone:
@@ -268,6 +271,12 @@ class Pipeline:
                 ids_allowed = allowed(domain) if allowed is not None else None
                 self._notify("search")
                 dists, ids = store.search(domain, np.stack([v for _, v in q.regions]), fetch, ids_allowed)
+            if domain == "other_product" and self.local is not None and self.config.local.enabled and len(self.local):
+                with timer.step("local"):
+                    self._notify("local")
+                    refined = self.local.refine(photo, store, q.regions[0][1], dists[0], ids[0], ids_allowed)
+                    dists, ids = refined.distances[None, :], refined.ids[None, :]
+                steps["local"] = refined.steps
             with timer.step("rerank"):
                 products = store.image_products(ids[ids >= 0].tolist()) if ids.size else {}
                 records = store.get_products(list(set(products.values())))

@@ -80,7 +80,7 @@ class FeatureExtractor:
     def extract(self, photo: Photo) -> LocalFeatures:
         grey = _grey(photo, self.max_side)
         # A SIFT object per call (microseconds to make): OpenCV's are not thread-safe.
-        sift = cv2.SIFT_create(nfeatures=self.max_keypoints, contrastThreshold=self.contrast_threshold)
+        sift = cv2.SIFT_create(nfeatures=self.max_keypoints, contrastThreshold=self.contrast_threshold)  # type: ignore[attr-defined]
         keypoints, desc = sift.detectAndCompute(grey, None)
         if desc is None or not keypoints:
             return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_DIM), np.uint8))

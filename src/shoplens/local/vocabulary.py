@@ -44,7 +44,7 @@ class Vocabulary:
         self.centroids = centroids
         if len(centroids) > EXACT_ASSIGN_MAX_WORDS:
             index: faiss.Index = faiss.IndexHNSWFlat(DESCRIPTOR_DIM, 32)
-            index.hnsw.efSearch = 32
+            index.hnsw.efSearch = 32  # type: ignore[attr-defined]
         else:
             index = faiss.IndexFlatL2(DESCRIPTOR_DIM)
         index.add(centroids)

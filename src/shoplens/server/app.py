@@ -161,8 +161,7 @@ class ServerState:
         """Load the models and the vector indexes once, so the first search is not slow."""
         try:
             lens = self.lens
-            for domain in DOMAINS:
-                lens.store.index(domain)
+            lens.store.warm_up()
             photo = photo_from_array(np.full((64, 64, 3), 128, dtype=np.uint8), name="warm-up")
             cache = EncodingCache(lens.pipeline, [photo])
             lens.pipeline.classify(cache)

@@ -155,6 +155,10 @@ class EmbeddedStore(CatalogueStore):
     def _index_path(self, domain: str) -> Path:
         return self.root / "index" / f"{domain}.vidx"
 
+    def warm_up(self) -> None:
+        for domain in DOMAINS:
+            self.index(domain)
+
     def index(self, domain: str) -> VectorIndex:
         """The domain's vector index, loaded, rebuilt or caught up as needed."""
         with self._lock:
@@ -329,6 +333,9 @@ class EmbeddedStore(CatalogueStore):
 
     def count_images(self, domain: str | None = None) -> int:
         return self.db.count_images(domain)
+
+    def image_ids(self, domain: str) -> np.ndarray:
+        return self.db.image_ids(domain)
 
     def iter_raw(self, domain: str | None = None, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return self.db.iter_raw(domain, batch)

@@ -84,6 +84,9 @@ class CatalogueStore(abc.ABC):
     def search(self, domain: str, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(distances, image ids), each (n, k'), k' <= k; −1 ids are empty slots."""
 
+    def warm_up(self) -> None:
+        """Load what the first search needs (an engine that loads lazily overrides this)."""
+
     def filter_image_ids(self, domain: str, filters: Sequence[Filter]) -> np.ndarray:
         """Ids of the domain's images whose product passes every metadata filter.
 
@@ -123,6 +126,11 @@ class CatalogueStore(abc.ABC):
 
     @abc.abstractmethod
     def count_images(self, domain: str | None = None) -> int: ...
+
+    def image_ids(self, domain: str) -> np.ndarray:
+        """Ids of the domain's stored images, ascending (int64)."""
+        parts = [ids for ids, _ in self.iter_raw(domain)]
+        return np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
 
     @abc.abstractmethod
     def count_vectors(self, domain: str) -> int:

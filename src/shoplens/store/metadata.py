@@ -310,6 +310,10 @@ class MetadataDB:
             for _, pid, source, sha1, domain, signature, raw in rows:
                 yield ImageRecord(pid, source, sha1, domain, signature, decode_raw(raw))
 
+    def image_ids(self, domain: str) -> np.ndarray:
+        rows = self.query("SELECT image_id FROM images WHERE domain=? ORDER BY image_id", (domain,))
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
     def count_images(self, domain: str | None = None) -> int:
         if domain is None:
             return int(self.query("SELECT COUNT(*) FROM images")[0][0])

@@ -55,6 +55,7 @@ import numpy as np
 
 from ..config import DOMAINS
 from ..errors import MissingDependencyError, StoreError
+from ..filters import Filter, matches
 from .base import CatalogueStore, Projector, WriteBatch
 from .metadata import ImageRecord, ProductRecord, decode_raw, encode_raw
 
@@ -575,6 +576,38 @@ class MilvusStore(CatalogueStore):
 
     def count_images(self, domain: str | None = None) -> int:
         return self._count(self._images, "" if domain is None else f"domain == {_quote(domain)}")
+
+    def filter_image_ids(self, domain: str, filters: Sequence[Filter]) -> np.ndarray:
+        """Milvus has no SQL: the domain's products are read in pages and the filters evaluated in Python
+        (:func:`~shoplens.filters.matches`, the SQL's meaning); cost grows with the domain's products."""
+        fields = ["product_id", "title", "category", "domain", "metadata", "images"]
+        it = self.client.query_iterator(self._products, batch_size=4096, filter=f"domain == {_quote(domain)}", output_fields=fields)
+        ids: list[int] = []
+        try:
+            while True:
+                page = it.next()
+                if not page:
+                    break
+                for row in page:
+                    columns = {k: row.get(k) for k in ("product_id", "title", "category", "domain")}
+                    if matches(filters, columns, dict(row.get("metadata") or {})):
+                        ids.extend(int(i) for i in row.get("images") or [])
+        finally:
+            it.close()
+        return np.sort(np.array(ids, dtype=np.int64))
+
+    def image_ids(self, domain: str) -> np.ndarray:
+        it = self.client.query_iterator(self._images, batch_size=4096, filter=f"domain == {_quote(domain)}", output_fields=["image_id"])
+        ids: list[int] = []
+        try:
+            while True:
+                page = it.next()
+                if not page:
+                    break
+                ids.extend(int(r["image_id"]) for r in page)
+        finally:
+            it.close()
+        return np.sort(np.array(ids, dtype=np.int64))
 
     def iter_raw(self, domain: str | None = None, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         expr = "image_id >= 0" if domain is None else f"domain == {_quote(domain)}"

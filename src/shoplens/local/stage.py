@@ -1,0 +1,196 @@
+"""The local-feature stage of the pipeline: one :class:`LocalIndex` per store, kept in step with it.
+
+The store is the source of truth. :meth:`LocalStage.sync` compares the
+``other_product`` image ids the store holds with those the local index holds,
+forgets the ones the store no longer has and extracts the new ones from their
+stored source files, then saves the index atomically. Running it after every
+catalogue write and when a store is opened means a crash between the store's
+commit and the local index's save costs a re-extraction, never a wrong answer.
+
+:meth:`LocalStage.refine` is the search step: the global candidates, the local
+index's own candidates, one distance for each
+(``global distance × exp(−weight × ASMK score)``, shrunk further when verified).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ..config import LocalFeaturesConfig
+from ..errors import BadImageError, ShoplensError
+from ..imaging import Photo, load_image
+from ..store.base import CatalogueStore
+from .index import MANIFEST, LocalConfig, LocalIndex
+
+log = logging.getLogger(__name__)
+
+#: The domain local features serve.
+DOMAIN = "other_product"
+
+
+@dataclass
+class Refined:
+    """Candidates of one query after the local stage, closest first."""
+
+    distances: np.ndarray
+    ids: np.ndarray
+    steps: dict[str, Any]
+
+
+class LocalStage:
+    """A store's local-feature index under ``directory``, with its settings."""
+
+    def __init__(self, directory: Path, config: LocalFeaturesConfig) -> None:
+        self.directory = Path(directory)
+        self.config = config
+        wanted = replace(LocalConfig(), max_side=config.max_side, max_keypoints=config.max_keypoints,
+                         min_inliers=config.min_inliers)
+        self.index: LocalIndex | None = None
+        if (self.directory / MANIFEST).exists():
+            try:
+                self.index = LocalIndex.load(self.directory)
+            except (ShoplensError, OSError, ValueError, KeyError) as err:
+                log.warning("local-feature index in %s is unreadable (%s): rebuilding it from the stored photos", self.directory, err)
+                aside = self.directory.with_name(self.directory.name + ".broken")
+                shutil.rmtree(aside, ignore_errors=True)
+                self.directory.rename(aside)  # kept for a post-mortem until the next breakage
+            else:
+                built = {name: getattr(self.index.config, name) for name in LocalConfig.BUILD_FIELDS}
+                if built != {name: getattr(wanted, name) for name in LocalConfig.BUILD_FIELDS}:
+                    log.warning("local-feature index was built with %s: rebuilding it with the configured settings", built)
+                    shutil.rmtree(self.directory)
+                    self.index = None
+                else:
+                    self.index.reconfigure(wanted)
+        if self.index is None:
+            self.index = LocalIndex(None, wanted)
+        #: Image ids whose photo could not be read: searched by the global embedding only.
+        self.unreadable: set[int] = set()
+        # Searches read the index while writes change it; feature extraction runs outside the lock.
+        self._lock = threading.RLock()
+
+    def __len__(self) -> int:
+        return len(self.index) if self.index is not None else 0
+
+    # -- keeping in step with the store ---------------------------------------
+    def sync(self, store: CatalogueStore, *, progress: bool = False, workers: int = 2) -> tuple[int, int]:
+        """Add the store's new ``other_product`` images, drop the gone ones, save. Returns (added, removed)."""
+        assert self.index is not None
+        stored = store.image_ids(DOMAIN)
+        held = self.index.ids() if len(self.index) else np.zeros(0, np.int64)
+        gone = np.setdiff1d(held, stored)
+        new = [int(i) for i in np.setdiff1d(stored, held) if int(i) not in self.unreadable]
+        with self._lock:
+            removed = self.index.remove(gone) if len(gone) else 0
+        added = 0
+        if new:
+            t0 = time.perf_counter()
+            bar = tqdm(total=len(new), unit="img", desc="local features", disable=not progress, leave=False)
+            extractor = self.index.extract
+            side = self.index.config.max_side
+
+            sources = {i: store.image_source(i) for i in new}  # the store is read from this thread only
+
+            def features(image_id: int) -> Any:
+                source = sources[image_id]
+                try:
+                    if source is None:
+                        raise BadImageError("no stored source")
+                    return extractor(load_image(Path(source), target_size=side))
+                except (BadImageError, OSError) as err:
+                    log.warning("local features: image %d (%s) skipped: %s", image_id, source, err)
+                    return None
+
+            # SIFT runs in OpenCV without the GIL: a small pool keeps the cores busy.
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shoplens-sift") as pool:
+                for start in range(0, len(new), 256):
+                    chunk = new[start:start + 256]
+                    feats = list(pool.map(features, chunk))
+                    ok = [(i, f) for i, f in zip(chunk, feats) if f is not None]
+                    self.unreadable.update(i for i, f in zip(chunk, feats) if f is None)
+                    if ok:
+                        with self._lock:
+                            self.index.add(np.array([i for i, _ in ok], np.int64), [f for _, f in ok])
+                            added += len(ok)
+                    bar.update(len(chunk))
+            bar.close()
+            log.info("local features: %d image(s) added in %.1f s", added, time.perf_counter() - t0)
+        if added or removed or not (self.directory / MANIFEST).exists():
+            with self._lock:
+                self.index.save(self.directory)
+        return added, removed
+
+    # -- search -----------------------------------------------------------------
+    def refine(
+        self,
+        photo: Photo,
+        store: CatalogueStore,
+        vector: np.ndarray,
+        distances: np.ndarray,
+        ids: np.ndarray,
+        allowed: np.ndarray | None,
+    ) -> Refined:
+        """The global candidates of one query (``distances``/``ids``, −1 = empty) fused with the local index's."""
+        assert self.index is not None
+        cfg = self.config
+        t = time.perf_counter()
+        feats = self.index.extract(photo)
+        with self._lock:
+            l_ids, l_scores = self.index.query(feats, cfg.candidates)
+        if allowed is not None and len(l_ids):
+            keep = np.isin(l_ids, allowed)
+            l_ids, l_scores = l_ids[keep], l_scores[keep]
+        query_ms = (time.perf_counter() - t) * 1000
+        valid = ids >= 0
+        g_ids, g_d = ids[valid].astype(np.int64), distances[valid].astype(np.float64)
+        # Local candidates the global list missed: their exact global distance, from the store.
+        missing = np.setdiff1d(l_ids, g_ids)
+        if len(missing):
+            md, mi = store.search(DOMAIN, vector[None, :], len(missing), missing)
+            ok = mi[0] >= 0
+            g_ids = np.concatenate([g_ids, mi[0][ok].astype(np.int64)])
+            g_d = np.concatenate([g_d, md[0][ok].astype(np.float64)])
+        score = np.zeros(len(g_ids))
+        pos = {int(i): j for j, i in enumerate(g_ids)}
+        for i, s in zip(l_ids, l_scores):
+            j = pos.get(int(i))
+            if j is not None:
+                score[j] = float(s)
+        fused = g_d * np.exp(-cfg.weight * score)
+        order = np.argsort(fused, kind="stable")
+        g_ids, fused = g_ids[order], fused[order]
+        verified = 0
+        verify_ms = 0.0
+        if cfg.verify and cfg.shortlist > 0 and len(g_ids):
+            t = time.perf_counter()
+            with self._lock:
+                head = [j for j in range(min(cfg.shortlist, len(g_ids))) if int(g_ids[j]) in self.index]
+                inliers = self.index.verify(feats, g_ids[head]) if head else np.zeros(0, np.int64)
+            if head:
+                for j, n in zip(head, inliers):
+                    if n >= cfg.min_inliers:
+                        fused[j] *= 1.0 - cfg.verified_bonus
+                        verified += 1
+                order = np.argsort(fused, kind="stable")
+                g_ids, fused = g_ids[order], fused[order]
+            verify_ms = (time.perf_counter() - t) * 1000
+        steps = {
+            "enabled": True,
+            "keypoints": len(feats),
+            "local_candidates": int(len(l_ids)),
+            "added": int(len(missing)),
+            "verified": verified,
+            "query_ms": round(query_ms, 2),
+            "verify_ms": round(verify_ms, 2),
+        }
+        return Refined(fused.astype(np.float32), g_ids, steps)

@@ -1,0 +1,97 @@
+"""The local-feature stage inside the engine: kept in step with the store, rebuilt after loss, paying off on labels."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from shoplens import Shoplens
+from shoplens.api import LOCAL_DIR
+
+from .conftest import make_image
+from .test_engine import FixedIntent  # noqa: F401  (registers the "test-<intent>" classifiers)
+
+FLAGS = {"intent.classifier": "test-other_product"}  # every photo is a product photo
+
+
+def _flags() -> dict[str, str]:
+    return dict(FLAGS)
+
+
+def test_local_index_follows_the_store(tmp_path: Path, synthetic_catalogue: Path) -> None:
+    store = tmp_path / "store"
+    with Shoplens(store, **_flags()) as lens:
+        lens.index(synthetic_catalogue)
+        local = lens.pipeline.local
+        assert local is not None and len(local) == lens.store.count_images("other_product") == 7
+        result = lens.search_one(synthetic_catalogue.parent / "img" / "p3.png", top_k=5)
+        assert result.steps["local"]["enabled"] and result.steps["local"]["keypoints"] > 0
+        assert result.regions[0].results[0].product_id == "p3"
+        assert "local" in result.timings_ms
+        lens.delete_products(["p3"])
+        assert len(local) == 6
+        after = lens.search_one(synthetic_catalogue.parent / "img" / "p3.png", top_k=5)
+        assert "p3" not in [h.product_id for h in after.regions[0].results]
+    assert (store / LOCAL_DIR / "MANIFEST.json").exists()
+
+
+def test_lost_local_index_is_rebuilt_on_open(tmp_path: Path, synthetic_catalogue: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = tmp_path / "store"
+    with Shoplens(store, **_flags()) as lens:
+        lens.index(synthetic_catalogue)
+    shutil.rmtree(store / LOCAL_DIR)
+    with caplog.at_level(logging.INFO, logger="shoplens.local.stage"), Shoplens(store, **_flags()) as lens:
+        assert lens.pipeline.local is not None and len(lens.pipeline.local) == 7
+    assert any("7 image(s) added" in r.getMessage() for r in caplog.records)
+    # A corrupt manifest: rebuilt too, with a warning.
+    (store / LOCAL_DIR / "MANIFEST.json").write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="shoplens.local.stage"), Shoplens(store, **_flags()) as lens:
+        assert len(lens.pipeline.local) == 7  # type: ignore[arg-type]
+    assert any("unreadable" in r.getMessage() for r in caplog.records)
+
+
+def test_switched_off_and_missing_photo(tmp_path: Path) -> None:
+    rows = ["product_id,image,title,category,domain"]
+    for i in range(3):
+        make_image(tmp_path / "img" / f"q{i}.png", seed=50 + i)
+        rows.append(f"q{i},img/q{i}.png,Q{i},c,other_product")
+    (tmp_path / "catalog.csv").write_text("\n".join(rows) + "\n")
+    store = tmp_path / "store"
+    with Shoplens(store, **{**_flags(), "local.enabled": False}) as lens:
+        lens.index(tmp_path / "catalog.csv")
+        assert lens.pipeline.local is None
+        assert "local" not in lens.search_one(tmp_path / "img" / "q1.png").steps
+    (tmp_path / "img" / "q2.png").unlink()  # its source is gone: searched by the global embedding only
+    with Shoplens(store, **{**_flags(), "local.enabled": True}) as lens:  # the store saved enabled=False
+        assert len(lens.pipeline.local) == 2  # type: ignore[arg-type]
+        assert lens.search_one(tmp_path / "img" / "q1.png").regions[0].results[0].product_id == "q1"
+
+
+@pytest.mark.data
+def test_local_features_pay_off_on_packages(tmp_path: Path, data_dir: Path) -> None:
+    """Grocery Packages (cartons, pots): val store photos against the 81 catalogue images, local features on vs off."""
+    root = data_dir / "grocery"
+    with open(root / "catalog.csv", newline="") as f:
+        catalog = list(csv.DictReader(f))
+    packages = {r["product_id"] for r in catalog if r["top_level"] == "Packages"}
+    with open(root / "photos.csv", newline="") as f:
+        queries = [r for r in csv.DictReader(f) if r["split"] == "val" and r["product_id"] in packages][::2]  # 50: quick
+    assert len(queries) >= 40
+    store = tmp_path / "store"
+    flags = {"intent.enabled": False, "search.rank_filter": False, "search.entropy_filter": False, "search.category_order": False}
+    with Shoplens(store, **flags) as lens:
+        lens.index(root / "catalog.csv")
+    hits = {}
+    for enabled in (False, True):
+        with Shoplens(store, **{**flags, "local.enabled": enabled}) as lens:
+            found = lens.search([root / q["image"] for q in queries], top_k=1)
+        hits[enabled] = sum(
+            bool(r.regions) and bool(r.regions[0].results) and r.regions[0].results[0].product_id == q["product_id"]  # type: ignore[union-attr]
+            for r, q in zip(found, queries)
+        ) / len(queries)
+    # Measured: R@1 0.32 with the global embedding alone, about 0.6 fused with local features.
+    assert hits[True] >= hits[False] + 0.15, hits
