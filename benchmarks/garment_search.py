@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-score", type=float, default=None, help="also run per-garment search with this detect.min_score")
     ap.add_argument("--val-fraction", type=float, default=0.25)
     ap.add_argument("--limit", type=int, default=None, help="first N held-out photos only (quick runs)")
+    ap.add_argument("--skip-config-run", action="store_true", help="no per-garment run at the config's detect.min_score")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -97,9 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     outfits = root / "outfits"
     _, val = split_outfits(read_outfits(outfits / "garments.jsonl", outfits), args.val_fraction)
     val = val[: args.limit] if args.limit else val
-    modes: dict[str, dict[str, Any]] = {"whole_image": {"detect.detector": "none"}, "per_garment": {"detect.detector": "default"}}
+    modes: dict[str, dict[str, Any]] = {"whole_image": {"detect.detector": "none"}}
     if args.min_score is not None:
         modes[f"per_garment_min_score_{args.min_score}"] = {"detect.detector": "default", "detect.min_score": args.min_score}
+    if not args.skip_config_run:
+        modes["per_garment"] = {"detect.detector": "default"}
     report: dict[str, Any] = {"catalogue": len(rows), "val_photos": len(val), "top_k": args.top_k, "modes": {}}
     for mode, flags in modes.items():
         per_label = {lab: [0, 0, 0] for lab in LABELS}  # garments, served, served anywhere
@@ -136,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
             "regions_per_photo": round(regions / max(len(val), 1), 2),
             "ms_per_photo": round(1000 * seconds / max(len(val), 1), 1),
         }
+        print(mode, json.dumps(report["modes"][mode]), file=sys.stderr, flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
