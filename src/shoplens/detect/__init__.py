@@ -6,6 +6,7 @@ lists them. Boxes are in pixels of the photo as given (after EXIF).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 from ..models import Encoding
@@ -28,6 +29,21 @@ class NoDetector(Detector):
 @_REGISTRY.register("none", "no detection: search the whole photo")
 def _none(**_: Any) -> Detector:
     return NoDetector()
+
+
+@_REGISTRY.register("default", "garment head on efficientnet_lite0 features (shipped weights, offline)")
+def _default(*, min_score: float | None = None, **_: Any) -> Detector:
+    from .head import HeadDetector
+
+    return HeadDetector() if min_score is None else HeadDetector(min_score=min_score)
+
+
+@_REGISTRY.register("head:", "garment head from a weights file made by train_detector (head:PATH)")
+def _head_file(*, location: str, min_score: float | None = None, **_: Any) -> Detector:
+    from .head import HeadDetector
+
+    weights = Path(location).expanduser()
+    return HeadDetector(weights=weights) if min_score is None else HeadDetector(weights=weights, min_score=min_score)
 
 
 @_REGISTRY.register("owlv2:", "OWLv2 open-vocabulary detector: owlv2:<hub id | /path | local-dir:/path> [hf]")
