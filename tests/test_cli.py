@@ -45,9 +45,9 @@ def test_index_search_classify_detect_json(tmp_path: Path, synthetic_catalogue: 
     code, lines, _ = run(capsys, "classify", str(good), "--json", "--intent-classifier", "test-apparel")
     assert code == 0 and lines == [{"image": str(good), "intent": "apparel", "intent_scores": lines[0]["intent_scores"]}]
 
-    code, lines, _ = run(capsys, "detect", str(good), "--json", "--detector", "test-two-boxes")
+    code, lines, _ = run(capsys, "detect", str(good), "--json", "--detector", "test-two-boxes", "--set", "detect.min_score=0.3")
     assert code == 0 and set(lines[0]) == {"image", "garments"}
-    assert [g["label"] for g in lines[0]["garments"]] == ["top", "shoes"]
+    assert [g["label"] for g in lines[0]["garments"]] == ["top", "shoes"]  # the 0.1 hat is under min_score
     assert set(lines[0]["garments"][0]) == {"box", "label", "score"}
 
 

@@ -129,7 +129,8 @@ def test_apparel_searches_each_garment(tmp_path: Path, synthetic_catalogue: Path
     store = tmp_path / "store"
     text = synthetic_catalogue.read_text().replace("other_product", "apparel")
     synthetic_catalogue.write_text(text)
-    with Shoplens(store, **{"intent.classifier": "test-apparel", "detect.detector": "test-two-boxes"}, **LOOSE) as lens:
+    flags = {"intent.classifier": "test-apparel", "detect.detector": "test-two-boxes", "detect.min_score": 0.3}
+    with Shoplens(store, **flags, **LOOSE) as lens:
         lens.index(synthetic_catalogue)
         photo = make_image(tmp_path / "street.png", 5, size=(200, 300))
         steps: list[str] = []

@@ -103,14 +103,14 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
 
 @pytest.fixture(scope="module")
 def apparel_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Test classifier and detector: every photo is apparel with a top and shoes."""
+    """Test classifier and detector: every photo is apparel with a top and shoes (its 0.1 hat is under min_score)."""
     folder = tmp_path_factory.mktemp("web-apparel")
     lines = ["product_id,image,title,category,domain"]
     for i in range(4):
         (folder / f"a{i}.png").write_bytes(encode(picture(50 + i, (120, 160))))
         lines.append(f"a{i},a{i}.png,Garment {i},Tops,apparel")
     (folder / "catalog.csv").write_text("\n".join(lines) + "\n")
-    flags = {"intent.classifier": "test-apparel", "detect.detector": "test-two-boxes", "search.rank_filter": False}
+    flags = {"intent.classifier": "test-apparel", "detect.detector": "test-two-boxes", "detect.min_score": 0.3, "search.rank_filter": False}
     with Shoplens(folder / "store", **flags) as lens:
         lens.index(folder / "catalog.csv")
         with LiveServer(create_app(lens, ServerSettings())) as server:
