@@ -120,8 +120,17 @@ def test_pipeline_builds_the_configured_runtime(onnx_cache: Path, monkeypatch: p
     monkeypatch.setenv("SHOPLENS_CACHE", str(onnx_cache))  # the export of the fixture is reused
     onnx = Pipeline(Config().merged({"runtime": {"engine": "onnx"}})).backbone("efficientnet_lite0")
     assert isinstance(onnx, OnnxConvBackbone) and onnx.model_path.parent == onnx_cache / "onnx"
-    torch_ = Pipeline(Config()).backbone("efficientnet_lite0")
+    torch_ = Pipeline(Config().merged({"runtime": {"engine": "torch"}})).backbone("efficientnet_lite0")
     assert type(torch_) is TorchConvBackbone
+    auto = Pipeline(Config()).backbone("efficientnet_lite0")  # the default: ONNX Runtime where it can
+    assert Config().runtime.engine == "auto" and isinstance(auto, OnnxConvBackbone)
+
+
+def test_auto_runtime_falls_back_to_torch_when_onnx_cannot_run(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # importing it now raises ImportError
+    backbone = create_model("efficientnet_lite0", runtime="auto")
+    assert type(backbone) is TorchConvBackbone
+    assert "running it in torch" in caplog.text
 
 
 def test_onnx_falls_back_to_torch_off_the_32_px_grid(backbones: tuple[TorchConvBackbone, TorchConvBackbone]) -> None:

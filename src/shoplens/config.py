@@ -127,10 +127,11 @@ class StoreConfig:
 class RuntimeConfig:
     """How the backbones run on the CPU."""
 
-    #: "torch" (eager PyTorch, batch norms folded, channels-last) or "onnx"
-    #: (ONNX Runtime, extra [onnx]; convolutional backbones only; its forward
-    #: pass is 3-5x eager torch on CPU, see docs/benchmarks/speed.md).
-    engine: str = "torch"
+    #: "auto" (ONNX Runtime for the convolutional backbones, torch for the
+    #: rest or when the export fails), "torch" (eager PyTorch, batch norms
+    #: folded, channels-last) or "onnx" (ONNX Runtime, convolutional backbones
+    #: only; its forward pass is 2-5x eager torch on CPU, docs/benchmarks/speed.md).
+    engine: str = "auto"
     #: CPU threads for inference; 0 = the runtime's default (all cores).
     threads: int = 0
 
