@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _data import REPO, data_root  # noqa: E402
+from _data import REPO, data_root
 
-from shoplens import Shoplens  # noqa: E402
-from shoplens.catalog import CatalogueRow  # noqa: E402
-from shoplens.detect.metrics import iou_matrix  # noqa: E402
-from shoplens.detect.train import read_outfits, split_outfits  # noqa: E402
-from shoplens.results import SearchResult  # noqa: E402
+from shoplens import Shoplens
+from shoplens.catalog import CatalogueRow
+from shoplens.detect.metrics import iou_matrix
+from shoplens.detect.train import read_outfits, split_outfits
+from shoplens.results import SearchResult
 
 #: clothing/ categories -> garment labels (issue 3); the rest are not indexed.
 CATEGORY = {

@@ -27,21 +27,21 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _data import data_root, rows  # noqa: E402
+from _data import data_root, rows
 
-from shoplens import Shoplens  # noqa: E402
-from shoplens.imaging import load_image  # noqa: E402
-from shoplens.models import Backbone, create_model  # noqa: E402
-from shoplens.models.onnx_runtime import OnnxConvBackbone, quantize_int8  # noqa: E402
-from shoplens.models.efficientnet_lite import build_efficientnet_lite  # noqa: E402
+from shoplens import Shoplens
+from shoplens.imaging import load_image
+from shoplens.models import Backbone, create_model
+from shoplens.models.efficientnet_lite import build_efficientnet_lite
+from shoplens.models.onnx_runtime import OnnxConvBackbone, quantize_int8
 
 
 def naive(paths: list[Path], model: torch.nn.Module, batch: int) -> None:

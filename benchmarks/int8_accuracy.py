@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _data import data_root, rows  # noqa: E402
+from _data import data_root, rows
 
-from shoplens.embed import Embedder, IdentityHead  # noqa: E402
-from shoplens.imaging import load_image  # noqa: E402
-from shoplens.models import create_model  # noqa: E402
-from shoplens.models.onnx_runtime import OnnxConvBackbone, quantize_int8  # noqa: E402
+from shoplens.embed import Embedder, IdentityHead
+from shoplens.imaging import load_image
+from shoplens.models import create_model
+from shoplens.models.onnx_runtime import OnnxConvBackbone, quantize_int8
 
 
 def recall(q: np.ndarray, q_ids: list[str], c: np.ndarray, c_ids: list[str], k: int) -> float:

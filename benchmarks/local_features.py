@@ -24,14 +24,14 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from shoplens.embed import Embedder, l2_normalize
 from shoplens.imaging import load_image
-from shoplens.local import LocalConfig, LocalFeatures, LocalIndex, Vocabulary, fuse, rerank_verified
+from shoplens.local import LocalConfig, LocalFeatures, LocalIndex, Vocabulary, fuse
 from shoplens.local.features import FeatureExtractor
 from shoplens.models import create_model
 

@@ -23,10 +23,10 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _data import data_root, rows  # noqa: E402
-from search_latency import build_catalogue, pad  # noqa: E402
+from _data import data_root, rows
+from search_latency import build_catalogue, pad
 
-from shoplens import Shoplens  # noqa: E402
+from shoplens import Shoplens
 
 FLAGS = {"local.enabled": False}
 

@@ -229,8 +229,7 @@ def main() -> int:
             log.info("%s %s=%d: recall@10 %.3f, p50 %.2f ms, p99 %.2f ms (cpu p50 %.2f ms)", kind, rows[-1]["param"], p, rows[-1]["recall@10"], p50, p99, rows[-1]["cpu_p50_ms"])
         del index
     with open(args.out, "a") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+        f.writelines(json.dumps(r) + "\n" for r in rows)
     return 0
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import pstats
 import json
+import pstats
 import random
 import statistics
 import sys
@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _data import data_root, rows  # noqa: E402
+from _data import data_root, rows
 
-from shoplens import Shoplens  # noqa: E402
-from shoplens.store import ImageRecord, ProductRecord, WriteBatch  # noqa: E402
+from shoplens import Shoplens
+from shoplens.store import ImageRecord, ProductRecord, WriteBatch
 
 
 def build_catalogue(root: Path, tmp: Path, n_clothing: int) -> Path:

@@ -11,8 +11,8 @@ import pytest
 
 from shoplens.cli import main
 
-from .conftest import make_image
 from . import test_engine  # noqa: F401  (registers the test-* intent classifiers)
+from .conftest import make_image
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[dict], str]:

@@ -13,15 +13,24 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 
 from shoplens.errors import StoreError
-from shoplens.store import CatalogueStore, EmbeddedStore, ImageRecord, ProductRecord, WriteBatch, list_stores, open_catalogue_store
+from shoplens.store import (
+    CatalogueStore,
+    EmbeddedStore,
+    ImageRecord,
+    ProductRecord,
+    WriteBatch,
+    list_stores,
+    open_catalogue_store,
+)
 from shoplens.store.migrate import copy_catalogue
+from shoplens.store.vectors import ann_threshold
 
 HAS_MILVUS = importlib.util.find_spec("pymilvus") is not None and importlib.util.find_spec("milvus_lite") is not None
 needs_milvus = pytest.mark.skipif(not HAS_MILVUS, reason="pymilvus/milvus-lite not installed (pip install 'shoplens[milvus]')")
@@ -246,6 +255,18 @@ def test_auto_switches_to_approximate_above_the_threshold(tmp_path: Path, caplog
 
 # -- migration -----------------------------------------------------------------
 @needs_milvus
+def test_auto_threshold_scales_with_the_dimension(tmp_path: Path) -> None:
+    # A single-query flat scan reads count x dim floats: the default threshold keeps that bounded.
+    assert [ann_threshold(d) for d in (512, 1280, 2560, 100_000)] == [50_000, 20_000, 10_000, 5_000]
+    store = EmbeddedStore(tmp_path / "s", Identity())
+    assert store.wanted_kind(19_999, 1280) == "flat" and store.wanted_kind(20_000, 1280) == "ivfsq8"
+    assert store.wanted_kind(19_999, 512) == "flat" and store.wanted_kind(10_000, 2560) == "ivfsq8"
+    given = EmbeddedStore(tmp_path / "t", Identity(), ann_threshold=1000)  # an explicit count wins
+    assert given.wanted_kind(999, 2560) == "flat" and given.wanted_kind(1000, 8) == "ivfsq8"
+    store.close()
+    given.close()
+
+
 def test_migrate_embedded_to_milvus_and_back(tmp_path: Path) -> None:
     v = clustered(150, seed=7)
     src = EmbeddedStore(tmp_path / "src", Identity())

@@ -11,8 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
-from shoplens.detect import Detector, Garment, create_detector, list_detectors
-from shoplens.detect.head import GarmentHead, HeadConfig, HeadDetector, decode, fold_batch_norm, load_head, load_heads, save_head
+from shoplens.detect import Garment, create_detector, list_detectors
+from shoplens.detect.head import (
+    GarmentHead,
+    HeadConfig,
+    HeadDetector,
+    decode,
+    fold_batch_norm,
+    load_head,
+    load_heads,
+    save_head,
+)
 from shoplens.detect.metrics import DetectionScores, iou_matrix, match
 from shoplens.detect.train import MAIN_LABELS, is_validation, read_outfits, split_outfits, train_detector
 from shoplens.errors import ShoplensError, UnknownModelError

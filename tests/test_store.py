@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shoplens.errors import StoreError
 from shoplens.store import EmbeddedStore, ImageRecord, ProductRecord, WriteBatch
 from shoplens.store.metadata import MetadataDB
-from shoplens.errors import StoreError
 
 
 class Identity:

@@ -17,9 +17,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -29,7 +30,7 @@ from .config import INTENTS, Config, resolve_config
 from .errors import BadImageError, CatalogueError, NotFoundError, ShoplensError, StoreError
 from .filters import FilterLike, parse_filters
 from .imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, Photo, load_image
-from .indexing import IndexReport, Indexer
+from .indexing import Indexer, IndexReport
 from .local.stage import LocalStage
 from .pipeline import INTENT_MODEL_FILE, EncodingCache, Pipeline
 from .results import DetectResult, ErrorResult, GarmentResult, IntentResult, SearchResult
@@ -178,7 +179,7 @@ class Shoplens:
     def close(self) -> None:
         self.store.close()
 
-    def __enter__(self) -> "Shoplens":
+    def __enter__(self) -> Shoplens:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -12,8 +12,9 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from . import __version__
 from .api import Shoplens, classify_photos, detect_photos, migrate, open_store
@@ -75,7 +76,7 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
     """Dotted configuration flags from the parsed options (None = not given)."""
     flags: dict[str, Any] = _parse_set(getattr(args, "set", []) or [])
-    get = lambda name: getattr(args, name, None)  # noqa: E731
+    get = lambda name: getattr(args, name, None)
     flags.update(
         {
             "intent.classifier": get("intent_classifier"),

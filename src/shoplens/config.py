@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from .errors import ConfigError
 
@@ -149,11 +150,11 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def merged(self, overrides: Mapping[str, Any] | None) -> "Config":
+    def merged(self, overrides: Mapping[str, Any] | None) -> Config:
         """A copy with ``overrides`` (nested mapping) applied; ``None`` values are skipped."""
         return _merge(self, overrides or {}, "")
 
-    def with_flags(self, **flags: Any) -> "Config":
+    def with_flags(self, **flags: Any) -> Config:
         """Apply dotted flags: ``with_flags(**{"search.min_rank": 1.2})``."""
         nested: dict[str, Any] = {}
         for key, value in flags.items():

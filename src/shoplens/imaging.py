@@ -207,4 +207,4 @@ def to_pil(photo: Photo) -> Image.Image:
     return Image.fromarray(photo.pixels, "RGB")
 
 
-__all__ = ["Photo", "load_image", "photo_from_array", "crop", "to_pil", "ImageSource"]
+__all__ = ["ImageSource", "Photo", "crop", "load_image", "photo_from_array", "to_pil"]

@@ -15,10 +15,11 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -74,7 +75,7 @@ def _read(row: CatalogueRow) -> tuple[bytes, str]:
     return data, hashlib.sha1(data).hexdigest()
 
 
-def _group(rows: Iterable[CatalogueRow], report: IndexReport) -> "OrderedDict[str, list[CatalogueRow]]":
+def _group(rows: Iterable[CatalogueRow], report: IndexReport) -> OrderedDict[str, list[CatalogueRow]]:
     products: OrderedDict[str, list[CatalogueRow]] = OrderedDict()
     for row in rows:
         report.rows += 1
@@ -88,7 +89,7 @@ def _group(rows: Iterable[CatalogueRow], report: IndexReport) -> "OrderedDict[st
     return products
 
 
-def _chunks(products: "OrderedDict[str, list[CatalogueRow]]", size: int) -> Iterator[list[tuple[str, list[CatalogueRow]]]]:
+def _chunks(products: OrderedDict[str, list[CatalogueRow]], size: int) -> Iterator[list[tuple[str, list[CatalogueRow]]]]:
     chunk: list[tuple[str, list[CatalogueRow]]] = []
     n = 0
     for pid, rows in products.items():

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,12 +24,12 @@ from .detect import Detector, Garment, create_detector
 from .embed import Calibration, Embedder, Head, IdentityHead, calibration_file, load_head
 from .errors import StoreError
 from .imaging import Photo, crop
-from .local.stage import LocalStage
 from .intent import IntentClassifier, create_intent_classifier, list_intent_classifiers
+from .local.stage import LocalStage
 from .models import Backbone, Encoding, create_model
 from .rerank import Hit, postprocess
-from .store.base import CatalogueStore
 from .results import ProductHit, RegionResult, SearchResult
+from .store.base import CatalogueStore
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class EncodingCache:
     parent already computed and computes only what is missing, for the subset.
     """
 
-    def __init__(self, pipeline: "Pipeline", photos: Sequence[Photo], parent: "EncodingCache | None" = None, indices: Sequence[int] = ()) -> None:
+    def __init__(self, pipeline: Pipeline, photos: Sequence[Photo], parent: EncodingCache | None = None, indices: Sequence[int] = ()) -> None:
         self.pipeline = pipeline
         self.photos = list(photos)
         self._cache: dict[tuple[str, int], list[Encoding]] = {}
@@ -84,7 +85,7 @@ class EncodingCache:
                 self._cache[key] = []
         return self._cache[key]
 
-    def subset(self, indices: Sequence[int]) -> "EncodingCache":
+    def subset(self, indices: Sequence[int]) -> EncodingCache:
         return EncodingCache(self.pipeline, [self.photos[i] for i in indices], self, indices)
 
 

@@ -9,7 +9,8 @@ what is known.
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from .errors import UnknownModelError
 

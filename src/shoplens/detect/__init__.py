@@ -6,8 +6,9 @@ lists them. Boxes are in pixels of the photo as given (after EXIF).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..models import Encoding
 from ..registry import Registry

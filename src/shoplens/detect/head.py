@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +86,7 @@ class GarmentHead(nn.Module):
         self.tower = nn.Sequential(*(_sep_conv(c) for _ in range(cfg.tower)))
         self.heat = nn.Conv2d(c, len(cfg.labels), 3, padding=1)
         self.sides = nn.Conv2d(c, 4, 3, padding=1)
+        assert self.heat.bias is not None and self.sides.bias is not None
         nn.init.constant_(self.heat.bias, -2.19)  # prior of 0.1: focal loss starts stable
         nn.init.normal_(self.sides.weight, std=0.01)
         nn.init.constant_(self.sides.bias, 0.0)
@@ -110,7 +112,9 @@ def fold_batch_norm(head: GarmentHead) -> GarmentHead:
         out: list[nn.Module] = []
         for m in seq:
             if isinstance(m, nn.BatchNorm2d) and out and isinstance(out[-1], nn.Conv2d):
-                out.append(fuse_conv_bn_eval(out.pop(), m))  # type: ignore[arg-type]
+                conv = out.pop()
+                assert isinstance(conv, nn.Conv2d)
+                out.append(fuse_conv_bn_eval(conv, m))
             elif isinstance(m, nn.Sequential):
                 out.append(fold(m))
             else:
@@ -187,7 +191,7 @@ def save_head(head: GarmentHead | Sequence[GarmentHead], path: Path, *, extra: d
 
 def _build(member: dict[str, Any]) -> GarmentHead:
     raw = dict(member["config"])
-    cfg = HeadConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    cfg = HeadConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})  # type: ignore[arg-type]
     head = GarmentHead(cfg)
     head.load_state_dict(member["state_dict"])
     return head.eval()

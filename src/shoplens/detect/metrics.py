@@ -7,8 +7,8 @@ only (greedy matching, best score first, then best overlap).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 

@@ -17,9 +17,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -394,7 +395,7 @@ def train_detector(
         raise ShoplensError(f"{jsonl}: too few photos to train and validate ({len(train)} / {len(val)})")
     backbone = create_model("efficientnet_lite0")
     module = backbone.torch_module()
-    ch = module.feature_channels  # type: ignore[union-attr]
+    ch: dict[str, int] = module.feature_channels  # type: ignore[union-attr, assignment]
     canvas = _load_canvas(train, max(train_sizes))
     heads: list[GarmentHead] = []
     losses: list[float] = []
@@ -480,7 +481,7 @@ def _fit(
             aspect = float(rng.uniform(0.55, 1.0))
             out_hw = (size, max(stride * 4, int(round(size * aspect / 32)) * 32))
             views = _draw_views(rng, canvas.hw[idx], out_hw)
-            x = _render(canvas, idx, views, out_hw, dev).contiguous(memory_format=torch.channels_last)
+            x = _render(canvas, idx.tolist(), views, out_hw, dev).contiguous(memory_format=torch.channels_last)
             with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                 f = backbone.forward_features(x)  # type: ignore[operator]
             s8, s16, s32 = (f[k].float() for k in ("s8", "s16", "s32"))

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -164,6 +165,6 @@ def summarise(outcomes: Sequence[QueryOutcome], ks: Sequence[int] = (1, 5, 10)) 
             "mean": round(float(values.mean()), 2),
             "p50": round(float(np.percentile(values, 50)), 2),
             "p95": round(float(np.percentile(values, 95)), 2),
-            "n": int(len(values)),
+            "n": len(values),
         }
     return report

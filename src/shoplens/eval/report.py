@@ -6,8 +6,9 @@ import base64
 import html
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..config import INTENTS
 from ..errors import MissingDependencyError

@@ -22,20 +22,21 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-import time
-from typing import Any, ClassVar, Iterable, Sequence, Union
+from typing import Any, ClassVar, Union
 
 import numpy as np
 
 from ..errors import ConfigError, NotFoundError, StoreError
 from ..imaging import Photo
+from ._io import fsync_dir
 from .asmk import aggregate, selectivity_table
 from .features import FeatureExtractor, LocalFeatures, rootsift
 from .fusion import FUSION_METHODS, fuse, rerank_verified
-from ._io import fsync_dir
 from .segment import Segment
 from .verify import VerifyParams, verify_pair
 from .vocabulary import Vocabulary
@@ -108,7 +109,7 @@ class LocalConfig:
                             threshold=self.ransac_threshold)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LocalConfig":
+    def from_dict(cls, data: dict[str, Any]) -> LocalConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -161,7 +162,7 @@ class LocalIndex:
 
     @classmethod
     def train_vocabulary(cls, photos: Iterable[PhotoOrFeatures], config: LocalConfig | None = None,
-                         *, seed: int = 0) -> "LocalIndex":
+                         *, seed: int = 0) -> LocalIndex:
         """An empty index whose vocabulary is trained from ``photos`` (e.g. the catalogue's images).
 
         Uses ``config.vocabulary_size`` words, fewer when the photos hold too few
@@ -412,7 +413,7 @@ class LocalIndex:
         log.info("saved %d images in %d segments to %s", len(self._where), len(entries), root)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> "LocalIndex":
+    def load(cls, directory: str | os.PathLike[str]) -> LocalIndex:
         """The index last saved under ``directory``."""
         root = Path(directory)
         if not (root / MANIFEST).exists():

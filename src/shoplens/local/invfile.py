@@ -10,8 +10,8 @@ times the cost of comparing two images.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -35,7 +35,7 @@ class Postings:
         return int(self.ptr.nbytes + self.rows.nbytes + self.sigs.nbytes)
 
     @classmethod
-    def build(cls, images: Sequence[tuple[np.ndarray, np.ndarray]], vocabulary_size: int) -> "Postings":
+    def build(cls, images: Sequence[tuple[np.ndarray, np.ndarray]], vocabulary_size: int) -> Postings:
         """``images``: per image, its distinct words (m,) and signatures (m, 2), in row order."""
         counts = np.array([len(w) for w, _ in images], dtype=np.int64)
         if counts.sum() == 0:

@@ -13,9 +13,9 @@ once and never modified.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -54,7 +54,7 @@ class Segment:
 
     @classmethod
     def build(cls, ids: np.ndarray, encoded: Sequence[tuple[np.ndarray, np.ndarray]],
-              features: Sequence[LocalFeatures], vocabulary_size: int) -> "Segment":
+              features: Sequence[LocalFeatures], vocabulary_size: int) -> Segment:
         """``encoded``: per image, its distinct words and ASMK signatures; ``features``: its keypoints."""
         counts = np.array([len(f) for f in features], np.int64)
         kp_ptr = np.zeros(len(features) + 1, np.int64)
@@ -103,7 +103,7 @@ class Segment:
     # -- merging -------------------------------------------------------------------------------
 
     @classmethod
-    def merge(cls, segments: Sequence["Segment"]) -> "Segment":
+    def merge(cls, segments: Sequence[Segment]) -> Segment:
         """One segment holding the alive images of ``segments``, in order."""
         vocabulary_size = segments[0].postings.vocabulary_size
         ids, encoded, features = [], [], []
@@ -139,7 +139,7 @@ class Segment:
         self.alive_dirty = False
 
     @classmethod
-    def read(cls, directory: Path, name: str, alive_file: str, vocabulary_size: int) -> "Segment":
+    def read(cls, directory: Path, name: str, alive_file: str, vocabulary_size: int) -> Segment:
         path = directory / name
         try:
             a = {k: np.load(path / f"{k}.npy", mmap_mode="r" if k in _MAPPED else None, allow_pickle=False)

@@ -187,8 +187,8 @@ class LocalStage:
         steps = {
             "enabled": True,
             "keypoints": len(feats),
-            "local_candidates": int(len(l_ids)),
-            "added": int(len(missing)),
+            "local_candidates": len(l_ids),
+            "added": len(missing),
             "verified": verified,
             "query_ms": round(query_ms, 2),
             "verify_ms": round(verify_ms, 2),

@@ -56,7 +56,7 @@ class Vocabulary:
 
     @classmethod
     def train(cls, descriptors: np.ndarray, size: int, *, niter: int = 20, seed: int = 0,
-              max_points_per_word: int = 32) -> "Vocabulary":
+              max_points_per_word: int = 32) -> Vocabulary:
         """k-means over RootSIFT ``descriptors`` (n, 128).
 
         At most ``max_points_per_word`` × ``size`` descriptors are used. Beyond
@@ -100,7 +100,7 @@ class Vocabulary:
         return words.astype(np.int64, copy=False), dist
 
     @classmethod
-    def generic(cls) -> "Vocabulary":
+    def generic(cls) -> Vocabulary:
         """The vocabulary shipped with shoplens (:data:`GENERIC`), so an index needs no training.
 
         Trained by ``benchmarks/local_vocabulary.py`` on photos that are neither
@@ -113,7 +113,7 @@ class Vocabulary:
         write_npy(path, self.centroids.astype(np.float32))
 
     @classmethod
-    def load(cls, path: Path) -> "Vocabulary":
+    def load(cls, path: Path) -> Vocabulary:
         try:
             return cls(np.load(path, allow_pickle=False))
         except (OSError, ValueError) as err:

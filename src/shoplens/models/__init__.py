@@ -61,11 +61,11 @@ def imagenet_class_names() -> tuple[str, ...]:
 
 
 __all__ = [
+    "RUNTIMES",
     "Backbone",
     "Encoding",
     "ModelEntry",
     "PreprocessCfg",
-    "RUNTIMES",
     "TorchConvBackbone",
     "WeightsSource",
     "create_model",

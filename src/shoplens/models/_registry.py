@@ -15,9 +15,10 @@ import fnmatch
 import logging
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from ..errors import ConfigError, UnknownModelError
 from .backbone import Backbone
@@ -31,7 +32,7 @@ class ModelEntry:
     """A registered backbone: how to build it and how to feed it."""
 
     name: str
-    build: Callable[["ModelEntry", str], Backbone]
+    build: Callable[[ModelEntry, str], Backbone]
     preprocess: PreprocessCfg
     description: str = ""
     #: The pip extra that provides its dependencies, if any.

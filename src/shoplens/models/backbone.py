@@ -12,9 +12,9 @@ from __future__ import annotations
 import abc
 import threading
 from collections import defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -80,7 +80,7 @@ class TorchConvBackbone(Backbone):
         fused = getattr(module, "fused", None)
         self._infer = fused().to(memory_format=torch.channels_last) if callable(fused) else self.module
         self.preprocess = preprocess
-        self.feature_dim = int(getattr(module, "num_features"))
+        self.feature_dim = int(module.num_features)  # type: ignore[arg-type]
         self.has_imagenet_head = has_imagenet_head
         self.batch_size = batch_size
         self._pool = ThreadPoolExecutor(max_workers=threads or 2, thread_name_prefix="shoplens-resize")

@@ -14,7 +14,7 @@ import copy
 import importlib
 import math
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -125,7 +125,7 @@ class EfficientNetLite(nn.Module):
         out["s32"] = F.relu6(self._bn1(self._conv_head(x)))
         return out
 
-    def fused(self) -> "EfficientNetLite":
+    def fused(self) -> EfficientNetLite:
         """An inference copy with every batch norm folded into its convolution.
 
         Same outputs up to float rounding, about a third fewer memory passes;

@@ -7,8 +7,9 @@ wrongly prepared pixels.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -42,10 +43,10 @@ class PreprocessCfg:
     interpolation: str = "bilinear"
     stride: int = 32
 
-    def with_size(self, input_size: int) -> "PreprocessCfg":
+    def with_size(self, input_size: int) -> PreprocessCfg:
         return PreprocessCfg(input_size, self.resize, self.mean, self.std, self.interpolation, self.stride)
 
-    def with_resize(self, resize: ResizeMode) -> "PreprocessCfg":
+    def with_resize(self, resize: ResizeMode) -> PreprocessCfg:
         return PreprocessCfg(self.input_size, resize, self.mean, self.std, self.interpolation, self.stride)
 
 
@@ -69,7 +70,7 @@ def target_shape(h: int, w: int, cfg: PreprocessCfg) -> tuple[int, int]:
     st = cfg.stride
     s = max(st, round(cfg.input_size / st) * st)
     scale = s / max(h, w)
-    snap = lambda n: int(min(s, max(st, round(n * scale / st) * st)))  # noqa: E731
+    snap = lambda n: int(min(s, max(st, round(n * scale / st) * st)))
     return snap(h), snap(w)
 
 

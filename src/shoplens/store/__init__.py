@@ -20,8 +20,9 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,7 @@ from ..filters import Filter
 from ..registry import Registry
 from .base import CatalogueStore, Projector, WriteBatch
 from .metadata import Change, ImageRecord, MetadataDB, ProductRecord
-from .vectors import AUTO_ANN_KIND, AUTO_ANN_THRESHOLD, INDEX_KINDS, FaissIndex, VectorIndex, ann_params
+from .vectors import AUTO_ANN_KIND, INDEX_KINDS, FaissIndex, VectorIndex, ann_params, ann_threshold
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ class EmbeddedStore(CatalogueStore):
     """SQLite + FAISS in one folder; safe for one writer process at a time.
 
     ``index``: ``"auto"`` (exact below ``ann_threshold`` vectors per domain,
-    :data:`~shoplens.store.vectors.AUTO_ANN_KIND` above), or one of
+    by default :func:`~shoplens.store.vectors.ann_threshold` of the vectors'
+    dimension; :data:`~shoplens.store.vectors.AUTO_ANN_KIND` above), or one of
     ``flat``, ``ivfflat``, ``ivfsq8``, ``ivfpq``. ``ann`` overrides the
     approximate index's parameters (``nlist``, ``nprobe``, ``m``). An index
     whose kind no longer fits (the catalogue grew past the threshold, or
@@ -59,7 +61,7 @@ class EmbeddedStore(CatalogueStore):
         *,
         create: bool = True,
         index: str = "auto",
-        ann_threshold: int = AUTO_ANN_THRESHOLD,
+        ann_threshold: int | None = None,
         ann: dict[str, int] | None = None,
     ) -> None:
         if index not in INDEX_KINDS:
@@ -215,11 +217,21 @@ class EmbeddedStore(CatalogueStore):
         index.applied_seq = max(ch.seq for ch in changes)
         log.info("vector index %s: replayed %d change(s)", domain, len(changes))
 
-    def wanted_kind(self, count: int) -> str:
-        """The index kind for a partition of ``count`` vectors."""
+    def threshold(self, dim: int) -> int:
+        """Vectors per partition from which ``auto`` is approximate (given, or scaled by ``dim``)."""
+        return self.ann_threshold if self.ann_threshold is not None else ann_threshold(dim)
+
+    def wanted_kind(self, count: int, dim: int) -> str:
+        """The index kind for a partition of ``count`` vectors of ``dim`` dimensions."""
         if self.index_kind != "auto":
             return self.index_kind
-        return AUTO_ANN_KIND if count >= self.ann_threshold else "flat"
+        return AUTO_ANN_KIND if count >= self.threshold(dim) else "flat"
+
+    def _dim(self, domain: str) -> int:
+        """Dimension of ``domain``'s projected vectors (0 when it has none)."""
+        for _, raw in self.db.iter_raw(domain, batch=1):
+            return int(self._projector.project(domain, raw).shape[1])
+        return 0
 
     def rebuild(self, domain: str) -> VectorIndex:
         """Rebuild a domain's index from the stored raw descriptors.
@@ -229,7 +241,7 @@ class EmbeddedStore(CatalogueStore):
         with self._lock:
             seq = self.db.last_seq()
             count = self.db.count_images(domain)
-            kind = self.wanted_kind(count)
+            kind = self.wanted_kind(count, self._dim(domain)) if count else "flat"
             index: FaissIndex | None = None
             if kind != "flat" and count:
                 index = self._train(domain, kind, count)
@@ -263,8 +275,8 @@ class EmbeddedStore(CatalogueStore):
         n = len(index)
         if n == 0:
             return  # nothing to train on yet: an empty partition stays flat
-        kind = self.wanted_kind(n)
-        if self.index_kind == "auto" and index.kind != "flat" and n >= self.ann_threshold // 2:
+        kind = self.wanted_kind(n, index.dim)
+        if self.index_kind == "auto" and index.kind != "flat" and n >= self.threshold(index.dim) // 2:
             kind = index.kind  # hysteresis: stay approximate until well below the threshold
         # Outgrown: the lists it was trained with are a quarter of what its size now calls for.
         grown = isinstance(index, FaissIndex) and not index.exact and "nlist" not in self.ann and (

@@ -8,9 +8,10 @@ interchangeable.
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -154,7 +155,7 @@ class CatalogueStore(abc.ABC):
     def iter_raw(self, domain: str | None = None, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(image ids, raw descriptors) in batches."""
 
-    def __enter__(self) -> "CatalogueStore":
+    def __enter__(self) -> CatalogueStore:
         return self
 
     def __exit__(self, *exc: object) -> None:

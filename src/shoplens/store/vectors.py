@@ -64,12 +64,27 @@ class VectorIndex(abc.ABC):
 
 #: Index kinds a store can be asked for (``StoreConfig.index``).
 INDEX_KINDS = ("auto", "flat", "ivfflat", "ivfsq8", "ivfpq")
-#: Below this many vectors ``auto`` stays exact (a flat scan is fast enough).
+#: Below this many vectors of 512 dimensions ``auto`` stays exact (a flat scan
+#: is fast enough). A single-query flat scan reads every vector, so its cost
+#: is the count times the dimension: :func:`ann_threshold` scales the count.
 AUTO_ANN_THRESHOLD = 50_000
+#: Floats a flat scan may read per query before ``auto`` turns approximate
+#: (100 MB: ~15 ms on this project's 2 cores; a 50,000 x 2,560 flat scan took
+#: 73 ms per search, docs/benchmarks.md).
+AUTO_ANN_BUDGET = AUTO_ANN_THRESHOLD * 512
 #: ``auto`` above the threshold: inverted lists over 8-bit scalar-quantised
 #: vectors (recall@10 >= 0.95 at a few ms per query, 1 byte per dimension;
 #: see docs/benchmarks/scale.md).
 AUTO_ANN_KIND = "ivfsq8"
+
+
+def ann_threshold(dim: int) -> int:
+    """Vectors of ``dim`` dimensions from which ``auto`` uses :data:`AUTO_ANN_KIND`.
+
+    50,000 at 512-d, 20,000 at 1,280-d, 10,000 at 2,560-d (never below 5,000:
+    inverted lists need enough vectors to train on).
+    """
+    return max(5_000, AUTO_ANN_BUDGET // max(dim, 1))
 
 
 def ann_params(kind: str, n: int, dim: int) -> dict[str, int]:
@@ -123,7 +138,7 @@ class FaissIndex(VectorIndex):
             self.nprobe = int(self.params.get("nprobe", 16))
 
     @classmethod
-    def trained(cls, kind: str, sample: np.ndarray, params: dict[str, int] | None = None) -> "FaissIndex":
+    def trained(cls, kind: str, sample: np.ndarray, params: dict[str, int] | None = None) -> FaissIndex:
         """An empty approximate index of ``kind`` trained on ``sample`` vectors."""
         sample = np.ascontiguousarray(sample, dtype=np.float32)
         dim = sample.shape[1]
@@ -230,7 +245,7 @@ class FaissIndex(VectorIndex):
         _fsync_dir(path.parent)
 
     @classmethod
-    def load(cls, path: Path) -> "FaissIndex":
+    def load(cls, path: Path) -> FaissIndex:
         """Load a saved index; any damage raises :class:`StoreError`."""
         try:
             data = path.read_bytes()
