@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shoplens.demo import catalogue_from_upstream, download, extract, sample_catalogue
+from shoplens.demo import catalogue_from_upstream, download, extract, sample_catalogue, sample_labelled, sample_root
 from shoplens.errors import ShoplensError
 
 from .conftest import make_image
@@ -27,6 +27,8 @@ def upstream_zip(tmp_path: Path) -> Path:
         rel = f"/iconic-images-and-descriptions/{top}/{coarse}/{name}/{name}_Iconic.jpg"
         make_image(ds / rel.lstrip("/"), seed=i)
         make_image(ds / "test" / top / coarse / name / f"{name}_001.jpg", seed=10 + i)
+        for j in range(2):  # labelled train photos: their folder names the product
+            make_image(ds / "train" / top / coarse / name / f"{name}_{j:03d}.jpg", seed=20 + 2 * i + j)
         rows.append(f"{name},{i},{coarse},{i},{rel},/x.txt\n")
     (ds / "classes.csv").write_text(header + "".join(rows))
     (src / "README.md").write_text("not needed")
@@ -99,3 +101,55 @@ def test_offline_copy_and_bad_folders(tmp_path: Path) -> None:
     (tmp_path / "bad.zip").write_bytes(b"not a zip")
     with pytest.raises(ShoplensError, match="not a valid zip"):
         extract(tmp_path / "bad.zip", tmp_path / "y")
+
+
+def test_labelled_train_photos_of_the_sample(tmp_path: Path, server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    url, root = server
+    monkeypatch.setenv("SHOPLENS_CACHE", str(tmp_path / "cache"))
+    (root / "ds.zip").write_bytes(upstream_zip(tmp_path).read_bytes())
+    upstream = sample_root(url=f"{url}/ds.zip", progress=False)
+    rows = sample_labelled(upstream, tmp_path / "up.csv").read_text().splitlines()
+    assert rows[0] == "image,product_id" and len(rows) == 5
+    assert sorted(r.rsplit(",", 1)[1] for r in rows[1:]) == ["0", "0", "1", "1"]  # Granny-Smith 0, Oatly-Oat-Milk 1
+    assert all("Granny-Smith_00" in r for r in rows[1:] if r.endswith(",0"))
+    # The shared layout: photos.csv's train split.
+    shared = tmp_path / "shared"
+    make_image(shared / "photos" / "a.jpg", seed=1)
+    make_image(shared / "photos" / "b.jpg", seed=2)
+    (shared / "photos.csv").write_text("split,image,product_id\ntrain,photos/a.jpg,7\nval,photos/b.jpg,7\n")
+    rows = sample_labelled(shared, tmp_path / "sh.csv").read_text().splitlines()
+    assert rows == ["image,product_id", f"{(shared / 'photos' / 'a.jpg').resolve()},7"]
+    with pytest.raises(ShoplensError, match="no labelled train photos"):
+        sample_labelled(tmp_path / "cache", tmp_path / "none.csv")
+
+
+@pytest.mark.data
+def test_demo_adapt_on_the_shared_grocery_copy(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`shoplens demo --from ../shared/data/grocery --adapt`: indexed, adapted with the train photos, searched."""
+    from shoplens.cli import main
+
+    grocery = data_dir / "grocery"
+    # A small copy: every catalogue image, the first train photo of each product, four val photos.
+    small = tmp_path / "grocery"
+    small.mkdir()
+    (small / "catalog.csv").symlink_to(grocery / "catalog.csv")
+    (small / "catalog").symlink_to(grocery / "catalog")
+    (small / "photos").symlink_to(grocery / "photos")
+    lines = (grocery / "photos.csv").read_text().splitlines()
+    seen: set[str] = set()
+    keep = [lines[0]]
+    for line in lines[1:]:
+        split, _, pid = line.split(",")[:3]
+        if split == "train" and pid not in seen:
+            seen.add(pid)
+            keep.append(line)
+    keep += [l for l in lines[1:] if l.startswith("val,")][:: 70]
+    (small / "photos.csv").write_text("\n".join(keep) + "\n")
+    monkeypatch.setenv("SHOPLENS_CACHE", str(tmp_path / "cache"))
+    code = main(["demo", "--from", str(small), "--store", str(tmp_path / "store"), "--adapt"])
+    out = capsys.readouterr().out
+    assert code == 0 and "indexed 81 sample product(s)" in out
+    assert "adapted to" in out and "labelled store photo(s)" in out
+    assert (tmp_path / "store" / "models" / "head_other_product.pt").exists()

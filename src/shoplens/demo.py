@@ -47,7 +47,10 @@ GROCERY = Source(
 )
 
 #: Upstream files the demo needs (everything else in the archive is skipped).
-_WANTED = ("dataset/classes.csv", "dataset/iconic-images-and-descriptions/", "dataset/test/")
+_WANTED = ("dataset/classes.csv", "dataset/iconic-images-and-descriptions/", "dataset/test/", "dataset/train/")
+#: Written when an extraction is complete; its text names what was extracted,
+#: so a copy extracted by an older version (without the train photos) is redone.
+_EXTRACTED = "ok: classes, iconic images, test, train\n"
 
 
 def cache_dir() -> Path:
@@ -104,7 +107,7 @@ def _sha256(path: Path) -> str:
 def extract(archive: Path, dest: Path) -> Path:
     """Extract the files the demo needs; returns the folder holding ``dataset/``."""
     marker = dest / ".complete"
-    if marker.exists():
+    if marker.exists() and marker.read_text() == _EXTRACTED:
         return dest
     tmp = dest.with_name(dest.name + ".part")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -126,7 +129,7 @@ def extract(archive: Path, dest: Path) -> Path:
         raise ShoplensError(f"{archive}: not a valid zip archive ({err})") from None
     shutil.rmtree(dest, ignore_errors=True)
     tmp.replace(dest)
-    marker.write_text("ok\n")
+    marker.write_text(_EXTRACTED)
     return dest
 
 
@@ -165,18 +168,50 @@ def catalogue_from_upstream(root: Path, out_csv: Path) -> Path:
     return out_csv
 
 
+def sample_root(source_dir: Path | None = None, *, url: str | None = None, sha256: str | None = None, progress: bool = True) -> Path:
+    """The sample's folder: ``source_dir`` as given, or the downloaded and extracted archive."""
+    if source_dir is not None:
+        return Path(source_dir)
+    archive = download(url or GROCERY.url, cache_dir() / f"{GROCERY.name}.zip", sha256=sha256 or GROCERY.sha256, progress=progress)
+    return extract(archive, cache_dir() / GROCERY.name)
+
+
 def sample_catalogue(source_dir: Path | None = None, *, url: str | None = None, sha256: str | None = None, progress: bool = True) -> tuple[Path, list[Path]]:
     """The sample catalogue CSV and a few store photos to search with."""
-    if source_dir is not None:
-        root = Path(source_dir)
-        if (root / "catalog.csv").exists():
-            queries = sorted((root / "photos" / "val").rglob("*.jpg"))
-            return root / "catalog.csv", queries[:: max(1, len(queries) // 4)][:4]
-        if (root / "dataset" / "classes.csv").exists():
-            return _from_upstream(root)
-        raise ShoplensError(f"{root}: neither a catalog.csv nor an upstream dataset/classes.csv")
-    archive = download(url or GROCERY.url, cache_dir() / f"{GROCERY.name}.zip", sha256=sha256 or GROCERY.sha256, progress=progress)
-    return _from_upstream(extract(archive, cache_dir() / GROCERY.name))
+    root = sample_root(source_dir, url=url, sha256=sha256, progress=progress)
+    if (root / "catalog.csv").exists():
+        queries = sorted((root / "photos" / "val").rglob("*.jpg"))
+        return root / "catalog.csv", queries[:: max(1, len(queries) // 4)][:4]
+    if (root / "dataset" / "classes.csv").exists():
+        return _from_upstream(root)
+    raise ShoplensError(f"{root}: neither a catalog.csv nor an upstream dataset/classes.csv")
+
+
+def sample_labelled(root: Path, out_csv: Path) -> Path:
+    """A CSV (``image``, ``product_id``) of the sample's labelled *train* store photos.
+
+    They stand for a shop's own labelled customer photos, the input of
+    ``shoplens train-embedder --labelled``. Layouts: a folder with
+    ``photos.csv`` (column ``split``), or the upstream archive, whose
+    ``dataset/train/.../<Class Name>/*.jpg`` folders name the product.
+    """
+    rows: list[tuple[str, str]] = []
+    if (root / "photos.csv").exists():
+        with open(root / "photos.csv", newline="", encoding="utf-8") as f:
+            rows = [(str((root / r["image"]).resolve()), r["product_id"]) for r in csv.DictReader(f) if r.get("split") == "train"]
+    elif (root / "dataset" / "classes.csv").exists():
+        with open(root / "dataset" / "classes.csv", newline="", encoding="utf-8") as f:
+            ids = {rec["Class Name (str)"]: rec["Class ID (int)"] for rec in csv.DictReader(f)}
+        photos = sorted((root / "dataset" / "train").rglob("*.jpg"))
+        rows = [(str(p.resolve()), ids[p.parent.name]) for p in photos if p.parent.name in ids]
+    if not rows:
+        raise ShoplensError(f"{root}: no labelled train photos in the sample")
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_csv, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "product_id"])
+        writer.writerows(rows)
+    return out_csv
 
 
 def _from_upstream(root: Path) -> tuple[Path, list[Path]]:
