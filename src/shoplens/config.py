@@ -63,7 +63,9 @@ class DomainModelConfig:
 class EmbedConfig:
     """Step 2: one recognition model per domain."""
 
-    apparel: DomainModelConfig = field(default_factory=DomainModelConfig)
+    #: Garment crops: GeM at 224 px (per-garment search served 0.285 of garments
+    #: vs 0.268 with R-MAC, same run; docs/benchmarks.md).
+    apparel: DomainModelConfig = field(default_factory=lambda: DomainModelConfig(pooling="gem3-s32"))
     #: Packaged goods and produce: R-MAC at 224 and 320 px (docs/benchmarks/embedq.md).
     other_product: DomainModelConfig = field(default_factory=lambda: DomainModelConfig(extra_sizes="320"))
 
