@@ -221,24 +221,34 @@ class FaissIndex(VectorIndex):
         return np.concatenate(out).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
 
     def save(self, path: Path) -> None:
-        # One copy of the index in memory besides the index itself (no bytes
-        # conversion, no concatenation): persisting is where a server peaks.
-        payload = memoryview(faiss.serialize_index(self.index))  # type: ignore[arg-type]
+        # Streamed: FAISS writes the index to the file in chunks while they are
+        # hashed, so persisting holds no serialised copy of the index in memory
+        # (persisting and opening are where a server's memory peaks).
+        placeholder = "0" * 64
         header = json.dumps(
             {
+                "sha256": placeholder,  # first: its offset is fixed, filled in once the payload is written
                 "kind": self.kind,
                 "params": {**self.params, **({"nprobe": self.nprobe} if not self.exact else {})},
                 "dim": self.dim,
                 "count": len(self),
                 "applied_seq": self.applied_seq,
                 "head_id": self.head_id,
-                "sha256": hashlib.sha256(payload).hexdigest(),
             }
         ).encode()
+        at = len(_MAGIC) + 4 + len('{"sha256": "')
+        digest = hashlib.sha256()
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
             f.write(_MAGIC + len(header).to_bytes(4, "little") + header)
-            f.write(payload)
+
+            def write(chunk: bytes) -> None:
+                digest.update(chunk)
+                f.write(chunk)
+
+            faiss.write_index(self.index, faiss.PyCallbackIOWriter(write))  # type: ignore[attr-defined]
+            f.seek(at)
+            f.write(digest.hexdigest().encode())  # same length as the placeholder: the header stays valid JSON
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
@@ -248,16 +258,21 @@ class FaissIndex(VectorIndex):
     def load(cls, path: Path) -> FaissIndex:
         """Load a saved index; any damage raises :class:`StoreError`."""
         try:
-            data = path.read_bytes()
-            if not data.startswith(_MAGIC):
-                raise ValueError("not a shoplens index file")
-            n = int.from_bytes(data[len(_MAGIC) : len(_MAGIC) + 4], "little")
-            start = len(_MAGIC) + 4
-            header = json.loads(data[start : start + n])
-            payload = memoryview(data)[start + n :]  # a view: no second copy of the file
-            if hashlib.sha256(payload).hexdigest() != header["sha256"]:
-                raise ValueError("checksum mismatch")
-            index = faiss.deserialize_index(np.frombuffer(payload, dtype=np.uint8))
+            with open(path, "rb") as f:
+                if f.read(len(_MAGIC)) != _MAGIC:
+                    raise ValueError("not a shoplens index file")
+                n = int.from_bytes(f.read(4), "little")
+                header = json.loads(f.read(n))
+                start = f.tell()
+                # Checked first, in chunks, then read by FAISS from the file: at
+                # no time is a copy of the whole file held besides the index.
+                digest = hashlib.sha256()
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+                if digest.hexdigest() != header["sha256"]:
+                    raise ValueError("checksum mismatch")
+                f.seek(start)
+                index = faiss.read_index(faiss.PyCallbackIOReader(f.read))  # type: ignore[attr-defined]
         except FileNotFoundError:
             raise
         except Exception as err:  # noqa: BLE001 - any damage means "rebuild"
