@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,3 +153,25 @@ def _folder_rows(root: Path, files: list[Path]) -> Iterator[CatalogueRow]:
         category = None if parent == root_resolved else p.parent.name
         error = validate_row(p.stem, str(p), None)
         yield CatalogueRow(product_id=p.stem, image=str(p.resolve()), category=category, origin=str(p.relative_to(root)), error=error)
+
+
+def read_labelled_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
+    """The rows of a small labelled CSV (photos with their labels), keys and values stripped.
+
+    ``required`` columns must be in the header; an unreadable, non-UTF-8 or
+    malformed file raises :class:`CatalogueError` naming the problem.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            missing = [c for c in required if c not in columns]
+            if missing:
+                raise CatalogueError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(columns) or 'no header'}")
+            return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    except OSError as err:
+        raise CatalogueError(f"{path}: cannot read: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise CatalogueError(f"{path}: not a UTF-8 text CSV") from None
+    except csv.Error as err:
+        raise CatalogueError(f"{path}: malformed CSV ({err})") from None

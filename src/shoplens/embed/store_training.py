@@ -8,13 +8,13 @@ are re-projected from the stored raw descriptors.
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..catalog import read_labelled_csv
 from ..config import DOMAINS
 from ..errors import BadImageError, CatalogueError, StoreError
 from ..imaging import load_image
@@ -30,20 +30,7 @@ logger = logging.getLogger(__name__)
 
 def read_labelled(path: Path) -> list[tuple[Path, str]]:
     """(image file, product id) rows of a CSV with columns ``image`` (relative to the CSV) and ``product_id``."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            columns = [c.strip() for c in reader.fieldnames or []]
-            missing = [c for c in ("image", "product_id") if c not in columns]
-            if missing:
-                raise CatalogueError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(columns) or 'no header'}")
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
-    except OSError as err:
-        raise CatalogueError(f"{path}: cannot read: {err.strerror or err}") from None
-    except UnicodeDecodeError:
-        raise CatalogueError(f"{path}: not a UTF-8 text CSV") from None
-    except csv.Error as err:
-        raise CatalogueError(f"{path}: malformed CSV ({err})") from None
+    rows = read_labelled_csv(path, ("image", "product_id"))
     out: list[tuple[Path, str]] = []
     for line, row in enumerate(rows, start=2):
         image, pid = row.get("image", ""), row.get("product_id", "")

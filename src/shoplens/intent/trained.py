@@ -16,7 +16,6 @@ saves the head as a ``weights_only``-loadable torch file.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..catalog import read_labelled_csv
 from ..config import INTENTS
 from ..errors import BadImageError, CatalogueError, StoreError
 from ..imaging import Photo, load_image
@@ -98,20 +98,7 @@ def _read_folders(root: Path) -> list[tuple[Path, str]]:
 
 
 def _read_csv(path: Path) -> list[tuple[Path, str]]:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            columns = [c.strip() for c in reader.fieldnames or []]
-            missing = [c for c in ("image", "intent") if c not in columns]
-            if missing:
-                raise CatalogueError(
-                    f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(columns) or 'no header'}"
-                )
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
-    except UnicodeDecodeError:
-        raise CatalogueError(f"{path}: not a UTF-8 text CSV") from None
-    except csv.Error as err:
-        raise CatalogueError(f"{path}: malformed CSV ({err})") from None
+    rows = read_labelled_csv(path, ("image", "intent"))
     pairs: list[tuple[Path, str]] = []
     for line, row in enumerate(rows, start=2):
         image, intent = row.get("image", ""), row.get("intent", "").lower()
