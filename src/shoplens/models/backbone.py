@@ -75,10 +75,7 @@ class TorchConvBackbone(Backbone):
     ) -> None:
         self.name = name
         self.module = module.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        # Inference runs on a copy with batch norms folded into the convolutions
-        # when the model offers one (``fused()``); ``module`` is left as built.
-        fused = getattr(module, "fused", None)
-        self._infer = fused().to(memory_format=torch.channels_last) if callable(fused) else self.module
+        self._infer: torch.nn.Module | None = None  # built by the first torch forward pass
         self.preprocess = preprocess
         self.feature_dim = int(module.num_features)  # type: ignore[arg-type]
         self.has_imagenet_head = has_imagenet_head
@@ -125,6 +122,20 @@ class TorchConvBackbone(Backbone):
         """Feature maps and ImageNet logits (or ``None``) of one normalised NCHW batch."""
         batch = batch.contiguous(memory_format=torch.channels_last)
         with self._lock, torch.inference_mode():
-            feats = self._infer.forward_features(batch)  # type: ignore[operator]
-            logits = self._infer.classify(feats["s32"].mean((2, 3))) if self.has_imagenet_head else None  # type: ignore[operator]
+            model = self._inference_module()
+            feats = model.forward_features(batch)  # type: ignore[operator]
+            logits = model.classify(feats["s32"].mean((2, 3))) if self.has_imagenet_head else None  # type: ignore[operator]
         return feats, logits
+
+    def _inference_module(self) -> torch.nn.Module:
+        """The module forward passes run on (call under ``self._lock``).
+
+        A copy with batch norms folded into the convolutions when the model
+        offers one (``fused()``); ``module`` is left as built. Made on first
+        use, so a backbone whose passes run elsewhere (ONNX Runtime) never
+        holds the copy.
+        """
+        if self._infer is None:
+            fused = getattr(self.module, "fused", None)
+            self._infer = fused().to(memory_format=torch.channels_last) if callable(fused) else self.module
+        return self._infer
