@@ -80,7 +80,7 @@ def _name(source: ImageSource, index: int) -> str:
 
 def _each(pipeline: Pipeline, images: Sequence[ImageSource], fn: Callable[[Photo, float], R]) -> list[R | ErrorResult]:
     """Decode each image and run ``fn``; an unreadable image gives an ErrorResult, the others go on."""
-    target = max(s or 224 for e in pipeline.embedders.values() for s in e.input_sizes)
+    target = pipeline.decode_size
     out: list[R | ErrorResult] = []
     for i, source in enumerate(images):
         name = _name(source, i)

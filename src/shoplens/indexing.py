@@ -27,7 +27,7 @@ from tqdm import tqdm
 from .catalog import CatalogueRow
 from .config import DOMAINS, INTENTS
 from .errors import BadImageError
-from .imaging import Photo, load_image
+from .imaging import ImageSource, Photo, load_image
 from .intent.imagenet_map import intent_of_class
 from .models import imagenet_class_names
 from .pipeline import EncodingCache, Pipeline
@@ -165,8 +165,7 @@ class Indexer:
 
         t0 = time.perf_counter()
         todo = [p for item in plan for p in item.pending]
-        target = max(s or 224 for e in self.pipeline.embedders.values() for s in e.input_sizes)
-        for p, result in zip(todo, decode_all([(p.data, p.row.image) for p in todo], pool, target)):
+        for p, result in zip(todo, decode_all([(p.data, p.row.image) for p in todo], pool, self.pipeline.decode_size)):
             if isinstance(result, BadImageError):
                 report.failed.append(_failure(p.row, str(result)))
             else:
@@ -296,14 +295,14 @@ class _Product:
         return out
 
 
-def decode_all(items: Sequence[tuple[bytes, str]], pool: Executor, target_size: int | None) -> list[Photo | BadImageError]:
-    """Decode ``(data, name)`` items on ``pool``, in parallel; results in the items' order.
+def decode_all(items: Sequence[tuple[ImageSource, str]], pool: Executor, target_size: int | None) -> list[Photo | BadImageError]:
+    """Decode ``(bytes or path, name)`` items on ``pool``, in parallel; results in the items' order.
 
     An image that cannot be decoded gives its :class:`BadImageError` in its
     place; the others are unaffected.
     """
 
-    def one(item: tuple[bytes, str]) -> Photo | BadImageError:
+    def one(item: tuple[ImageSource, str]) -> Photo | BadImageError:
         try:
             return load_image(item[0], name=item[1], target_size=target_size)
         except BadImageError as err:

@@ -178,6 +178,11 @@ class Pipeline:
             calibration.save(calibration_file(self.models_dir, domain))
         self.calibrations[domain] = calibration
 
+    @property
+    def decode_size(self) -> int:
+        """The longest input side any embedder needs: photos may be decoded down to it (JPEG draft mode)."""
+        return max(s or 224 for e in self.embedders.values() for s in e.input_sizes)
+
     # -- Projector (for the store) ------------------------------------------
     def project(self, domain: str, raw: np.ndarray) -> np.ndarray:
         return self.embedders[domain].project(raw)

@@ -9,6 +9,7 @@ are re-projected from the stored raw descriptors.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,6 @@ import numpy as np
 from ..catalog import read_labelled_csv
 from ..config import DOMAINS
 from ..errors import BadImageError, CatalogueError, StoreError
-from ..imaging import load_image
 from .calibration import calibration_file
 from .training import EmbedderReport, train_embedder
 
@@ -59,6 +59,39 @@ def _stored(store: CatalogueStore, domain: str) -> tuple[np.ndarray, np.ndarray,
     return np.stack(raws).astype(np.float32), np.array(pids), np.array(cats)
 
 
+def _describe_labelled(
+    pipeline: Pipeline, domain: str, todo: list[tuple[Path, str, str]], skipped: dict[str, int]
+) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """Raw descriptors (in batches of 32), product ids and categories of the readable labelled photos.
+
+    Decoded as the indexer decodes the catalogue (in parallel, to the
+    pipeline's decode size); an unreadable photo is logged and counted.
+    """
+    from ..indexing import decode_all
+    from ..pipeline import EncodingCache
+
+    x_raw: list[np.ndarray] = []
+    x_pid: list[str] = []
+    x_cat: list[str] = []
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="shoplens-decode") as pool:
+        for start in range(0, len(todo), 32):
+            chunk = todo[start : start + 32]
+            decoded = decode_all([(file, str(file)) for file, _, _ in chunk], pool, pipeline.decode_size)
+            photos, keep = [], []
+            for (_, pid, cat), result in zip(chunk, decoded):
+                if isinstance(result, BadImageError):
+                    logger.warning("train-embedder: skipping %s", result)
+                    skipped["unreadable"] += 1
+                else:
+                    photos.append(result)
+                    keep.append((pid, cat))
+            if photos:
+                x_raw.append(pipeline.describe(domain, EncodingCache(pipeline, photos)))
+                x_pid += [p for p, _ in keep]
+                x_cat += [c for _, c in keep]
+    return x_raw, x_pid, x_cat
+
+
 def train_store_embedder(
     store: CatalogueStore,
     pipeline: Pipeline,
@@ -91,25 +124,7 @@ def train_store_embedder(
         raw, pids, cats = _stored(store, domain)
         if not len(raw):
             continue
-        emb = pipeline.embedders[domain]
-        x_raw, x_pid, x_cat = [], [], []
-        from ..pipeline import EncodingCache
-
-        todo = extras[domain]
-        target = max(s or 224 for s in emb.input_sizes)
-        for start in range(0, len(todo), 32):
-            photos, keep = [], []
-            for file, pid, cat in todo[start : start + 32]:
-                try:
-                    photos.append(load_image(file, target_size=target))
-                    keep.append((pid, cat))
-                except BadImageError as err:
-                    logger.warning("train-embedder: skipping %s", err)
-                    skipped["unreadable"] += 1
-            if photos:
-                x_raw.append(pipeline.describe(domain, EncodingCache(pipeline, photos)))
-                x_pid += [p for p, _ in keep]
-                x_cat += [c for _, c in keep]
+        x_raw, x_pid, x_cat = _describe_labelled(pipeline, domain, extras[domain], skipped)
         if x_raw:
             extra = np.concatenate(x_raw)
             if extra.shape[1] != raw.shape[1]:
