@@ -21,10 +21,9 @@ from .pooling import gem, gem_numpy, get_pooling, list_poolings, register_poolin
 from .training import EmbedderReport, ProjectionCfg, calibrate_head, train_embedder, train_projection
 from .whitening import default_head, fit_whitening
 
-#: The measured default (docs/benchmarks/embedq.md): R-MAC of the stride-32
-#: map at 224 px (the pass the intent classifier shares) and at 320 px.
+#: Pooling of an :class:`Embedder` built without one; the configured
+#: per-domain poolings and input sizes are in ``config.EmbedConfig``.
 DEFAULT_POOLING = "rmac-s32"
-DEFAULT_EXTRA_SIZES: tuple[int, ...] = (320,)
 
 
 class Embedder:
@@ -93,17 +92,11 @@ class Embedder:
             parts.append(l2_normalize(np.stack(rows).astype(np.float32, copy=False)))
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
-    def describe_photos(self, backbone: Backbone, photos: Sequence[Photo]) -> np.ndarray:
-        """Run ``backbone`` at every input size and describe ``photos`` (indexing, training, benchmarks)."""
-        encs = [backbone.encode(photos, input_size=s) for s in self.input_sizes]
-        return self.describe(encs[0], *encs[1:])
-
     def project(self, raw: np.ndarray) -> np.ndarray:
         return self.head.apply(raw)
 
 
 __all__ = [
-    "DEFAULT_EXTRA_SIZES",
     "DEFAULT_POOLING",
     "Calibration",
     "Embedder",

@@ -243,7 +243,7 @@ class EmbeddedStore(CatalogueStore):
             count = self.db.count_images(domain)
             kind = self.wanted_kind(count, self._dim(domain)) if count else "flat"
             index: FaissIndex | None = None
-            if kind != "flat" and count:
+            if kind != "flat":
                 index = self._train(domain, kind, count)
             for ids, raw in self.db.iter_raw(domain):
                 vectors = self._projector.project(domain, raw)
