@@ -13,8 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..imaging import Photo
-from ..models import Backbone, Encoding
+from ..models import Encoding
 from .calibration import Calibration, calibration_file, fit_calibration, returned_set_quality, similar_sets
 from .heads import Head, IdentityHead, LinearHead, MLPHead, l2_normalize, load_head, register_head
 from .pooling import gem, gem_numpy, get_pooling, list_poolings, register_pooling, rmac
