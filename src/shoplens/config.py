@@ -57,6 +57,8 @@ class DomainModelConfig:
     pooling: str = "rmac-s32"
     #: More input sizes whose pooled descriptors are concatenated (multi-scale); "" for none.
     extra_sizes: str = ""
+    #: Weight of the photo's colour histogram appended to the descriptor (0: none; shoplens.embed.colour).
+    colour: float = 0.0
 
 
 @dataclass
@@ -66,8 +68,9 @@ class EmbedConfig:
     #: Garment crops: GeM at 224 px (per-garment search served 0.285 of garments
     #: vs 0.268 with R-MAC, same run; docs/benchmarks.md).
     apparel: DomainModelConfig = field(default_factory=lambda: DomainModelConfig(pooling="gem3-s32"))
-    #: Packaged goods and produce: R-MAC at 224 and 320 px (docs/benchmarks/embedq.md).
-    other_product: DomainModelConfig = field(default_factory=lambda: DomainModelConfig(extra_sizes="320"))
+    #: Packaged goods and produce: R-MAC at 224 and 320 px (docs/benchmarks/embedq.md) and the
+    #: colour histogram (R@1 after train-embedder +0.03-0.05, docs/benchmarks.md section 4).
+    other_product: DomainModelConfig = field(default_factory=lambda: DomainModelConfig(extra_sizes="320", colour=0.7))
 
 
 @dataclass

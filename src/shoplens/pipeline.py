@@ -160,7 +160,7 @@ class Pipeline:
         if self.models_dir is not None and head_file(self.models_dir, domain).exists():
             head = load_head(head_file(self.models_dir, domain))
         extra = [int(x) for x in str(cfg.extra_sizes).replace(",", " ").split()]
-        return Embedder(domain, cfg.backbone, cfg.input_size, head, pooling=cfg.pooling, extra_sizes=extra)
+        return Embedder(domain, cfg.backbone, cfg.input_size, head, pooling=cfg.pooling, extra_sizes=extra, colour=cfg.colour)
 
     def set_head(self, domain: str, head: Head) -> None:
         """Use ``head`` for ``domain`` from now on, saved in the store's models folder."""

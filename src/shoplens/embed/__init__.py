@@ -15,6 +15,7 @@ import numpy as np
 
 from ..models import Encoding
 from .calibration import Calibration, calibration_file, fit_calibration, returned_set_quality, similar_sets
+from .colour import colour_histogram
 from .heads import Head, IdentityHead, LinearHead, MLPHead, l2_normalize, load_head, register_head
 from .pooling import gem, gem_numpy, get_pooling, list_poolings, register_pooling, rmac
 from .training import EmbedderReport, ProjectionCfg, calibrate_head, train_embedder, train_projection
@@ -30,8 +31,9 @@ class Embedder:
 
     The raw descriptor is the concatenation, over ``input_size`` and then each
     of ``extra_sizes``, of the L2-normalised pooled stride-32 map of the photo
-    at that size (multi-scale). :meth:`describe` takes the encodings of each
-    size in that order.
+    at that size (multi-scale), followed, when ``colour`` > 0, by the photo's
+    :func:`~shoplens.embed.colour.colour_histogram` times ``colour``.
+    :meth:`describe` takes the encodings of each size in that order.
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class Embedder:
         *,
         pooling: str = DEFAULT_POOLING,
         extra_sizes: Sequence[int] = (),
+        colour: float = 0.0,
     ) -> None:
         self.domain = domain
         self.backbone = backbone
@@ -51,6 +54,9 @@ class Embedder:
         self._pool = get_pooling(pooling)
         self._pooling_name = pooling
         self.extra_sizes = tuple(int(s) for s in extra_sizes)
+        if colour < 0:
+            raise ValueError(f"colour weight must be >= 0, got {colour}")
+        self.colour = float(colour)
 
     @property
     def input_sizes(self) -> tuple[int | None, ...]:
@@ -61,9 +67,12 @@ class Embedder:
     def pooling(self) -> str:
         """Changes whenever :meth:`describe` would give different raw descriptors
         for the same encodings, so a store knows its stored descriptors are stale."""
-        if not self.extra_sizes:
-            return self._pooling_name
-        return f"{self._pooling_name}+ms{'-'.join(str(s) for s in self.extra_sizes)}"
+        name = self._pooling_name
+        if self.extra_sizes:
+            name += f"+ms{'-'.join(str(s) for s in self.extra_sizes)}"
+        if self.colour:
+            name += f"+hsv{self.colour:g}"
+        return name
 
     @property
     def signature(self) -> str:
@@ -89,6 +98,8 @@ class Embedder:
                 for e in encs
             ]
             parts.append(l2_normalize(np.stack(rows).astype(np.float32, copy=False)))
+        if self.colour:
+            parts.append(self.colour * np.stack([colour_histogram(e.photo.pixels) for e in encodings]))
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     def project(self, raw: np.ndarray) -> np.ndarray:
@@ -107,6 +118,7 @@ __all__ = [
     "ProjectionCfg",
     "calibrate_head",
     "calibration_file",
+    "colour_histogram",
     "default_head",
     "fit_calibration",
     "fit_whitening",
