@@ -65,3 +65,19 @@ def test_the_histogram_alone_tells_the_bell_peppers_apart(data_dir: Path) -> Non
         h = colour_histogram(load_image(root / r["image"]).pixels)
         right += max(ref, key=lambda pid: float(h @ ref[pid])) == r["product_id"]
     assert len(photos) >= 10 and right / len(photos) >= 0.8  # measured 13 of 15
+
+
+def test_a_store_saved_before_the_colour_option_keeps_its_descriptors(tmp_path: Path) -> None:
+    import json
+
+    from shoplens.config import Config, load_store_config
+
+    saved = Config().to_dict()
+    del saved["embed"]["other_product"]["colour"]
+    del saved["embed"]["apparel"]["colour"]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(saved))
+    old = load_store_config(path)
+    assert old.embed.other_product.colour == 0.0 and old.embed.other_product.extra_sizes == "320"
+    path.write_text(json.dumps(Config().to_dict()))
+    assert load_store_config(path).embed.other_product.colour == 0.7

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from .catalog import CatalogueRow, read_catalogue, validate_row
-from .config import INTENTS, Config, resolve_config
+from .config import INTENTS, Config, load_store_config, resolve_config
 from .errors import BadImageError, CatalogueError, NotFoundError, ShoplensError, StoreError
 from .filters import FilterLike, parse_filters
 from .imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, Photo, load_image
@@ -161,7 +161,7 @@ class Shoplens:
             base = config
             saved = self.store.root / CONFIG_FILE
             if base is None and saved.exists():
-                base = resolve_config(saved)
+                base = load_store_config(saved)
             self.config = resolve_config(config_file, base=base, **flags)
             self.pipeline = Pipeline(self.config, models_dir=self.store.models_dir)
             self.store.attach(self.pipeline, index=self.config.store.index)

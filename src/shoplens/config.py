@@ -240,6 +240,26 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+#: Options added after stores were first saved, with the value a store saved
+#: before them was made with (its stored descriptors depend on it).
+_ADDED_SINCE: dict[tuple[str, ...], Any] = {
+    ("embed", "other_product", "colour"): 0.0,
+    ("embed", "apparel", "colour"): 0.0,
+}
+
+
+def load_store_config(path: str | Path) -> Config:
+    """The configuration a store saved (``config.json``): options it predates keep their old values."""
+    data = load_config_file(path)
+    for keys, old in _ADDED_SINCE.items():
+        node: Any = data
+        for key in keys[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and keys[-1] not in node:
+            node[keys[-1]] = old
+    return Config().merged(data)
+
+
 def resolve_config(file: str | Path | None = None, base: Config | None = None, **flags: Any) -> Config:
     """Defaults (or ``base``) < ``file`` < ``flags`` (dotted names)."""
     config = base or Config()
