@@ -27,6 +27,7 @@ from .imaging import Photo, crop
 from .intent import IntentClassifier, create_intent_classifier, list_intent_classifiers
 from .local.stage import LocalStage
 from .models import Backbone, Encoding, create_model
+from .models.threads import torch_threads
 from .rerank import Hit, postprocess
 from .results import ProductHit, RegionResult, SearchResult
 from .store.base import CatalogueStore
@@ -203,7 +204,9 @@ class Pipeline:
         """(N, 3) intent probabilities for the cached photos."""
         clf = self.intent_classifier
         self._notify("intent")
-        return clf.predict(cache.get(clf.backbone, clf.input_size))
+        encodings = cache.get(clf.backbone, clf.input_size)
+        with torch_threads():  # a few small ops on the pooled logits
+            return clf.predict(encodings)
 
     def detect(self, cache: EncodingCache) -> list[list[Garment]]:
         det = self.detector

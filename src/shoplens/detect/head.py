@@ -29,6 +29,7 @@ from torch import nn
 
 from ..errors import ShoplensError
 from ..models import Encoding
+from ..models.threads import torch_threads
 from .base import Detector, Garment
 
 log = logging.getLogger(__name__)
@@ -287,11 +288,13 @@ class HeadDetector(Detector):
     def detect(self, encodings: Sequence[Encoding]) -> list[list[Garment]]:
         out: list[list[Garment]] = []
         hat = self.labels.index("hat") if "hat" in self.labels else -1
-        for enc in encodings:
-            heat, sides = self.maps(enc)
-            found = decode(heat, sides, self.heads[0].cfg.stride, max_per_label=self._max, min_score=self.min_score, average=self.average)
-            kept = [t for t in found if t[1] != hat or t[2] >= self.hat_min_score][: self.max_boxes]
-            out.append([_to_photo(box, self.labels[li], s, enc) for box, li, s in kept])
+        # Per-photo maps are small: one thread (shoplens.models.threads).
+        with torch_threads():
+            for enc in encodings:
+                heat, sides = self.maps(enc)
+                found = decode(heat, sides, self.heads[0].cfg.stride, max_per_label=self._max, min_score=self.min_score, average=self.average)
+                kept = [t for t in found if t[1] != hat or t[2] >= self.hat_min_score][: self.max_boxes]
+                out.append([_to_photo(box, self.labels[li], s, enc) for box, li, s in kept])
         return out
 
 
