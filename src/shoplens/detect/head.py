@@ -29,7 +29,7 @@ from torch import nn
 
 from ..errors import ShoplensError
 from ..models import Encoding
-from ..models.threads import torch_threads
+from ..threads import torch_threads
 from .base import Detector, Garment
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,7 @@ class HeadDetector(Detector):
     def detect(self, encodings: Sequence[Encoding]) -> list[list[Garment]]:
         out: list[list[Garment]] = []
         hat = self.labels.index("hat") if "hat" in self.labels else -1
-        # Per-photo maps are small: one thread (shoplens.models.threads).
+        # Per-photo maps are small: one thread (shoplens.threads).
         with torch_threads():
             for enc in encodings:
                 heat, sides = self.maps(enc)

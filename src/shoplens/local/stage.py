@@ -30,6 +30,7 @@ from ..config import LocalFeaturesConfig
 from ..errors import BadImageError, ShoplensError
 from ..imaging import Photo, load_image
 from ..store.base import CatalogueStore
+from ..threads import small_op_threads
 from .index import MANIFEST, LocalConfig, LocalIndex
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,18 @@ class LocalStage:
         allowed: np.ndarray | None,
     ) -> Refined:
         """The global candidates of one query (``distances``/``ids``, −1 = empty) fused with the local index's."""
+        with small_op_threads():
+            return self._refine(photo, store, vector, distances, ids, allowed)
+
+    def _refine(
+        self,
+        photo: Photo,
+        store: CatalogueStore,
+        vector: np.ndarray,
+        distances: np.ndarray,
+        ids: np.ndarray,
+        allowed: np.ndarray | None,
+    ) -> Refined:
         assert self.index is not None
         cfg = self.config
         t = time.perf_counter()
