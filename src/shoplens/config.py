@@ -109,6 +109,9 @@ class LocalFeaturesConfig:
     #: Longest side photos are shrunk to before SIFT, and keypoints kept (changing either needs a re-index).
     max_side: int = 512
     max_keypoints: int = 1000
+    #: Skip the stage when the global distance of the second-closest product exceeds the
+    #: closest one's by at least this much (0: never skip; docs/benchmarks/lat.md).
+    skip_margin: float = 0.0
 
 
 @dataclass
