@@ -24,7 +24,7 @@ def _flags() -> dict[str, str]:
 
 def test_local_index_follows_the_store(tmp_path: Path, synthetic_catalogue: Path) -> None:
     store = tmp_path / "store"
-    with Shoplens(store, **_flags()) as lens:
+    with Shoplens(store, **_flags(), **{"local.skip_margin": 0}) as lens:  # the stage runs even on an exact match
         lens.index(synthetic_catalogue)
         local = lens.pipeline.local
         assert local is not None and len(local) == lens.store.count_images("other_product") == 7
@@ -95,3 +95,41 @@ def test_local_features_pay_off_on_packages(tmp_path: Path, data_dir: Path) -> N
         ) / len(queries)
     # Measured: R@1 0.32 with the global embedding alone, about 0.6 fused with local features.
     assert hits[True] >= hits[False] + 0.15, hits
+
+
+class _Owners:
+    """A store that only knows which product each image shows."""
+
+    def __init__(self, owners: dict[int, str]) -> None:
+        self.owners = owners
+
+    def image_categories(self, image_ids: list[int]) -> dict[int, tuple[str, str | None]]:
+        return {i: (self.owners[i], None) for i in image_ids if i in self.owners}
+
+
+def test_product_margin_is_measured_between_products() -> None:
+    import numpy as np
+
+    from shoplens.local.stage import product_margin
+
+    store = _Owners({1: "a", 2: "a", 3: "b", 4: "c"})
+    d = np.array([0.1, 0.15, 0.5, 0.6, np.inf], np.float32)
+    assert product_margin(store, d, np.array([1, 2, 3, 4, -1])) == pytest.approx(0.4)  # type: ignore[arg-type]
+    assert product_margin(store, d[:2], np.array([1, 2])) == pytest.approx(0.05)  # one product: a lower bound
+    assert product_margin(store, d[:3], np.array([9, 1, 3])) == pytest.approx(0.35)  # an image the store lost is passed over
+    assert product_margin(store, d[:0], np.array([], np.int64)) == 0.0  # type: ignore[arg-type]
+
+
+def test_confident_global_match_skips_the_local_stage(tmp_path: Path, synthetic_catalogue: Path) -> None:
+    store = tmp_path / "store"
+    with Shoplens(store, **_flags()) as lens:
+        lens.index(synthetic_catalogue)
+    photo = synthetic_catalogue.parent / "img" / "p3.png"  # a catalogue image: the global match is exact
+    with Shoplens(store, **_flags(), **{"local.skip_margin": 1e-6}) as lens:
+        result = lens.search_one(photo, top_k=5)
+        assert result.steps["local"]["skipped"] and result.steps["local"]["margin"] > 0
+        assert "keypoints" not in result.steps["local"]
+        assert result.regions[0].results[0].product_id == "p3"
+    with Shoplens(store, **_flags(), **{"local.skip_margin": 5.0}) as lens:  # never that confident: runs
+        result = lens.search_one(photo, top_k=5)
+        assert "skipped" not in result.steps["local"] and result.steps["local"]["keypoints"] > 0

@@ -116,3 +116,23 @@ def test_not_a_store(tmp_path: Path) -> None:
     (tmp_path / "db" / "shoplens.sqlite").write_text("not sqlite at all, definitely")
     with pytest.raises(StoreError, match="cannot open"):
         MetadataDB(tmp_path / "db" / "shoplens.sqlite")
+
+
+def test_image_categories_join_matches_the_generic_answer(tmp_path: Path) -> None:
+    from shoplens.store.base import CatalogueStore
+
+    store = EmbeddedStore(tmp_path / "s", Identity())
+    v = vecs(4)
+    store.write(
+        WriteBatch(
+            products=[product("a", "shoes"), product("b", "bags"), ProductRecord("n", "N", None, "catalogue", "other_product", "catalogue", {})],
+            add_images=[image("a", 0, v[0]), image("a", 1, v[1]), image("b", 0, v[2]), image("n", 0, v[3])],
+        )
+    )
+    ids = store.image_ids("other_product").tolist()
+    asked = ids + [ids[0], 10_000]  # a repeat and an id that does not exist
+    joined = store.image_categories(asked)
+    assert joined == CatalogueStore.image_categories(store, asked)  # the base class's two-question answer
+    assert sorted(joined.values(), key=str) == sorted([("a", "shoes"), ("a", "shoes"), ("b", "bags"), ("n", None)], key=str)
+    store.write(WriteBatch(delete_products=["b"]))
+    assert "b" not in [p for p, _ in store.image_categories(ids).values()]

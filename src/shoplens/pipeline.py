@@ -27,9 +27,11 @@ from .imaging import Photo, crop
 from .intent import IntentClassifier, create_intent_classifier, list_intent_classifiers
 from .local.stage import LocalStage
 from .models import Backbone, Encoding, create_model
+from .threads import small_op_threads, torch_threads
 from .rerank import Hit, postprocess
 from .results import ProductHit, RegionResult, SearchResult
 from .store.base import CatalogueStore
+from .store.metadata import ProductRecord
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +205,9 @@ class Pipeline:
         """(N, 3) intent probabilities for the cached photos."""
         clf = self.intent_classifier
         self._notify("intent")
-        return clf.predict(cache.get(clf.backbone, clf.input_size))
+        encodings = cache.get(clf.backbone, clf.input_size)
+        with torch_threads():  # a few small ops on the pooled logits
+            return clf.predict(encodings)
 
     def detect(self, cache: EncodingCache) -> list[list[Garment]]:
         det = self.detector
@@ -291,46 +295,20 @@ class Pipeline:
             domain = q.intent
             cfg = self.config.search
             fetch = max(cfg.similar_k * 4, cfg.similar_k + 16)
-            with timer.step("search"):
-                ids_allowed = allowed(domain) if allowed is not None else None
-                self._notify("search")
-                dists, ids = store.search(domain, np.stack([v for _, v in q.regions]), fetch, ids_allowed)
-            if domain == "other_product" and self.local is not None and self.config.local.enabled and len(self.local):
-                with timer.step("local"):
-                    self._notify("local")
-                    refined = self.local.refine(photo, store, q.regions[0][1], dists[0], ids[0], ids_allowed)
-                    dists, ids = refined.distances[None, :], refined.ids[None, :]
-                steps["local"] = refined.steps
-            with timer.step("rerank"):
-                products = store.image_products(ids[ids >= 0].tolist()) if ids.size else {}
-                records = store.get_products(list(set(products.values())))
-                totals: dict[str, dict[str, int]] = {}
-                calibration = self.calibrations.get(domain)
-                for r, (garment, _) in enumerate(q.regions):
-                    hits = []
-                    for d, i in zip(dists[r], ids[r]):
-                        pid = products.get(int(i))
-                        if i < 0 or pid is None or pid not in records:
-                            continue
-                        rec = records[pid]
-                        dist = float(d) if calibration is None else calibration.distance(rec.category, float(d))
-                        hits.append(Hit(int(i), pid, dist, rec.category, rec.fields()))
-                    final, region_steps = postprocess(hits, cfg, top_k=top_k)
-                    for name, s in region_steps.items():
-                        t = totals.setdefault(name, {"before": 0, "after": 0})
-                        t["before"] += s["before"]
-                        t["after"] += s["after"]
-                    region_results.append(
-                        RegionResult(
-                            box=None if garment is None else [round(v, 1) for v in garment.box],
-                            label=None if garment is None else garment.label,
-                            score=None if garment is None else round(garment.score, 4),
-                            results=[_product_hit(h) for h in final],
-                            steps=region_steps,
-                        )
-                    )
-                for name, t in totals.items():
-                    steps[name] = {**t, "enabled": getattr(cfg, name, True) if name != "similar_set" else True}
+            # Index searches, keypoint work and reranking are small per-photo ops: one thread each.
+            with small_op_threads():
+                with timer.step("search"):
+                    ids_allowed = allowed(domain) if allowed is not None else None
+                    self._notify("search")
+                    dists, ids = store.search(domain, np.stack([v for _, v in q.regions]), fetch, ids_allowed)
+                if domain == "other_product" and self.local is not None and self.config.local.enabled and len(self.local):
+                    with timer.step("local"):
+                        self._notify("local")
+                        refined = self.local.refine(photo, store, q.regions[0][1], dists[0], ids[0], ids_allowed)
+                        dists, ids = refined.distances[None, :], refined.ids[None, :]
+                    steps["local"] = refined.steps
+                with timer.step("rerank"):
+                    region_results = self._rerank(store, domain, q.regions, dists, ids, top_k, steps)
         timer.ms["total"] = (time.perf_counter() - start) * 1000.0 + decode_ms
         return SearchResult(
             image=photo.name,
@@ -341,8 +319,60 @@ class Pipeline:
             steps=steps,
         )
 
+    def _rerank(
+        self,
+        store: CatalogueStore,
+        domain: str,
+        regions: list[tuple[Garment | None, np.ndarray]],
+        dists: np.ndarray,
+        ids: np.ndarray,
+        top_k: int | None,
+        steps: dict[str, Any],
+    ) -> list[RegionResult]:
+        """Steps 3–6 for each region's candidates; ``steps`` gets the counts summed over regions.
 
-def _product_hit(hit: Hit) -> ProductHit:
-    fields = dict(hit.payload)
+        The store is asked twice per search, whatever the number of regions:
+        product and category of every candidate image (what steps 3–6 read),
+        then the result fields of the products that are returned.
+        """
+        cfg = self.config.search
+        found = store.image_categories(ids[ids >= 0].tolist()) if ids.size else {}
+        calibration = self.calibrations.get(domain)
+        finals: list[tuple[list[Hit], dict[str, Any]]] = []
+        for r in range(len(regions)):
+            hits = []
+            for d, i in zip(dists[r].tolist(), ids[r].tolist()):
+                hit = found.get(i) if i >= 0 else None
+                if hit is None:
+                    continue
+                pid, category = hit
+                dist = d if calibration is None else calibration.distance(category, d)
+                hits.append(Hit(i, pid, dist, category))
+            finals.append(postprocess(hits, cfg, top_k=top_k))
+        records = store.get_products(list({h.product_id for final, _ in finals for h in final}))
+        totals: dict[str, dict[str, int]] = {}
+        out: list[RegionResult] = []
+        for (garment, _), (final, region_steps) in zip(regions, finals):
+            for name, s in region_steps.items():
+                t = totals.setdefault(name, {"before": 0, "after": 0})
+                t["before"] += s["before"]
+                t["after"] += s["after"]
+            out.append(
+                RegionResult(
+                    box=None if garment is None else [round(v, 1) for v in garment.box],
+                    label=None if garment is None else garment.label,
+                    score=None if garment is None else round(garment.score, 4),
+                    # A product deleted since the first question is left out.
+                    results=[_product_hit(h, records[h.product_id]) for h in final if h.product_id in records],
+                    steps=region_steps,
+                )
+            )
+        for name, t in totals.items():
+            steps[name] = {**t, "enabled": getattr(cfg, name, True) if name != "similar_set" else True}
+        return out
+
+
+def _product_hit(hit: Hit, record: ProductRecord) -> ProductHit:
+    fields = record.fields()
     fields.update(product_id=hit.product_id, rank=round(hit.rank, 4), distance=round(hit.distance, 4), category=hit.category)
     return ProductHit(**fields)

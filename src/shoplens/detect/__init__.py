@@ -36,7 +36,7 @@ def _none(**_: Any) -> Detector:
 def _default(*, min_score: float | None = None, **_: Any) -> Detector:
     from .head import HeadDetector
 
-    return HeadDetector() if min_score is None else HeadDetector(min_score=min_score)
+    return HeadDetector(engine="auto") if min_score is None else HeadDetector(min_score=min_score, engine="auto")
 
 
 @_REGISTRY.register("head:", "garment head from a weights file made by train_detector (head:PATH)")
@@ -44,7 +44,9 @@ def _head_file(*, location: str, min_score: float | None = None, **_: Any) -> De
     from .head import HeadDetector
 
     weights = Path(location).expanduser()
-    return HeadDetector(weights=weights) if min_score is None else HeadDetector(weights=weights, min_score=min_score)
+    if min_score is None:
+        return HeadDetector(weights=weights, engine="auto")
+    return HeadDetector(weights=weights, min_score=min_score, engine="auto")
 
 
 @_REGISTRY.register("owlv2:", "OWLv2 open-vocabulary detector: owlv2:<hub id | /path | local-dir:/path> [hf]")

@@ -30,6 +30,7 @@ from ..config import LocalFeaturesConfig
 from ..errors import BadImageError, ShoplensError
 from ..imaging import Photo, load_image
 from ..store.base import CatalogueStore
+from ..threads import small_op_threads
 from .index import MANIFEST, LocalConfig, LocalIndex
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,29 @@ class Refined:
     distances: np.ndarray
     ids: np.ndarray
     steps: dict[str, Any]
+
+
+def product_margin(store: CatalogueStore, distances: np.ndarray, ids: np.ndarray, depth: int = 32) -> float:
+    """How much farther the second-closest product is than the closest (global distances, closest first).
+
+    Only the first ``depth`` candidates are looked at: when they all show one
+    product, the margin is at least the distance of the last of them minus the first's.
+    """
+    valid = ids >= 0
+    d, i = distances[valid][:depth], ids[valid][:depth]
+    if len(i) == 0:
+        return 0.0
+    owners = store.image_categories(i.tolist())
+    first = None
+    for dist, image_id in zip(d.tolist(), i.tolist()):
+        pid = owners.get(image_id, (None,))[0]
+        if pid is None:
+            continue
+        if first is None:
+            first = (pid, dist)
+        elif pid != first[0]:
+            return dist - first[1]
+    return float(d[-1] - d[0]) if first is not None else 0.0
 
 
 class LocalStage:
@@ -141,8 +165,26 @@ class LocalStage:
         allowed: np.ndarray | None,
     ) -> Refined:
         """The global candidates of one query (``distances``/``ids``, −1 = empty) fused with the local index's."""
+        with small_op_threads():
+            return self._refine(photo, store, vector, distances, ids, allowed)
+
+    def _refine(
+        self,
+        photo: Photo,
+        store: CatalogueStore,
+        vector: np.ndarray,
+        distances: np.ndarray,
+        ids: np.ndarray,
+        allowed: np.ndarray | None,
+    ) -> Refined:
         assert self.index is not None
         cfg = self.config
+        if cfg.skip_margin > 0:
+            margin = product_margin(store, distances, ids)
+            if margin >= cfg.skip_margin:
+                valid = ids >= 0
+                return Refined(distances[valid].astype(np.float32), ids[valid].astype(np.int64),
+                               {"enabled": True, "skipped": True, "margin": round(margin, 4)})
         t = time.perf_counter()
         feats = self.index.extract(photo)
         with self._lock:

@@ -340,6 +340,9 @@ class EmbeddedStore(CatalogueStore):
     def image_products(self, image_ids: Sequence[int]) -> dict[int, str]:
         return self.db.image_products(image_ids)
 
+    def image_categories(self, image_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+        return self.db.image_categories(image_ids)
+
     def image_source(self, image_id: int) -> str | None:
         return self.db.image_source(image_id)
 

@@ -122,6 +122,16 @@ class CatalogueStore(abc.ABC):
     def image_products(self, image_ids: Sequence[int]) -> dict[int, str]:
         """image id -> product id, for the ids that exist."""
 
+    def image_categories(self, image_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+        """image id -> (product id, product category), for the ids whose image and product exist.
+
+        What a search needs of every candidate before it picks the few it
+        returns; an engine that can answers it in one query.
+        """
+        products = self.image_products(image_ids)
+        records = self.get_products(list(set(products.values())))
+        return {i: (p, records[p].category) for i, p in products.items() if p in records}
+
     @abc.abstractmethod
     def image_source(self, image_id: int) -> str | None: ...
 

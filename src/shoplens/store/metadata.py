@@ -259,6 +259,21 @@ class MetadataDB:
                 out[int(i)] = p
         return out
 
+    def image_categories(self, image_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+        """image id -> (product id, category), for the ids that exist (one join, no metadata decoded)."""
+        out: dict[int, tuple[str, str | None]] = {}
+        ids = sorted({int(i) for i in image_ids})
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            sql = (
+                "SELECT i.image_id, i.product_id, p.category FROM images i "
+                f"JOIN products p ON p.product_id = i.product_id WHERE i.image_id IN ({marks})"
+            )
+            for i, p, c in self.query(sql, chunk):
+                out[int(i)] = (p, c)
+        return out
+
     def image_source(self, image_id: int) -> str | None:
         rows = self.query("SELECT source FROM images WHERE image_id=?", (image_id,))
         return rows[0][0] if rows else None

@@ -1,0 +1,60 @@
+"""Thread counts for the small per-photo work of a search.
+
+A search runs many small ops per photo besides the backbone pass: torch
+ops (the garment head, decoding its maps, the intent rule, keypoint
+similarities) and FAISS searches (visual words, the vector index). Each
+op spread over several OpenMP threads ends in a barrier that waits for
+every thread; on a CPU shared with other work a descheduled thread holds
+the barrier for a scheduler slice, so such ops cost many times their
+arithmetic (the garment head: 1.9 s with 2 threads, 21 ms with one, on the
+busy 2-core benchmark machine; docs/benchmarks/lat.md). They run on one
+thread; large passes (backbones, training, index building) keep the
+configured count. Both settings are the calling thread's (OpenMP): work
+on threads already running keeps its own count meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import faiss
+import torch
+
+#: Intra-op threads for per-photo torch work that is too small to share out.
+SMALL_OP_THREADS = 1
+
+
+@contextmanager
+def torch_threads(n: int = SMALL_OP_THREADS) -> Iterator[None]:
+    """Run the block's torch ops on ``n`` intra-op threads (0: leave as is), then restore the count."""
+    old = torch.get_num_threads()
+    if n <= 0 or n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextmanager
+def faiss_threads(n: int = SMALL_OP_THREADS) -> Iterator[None]:
+    """Run the block's FAISS searches on ``n`` OpenMP threads (0: leave as is), then restore the count."""
+    old = faiss.omp_get_max_threads()
+    if n <= 0 or n == old:
+        yield
+        return
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(old)
+
+
+@contextmanager
+def small_op_threads(n: int = SMALL_OP_THREADS) -> Iterator[None]:
+    """:func:`torch_threads` and :func:`faiss_threads` together."""
+    with torch_threads(n), faiss_threads(n):
+        yield
