@@ -72,6 +72,17 @@ def test_index_is_idempotent_and_products_never_repeat(tmp_path: Path, synthetic
     assert hits[0].price == 13.5 and hits[0].sku == "003" and hits[0].title == "Product 3"  # metadata rides along
 
 
+def test_a_photo_of_a_domain_the_shop_does_not_sell_is_searched_in_the_other(tmp_path: Path, synthetic_catalogue: Path) -> None:
+    """A grocery-only catalogue: a photo the gate takes for apparel still finds its product."""
+    with Shoplens(tmp_path / "store", **{"intent.classifier": "test-other_product"}, **LOOSE) as lens:
+        lens.index(synthetic_catalogue)
+    with Shoplens(tmp_path / "store", **{"intent.classifier": "test-apparel", "detect.enabled": False}, **LOOSE) as lens:
+        result = lens.search_one(synthetic_catalogue.parent / "img" / "p3.png")
+        assert result.intent == "other_product"
+        assert result.steps["intent"]["predicted"] == "apparel"
+        assert result.regions[0].results[0].product_id == "p3"
+
+
 def test_update_replaces_vectors_and_listing_defines_images(tmp_path: Path, synthetic_catalogue: Path) -> None:
     with Shoplens(tmp_path / "store", **{"intent.classifier": "test-other_product"}, **LOOSE) as lens:
         lens.index(synthetic_catalogue)

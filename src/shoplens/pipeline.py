@@ -27,11 +27,11 @@ from .imaging import Photo, crop
 from .intent import IntentClassifier, create_intent_classifier, list_intent_classifiers
 from .local.stage import LocalStage
 from .models import Backbone, Encoding, create_model
-from .threads import small_op_threads, torch_threads
 from .rerank import Hit, postprocess
 from .results import ProductHit, RegionResult, SearchResult
 from .store.base import CatalogueStore
 from .store.metadata import ProductRecord
+from .threads import small_op_threads, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -237,14 +237,25 @@ class Pipeline:
             return INTENTS[int(np.argmax(probs))]
         return DOMAINS[int(np.argmax(probs[: len(DOMAINS)]))]
 
-    def query(self, photo: Photo, timer: Timer, steps: dict[str, Any]) -> Query:
-        """Steps 1–2 for one photo: intent, then the vectors to search."""
+    def query(self, photo: Photo, timer: Timer, steps: dict[str, Any], holds: Callable[[str], bool] | None = None) -> Query:
+        """Steps 1–2 for one photo: intent, then the vectors to search.
+
+        ``holds(domain)`` says whether the catalogue has anything in a
+        product domain: a product photo of a domain the shop does not sell
+        is searched in the other product domain (a grocery-only shop, a
+        photo the gate takes for apparel) rather than in an empty index.
+        """
         cache = EncodingCache(self, [photo])
         with timer.step("intent"):
             probs = self.classify(cache)[0]
-        intent = self.intent_of(probs)
+        intent = predicted = self.intent_of(probs)
+        if holds is not None and intent in DOMAINS and not holds(intent):
+            other = next(d for d in DOMAINS if d != intent)
+            intent = other if holds(other) else intent
         scores = {k: round(float(v), 4) for k, v in zip(INTENTS, probs)}
         steps["intent"] = {"enabled": self.config.intent.enabled, "classifier": self.intent_classifier.name, "intent": intent}
+        if intent != predicted:
+            steps["intent"]["predicted"] = predicted
         q = Query(intent, scores)
         if intent == "non_product":
             return q
@@ -289,7 +300,7 @@ class Pipeline:
             timer.ms["decode"] = decode_ms
         steps: dict[str, Any] = {}
         start = time.perf_counter()
-        q = self.query(photo, timer, steps)
+        q = self.query(photo, timer, steps, holds=lambda domain: store.count_vectors(domain) > 0)
         region_results: list[RegionResult] = []
         if q.regions:
             domain = q.intent
