@@ -105,7 +105,8 @@ def test_filter_reaches_products_far_from_the_query(tmp_path: Path) -> None:
         make_image(tmp_path / "img" / f"p{i}.png", seed=i)
         rows.append(f"p{i},img/p{i}.png,c{i % 3},other_product,{i}")
     (tmp_path / "c.csv").write_text("\n".join(rows) + "\n")
-    flags = {"intent.classifier": "test-other_product", "search.rank_filter": False, "search.entropy_filter": False, "search.category_order": False}
+    flags = {"intent.classifier": "test-other_product", "search.rank_filter": False, "search.entropy_filter": False, "search.category_order": False,
+             "local.enabled": False}  # global distances only: the local step reorders near-ties differently per shortlist
     query = tmp_path / "img" / "p0.png"
     with Shoplens(tmp_path / "store", **flags, **{"search.similar_k": 100}) as lens:
         lens.index(tmp_path / "c.csv")
