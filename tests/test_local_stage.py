@@ -93,8 +93,9 @@ def test_local_features_pay_off_on_packages(tmp_path: Path, data_dir: Path) -> N
             bool(r.regions) and bool(r.regions[0].results) and r.regions[0].results[0].product_id == q["product_id"]  # type: ignore[union-attr]
             for r, q in zip(found, queries)
         ) / len(queries)
-    # Measured: R@1 0.32 with the global embedding alone, about 0.6 fused with local features.
-    assert hits[True] >= hits[False] + 0.15, hits
+    # Measured: R@1 0.48 with the global embedding alone (0.32 before the colour histogram joined it),
+    # 0.58 fused with local features.
+    assert hits[True] >= hits[False] + 0.06, hits
 
 
 class _Owners:
