@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from shoplens.embed import Embedder, colour_histogram
+from shoplens.embed import Embedder, LinearHead, colour_histogram
 from shoplens.imaging import Photo, load_image
 from shoplens.models import Encoding
 
@@ -48,6 +48,11 @@ def test_describe_appends_the_weighted_histogram_and_says_so_in_its_signature() 
     assert raw.shape == (1, 16 + 256)
     np.testing.assert_allclose(raw[0, :16], base[0])
     np.testing.assert_allclose(raw[0, 16:], 0.5 * colour_histogram(photo.pixels))
+    # Untrained, the index holds the backbone part alone; a trained head sees all of it.
+    np.testing.assert_allclose(emb.project(raw), plain.project(base), rtol=1e-6)
+    colour_only = np.hstack([np.zeros((256, 16), np.float32), np.eye(256, dtype=np.float32)])
+    emb.head = LinearHead(np.zeros(16 + 256, np.float32), colour_only)
+    np.testing.assert_allclose(emb.project(raw)[0], colour_histogram(photo.pixels), atol=1e-6)
     with pytest.raises(ValueError):
         Embedder("other_product", "efficientnet_lite0", 224, colour=-1.0)
 
