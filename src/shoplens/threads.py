@@ -15,8 +15,8 @@ on threads already running keeps its own count meanwhile.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 import faiss
 import torch
@@ -26,31 +26,27 @@ SMALL_OP_THREADS = 1
 
 
 @contextmanager
-def torch_threads(n: int = SMALL_OP_THREADS) -> Iterator[None]:
+def _scoped(get: Callable[[], int], set_: Callable[[int], None], n: int) -> Iterator[None]:
+    """Set a thread count to ``n`` (0: leave as is) for the block, then restore it."""
+    old = get()
+    if n <= 0 or n == old:
+        yield
+        return
+    set_(n)
+    try:
+        yield
+    finally:
+        set_(old)
+
+
+def torch_threads(n: int = SMALL_OP_THREADS) -> AbstractContextManager[None]:
     """Run the block's torch ops on ``n`` intra-op threads (0: leave as is), then restore the count."""
-    old = torch.get_num_threads()
-    if n <= 0 or n == old:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+    return _scoped(torch.get_num_threads, torch.set_num_threads, n)
 
 
-@contextmanager
-def faiss_threads(n: int = SMALL_OP_THREADS) -> Iterator[None]:
+def faiss_threads(n: int = SMALL_OP_THREADS) -> AbstractContextManager[None]:
     """Run the block's FAISS searches on ``n`` OpenMP threads (0: leave as is), then restore the count."""
-    old = faiss.omp_get_max_threads()
-    if n <= 0 or n == old:
-        yield
-        return
-    faiss.omp_set_num_threads(n)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(old)
+    return _scoped(faiss.omp_get_max_threads, faiss.omp_set_num_threads, n)
 
 
 @contextmanager

@@ -343,45 +343,21 @@ class _Members(nn.Module):
 
 def _onnx_session(heads: Sequence[GarmentHead]) -> Any:
     """An ONNX Runtime session (one thread: the maps are small) over ``heads``, exported once into the ONNX cache."""
-    import os
-    import tempfile
-    import warnings
-
-    import onnxruntime as ort
-
-    from ..models.onnx_runtime import cache_dir, fingerprint
+    from ..models.onnx_runtime import cache_dir, cpu_session, export_graph, fingerprint
 
     members = _Members(heads).eval()
     path = cache_dir() / f"garment-heads-{fingerprint(members)}.onnx"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.part")
-        os.close(fd)
         c8, c16, c32 = heads[0].cfg.in_channels
-        axes = {n: {2: f"{n}_h", 3: f"{n}_w"} for n in ("s8", "s16", "s32")}
-        try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    members,
-                    (torch.zeros(1, c8, 48, 32), torch.zeros(1, c16, 24, 16), torch.zeros(1, c32, 12, 8)),
-                    tmp,
-                    input_names=["s8", "s16", "s32"],
-                    output_names=[f"{k}{m}" for m in range(len(heads)) for k in ("heat", "sides")],
-                    dynamic_axes=axes,
-                    opset_version=17,
-                    dynamo=False,
-                )
-            os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        export_graph(
+            members,
+            (torch.zeros(1, c8, 48, 32), torch.zeros(1, c16, 24, 16), torch.zeros(1, c32, 12, 8)),
+            path,
+            input_names=["s8", "s16", "s32"],
+            output_names=[f"{k}{m}" for m in range(len(heads)) for k in ("heat", "sides")],
+            dynamic_axes={n: {2: f"{n}_h", 3: f"{n}_w"} for n in ("s8", "s16", "s32")},
+        )
+    return cpu_session(path, threads=1)
 
 
 def _to_photo(box: tuple[float, float, float, float], label: str, score: float, enc: Encoding) -> Garment:

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..models import Encoding
 from .calibration import Calibration, calibration_file, fit_calibration, returned_set_quality, similar_sets
-from .colour import colour_dim, colour_histogram
+from .colour import DIM as COLOUR_DIM
+from .colour import colour_histogram
 from .heads import Head, IdentityHead, LinearHead, MLPHead, l2_normalize, load_head, register_head
 from .pooling import gem, gem_numpy, get_pooling, list_poolings, register_pooling, rmac
 from .training import EmbedderReport, ProjectionCfg, calibrate_head, train_embedder, train_projection
@@ -111,7 +112,7 @@ class Embedder:
         nothing instead of 45 %, at the same R@1); a trained head weighs it.
         """
         if self.colour and isinstance(self.head, IdentityHead):
-            raw = np.asarray(raw)[:, : -colour_dim()]
+            raw = np.asarray(raw)[:, :-COLOUR_DIM]
         return self.head.apply(raw)
 
 

@@ -17,12 +17,14 @@ import numpy as np
 
 #: Hue × saturation × value bins (OpenCV hue runs 0-180).
 BINS = (16, 4, 4)
+#: Length of the histogram.
+DIM = BINS[0] * BINS[1] * BINS[2]
 #: Photos are resized to this square before counting (cheap, and every photo counts the same).
 SIZE = 128
 
 
 def colour_histogram(pixels: np.ndarray) -> np.ndarray:
-    """(256,) float32 unit vector: the square root of the normalised HSV histogram of an RGB uint8 photo."""
+    """(DIM,) = (256,) float32 unit vector: the square root of the normalised HSV histogram of an RGB uint8 photo."""
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise ValueError(f"colour_histogram needs (H, W, 3) uint8 RGB pixels, got {pixels.shape} {pixels.dtype}")
     small = cv2.resize(pixels, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
@@ -30,7 +32,3 @@ def colour_histogram(pixels: np.ndarray) -> np.ndarray:
     hist = cv2.calcHist([hsv], [0, 1, 2], None, list(BINS), [0, 180, 0, 256, 0, 256]).ravel()
     root = np.sqrt(hist / max(float(hist.sum()), 1.0))
     return (root / max(float(np.linalg.norm(root)), 1e-12)).astype(np.float32)
-
-
-def colour_dim() -> int:
-    return int(np.prod(BINS))

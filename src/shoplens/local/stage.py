@@ -30,7 +30,6 @@ from ..config import LocalFeaturesConfig
 from ..errors import BadImageError, ShoplensError
 from ..imaging import Photo, load_image
 from ..store.base import CatalogueStore
-from ..threads import small_op_threads
 from .index import MANIFEST, LocalConfig, LocalIndex
 
 log = logging.getLogger(__name__)
@@ -164,19 +163,10 @@ class LocalStage:
         ids: np.ndarray,
         allowed: np.ndarray | None,
     ) -> Refined:
-        """The global candidates of one query (``distances``/``ids``, −1 = empty) fused with the local index's."""
-        with small_op_threads():
-            return self._refine(photo, store, vector, distances, ids, allowed)
+        """The global candidates of one query (``distances``/``ids``, −1 = empty) fused with the local index's.
 
-    def _refine(
-        self,
-        photo: Photo,
-        store: CatalogueStore,
-        vector: np.ndarray,
-        distances: np.ndarray,
-        ids: np.ndarray,
-        allowed: np.ndarray | None,
-    ) -> Refined:
+        Small per-photo work: the caller runs it under ``threads.small_op_threads()``.
+        """
         assert self.index is not None
         cfg = self.config
         if cfg.skip_margin > 0:

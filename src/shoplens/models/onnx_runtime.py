@@ -84,6 +84,20 @@ def export_onnx(module: nn.Module, path: str | Path, *, has_imagenet_head: bool)
         axes[n] = {0: "batch", 2: f"{n}_h", 3: f"{n}_w"}
     if has_imagenet_head:
         axes["logits"] = {0: "batch"}
+    return export_graph(_Exported(model, has_imagenet_head), (torch.zeros(1, 3, 224, 224),), path,
+                        input_names=["pixels"], output_names=names, dynamic_axes=axes)
+
+
+def export_graph(
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: str | Path,
+    *,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+) -> Path:
+    """``torch.onnx.export`` of ``module`` written atomically to ``path`` (opset 17, the TorchScript exporter)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.part")
@@ -91,21 +105,29 @@ def export_onnx(module: nn.Module, path: str | Path, *, has_imagenet_head: bool)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(
-                _Exported(model, has_imagenet_head),
-                (torch.zeros(1, 3, 224, 224),),
-                tmp,
-                input_names=["pixels"],
-                output_names=names,
-                dynamic_axes=axes,
-                opset_version=17,
-                dynamo=False,
-            )
+            torch.onnx.export(module, example, tmp, input_names=input_names, output_names=output_names,
+                              dynamic_axes=dynamic_axes, opset_version=17, dynamo=False)
         os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def cpu_session(path: str | Path, threads: int = 0) -> Any:
+    """An ONNX Runtime CPU session over ``path``: all graph optimisations, ``threads`` intra-op threads (0: ORT's default)."""
+    ort = import_optional("onnxruntime", "onnxruntime", "onnx", "the ONNX runtime (runtime.engine = 'onnx')")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.inter_op_num_threads = 1
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    # Idle threads sleep instead of spinning: decoding and the other
+    # stages share the same few cores with inference.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 class OnnxConvBackbone(TorchConvBackbone):
@@ -117,7 +139,6 @@ class OnnxConvBackbone(TorchConvBackbone):
     """
 
     def __init__(self, base: TorchConvBackbone, *, threads: int = 0, model_path: str | Path | None = None) -> None:
-        ort = import_optional("onnxruntime", "onnxruntime", "onnx", "the ONNX runtime (runtime.engine = 'onnx')")
         super().__init__(
             base.name, base.module, base.preprocess, has_imagenet_head=base.has_imagenet_head, batch_size=base.batch_size
         )
@@ -127,17 +148,7 @@ class OnnxConvBackbone(TorchConvBackbone):
         if not self.model_path.exists():
             log.info("exporting %s to ONNX: %s", base.name, self.model_path)
             export_onnx(base.module, self.model_path, has_imagenet_head=base.has_imagenet_head)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.inter_op_num_threads = 1
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
-        # Idle threads sleep instead of spinning: decoding and the other
-        # stages share the same few cores with inference.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session: Any = ort.InferenceSession(str(self.model_path), opts, providers=["CPUExecutionProvider"])
+        self._session: Any = cpu_session(self.model_path, threads)
 
     def make_batch(self, resized: Sequence[np.ndarray], cfg: PreprocessCfg) -> torch.Tensor:
         return torch.from_numpy(to_nchw(resized, cfg))  # contiguous NCHW: no copy before the run
