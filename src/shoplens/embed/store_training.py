@@ -45,15 +45,14 @@ def _stored(store: CatalogueStore, domain: str) -> tuple[np.ndarray, np.ndarray,
     """(raw descriptors, product ids, categories) of a domain's stored images."""
     raws, pids, cats = [], [], []
     for ids, raw in store.iter_raw(domain):
-        products = store.image_products(ids.tolist())
-        records = store.get_products(list(set(products.values())))
+        found = store.image_categories(ids.tolist())
         for i, row in zip(ids.tolist(), raw):
-            pid = products.get(int(i))
-            if pid is None or pid not in records:
+            if int(i) not in found:
                 continue
+            pid, category = found[int(i)]
             raws.append(row)
             pids.append(pid)
-            cats.append(records[pid].category or "")
+            cats.append(category or "")
     if not raws:
         return np.zeros((0, 0), np.float32), np.array([], str), np.array([], str)
     return np.stack(raws).astype(np.float32), np.array(pids), np.array(cats)
