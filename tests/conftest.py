@@ -3,13 +3,36 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from shoplens.config import INTENTS
+from shoplens.intent import IntentClassifier, register_intent_classifier
+from shoplens.models import Encoding
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+class FixedIntent(IntentClassifier):
+    """Says the same intent for every photo (to drive the pipeline's branches)."""
+
+    def __init__(self, intent: str) -> None:
+        self.name = f"fixed-{intent}"
+        self.backbone = "efficientnet_lite0"
+        self.intent = intent
+
+    def predict(self, encodings: Sequence[Encoding]) -> np.ndarray:
+        probs = np.full((len(encodings), 3), 0.05, dtype=np.float32)
+        probs[:, INTENTS.index(self.intent)] = 0.9
+        return probs
+
+
+for _intent in INTENTS:
+    register_intent_classifier(f"test-{_intent}")(lambda _i=_intent, **_: FixedIntent(_i))
 
 
 def data_root() -> Path:
