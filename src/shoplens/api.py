@@ -383,13 +383,17 @@ class Shoplens:
         holdout: float = 0.15,
         seed: int = 0,
         target_precision: float = 0.9,
+        tune_backbone: bool = True,
         progress: bool = False,
     ) -> dict[str, Any]:
-        """SPEC step 8: adapt each domain's head to the catalogue (plus labelled photos).
+        """SPEC step 8: adapt each domain's recognition model to the catalogue (plus labelled photos).
 
         ``labelled``: a CSV with columns ``image`` (relative to the CSV) and
-        ``product_id`` of extra photos of catalogue products. Trains on the
-        stored raw descriptors, saves ``head_<domain>.pt`` and a rank
+        ``product_id`` of extra photos of catalogue products. With
+        ``tune_backbone``, first tunes the backbone's last stage on the
+        catalogue photos (read again from their sources) and re-encodes the
+        stored images through it (``tail_<domain>.pt``). Then trains the head
+        on the stored raw descriptors, saves ``head_<domain>.pt`` and a rank
         calibration in the store, and re-projects the stored vectors.
         Returns an :class:`~shoplens.embed.EmbedderReport` per domain trained.
         """
@@ -400,7 +404,9 @@ class Shoplens:
             return dict(train_store_embedder(
                 self.store, self.pipeline, Path(labelled) if labelled is not None else None,
                 domains=tuple(domains or DOMAINS), holdout=holdout, seed=seed,
-                target_precision=target_precision, progress=progress))
+                target_precision=target_precision, tune_backbone=tune_backbone, progress=progress))
+            if tune_backbone:
+                self._sync_local(progress=progress)  # re-encoded images have new ids
 
     # -- queries ------------------------------------------------------------
     def search(

@@ -21,12 +21,12 @@ import numpy as np
 
 from .config import DOMAINS, INTENTS, Config
 from .detect import Detector, Garment, create_detector
-from .embed import Calibration, Embedder, Head, IdentityHead, calibration_file, load_head
+from .embed import Calibration, Embedder, Head, IdentityHead, Tail, calibration_file, load_head
 from .errors import StoreError
 from .imaging import Photo, crop
 from .intent import IntentClassifier, create_intent_classifier, list_intent_classifiers
 from .local.stage import LocalStage
-from .models import Backbone, Encoding, create_model
+from .models import Backbone, Encoding, create_model, create_tuned_model
 from .rerank import Hit, postprocess
 from .results import ProductHit, RegionResult, SearchResult
 from .store.base import CatalogueStore
@@ -40,6 +40,10 @@ INTENT_MODEL_FILE = "intent.pt"
 
 def head_file(models_dir: Path, domain: str) -> Path:
     return models_dir / f"head_{domain}.pt"
+
+
+def tail_file(models_dir: Path, domain: str) -> Path:
+    return models_dir / f"tail_{domain}.pt"
 
 
 class Timer:
@@ -107,6 +111,8 @@ class Pipeline:
         self.config = config or Config()
         self.models_dir = models_dir
         self._backbones: dict[str, Backbone] = {}
+        #: Stride-32 stages tuned by train-embedder, by the name of the backbone they make (shoplens.embed.tail).
+        self._tails: dict[str, Tail] = {}
         self._intent: IntentClassifier | None = None
         self._detector: Detector | None = None
         self.embedders = {d: self._make_embedder(d) for d in DOMAINS}
@@ -124,7 +130,11 @@ class Pipeline:
     def backbone(self, name: str) -> Backbone:
         if name not in self._backbones:
             rt = self.config.runtime
-            self._backbones[name] = create_model(name, runtime=rt.engine, threads=rt.threads)
+            tail = self._tails.get(name)
+            if tail is not None:
+                self._backbones[name] = create_tuned_model(tail.backbone, tail.module, name, runtime=rt.engine, threads=rt.threads)
+            else:
+                self._backbones[name] = create_model(name, runtime=rt.engine, threads=rt.threads)
         return self._backbones[name]
 
     @property
@@ -161,8 +171,13 @@ class Pipeline:
         head: Head = IdentityHead()
         if self.models_dir is not None and head_file(self.models_dir, domain).exists():
             head = load_head(head_file(self.models_dir, domain))
+        backbone = cfg.backbone
+        if self.models_dir is not None and tail_file(self.models_dir, domain).exists():
+            tail = Tail.load(tail_file(self.models_dir, domain), self.backbone(cfg.backbone).torch_module())
+            self._tails[tail.model_name] = tail
+            backbone = tail.model_name
         extra = [int(x) for x in str(cfg.extra_sizes).replace(",", " ").split()]
-        return Embedder(domain, cfg.backbone, cfg.input_size, head, pooling=cfg.pooling, extra_sizes=extra, colour=cfg.colour)
+        return Embedder(domain, backbone, cfg.input_size, head, pooling=cfg.pooling, extra_sizes=extra, colour=cfg.colour)
 
     def set_head(self, domain: str, head: Head) -> None:
         """Use ``head`` for ``domain`` from now on, saved in the store's models folder."""
@@ -173,6 +188,17 @@ class Pipeline:
         self.calibrations.pop(domain, None)
         if self.models_dir is not None:
             calibration_file(self.models_dir, domain).unlink(missing_ok=True)
+
+    def set_tail(self, domain: str, tail: Tail) -> None:
+        """Encode ``domain``'s photos with ``tail`` as the backbone's stride-32 stage from now on,
+        saved in the store's models folder.
+
+        Descriptors stored before no longer match the embedder's signature: re-encode them.
+        """
+        if self.models_dir is not None:
+            tail.save(tail_file(self.models_dir, domain))
+        self._tails[tail.model_name] = tail
+        self.embedders[domain].backbone = tail.model_name
 
     def set_calibration(self, domain: str, calibration: Calibration) -> None:
         """Rescale ``domain``'s hit distances with ``calibration`` from now on (saved with the head)."""

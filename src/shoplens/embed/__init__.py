@@ -19,6 +19,7 @@ from .colour import DIM as COLOUR_DIM
 from .colour import colour_histogram
 from .heads import Head, IdentityHead, LinearHead, MLPHead, l2_normalize, load_head, register_head
 from .pooling import gem, gem_numpy, get_pooling, list_poolings, register_pooling, rmac
+from .tail import Tail, TailCfg, tune_tail
 from .training import EmbedderReport, ProjectionCfg, calibrate_head, train_embedder, train_projection
 from .whitening import default_head, fit_whitening
 
@@ -126,6 +127,8 @@ __all__ = [
     "LinearHead",
     "MLPHead",
     "ProjectionCfg",
+    "Tail",
+    "TailCfg",
     "calibrate_head",
     "calibration_file",
     "colour_histogram",
@@ -145,4 +148,5 @@ __all__ = [
     "similar_sets",
     "train_embedder",
     "train_projection",
+    "tune_tail",
 ]

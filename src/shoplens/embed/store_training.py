@@ -1,25 +1,33 @@
 """``train-embedder`` on a store: its raw descriptors plus optional labelled photos.
 
-The catalogue's raw descriptors come from the store (no backbone pass); only
-the extra labelled photos are encoded. The trained head and its rank
-calibration are saved in the store's models folder and the domain's vectors
-are re-projected from the stored raw descriptors.
+First, unless asked not to, each domain's backbone stage is tuned on the
+catalogue photos and the labelled ones (shoplens.embed.tail) and the stored
+images are re-encoded through it. The head is then trained on the stored raw
+descriptors plus those of the labelled photos. The tuned stage, the head and
+its rank calibration are saved in the store's models folder and the domain's
+vectors are re-projected from the stored raw descriptors.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from ..catalog import read_labelled_csv
 from ..config import DOMAINS
 from ..errors import BadImageError, CatalogueError, StoreError
+from ..store.base import WriteBatch
+from ..store.metadata import ImageRecord
 from .calibration import calibration_file
-from .training import EmbedderReport, train_embedder
+from .tail import supports_tail, tune_tail
+from .training import CATEGORY_CFG, EmbedderReport, ProjectionCfg, holdout_mask, train_embedder, training_labels
 
 if TYPE_CHECKING:
     from ..pipeline import Pipeline
@@ -91,6 +99,119 @@ def _describe_labelled(
     return x_raw, x_pid, x_cat
 
 
+def _shipped(pipeline: Pipeline, domain: str) -> str:
+    """The configured backbone of ``domain``: its shipped weights, whatever stage a previous run tuned."""
+    return str(getattr(pipeline.config.embed, domain).backbone)
+
+
+def _stride16_maps(pipeline: Pipeline, domain: str, files: list[Path], progress: bool) -> tuple[list[torch.Tensor], np.ndarray]:
+    """The shipped backbone's stride-16 maps (float16) of ``files`` at the domain's first input size,
+    and a mask of the files that could be decoded."""
+    from ..indexing import decode_all
+
+    emb = pipeline.embedders[domain]
+    backbone = pipeline.backbone(_shipped(pipeline, domain))
+    maps: list[torch.Tensor] = []
+    ok = np.zeros(len(files), bool)
+    bar = tqdm(total=len(files), unit="img", desc=f"{domain}: stride-16 maps", disable=not progress, leave=False)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="shoplens-decode") as pool:
+        for start in range(0, len(files), 32):
+            chunk = files[start : start + 32]
+            decoded = decode_all([(f, str(f)) for f in chunk], pool, pipeline.decode_size)
+            photos = [d for d in decoded if not isinstance(d, BadImageError)]
+            for i, d in enumerate(decoded):
+                ok[start + i] = not isinstance(d, BadImageError)
+            maps += [e.features["s16"].to(torch.float16).clone() for e in backbone.encode(photos, input_size=emb.input_size)]
+            bar.update(len(chunk))
+    bar.close()
+    return maps, ok
+
+
+def _tune_tail(store: CatalogueStore, pipeline: Pipeline, domain: str, extras: list[tuple[Path, str, str]], *,
+               holdout: float, seed: int, progress: bool) -> dict[str, Any]:
+    """Tune ``domain``'s backbone stage on its catalogue photos (and the labelled extras), then re-encode its stored images.
+
+    Returns the report's ``tail`` entry. Nothing changes (``tuned`` false, with
+    the reason) when the backbone has no such stage, a stored photo can no
+    longer be read from its source, or no label has two photos. Photos held
+    out by the head's check are left out here too, so the check stays fair.
+    Cut short after the stage is saved, the store holds a mix of old and new
+    descriptors under the old head: running ``train-embedder`` again (or
+    ``index``, which re-encodes images of another signature) finishes the job.
+    """
+    name = _shipped(pipeline, domain)
+    base = pipeline.backbone(name).torch_module()
+    if not supports_tail(base):
+        return {"tuned": False, "reason": f"backbone {name} has no stage to tune"}
+    assert base is not None
+    stored = [(im.product_id, im.source) for im in store.iter_images() if im.domain == domain]
+    missing = [src for _, src in stored if not Path(src).is_file()]
+    if missing:
+        return {"tuned": False, "reason": f"{len(missing)} stored photo(s) cannot be read from their source (e.g. {missing[0]}); "
+                                          "the backbone stage is tuned on the catalogue photos themselves"}
+    records = store.get_products(sorted({pid for pid, _ in stored}))
+    files = [Path(src) for _, src in stored] + [f for f, _, _ in extras]
+    ids = np.array([pid for pid, _ in stored] + [pid for _, pid, _ in extras], dtype=str)
+    cats = np.array([(records[pid].category or "") if pid in records else "" for pid, _ in stored] + [c for _, _, c in extras], dtype=str)
+    chosen = training_labels(ids, cats if bool(np.all(cats != "")) else None)
+    if chosen is None:
+        return {"tuned": False, "reason": "no label has two photos: nothing to learn from"}
+    labels, kind = chosen
+    held = holdout_mask(labels, np.arange(len(ids)) < len(stored), holdout)
+    train = np.flatnonzero(~held)
+    maps, ok = _stride16_maps(pipeline, domain, [files[i] for i in train], progress)
+    proxy_cfg = CATEGORY_CFG if kind == "category" else ProjectionCfg()
+    tail = tune_tail(name, base, maps, labels[train][ok], proxy_cfg=proxy_cfg, seed=seed, progress=progress)
+    pipeline.set_tail(domain, tail)
+    reencoded, failed = _reencode(store, pipeline, domain, progress)
+    return {"tuned": True, "labels": kind, "reencoded": reencoded, "reencode_failed": failed, **tail.info}
+
+
+def _reencode(store: CatalogueStore, pipeline: Pipeline, domain: str, progress: bool) -> tuple[int, int]:
+    """Re-describe the domain's stored images whose signature is not the embedder's (after its tail changed).
+
+    Each chunk is one atomic store write (image replaced by the same product,
+    source and content); a run cut short resumes where it stopped. Returns
+    (re-encoded, unreadable) counts; an unreadable image keeps its old descriptor.
+    """
+    from ..indexing import decode_all
+    from ..pipeline import EncodingCache
+
+    emb = pipeline.embedders[domain]
+    todo = [(im.product_id, im.source) for im in store.iter_images() if im.domain == domain and im.signature != emb.signature]
+    done = failed = 0
+    bar = tqdm(total=len(todo), unit="img", desc=f"{domain}: re-encoding", disable=not progress, leave=False)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="shoplens-decode") as pool:
+        for start in range(0, len(todo), 32):
+            chunk = todo[start : start + 32]
+            datas: list[bytes | None] = []
+            for _, src in chunk:
+                try:
+                    datas.append(Path(src).read_bytes())
+                except OSError as err:
+                    logger.warning("train-embedder: cannot re-encode %s: %s", src, err)
+                    datas.append(None)
+            readable = [(row, d) for row, d in zip(chunk, datas) if d is not None]
+            decoded = decode_all([(d, src) for (_, src), d in readable], pool, pipeline.decode_size)
+            good = [(row, d, photo) for (row, d), photo in zip(readable, decoded) if not isinstance(photo, BadImageError)]
+            failed += len(chunk) - len(good)
+            if good:
+                raw = pipeline.describe(domain, EncodingCache(pipeline, [photo for _, _, photo in good]))  # type: ignore[misc]
+                batch = WriteBatch()
+                for ((pid, src), data, _), vec in zip(good, raw):
+                    found = store.find_image(pid, src)
+                    if found is None:
+                        continue  # removed meanwhile
+                    batch.remove_images.append((found[0], found[3]))
+                    batch.add_images.append(ImageRecord(pid, src, hashlib.sha1(data).hexdigest(), domain, emb.signature, vec))
+                store.write(batch)
+                done += len(batch.add_images)
+            bar.update(len(chunk))
+    bar.close()
+    logger.info("train-embedder %s: re-encoded %d image(s) through the tuned stage, %d unreadable", domain, done, failed)
+    return done, failed
+
+
 def train_store_embedder(
     store: CatalogueStore,
     pipeline: Pipeline,
@@ -100,10 +221,13 @@ def train_store_embedder(
     holdout: float = 0.15,
     seed: int = 0,
     target_precision: float = 0.9,
+    tune_backbone: bool = True,
     progress: bool = False,
 ) -> dict[str, EmbedderReport]:
     """Train each domain's head on the store's catalogue (plus ``labelled`` photos).
 
+    With ``tune_backbone``, each domain's backbone stage is tuned first
+    (:func:`_tune_tail`) and its stored images re-encoded through it.
     Domains with no stored image are skipped. Labelled photos of products
     not in the store are skipped (counted in the report); unreadable ones too.
     """
@@ -120,6 +244,11 @@ def train_store_embedder(
             extras[rec.domain].append((file, pid, rec.category or ""))
     reports: dict[str, EmbedderReport] = {}
     for domain in domains:
+        if not store.count_images(domain):
+            continue
+        tail = {"tuned": False, "reason": "not asked"}
+        if tune_backbone:
+            tail = _tune_tail(store, pipeline, domain, extras[domain], holdout=holdout, seed=seed, progress=progress)
         raw, pids, cats = _stored(store, domain)
         if not len(raw):
             continue
@@ -139,6 +268,7 @@ def train_store_embedder(
                                       catalogue=catalogue, holdout=holdout, target_precision=target_precision,
                                       progress=progress)
         report.extra.update(skipped)
+        report.tail = tail
         pipeline.set_head(domain, head)
         if report.calibration is not None:
             pipeline.set_calibration(domain, report.calibration)

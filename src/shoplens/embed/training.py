@@ -185,6 +185,8 @@ class EmbedderReport:
     #: The rank calibration fitted alongside the head (None: not enough labelled pairs).
     calibration: Calibration | None = None
     reason: str = ""
+    #: The backbone stage tuned before the head (shoplens.embed.tail): ``tuned``, and what it did or why not.
+    tail: dict[str, Any] | None = None
     #: Where the head was saved (set by the caller that saves it).
     path: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -197,6 +199,14 @@ class EmbedderReport:
 
 def _recall_at_1(q: np.ndarray, q_ids: np.ndarray, db: np.ndarray, db_ids: np.ndarray) -> float:
     return float(np.mean(db_ids[np.argmax(q @ db.T, axis=1)] == q_ids)) if len(q) else 0.0
+
+
+def holdout_mask(labels: np.ndarray, catalogue: np.ndarray, frac: float) -> np.ndarray:
+    """The rows :func:`train_embedder` holds out: ``frac`` of the extra (non-catalogue) photos, of every row when there are none."""
+    if frac <= 0:
+        return np.zeros(len(labels), bool)
+    pool = ~catalogue if (~catalogue).any() else np.ones(len(labels), bool)
+    return _holdout(labels, pool, frac)
 
 
 def _holdout(ids: np.ndarray, pool: np.ndarray, frac: float) -> np.ndarray:
@@ -251,6 +261,17 @@ def calibrate_head(
     return cal
 
 
+def training_labels(ids: np.ndarray, categories: np.ndarray | None) -> tuple[np.ndarray, str] | None:
+    """What to learn from: product ids when at least two products have two photos each,
+    else categories (at least two, one with two photos), else nothing (None)."""
+    _, counts = np.unique(ids, return_counts=True)
+    if np.sum(counts >= 2) >= 2:
+        return ids, "product_id"
+    if categories is not None and len(np.unique(categories)) >= 2 and np.unique(categories, return_counts=True)[1].max() >= 2:
+        return categories, "category"
+    return None
+
+
 def train_embedder(
     descriptors: np.ndarray,
     labels: Labels,
@@ -297,11 +318,9 @@ def train_embedder(
     relevance = relevance if categories is not None else "product"
     report = EmbedderReport(domain=domain, method="", labels=None, images=len(raw), extra_images=int((~is_cat).sum()))
 
-    _, counts = np.unique(ids, return_counts=True)
-    if np.sum(counts >= 2) >= 2:
-        train_labels, report.labels = ids, "product_id"
-    elif categories is not None and len(np.unique(cats)) >= 2 and np.unique(cats, return_counts=True)[1].max() >= 2:
-        train_labels, report.labels = cats, "category"
+    chosen = training_labels(ids, cats if categories is not None else None)
+    if chosen is not None:
+        train_labels, report.labels = chosen
     else:
         head = default_head(raw[is_cat], dim=dim)
         report.method, report.reason = head.kind, "no label has two photos: nothing to learn from"
@@ -312,10 +331,7 @@ def train_embedder(
     dim = min(dim, raw.shape[1])
     if cfg is None:
         cfg = CATEGORY_CFG if report.labels == "category" else ProjectionCfg()
-    held = np.zeros(len(ids), bool)
-    if holdout > 0:
-        pool = ~is_cat if (~is_cat).any() else np.ones(len(ids), bool)
-        held = _holdout(train_labels, pool, holdout)
+    held = holdout_mask(train_labels, is_cat, holdout)
     if held.any():
         check = train_projection(raw[~held], train_labels[~held], dim=dim, epochs=epochs, seed=seed, cfg=cfg)
         db = is_cat & ~held

@@ -18,11 +18,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from ..errors import ConfigError, UnknownModelError
 from .backbone import Backbone
 from .preprocess import PreprocessCfg
+
+if TYPE_CHECKING:
+    from torch import nn
 
 logger = logging.getLogger(__name__)
 
@@ -227,6 +230,28 @@ def create_model(name: str, *, runtime: str = "torch", threads: int = 0) -> Back
     else:
         entry = _ENTRIES[parsed.location]
         backbone = entry.build(entry, entry.name)
+    return _in_runtime(backbone, runtime, threads)
+
+
+def create_tuned_model(base: str, stage: nn.Module, name: str, *, runtime: str = "torch", threads: int = 0) -> Backbone:
+    """The backbone ``base`` with its stride-32 stage replaced by ``stage`` (tuned by
+    ``train-embedder``, shoplens.embed.tail), called ``name``, in ``runtime``.
+
+    It has no ImageNet head (the classifier was trained on the shipped stage);
+    the ONNX export is cached by its weights like any other.
+    """
+    from .backbone import TorchConvBackbone
+
+    shipped = create_model(base, runtime="torch")
+    module = shipped.torch_module()
+    if not isinstance(shipped, TorchConvBackbone) or not callable(getattr(module, "with_tail", None)):
+        raise ConfigError(f"backbone {base!r} has no stride-32 stage to replace")
+    tuned = TorchConvBackbone(name, module.with_tail(stage), shipped.preprocess, has_imagenet_head=False,  # type: ignore[union-attr,operator]
+                              batch_size=shipped.batch_size)
+    return _in_runtime(tuned, runtime, threads)
+
+
+def _in_runtime(backbone: Backbone, runtime: str, threads: int) -> Backbone:
     if threads and runtime == "torch":
         import torch
 

@@ -14,7 +14,7 @@ import copy
 import importlib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +82,23 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
+def _block_pairs(blocks: Iterable[nn.Module]) -> list[tuple[nn.Module, str, str]]:
+    """(owner, convolution, batch norm) names of every MBConv in ``blocks``."""
+    pairs: list[tuple[nn.Module, str, str]] = []
+    for block in blocks:
+        if block.has_expand:
+            pairs.append((block, "_expand_conv", "_bn0"))
+        pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+    return pairs
+
+
+def _fold_batch_norms(pairs: Iterable[tuple[nn.Module, str, str]]) -> None:
+    """Fold each batch norm into its convolution, in place (eval mode only)."""
+    for owner, conv, bn in pairs:
+        setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
+        setattr(owner, bn, nn.Identity())
+
+
 class EfficientNetLite(nn.Module):
     """EfficientNet-Lite feature extractor and ImageNet classifier.
 
@@ -132,21 +149,52 @@ class EfficientNetLite(nn.Module):
         the copy is for inference only (this module keeps its batch norms).
         """
         model = copy.deepcopy(self).eval()
-        pairs: list[tuple[nn.Module, str, str]] = [(model, "_conv_stem", "_bn0"), (model, "_conv_head", "_bn1")]
-        for block in model._blocks:
-            if block.has_expand:
-                pairs.append((block, "_expand_conv", "_bn0"))
-            pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
-        for owner, conv, bn in pairs:
-            setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
-            setattr(owner, bn, nn.Identity())
+        _fold_batch_norms([(model, "_conv_stem", "_bn0"), (model, "_conv_head", "_bn1"), *_block_pairs(model._blocks)])
         return model
 
     def classify(self, pooled: torch.Tensor) -> torch.Tensor:
         return self._fc(pooled)
 
+    def _first_tail_block(self) -> int:
+        return max(i for i, n in self._taps.items() if n == "s16") + 1
+
+    def tail(self) -> StrideTail:
+        """A trainable copy of the stride-32 stage: ``s16`` map in, ``s32`` map out (as :meth:`forward_features`)."""
+        blocks = nn.Sequential(*(copy.deepcopy(b) for b in self._blocks[self._first_tail_block():]))
+        return StrideTail(blocks, copy.deepcopy(self._conv_head), copy.deepcopy(self._bn1))
+
+    def with_tail(self, tail: StrideTail) -> EfficientNetLite:
+        """A copy of this model whose stride-32 stage is (a copy of) ``tail``, in eval mode."""
+        model = copy.deepcopy(self).eval()
+        tuned = copy.deepcopy(tail).eval()
+        first = self._first_tail_block()
+        if len(tuned.blocks) != len(model._blocks) - first:
+            raise ValueError(f"the stage has {len(tuned.blocks)} blocks, this model {len(model._blocks) - first}")
+        for i, block in enumerate(tuned.blocks):
+            model._blocks[first + i] = block
+        model._conv_head, model._bn1 = tuned.conv_head, tuned.bn
+        return model
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.forward_features(x)["s32"].mean((2, 3)))
+
+
+class StrideTail(nn.Module):
+    """The blocks after the last stride-16 tap and the 1280-channel head convolution.
+
+    ``train-embedder`` tunes a copy of it on a catalogue (shoplens.embed.tail);
+    the rest of the backbone, shared with the intent gate and the detector, stays as shipped.
+    """
+
+    def __init__(self, blocks: nn.Sequential, conv_head: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.blocks = blocks
+        self.conv_head = conv_head
+        self.bn = bn
+
+    def forward(self, s16: torch.Tensor) -> torch.Tensor:
+        return F.relu6(self.bn(self.conv_head(self.blocks(s16))))
+
 
 
 def block_specs_from_state_dict(sd: Mapping[str, torch.Tensor]) -> list[tuple[int, int, int, int, int]]:
