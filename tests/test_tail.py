@@ -185,7 +185,7 @@ def test_tuned_stage_on_grocery_products(tmp_path: Path, data_dir: Path) -> None
         info = {r["product_id"]: (r["title"], r["category"]) for r in cat}
         for r in cat + train:
             w.writerow([r["product_id"], *info[r["product_id"]], str(root / r["image"])])
-    config = {"intent.enabled": False, "local.enabled": False, "embed.other_product.extra_sizes": "",
+    config = {"intent.enabled": False, "embed.other_product.extra_sizes": "",
               "search.rank_filter": False, "search.entropy_filter": False}
     with Shoplens(tmp_path / "store", **config) as lens:
         lens.index(catalogue)
@@ -197,5 +197,8 @@ def test_tuned_stage_on_grocery_products(tmp_path: Path, data_dir: Path) -> None
         report = lens.train_embedder()["other_product"]
         assert report.tail is not None and report.tail["tuned"] and report.tail["reencoded"] == len(cat) + len(train)
         assert report.tail["labels"] == "product_id" and report.tail["classes"] == len(cat)
+        assert lens.pipeline.local is not None, "local features are on by default"
+        ids = np.sort(lens.store.image_ids("other_product"))
+        assert np.array_equal(np.sort(lens.pipeline.local.index.ids()), ids), "the local index follows the re-encoded ids"
         # Quality is measured on the whole dataset (docs/benchmarks.md section 4); here: new photos still find their product.
         assert r1() >= 0.8

@@ -401,12 +401,12 @@ class Shoplens:
         from .embed.store_training import train_store_embedder
 
         with self._write_lock:
-            return dict(train_store_embedder(
+            reports = dict(train_store_embedder(
                 self.store, self.pipeline, Path(labelled) if labelled is not None else None,
                 domains=tuple(domains or DOMAINS), holdout=holdout, seed=seed,
                 target_precision=target_precision, tune_backbone=tune_backbone, progress=progress))
-            if tune_backbone:
-                self._sync_local(progress=progress)  # re-encoded images have new ids
+            self._sync_local(progress=progress)  # re-encoded images have new ids
+        return reports
 
     # -- queries ------------------------------------------------------------
     def search(
