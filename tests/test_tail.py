@@ -12,6 +12,7 @@ import torch
 
 from shoplens.embed import ProjectionCfg, Tail, TailCfg, l2_normalize, tune_tail
 from shoplens.embed.pooling import gem
+from shoplens.errors import ConfigError
 from shoplens.imaging import load_image
 from shoplens.models import create_model, create_tuned_model
 from shoplens.models.efficientnet_lite import build_efficientnet_lite
@@ -79,9 +80,11 @@ def test_tuned_backbone_has_the_tuned_stage(tmp_path: Path, lite0: torch.nn.Modu
     maps, labels = _maps(per=4)
     tuned = tune_tail("efficientnet_lite0", lite0, maps, labels, proxy_cfg=ProjectionCfg(), cfg=TailCfg(epochs=2, min_steps=0), seed=1)
     tuned.save(tmp_path / "tail.pt")
-    loaded = Tail.load(tmp_path / "tail.pt", lite0)
+    loaded = Tail.load(tmp_path / "tail.pt", "efficientnet_lite0", lite0)
     assert loaded.digest == tuned.digest and loaded.info == tuned.info
     assert loaded.model_name == f"efficientnet_lite0+tail-{tuned.digest}"
+    with pytest.raises(ConfigError, match="efficientnet_lite1"):
+        Tail.load(tmp_path / "tail.pt", "efficientnet_lite1", lite0)
 
     photo = load_image(make_image(tmp_path / "p.png", seed=3, size=(200, 150)))
     shipped = create_model("efficientnet_lite0", runtime="torch").encode([photo], input_size=96)[0]
@@ -129,7 +132,7 @@ def test_cli_train_embedder_tunes_the_stage_and_reencodes_the_store(tmp_path: Pa
     assert (store / "models" / "tail_other_product.pt").exists()
     with Shoplens(store, create=False) as lens:
         emb = lens.pipeline.embedders["other_product"]
-        tail = Tail.load(store / "models" / "tail_other_product.pt", build_efficientnet_lite("efficientnet_lite0"))
+        tail = Tail.load(store / "models" / "tail_other_product.pt", "efficientnet_lite0", build_efficientnet_lite("efficientnet_lite0"))
         assert emb.backbone == tail.model_name and emb.signature.startswith(tail.model_name)
         after = {(im.product_id, im.source): im for im in lens.store.iter_images()}
         assert after.keys() == before.keys() and lens.store.count_vectors("other_product") == len(before)

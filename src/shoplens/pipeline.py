@@ -22,7 +22,7 @@ import numpy as np
 from .config import DOMAINS, INTENTS, Config
 from .detect import Detector, Garment, create_detector
 from .embed import Calibration, Embedder, Head, IdentityHead, Tail, calibration_file, load_head
-from .errors import StoreError
+from .errors import ConfigError, StoreError
 from .imaging import Photo, crop
 from .intent import IntentClassifier, create_intent_classifier, list_intent_classifiers
 from .local.stage import LocalStage
@@ -173,9 +173,13 @@ class Pipeline:
             head = load_head(head_file(self.models_dir, domain))
         backbone = cfg.backbone
         if self.models_dir is not None and tail_file(self.models_dir, domain).exists():
-            tail = Tail.load(tail_file(self.models_dir, domain), self.backbone(cfg.backbone).torch_module())
-            self._tails[tail.model_name] = tail
-            backbone = tail.model_name
+            try:
+                tail = Tail.load(tail_file(self.models_dir, domain), cfg.backbone, self.backbone(cfg.backbone).torch_module())
+            except ConfigError as err:  # the backbone was changed since: its stored descriptors are stale anyway
+                log.warning("%s: %s; using the shipped stage (re-run train-embedder)", domain, err)
+            else:
+                self._tails[tail.model_name] = tail
+                backbone = tail.model_name
         extra = [int(x) for x in str(cfg.extra_sizes).replace(",", " ").split()]
         return Embedder(domain, backbone, cfg.input_size, head, pooling=cfg.pooling, extra_sizes=extra, colour=cfg.colour)
 

@@ -85,11 +85,11 @@ class Tail:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path, base: nn.Module | None) -> Tail:
-        """The tail saved at ``path``, on the stage of ``base`` (the shipped backbone's torch module)."""
-        if not supports_tail(base):
-            raise ConfigError(f"{path} holds a tuned backbone stage, but the configured backbone has none to tune")
+    def load(cls, path: Path, backbone: str, base: nn.Module | None) -> Tail:
+        """The tail saved at ``path``, on the stage of ``base`` (the torch module of the shipped ``backbone``)."""
         data = torch.load(path, map_location="cpu", weights_only=True)
+        if data.get("backbone") != backbone or not supports_tail(base):
+            raise ConfigError(f"{path} holds a stage tuned for {data.get('backbone')!r}, not for the configured backbone {backbone!r}")
         module = base.tail()  # type: ignore[union-attr,operator]
         module.load_state_dict(data["state"])
         return cls(str(data["backbone"]), module, data.get("info", {}))

@@ -14,7 +14,7 @@ import copy
 import importlib
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -82,23 +82,6 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
-def _block_pairs(blocks: Iterable[nn.Module]) -> list[tuple[nn.Module, str, str]]:
-    """(owner, convolution, batch norm) names of every MBConv in ``blocks``."""
-    pairs: list[tuple[nn.Module, str, str]] = []
-    for block in blocks:
-        if block.has_expand:
-            pairs.append((block, "_expand_conv", "_bn0"))
-        pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
-    return pairs
-
-
-def _fold_batch_norms(pairs: Iterable[tuple[nn.Module, str, str]]) -> None:
-    """Fold each batch norm into its convolution, in place (eval mode only)."""
-    for owner, conv, bn in pairs:
-        setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
-        setattr(owner, bn, nn.Identity())
-
-
 class EfficientNetLite(nn.Module):
     """EfficientNet-Lite feature extractor and ImageNet classifier.
 
@@ -149,7 +132,14 @@ class EfficientNetLite(nn.Module):
         the copy is for inference only (this module keeps its batch norms).
         """
         model = copy.deepcopy(self).eval()
-        _fold_batch_norms([(model, "_conv_stem", "_bn0"), (model, "_conv_head", "_bn1"), *_block_pairs(model._blocks)])
+        pairs: list[tuple[nn.Module, str, str]] = [(model, "_conv_stem", "_bn0"), (model, "_conv_head", "_bn1")]
+        for block in model._blocks:
+            if block.has_expand:
+                pairs.append((block, "_expand_conv", "_bn0"))
+            pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+        for owner, conv, bn in pairs:
+            setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
+            setattr(owner, bn, nn.Identity())
         return model
 
     def classify(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -194,7 +184,6 @@ class StrideTail(nn.Module):
 
     def forward(self, s16: torch.Tensor) -> torch.Tensor:
         return F.relu6(self.bn(self.conv_head(self.blocks(s16))))
-
 
 
 def block_specs_from_state_dict(sd: Mapping[str, torch.Tensor]) -> list[tuple[int, int, int, int, int]]:
