@@ -13,7 +13,6 @@ from shoplens import Shoplens
 from shoplens.api import LOCAL_DIR
 
 from .conftest import make_image
-from .test_engine import FixedIntent  # noqa: F401  (registers the "test-<intent>" classifiers)
 
 FLAGS = {"intent.classifier": "test-other_product"}  # every photo is a product photo
 
