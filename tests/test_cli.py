@@ -91,3 +91,13 @@ def test_train_intent_then_the_store_uses_it(tmp_path: Path, capsys: pytest.Capt
 
     with open_store(store) as lens:
         assert lens.pipeline.intent_classifier.name != "imagenet-map"  # "auto" picked the trained one
+
+
+def test_set_is_kept_for_keys_that_also_have_an_option() -> None:
+    """`--set search.rank_filter=true` turns a filter back on for a store saved with it off; the option, when given, wins."""
+    from shoplens.cli import _flags, build_parser
+
+    args = build_parser().parse_args(["eval", "q.csv", "--store", "s", "--set", "search.rank_filter=true", "--set", "intent.enabled=true"])
+    assert _flags(args) == {"search.rank_filter": "true", "intent.enabled": "true"}
+    args = build_parser().parse_args(["eval", "q.csv", "--store", "s", "--set", "search.rank_filter=true", "--no-rank-filter"])
+    assert _flags(args) == {"search.rank_filter": False}

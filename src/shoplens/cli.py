@@ -75,9 +75,9 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
     """Dotted configuration flags from the parsed options (None = not given)."""
-    flags: dict[str, Any] = _parse_set(getattr(args, "set", []) or [])
     get = lambda name: getattr(args, name, None)
-    flags.update(
+    # The dedicated options override --set; one not given leaves --set (and the store's saved value) alone.
+    options: dict[str, Any] = (
         {
             "intent.classifier": get("intent_classifier"),
             "intent.enabled": False if get("no_intent") else None,
@@ -95,7 +95,9 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
             "local.verify": False if get("no_verify") else None,
         }
     )
-    return {k: v for k, v in flags.items() if v is not None}
+    flags: dict[str, Any] = _parse_set(getattr(args, "set", []) or [])
+    flags.update({k: v for k, v in options.items() if v is not None})
+    return flags
 
 
 def _config(args: argparse.Namespace) -> Config:
