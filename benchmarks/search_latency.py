@@ -7,6 +7,9 @@ photos side by side (interleaved, after a warm-up).
 
     python benchmarks/search_latency.py --products 100000 --queries 30
 
+``--tails-from STORE`` measures a store whose backbone stages were tuned by
+``train-embedder`` (its descriptors then come from the tuned stages).
+
 ``--profile FILE`` also runs each photo kind once more under cProfile and
 writes the functions that take the most time, per kind, to FILE.
 """
@@ -19,6 +22,7 @@ import io
 import json
 import pstats
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -80,12 +84,18 @@ def main() -> None:
     ap.add_argument("--store", help="reuse this store folder (default: a temporary one)")
     ap.add_argument("--profile", metavar="FILE", help="write a cProfile summary per photo kind to FILE")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="configuration override")
+    ap.add_argument("--tails-from", action="append", default=[], metavar="STORE", help=(
+        "copy the tuned backbone stages (models/tail_*.pt) of this store first, as after 'train-embedder' (repeatable)"))
     args = ap.parse_args()
     root = data_root()
     flags = dict(s.split("=", 1) for s in args.set)
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         store = Path(args.store) if args.store else tmp / "store"
+        for other in args.tails_from:
+            (store / "models").mkdir(parents=True, exist_ok=True)
+            for tail in Path(other, "models").glob("tail_*.pt"):
+                shutil.copy(tail, store / "models" / tail.name)
         with Shoplens(store, **flags) as lens:
             t0 = time.perf_counter()
             lens.index(build_catalogue(root, tmp, args.clothing))
