@@ -85,6 +85,9 @@ def test_tuned_backbone_has_the_tuned_stage(tmp_path: Path, lite0: torch.nn.Modu
     assert loaded.model_name == f"efficientnet_lite0+tail-{tuned.digest}"
     with pytest.raises(ConfigError, match="efficientnet_lite1"):
         Tail.load(tmp_path / "tail.pt", "efficientnet_lite1", lite0)
+    (tmp_path / "broken.pt").write_bytes((tmp_path / "tail.pt").read_bytes()[:1000])
+    with pytest.raises(ConfigError, match="cannot read"):
+        Tail.load(tmp_path / "broken.pt", "efficientnet_lite0", lite0)
 
     photo = load_image(make_image(tmp_path / "p.png", seed=3, size=(200, 150)))
     shipped = create_model("efficientnet_lite0", runtime="torch").encode([photo], input_size=96)[0]

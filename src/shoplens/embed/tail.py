@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ from .pooling import gem
 from .training import ProjectionCfg, _encode_labels, _progress, _Projection
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class TailCfg:
@@ -87,11 +89,18 @@ class Tail:
     @classmethod
     def load(cls, path: Path, backbone: str, base: nn.Module | None) -> Tail:
         """The tail saved at ``path``, on the stage of ``base`` (the torch module of the shipped ``backbone``)."""
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        if data.get("backbone") != backbone or not supports_tail(base):
-            raise ConfigError(f"{path} holds a stage tuned for {data.get('backbone')!r}, not for the configured backbone {backbone!r}")
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, pickle.UnpicklingError) as err:
+            raise ConfigError(f"cannot read the tuned stage {path}: {err}") from None
+        if not isinstance(data, dict) or data.get("backbone") != backbone or not supports_tail(base):
+            found = data.get("backbone") if isinstance(data, dict) else None
+            raise ConfigError(f"{path} holds a stage tuned for {found!r}, not for the configured backbone {backbone!r}")
         module = base.tail()  # type: ignore[union-attr,operator]
-        module.load_state_dict(data["state"])
+        try:
+            module.load_state_dict(data["state"])
+        except (KeyError, RuntimeError) as err:
+            raise ConfigError(f"the tuned stage {path} does not fit {backbone}: {err}") from None
         return cls(str(data["backbone"]), module, data.get("info", {}))
 
 
