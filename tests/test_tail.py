@@ -12,10 +12,12 @@ import torch
 
 from shoplens.embed import ProjectionCfg, Tail, TailCfg, l2_normalize, tune_tail
 from shoplens.embed.pooling import gem
+from shoplens.embed.store_training import _reencode
 from shoplens.errors import ConfigError
 from shoplens.imaging import load_image
 from shoplens.models import create_model, create_tuned_model
 from shoplens.models.efficientnet_lite import build_efficientnet_lite
+from shoplens.store import ImageRecord, WriteBatch
 
 from .conftest import make_image
 
@@ -142,6 +144,18 @@ def test_cli_train_embedder_tunes_the_stage_and_reencodes_the_store(tmp_path: Pa
         assert all(im.signature == emb.signature for im in after.values())
         assert not any(np.allclose(after[k].raw, before[k], atol=1e-3) for k in before), "every image re-encoded through the tuned stage"
         assert lens.search([tmp_path / "extra" / "p2_1.png"])[0].regions[0].results[0].product_id == "p2"
+
+        # A run cut short resumes: only images still holding another signature are re-encoded.
+        assert _reencode(lens.store, lens.pipeline, "other_product", False) == (0, 0)
+        stale = [im for im in after.values()][:2]
+        batch = WriteBatch()
+        for im in stale:
+            image_id, _, _, domain = lens.store.find_image(im.product_id, im.source)
+            batch.remove_images.append((image_id, domain))
+            batch.add_images.append(ImageRecord(im.product_id, im.source, im.sha1, domain, "efficientnet_lite0@64/old", im.raw))
+        lens.store.write(batch)
+        assert _reencode(lens.store, lens.pipeline, "other_product", False) == (2, 0)
+        assert {im.signature for im in lens.store.iter_images()} == {emb.signature}
 
     # Head only: the stage stays as tuned, nothing is re-encoded.
     assert main(["train-embedder", "--store", str(store), "--labelled", str(labelled), "--no-tune-backbone", "--json", *SMALL]) == 0
