@@ -222,3 +222,22 @@ def test_tuned_stage_on_grocery_products(tmp_path: Path, data_dir: Path) -> None
         assert np.array_equal(np.sort(lens.pipeline.local.index.ids()), ids), "the local index follows the re-encoded ids"
         # Quality is measured on the whole dataset (docs/benchmarks.md section 4); here: new photos still find their product.
         assert r1() >= 0.8
+
+
+def test_tuning_reencodes_a_milvus_store(tmp_path: Path, synthetic_catalogue: Path) -> None:
+    """Re-encoding goes through the store interface only: the same on Milvus (Lite) as on the embedded store."""
+    pytest.importorskip("milvus_lite", reason="pymilvus/milvus-lite not installed (pip install 'shoplens[milvus]')")
+    from shoplens import Shoplens
+
+    labelled = _labelled(tmp_path)
+    config = {"embed.other_product.input_size": 64, "embed.other_product.extra_sizes": "96", "local.enabled": False,
+              "intent.classifier": "test-other_product"}
+    with Shoplens(f"milvus-lite:{tmp_path / 'milvus.db'}#cat", **config) as lens:
+        lens.index(synthetic_catalogue)
+        n = lens.store.count_images("other_product")
+        report = lens.train_embedder(labelled)["other_product"]
+        assert report.tail is not None and report.tail["tuned"] and report.tail["reencoded"] == n
+        emb = lens.pipeline.embedders["other_product"]
+        assert {im.signature for im in lens.store.iter_images()} == {emb.signature}
+        assert lens.store.count_vectors("other_product") == n
+        assert lens.search([tmp_path / "extra" / "p4_2.png"])[0].regions[0].results[0].product_id == "p4"
