@@ -35,7 +35,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .pooling import gem
-from .training import ProjectionCfg, _encode_labels, _progress, _Projection
+from .training import ProjectionCfg, _encode_labels, _Projection, fit_proxies
 
 logger = logging.getLogger(__name__)
 
@@ -153,29 +153,10 @@ def tune_tail(
         groups = [{"params": [*proj.parameters(), proxies], "lr": rates[0]}, {"params": list(tail.parameters()), "lr": rates[1]}]
         opt = torch.optim.AdamW(groups, weight_decay=proxy_cfg.weight_decay)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, rates, total_steps=epochs * steps_per_epoch, pct_start=0.1)
-        bar = _progress(epochs, progress)
-        loss_sum, loss_n = 0.0, 0
-        for _ in range(epochs):
-            order = rng.permutation(n)
-            loss_sum, loss_n = 0.0, 0
-            for s in range(steps_per_epoch):
-                idx = order[s * batch : (s + 1) * batch].tolist()
-                pooled = _pooled(tail, maps, idx, cfg, rng)
-                logits = proxy_cfg.scale * proj(pooled) @ F.normalize(proxies, dim=-1).T
-                loss = F.cross_entropy(logits, y[idx], label_smoothing=proxy_cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                loss_sum += float(loss.detach())
-                loss_n += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / loss_n:.3f}")
-        if bar is not None:
-            bar.close()
+        loss = fit_proxies(lambda idx: proj(_pooled(tail, maps, idx.tolist(), cfg, rng)), y, proxies, opt, sched, proxy_cfg,
+                           batch=batch, epochs=epochs, rng=rng, progress=progress)
     info = {"images": n, "classes": n_classes, "seed": seed, "shapes": len(by_shape), **asdict(cfg), "epochs": epochs,
-            "loss": round(loss_sum / max(loss_n, 1), 4), "train_s": round(time.perf_counter() - t0, 2)}
+            "loss": round(loss, 4), "train_s": round(time.perf_counter() - t0, 2)}
     logger.info("tuned the %s stride-32 stage on %d photos, %d labels (%.1fs, loss %.3f)",
                 backbone, n, n_classes, info["train_s"], info["loss"])
     return Tail(backbone, tail.eval(), info)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -126,34 +126,60 @@ def train_projection(
         proxies = nn.Parameter(F.normalize(proxies, dim=-1))
         opt = torch.optim.AdamW([*model.parameters(), proxies], lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=epochs * steps_per_epoch, pct_start=0.1)
-        loss_sum, loss_n = 0.0, 0
-        bar = _progress(epochs, progress)
         model.train()
-        for _ in range(epochs):
-            order = torch.from_numpy(rng.permutation(n))
-            loss_sum, loss_n = 0.0, 0
-            for s in range(steps_per_epoch):
-                idx = order[s * batch : (s + 1) * batch]
-                logits = cfg.scale * model(x[idx]) @ F.normalize(proxies, dim=-1).T
-                loss = F.cross_entropy(logits, y[idx], label_smoothing=cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                loss_sum += float(loss.detach())
-                loss_n += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / loss_n:.3f}")
-        if bar is not None:
-            bar.close()
+        loss = fit_proxies(lambda idx: model(x[idx]), y, proxies, opt, sched, cfg, batch=batch, epochs=epochs, rng=rng,
+                           progress=progress)
         model.eval()
     info = {"method": "proxy-softmax", "images": n, "classes": n_classes, "epochs": epochs, "seed": seed,
-            "loss": round(loss_sum / max(loss_n, 1), 4), "train_s": round(time.perf_counter() - t0, 2),
+            "loss": round(loss, 4), "train_s": round(time.perf_counter() - t0, 2),
             **{k: v for k, v in asdict(cfg).items()}}
     logger.info("trained a %d-d projection on %d descriptors, %d labels (%.1fs, loss %.3f)",
                 dim, n, n_classes, info["train_s"], info["loss"])
     return model.to_head(mean, info)
+
+
+def fit_proxies(
+    forward: Callable[[np.ndarray], torch.Tensor],
+    y: torch.Tensor,
+    proxies: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    cfg: ProjectionCfg,
+    *,
+    batch: int,
+    epochs: int,
+    rng: np.random.Generator,
+    progress: bool = False,
+) -> float:
+    """The proxy-softmax loop of :func:`train_projection` (and of the tail's tuning, shoplens.embed.tail).
+
+    Each epoch visits the ``len(y)`` rows in a new order of ``rng``, in full
+    batches; ``forward(rows)`` gives their L2-normalised embeddings. Returns the
+    last epoch's mean loss.
+    """
+    n = len(y)
+    steps_per_epoch = max(1, n // batch)
+    bar = _progress(epochs, progress)
+    loss_sum, loss_n = 0.0, 0
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        loss_sum, loss_n = 0.0, 0
+        for s in range(steps_per_epoch):
+            idx = order[s * batch : (s + 1) * batch]
+            logits = cfg.scale * forward(idx) @ F.normalize(proxies, dim=-1).T
+            loss = F.cross_entropy(logits, y[idx], label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += float(loss.detach())
+            loss_n += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / loss_n:.3f}")
+    if bar is not None:
+        bar.close()
+    return loss_sum / max(loss_n, 1)
 
 
 def _progress(total: int, enabled: bool) -> Any:
