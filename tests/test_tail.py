@@ -92,8 +92,9 @@ def test_tuned_backbone_has_the_tuned_stage(tmp_path: Path, lite0: torch.nn.Modu
         Tail.load(tmp_path / "broken.pt", "efficientnet_lite0", lite0)
 
     photo = load_image(make_image(tmp_path / "p.png", seed=3, size=(200, 150)))
-    shipped = create_model("efficientnet_lite0", runtime="torch").encode([photo], input_size=96)[0]
-    backbone = create_tuned_model("efficientnet_lite0", loaded.module, loaded.model_name, runtime=runtime)
+    shipped_backbone = create_model("efficientnet_lite0", runtime="torch")
+    shipped = shipped_backbone.encode([photo], input_size=96)[0]
+    backbone = create_tuned_model(shipped_backbone, loaded.module, loaded.model_name, runtime=runtime)
     assert backbone.name == loaded.model_name and not backbone.has_imagenet_head
     enc = backbone.encode([photo], input_size=96)[0]
     assert enc.logits is None

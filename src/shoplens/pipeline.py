@@ -132,7 +132,8 @@ class Pipeline:
             rt = self.config.runtime
             tail = self._tails.get(name)
             if tail is not None:
-                self._backbones[name] = create_tuned_model(tail.backbone, tail.module, name, runtime=rt.engine, threads=rt.threads)
+                self._backbones[name] = create_tuned_model(self.backbone(tail.backbone), tail.module, name, runtime=rt.engine,
+                                                           threads=rt.threads)
             else:
                 self._backbones[name] = create_model(name, runtime=rt.engine, threads=rt.threads)
         return self._backbones[name]

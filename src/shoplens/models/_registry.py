@@ -233,19 +233,19 @@ def create_model(name: str, *, runtime: str = "torch", threads: int = 0) -> Back
     return _in_runtime(backbone, runtime, threads)
 
 
-def create_tuned_model(base: str, stage: nn.Module, name: str, *, runtime: str = "torch", threads: int = 0) -> Backbone:
-    """The backbone ``base`` with its stride-32 stage replaced by ``stage`` (tuned by
+def create_tuned_model(shipped: Backbone, stage: nn.Module, name: str, *, runtime: str = "torch", threads: int = 0) -> Backbone:
+    """The backbone ``shipped`` with its stride-32 stage replaced by ``stage`` (tuned by
     ``train-embedder``, shoplens.embed.tail), called ``name``, in ``runtime``.
 
     It has no ImageNet head (the classifier was trained on the shipped stage);
-    the ONNX export is cached by its weights like any other.
+    the ONNX export is cached by its weights like any other. ``shipped`` is
+    left as it is (the tuned module is a copy).
     """
     from .backbone import TorchConvBackbone
 
-    shipped = create_model(base, runtime="torch")
     module = shipped.torch_module()
     if not isinstance(shipped, TorchConvBackbone) or not callable(getattr(module, "with_tail", None)):
-        raise ConfigError(f"backbone {base!r} has no stride-32 stage to replace")
+        raise ConfigError(f"backbone {shipped.name!r} has no stride-32 stage to replace")
     tuned = TorchConvBackbone(name, module.with_tail(stage), shipped.preprocess, has_imagenet_head=False,  # type: ignore[union-attr,operator]
                               batch_size=shipped.batch_size)
     return _in_runtime(tuned, runtime, threads)
