@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import cv2
+import faiss
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
@@ -17,6 +18,7 @@ from shoplens.errors import ConfigError, NotFoundError, StoreError
 from shoplens.imaging import Photo, load_image, photo_from_array
 from shoplens.local import LocalConfig, LocalIndex, Vocabulary, fuse, rerank_verified
 from shoplens.local.features import FeatureExtractor, LocalFeatures
+from shoplens.local.vocabulary import EXACT_ASSIGN_MAX_WORDS
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = LocalConfig(max_keypoints=600)
@@ -295,3 +297,29 @@ def test_grocery_packages_found_by_local_index() -> None:
         verified += int(top[np.argmax(inl)] == int(r["product_id"]) and inl.max() >= MIN_INLIERS)
     assert hits >= 6, f"right product in the local top 5 for only {hits} of {len(queries)} photos"
     assert verified >= 4, f"verification puts the right product first for only {verified} of {len(queries)}"
+
+
+@pytest.mark.parametrize("size", [300, 4096])
+@pytest.mark.parametrize("k", [1, 3])
+def test_vocabulary_assignment_is_exact(size: int, k: int) -> None:
+    """Words and squared distances match a brute-force search (FAISS flat), ties aside, nearest first."""
+    rng = np.random.default_rng(size + k)
+    centroids = np.abs(rng.standard_normal((size, 128))).astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    x = centroids[rng.integers(size, size=2500)] + 0.05 * rng.standard_normal((2500, 128)).astype(np.float32)
+    words, dist = Vocabulary(centroids).assign(x, k)  # 2,500 rows: more than one chunk
+    brute = faiss.IndexFlatL2(128)
+    brute.add(centroids)
+    ref_dist, ref_words = brute.search(np.ascontiguousarray(x, dtype=np.float32), k)
+    assert words.shape == (2500, k) and words.dtype == np.int64
+    assert np.mean(words == ref_words) > 0.999
+    np.testing.assert_allclose(dist, ref_dist, rtol=1e-3, atol=1e-3)
+    assert np.all(np.diff(dist, axis=1) >= 0)
+
+
+def test_large_vocabulary_is_searched_approximately() -> None:
+    rng = np.random.default_rng(0)
+    centroids = rng.standard_normal((EXACT_ASSIGN_MAX_WORDS + 1, 128)).astype(np.float32)
+    vocab = Vocabulary(centroids)
+    words, _ = vocab.assign(centroids[:200] + 1e-3, 1)
+    assert np.mean(words[:, 0] == np.arange(200)) > 0.95
