@@ -69,6 +69,17 @@ def test_rmac_is_the_sum_of_normalised_region_maxima() -> None:
     torch.testing.assert_close(r, expect)
 
 
+
+@pytest.mark.parametrize("shape", [(1280, 10, 7), (1280, 7, 7), (64, 3, 9)])
+def test_rmac_matches_region_maxima_of_the_channels_first_map(shape: tuple[int, int, int]) -> None:
+    """Same numbers, bit for bit, as maxima taken on the (C, h, w) map: stored descriptors stay valid."""
+    fmap = np.maximum(np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32), 0)
+    expect = np.zeros(shape[0], np.float32)
+    for y0, x0, y1, x1 in rmac_regions(*shape[1:]):
+        v = fmap[:, y0:y1, x0:x1].max(axis=(-2, -1))
+        expect += v / max(float(np.linalg.norm(v)), 1e-12)
+    assert np.array_equal(get_pooling("rmac-s32")(fmap), expect)
+
 def test_multiscale_describe_concatenates_normalised_parts() -> None:
     emb = Embedder("other_product", "efficientnet_lite0", 224, pooling="gem3-s32", extra_sizes=[320])
     assert emb.input_sizes == (224, 320) and emb.pooling == "gem3-s32+ms320"
