@@ -15,8 +15,9 @@ from shoplens.embed.pooling import gem
 from shoplens.embed.store_training import _reencode
 from shoplens.errors import ConfigError
 from shoplens.imaging import load_image
-from shoplens.models import create_model, create_tuned_model
+from shoplens.models import TorchConvBackbone, create_model, create_tuned_model
 from shoplens.models.efficientnet_lite import build_efficientnet_lite
+from shoplens.pipeline import EncodingCache
 from shoplens.store import ImageRecord, WriteBatch
 
 from .conftest import make_image
@@ -104,6 +105,36 @@ def test_tuned_backbone_has_the_tuned_stage(tmp_path: Path, lite0: torch.nn.Modu
     torch.testing.assert_close(enc.features["s32"], expected, atol=1e-3, rtol=1e-3)
     assert not torch.allclose(enc.features["s32"], shipped.features["s32"], atol=1e-2)
 
+    # From the shipped backbone's encodings (the intent gate's pass) only the stage runs: same maps.
+    assert backbone.trunk == "efficientnet_lite0"
+    wide = load_image(make_image(tmp_path / "w.png", seed=4, size=(300, 120)))
+    for size in (96, 128):  # 128: s16 maps of even sides, run by the exported stage in ONNX Runtime
+        whole = backbone.encode([photo, wide], input_size=size)
+        staged = backbone.encode_from_trunk(shipped_backbone.encode([photo, wide], input_size=size))
+        for a, b in zip(whole, staged):
+            assert a.photo is b.photo and a.input_hw == b.input_hw and b.logits is None
+            torch.testing.assert_close(b.features["s32"], a.features["s32"], atol=1e-3, rtol=1e-3)
+
+
+
+def test_stage_runs_in_torch_when_its_onnx_export_fails(tmp_path: Path, lite0: torch.nn.Module, monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    from shoplens.models import onnx_runtime
+
+    def read_only(*_: object) -> None:
+        raise OSError("read-only cache folder")
+
+    monkeypatch.setenv("SHOPLENS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(onnx_runtime, "export_stage", read_only)
+    shipped = create_model("efficientnet_lite0", runtime="torch")
+    stage = lite0.tail()
+    with torch.no_grad():
+        stage.bn.bias.add_(0.5)  # not the shipped stage
+    backbone = create_tuned_model(shipped, stage, "efficientnet_lite0+tail-test", runtime="onnx")
+    assert isinstance(backbone, onnx_runtime.OnnxConvBackbone) and "runs in torch" in caplog.text
+    photo = load_image(make_image(tmp_path / "p.png", seed=5, size=(160, 160)))
+    staged = backbone.encode_from_trunk(shipped.encode([photo], input_size=128))[0]
+    torch.testing.assert_close(staged.features["s32"], backbone.encode([photo], input_size=128)[0].features["s32"], atol=1e-3, rtol=1e-3)
 
 def _labelled(tmp_path: Path, n: int = 6, views: int = 3) -> Path:
     rows = ["image,product_id"]
@@ -223,6 +254,22 @@ def test_tuned_stage_on_grocery_products(tmp_path: Path, data_dir: Path) -> None
         assert np.array_equal(np.sort(lens.pipeline.local.index.ids()), ids), "the local index follows the re-encoded ids"
         # Quality is measured on the whole dataset (docs/benchmarks.md section 4); here: new photos still find their product.
         assert r1() >= 0.8
+
+        # A search computes the tuned encoding from the intent gate's pass (the stage alone runs);
+        # the stored ones came from whole passes: the same descriptor.
+        emb = lens.pipeline.embedders["other_product"]
+        tuned = lens.pipeline.backbone(emb.backbone)
+        assert isinstance(tuned, TorchConvBackbone) and tuned.trunk == lens.config.intent.backbone
+        photo = load_image(root / cat[0]["image"], target_size=lens.pipeline.decode_size)
+        whole = lens.pipeline.describe("other_product", EncodingCache(lens.pipeline, [photo]))
+        cache = EncodingCache(lens.pipeline, [photo])
+        lens.pipeline.classify(cache)
+        full_passes = []
+        real_encode = tuned.encode
+        tuned.encode = lambda *a, **k: full_passes.append(1) or real_encode(*a, **k)  # type: ignore[method-assign]
+        staged = lens.pipeline.describe("other_product", cache)
+        assert not full_passes
+        np.testing.assert_allclose(staged, whole, rtol=1e-4, atol=1e-5)
 
 
 def test_tuning_reencodes_a_milvus_store(tmp_path: Path, synthetic_catalogue: Path) -> None:

@@ -26,7 +26,7 @@ from .errors import ConfigError, StoreError
 from .imaging import Photo, crop
 from .intent import IntentClassifier, create_intent_classifier, list_intent_classifiers
 from .local.stage import LocalStage
-from .models import Backbone, Encoding, create_model, create_tuned_model
+from .models import Backbone, Encoding, TorchConvBackbone, create_model, create_tuned_model
 from .rerank import Hit, postprocess
 from .results import ProductHit, RegionResult, SearchResult
 from .store.base import CatalogueStore
@@ -69,6 +69,8 @@ class EncodingCache:
 
     ``subset(indices)`` views some of the photos: it reuses encodings the
     parent already computed and computes only what is missing, for the subset.
+    A backbone that shares another's trunk (a stage tuned by ``train-embedder``)
+    is computed from that one's encodings when they are cached: only its stage runs.
     """
 
     def __init__(self, pipeline: Pipeline, photos: Sequence[Photo], parent: EncodingCache | None = None, indices: Sequence[int] = ()) -> None:
@@ -86,7 +88,11 @@ class EncodingCache:
                 whole = self._parent._cache[key]
                 self._cache[key] = [whole[i] for i in self._indices]
             elif self.photos:
-                self._cache[key] = self.pipeline.backbone(backbone).encode(self.photos, input_size=size)
+                model = self.pipeline.backbone(backbone)
+                if isinstance(model, TorchConvBackbone) and model.trunk is not None and (model.trunk, size) in self._cache:
+                    self._cache[key] = model.encode_from_trunk(self._cache[(model.trunk, size)])  # the stage alone runs
+                else:
+                    self._cache[key] = model.encode(self.photos, input_size=size)
             else:
                 self._cache[key] = []
         return self._cache[key]

@@ -11,6 +11,7 @@ several schemes (and the detectors) share.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import logging
 import math
@@ -246,9 +247,13 @@ def create_tuned_model(shipped: Backbone, stage: nn.Module, name: str, *, runtim
     module = shipped.torch_module()
     if not isinstance(shipped, TorchConvBackbone) or not callable(getattr(module, "with_tail", None)):
         raise ConfigError(f"backbone {shipped.name!r} has no stride-32 stage to replace")
-    tuned = TorchConvBackbone(name, module.with_tail(stage), shipped.preprocess, has_imagenet_head=False,  # type: ignore[union-attr,operator]
+    built = TorchConvBackbone(name, module.with_tail(stage), shipped.preprocess, has_imagenet_head=False,  # type: ignore[union-attr,operator]
                               batch_size=shipped.batch_size)
-    return _in_runtime(tuned, runtime, threads)
+    tuned = _in_runtime(built, runtime, threads)
+    if isinstance(tuned, TorchConvBackbone):
+        # A photo the shipped backbone already encoded (the intent gate's pass) needs only the stage.
+        tuned.share_trunk(shipped.name, copy.deepcopy(stage))
+    return tuned
 
 
 def _in_runtime(backbone: Backbone, runtime: str, threads: int) -> Backbone:

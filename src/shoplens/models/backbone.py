@@ -61,7 +61,16 @@ class Backbone(abc.ABC):
 
 
 class TorchConvBackbone(Backbone):
-    """A convolutional torch model with ``forward_features`` and ``classify``."""
+    """A convolutional torch model with ``forward_features`` and ``classify``.
+
+    A backbone whose stride-32 stage alone differs from another's (a stage
+    tuned by ``train-embedder``) names that one as its :attr:`trunk`: from
+    the trunk's encodings of the same photos, :meth:`encode_from_trunk` runs
+    only the stage (a quarter of a pass at 224 px).
+    """
+
+    #: Name of the backbone whose stride-16 maps this one shares, or None.
+    trunk: str | None = None
 
     def __init__(
         self,
@@ -82,6 +91,7 @@ class TorchConvBackbone(Backbone):
         self.batch_size = batch_size
         self._pool = ThreadPoolExecutor(max_workers=threads or 2, thread_name_prefix="shoplens-resize")
         self._lock = threading.Lock()  # torch modules are not re-entrant across threads
+        self._stage: torch.nn.Module | None = None
 
     def torch_module(self) -> torch.nn.Module:
         return self.module
@@ -113,6 +123,35 @@ class TorchConvBackbone(Backbone):
                         logits=None if logits is None else logits[j],
                     )
         return [e for e in out if e is not None]
+
+    def share_trunk(self, trunk: str, stage: torch.nn.Module) -> None:
+        """Declare that this model is ``trunk``'s up to its stride-16 maps, then ``stage`` (s16 map in, s32 map out)."""
+        self.trunk = trunk
+        self._stage = stage.eval()
+
+    def encode_from_trunk(self, encodings: Sequence[Encoding]) -> list[Encoding]:
+        """This model's encodings of the photos the trunk's ``encodings`` are of: the stage alone runs."""
+        if self._stage is None:
+            raise ValueError(f"backbone {self.name!r} shares no trunk")
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, e in enumerate(encodings):
+            groups[tuple(e.features["s16"].shape)].append(i)
+        out: list[Encoding | None] = [None] * len(encodings)
+        for members in groups.values():
+            for start in range(0, len(members), self.batch_size):
+                chunk = members[start : start + self.batch_size]
+                s32 = self.run_stage(torch.stack([encodings[i].features["s16"] for i in chunk]))
+                for j, i in enumerate(chunk):
+                    e = encodings[i]
+                    features = {k: v for k, v in e.features.items() if k != "s32"}
+                    out[i] = Encoding(photo=e.photo, input_hw=e.input_hw, features={**features, "s32": s32[j]})
+        return [e for e in out if e is not None]
+
+    def run_stage(self, s16: torch.Tensor) -> torch.Tensor:
+        """The stride-32 stage over a batch of stride-16 maps (see :meth:`share_trunk`)."""
+        assert self._stage is not None
+        with self._lock, torch.inference_mode():
+            return self._stage(s16.float().contiguous(memory_format=torch.channels_last))
 
     def make_batch(self, resized: Sequence[np.ndarray], cfg: PreprocessCfg) -> torch.Tensor:
         """One normalised NCHW batch of same-shaped resized photos, in the layout :meth:`forward` wants."""

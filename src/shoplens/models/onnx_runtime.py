@@ -88,6 +88,18 @@ def export_onnx(module: nn.Module, path: str | Path, *, has_imagenet_head: bool)
                         input_names=["pixels"], output_names=names, dynamic_axes=axes)
 
 
+def export_stage(stage: nn.Module, path: str | Path) -> Path:
+    """Export a stride-32 stage (``s16`` map in, ``s32`` map out; batch and size dynamic) to ``path``."""
+    model = copy.deepcopy(stage).eval().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    for m in model.modules():
+        if isinstance(m, Conv2dSame):
+            m.static_pad = True
+    channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+    axes = {"s16": {0: "batch", 2: "s16_h", 3: "s16_w"}, "s32": {0: "batch", 2: "s32_h", 3: "s32_w"}}
+    return export_graph(model, (torch.zeros(1, channels, 14, 14),), path, input_names=["s16"], output_names=["s32"],
+                        dynamic_axes=axes)
+
+
 def export_graph(
     module: nn.Module,
     example: tuple[torch.Tensor, ...],
@@ -148,7 +160,27 @@ class OnnxConvBackbone(TorchConvBackbone):
         if not self.model_path.exists():
             log.info("exporting %s to ONNX: %s", base.name, self.model_path)
             export_onnx(base.module, self.model_path, has_imagenet_head=base.has_imagenet_head)
+        self._threads = threads
         self._session: Any = cpu_session(self.model_path, threads)
+        self._stage_session: Any = None
+
+    def share_trunk(self, trunk: str, stage: nn.Module) -> None:
+        super().share_trunk(trunk, stage)
+        path = cache_dir() / f"{self.name}-stage-{fingerprint(stage)}.onnx"
+        try:
+            if not path.exists():
+                log.info("exporting the stride-32 stage of %s to ONNX: %s", self.name, path)
+                export_stage(stage, path)
+            self._stage_session = cpu_session(path, self._threads)
+        except Exception as err:  # noqa: BLE001 - export/runtime errors have no common type; torch runs the stage then
+            log.warning("the stride-32 stage of %s runs in torch: ONNX export or session failed (%s)", self.name, err)
+
+    def run_stage(self, s16: torch.Tensor) -> torch.Tensor:
+        h, w = s16.shape[-2:]
+        if self._stage_session is None or h % 2 or w % 2:  # off the grid the exported "SAME" padding was fixed for
+            return super().run_stage(s16)
+        maps = np.ascontiguousarray(s16.numpy(), dtype=np.float32)
+        return torch.from_numpy(self._stage_session.run(None, {"s16": maps})[0])
 
     def make_batch(self, resized: Sequence[np.ndarray], cfg: PreprocessCfg) -> torch.Tensor:
         return torch.from_numpy(to_nchw(resized, cfg))  # contiguous NCHW: no copy before the run
