@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import faiss
 import pytest
 import torch
+from threadpoolctl import ThreadpoolController
 
-from shoplens.threads import faiss_threads, small_op_threads, torch_threads
+from shoplens.threads import blas_threads, faiss_threads, small_op_threads, torch_threads
 
 
 @pytest.fixture
@@ -32,3 +35,31 @@ def test_counts_are_set_and_restored(two_threads: object) -> None:
     assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (2, 2)
     with torch_threads(0), faiss_threads(0):  # 0: leave as is
         assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (2, 2)
+
+
+def _numpy_blas_threads() -> list[int]:
+    return [lib["num_threads"] for lib in ThreadpoolController().info() if lib["user_api"] == "blas"]
+
+
+def test_blas_threads_caps_numpy_and_restores() -> None:
+    before = _numpy_blas_threads()
+    assert before, "numpy's BLAS is found"
+    with blas_threads(1):
+        assert _numpy_blas_threads() == [1] * len(before)
+    assert _numpy_blas_threads() == before
+
+
+def test_a_search_runs_numpy_on_one_blas_thread(tmp_path: Path, synthetic_catalogue: Path) -> None:
+    from shoplens import Shoplens
+
+    seen: list[list[int]] = []
+    with Shoplens(tmp_path / "store", **{"intent.classifier": "test-other_product", "local.enabled": False}) as lens:
+        lens.index(synthetic_catalogue)
+        emb = lens.pipeline.embedders["other_product"]
+        project = emb.project
+        emb.project = lambda raw: seen.append(_numpy_blas_threads()) or project(raw)  # type: ignore[method-assign]
+        with ThreadpoolController().limit(limits=2, user_api="blas"):  # whatever the machine's default
+            before = _numpy_blas_threads()
+            lens.search([synthetic_catalogue.parent / "img" / "p0.png"])
+            assert seen and all(counts == [1] * len(before) for counts in seen)
+            assert _numpy_blas_threads() == before == [2] * len(before)

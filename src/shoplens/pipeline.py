@@ -31,7 +31,7 @@ from .rerank import Hit, postprocess
 from .results import ProductHit, RegionResult, SearchResult
 from .store.base import CatalogueStore
 from .store.metadata import ProductRecord
-from .threads import small_op_threads, torch_threads
+from .threads import blas_threads, small_op_threads, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +332,18 @@ class Pipeline:
         ``allowed(domain)`` returns the image ids a metadata filter admits
         (``None``: no filter); the filter runs inside the index search.
         """
+        with blas_threads():  # numpy's products here are small; idle BLAS threads would slow the next pass
+            return self._search(photo, store, top_k=top_k, allowed=allowed, decode_ms=decode_ms)
+
+    def _search(
+        self,
+        photo: Photo,
+        store: CatalogueStore,
+        *,
+        top_k: int | None,
+        allowed: Callable[[str], np.ndarray | None] | None,
+        decode_ms: float,
+    ) -> SearchResult:
         timer = Timer()
         if decode_ms:
             timer.ms["decode"] = decode_ms

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from functools import lru_cache
+from typing import Any
 
 import faiss
 import torch
+from threadpoolctl import ThreadpoolController
 
 #: Intra-op threads for per-photo torch work that is too small to share out.
 SMALL_OP_THREADS = 1
@@ -54,3 +57,22 @@ def small_op_threads(n: int = SMALL_OP_THREADS) -> Iterator[None]:
     """:func:`torch_threads` and :func:`faiss_threads` together."""
     with torch_threads(n), faiss_threads(n):
         yield
+
+
+@lru_cache(maxsize=1)
+def _numpy_blas() -> Any:
+    # The BLAS libraries loaded by then (numpy's); torch links its own statically and is not among them.
+    return ThreadpoolController().select(user_api="blas")
+
+
+def blas_threads(n: int = SMALL_OP_THREADS) -> AbstractContextManager[Any]:
+    """Run the block's numpy matrix products on ``n`` threads, then restore the count.
+
+    A search's numpy products are small (a projection head, the visual words
+    of one photo), and OpenBLAS's worker threads keep spinning for a while
+    after each: the backbone pass that follows on the same two cores then
+    ran 1.5-6 ms slower (benchmarks/blas_interference.py). The setting is the
+    process's, not the thread's: overlapping searches can only restore a
+    count the other just set, a matter of speed, never of results.
+    """
+    return _numpy_blas().limit(limits=n)
