@@ -38,12 +38,15 @@ def test_counts_are_set_and_restored(two_threads: object) -> None:
 
 
 def _numpy_blas_threads() -> list[int]:
-    return [lib["num_threads"] for lib in ThreadpoolController().info() if lib["user_api"] == "blas"]
+    """Threads of numpy's own BLAS (a wheel's, under numpy.libs); other packages bring theirs."""
+    counts = [lib["num_threads"] for lib in ThreadpoolController().info() if lib["user_api"] == "blas" and "numpy" in lib["filepath"]]
+    if not counts:
+        pytest.skip("numpy's BLAS is not a wheel's library here (found by its path)")
+    return counts
 
 
 def test_blas_threads_caps_numpy_and_restores() -> None:
     before = _numpy_blas_threads()
-    assert before, "numpy's BLAS is found"
     with blas_threads(1):
         assert _numpy_blas_threads() == [1] * len(before)
     assert _numpy_blas_threads() == before

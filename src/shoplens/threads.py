@@ -61,7 +61,8 @@ def small_op_threads(n: int = SMALL_OP_THREADS) -> Iterator[None]:
 
 @lru_cache(maxsize=1)
 def _numpy_blas() -> Any:
-    # The BLAS libraries loaded by then (numpy's); torch links its own statically and is not among them.
+    # The BLAS libraries loaded by the first search: numpy's, and OpenCV's and FAISS's own copies
+    # (torch links its own statically and is not among them).
     return ThreadpoolController().select(user_api="blas")
 
 
