@@ -69,7 +69,6 @@ def test_rmac_is_the_sum_of_normalised_region_maxima() -> None:
     torch.testing.assert_close(r, expect)
 
 
-
 @pytest.mark.parametrize("shape", [(1280, 10, 7), (1280, 7, 7), (64, 3, 9)])
 def test_rmac_matches_region_maxima_of_the_channels_first_map(shape: tuple[int, int, int]) -> None:
     """Same numbers, bit for bit, as maxima taken on the (C, h, w) map: stored descriptors stay valid."""
@@ -79,6 +78,7 @@ def test_rmac_matches_region_maxima_of_the_channels_first_map(shape: tuple[int, 
         v = fmap[:, y0:y1, x0:x1].max(axis=(-2, -1))
         expect += v / max(float(np.linalg.norm(v)), 1e-12)
     assert np.array_equal(get_pooling("rmac-s32")(fmap), expect)
+
 
 def test_multiscale_describe_concatenates_normalised_parts() -> None:
     emb = Embedder("other_product", "efficientnet_lite0", 224, pooling="gem3-s32", extra_sizes=[320])

@@ -116,7 +116,6 @@ def test_tuned_backbone_has_the_tuned_stage(tmp_path: Path, lite0: torch.nn.Modu
             torch.testing.assert_close(b.features["s32"], a.features["s32"], atol=1e-3, rtol=1e-3)
 
 
-
 def test_stage_runs_in_torch_when_its_onnx_export_fails(tmp_path: Path, lite0: torch.nn.Module, monkeypatch: pytest.MonkeyPatch,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     from shoplens.models import onnx_runtime
@@ -135,6 +134,7 @@ def test_stage_runs_in_torch_when_its_onnx_export_fails(tmp_path: Path, lite0: t
     photo = load_image(make_image(tmp_path / "p.png", seed=5, size=(160, 160)))
     staged = backbone.encode_from_trunk(shipped.encode([photo], input_size=128))[0]
     torch.testing.assert_close(staged.features["s32"], backbone.encode([photo], input_size=128)[0].features["s32"], atol=1e-3, rtol=1e-3)
+
 
 def _labelled(tmp_path: Path, n: int = 6, views: int = 3) -> Path:
     rows = ["image,product_id"]

@@ -46,10 +46,11 @@ def _numpy_blas_threads() -> list[int]:
 
 
 def test_blas_threads_caps_numpy_and_restores() -> None:
-    before = _numpy_blas_threads()
-    with blas_threads(1):
-        assert _numpy_blas_threads() == [1] * len(before)
-    assert _numpy_blas_threads() == before
+    with ThreadpoolController().limit(limits=2, user_api="blas"):  # whatever the machine's default
+        before = _numpy_blas_threads()
+        with blas_threads(1):
+            assert _numpy_blas_threads() == [1] * len(before)
+        assert _numpy_blas_threads() == before == [2] * len(before)
 
 
 def test_a_search_runs_numpy_on_one_blas_thread(tmp_path: Path, synthetic_catalogue: Path) -> None:
