@@ -26,7 +26,7 @@ from .errors import ConfigError, StoreError
 from .imaging import Photo, crop
 from .intent import IntentClassifier, create_intent_classifier, list_intent_classifiers
 from .local.stage import LocalStage
-from .models import Backbone, Encoding, TorchConvBackbone, create_model, create_tuned_model
+from .models import Backbone, Encoding, create_model, create_tuned_model
 from .rerank import Hit, postprocess
 from .results import ProductHit, RegionResult, SearchResult
 from .store.base import CatalogueStore
@@ -89,7 +89,7 @@ class EncodingCache:
                 self._cache[key] = [whole[i] for i in self._indices]
             elif self.photos:
                 model = self.pipeline.backbone(backbone)
-                if isinstance(model, TorchConvBackbone) and model.trunk is not None and (model.trunk, size) in self._cache:
+                if model.trunk is not None and (model.trunk, size) in self._cache:
                     self._cache[key] = model.encode_from_trunk(self._cache[(model.trunk, size)])  # the stage alone runs
                 else:
                     self._cache[key] = model.encode(self.photos, input_size=size)

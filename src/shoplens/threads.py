@@ -60,14 +60,14 @@ def small_op_threads(n: int = SMALL_OP_THREADS) -> Iterator[None]:
 
 
 @lru_cache(maxsize=1)
-def _numpy_blas() -> Any:
+def _blas_libraries() -> Any:
     # The BLAS libraries loaded by the first search: numpy's, and OpenCV's and FAISS's own copies
     # (torch links its own statically and is not among them).
     return ThreadpoolController().select(user_api="blas")
 
 
 def blas_threads(n: int = SMALL_OP_THREADS) -> AbstractContextManager[Any]:
-    """Run the block's numpy matrix products on ``n`` threads, then restore the count.
+    """Run the block's BLAS products (numpy's above all) on ``n`` threads, then restore the count.
 
     A search's numpy products are small (a projection head, the visual words
     of one photo), and OpenBLAS's worker threads keep spinning for a while
@@ -76,4 +76,4 @@ def blas_threads(n: int = SMALL_OP_THREADS) -> AbstractContextManager[Any]:
     process's, not the thread's: overlapping searches can only restore a
     count the other just set, a matter of speed, never of results.
     """
-    return _numpy_blas().limit(limits=n)
+    return _blas_libraries().limit(limits=n)

@@ -108,7 +108,7 @@ class Vocabulary:
             assert self._hnsw is not None
             dist, words = self._hnsw.search(x, k)
             return words.astype(np.int64, copy=False), dist
-        k = min(k, self.size)
+        k = min(k, self.size)  # (HNSW pads with -1 instead)
         words = np.empty((len(x), k), np.int64)
         dist = np.empty((len(x), k), np.float32)
         for start in range(0, len(x), ASSIGN_CHUNK):

@@ -50,10 +50,17 @@ class Backbone(abc.ABC):
     feature_dim: int
     #: Whether :attr:`Encoding.logits` holds ImageNet-1k logits.
     has_imagenet_head: bool = False
+    #: Name of a backbone whose stride-16 maps this one shares (its stride-32 stage alone
+    #: differs, e.g. tuned by ``train-embedder``), or None: see :meth:`encode_from_trunk`.
+    trunk: str | None = None
 
     @abc.abstractmethod
     def encode(self, photos: Sequence[Photo], *, input_size: int | None = None) -> list[Encoding]:
         """Run the model over ``photos`` (batched) and return one encoding each."""
+
+    def encode_from_trunk(self, encodings: Sequence[Encoding]) -> list[Encoding]:
+        """This model's encodings of the photos the :attr:`trunk`'s ``encodings`` are of (its stage alone runs)."""
+        raise NotImplementedError(f"backbone {self.name!r} shares no trunk")
 
     def torch_module(self) -> torch.nn.Module | None:
         """The underlying torch module, for training heads or exporting."""
@@ -63,14 +70,9 @@ class Backbone(abc.ABC):
 class TorchConvBackbone(Backbone):
     """A convolutional torch model with ``forward_features`` and ``classify``.
 
-    A backbone whose stride-32 stage alone differs from another's (a stage
-    tuned by ``train-embedder``) names that one as its :attr:`trunk`: from
-    the trunk's encodings of the same photos, :meth:`encode_from_trunk` runs
-    only the stage (a quarter of a pass at 224 px).
+    After :meth:`share_trunk`, :meth:`encode_from_trunk` runs only the
+    stride-32 stage over the trunk's encodings (a quarter of a pass at 224 px).
     """
-
-    #: Name of the backbone whose stride-16 maps this one shares, or None.
-    trunk: str | None = None
 
     def __init__(
         self,
@@ -130,9 +132,8 @@ class TorchConvBackbone(Backbone):
         self._stage = stage.eval()
 
     def encode_from_trunk(self, encodings: Sequence[Encoding]) -> list[Encoding]:
-        """This model's encodings of the photos the trunk's ``encodings`` are of: the stage alone runs."""
         if self._stage is None:
-            raise ValueError(f"backbone {self.name!r} shares no trunk")
+            return super().encode_from_trunk(encodings)
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i, e in enumerate(encodings):
             groups[tuple(e.features["s16"].shape)].append(i)
