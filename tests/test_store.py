@@ -136,3 +136,33 @@ def test_image_categories_join_matches_the_generic_answer(tmp_path: Path) -> Non
     assert sorted(joined.values(), key=str) == sorted([("a", "shoes"), ("a", "shoes"), ("b", "bags"), ("n", None)], key=str)
     store.write(WriteBatch(delete_products=["b"]))
     assert "b" not in [p for p, _ in store.image_categories(ids).values()]
+
+
+def test_owner_lookups_read_the_owner_indexes_and_older_stores_still_answer(tmp_path: Path) -> None:
+    import sqlite3
+
+    store = EmbeddedStore(tmp_path / "s", Identity())
+    fill(store, 6)
+    ids = store.image_ids("other_product").tolist()
+    want = store.image_categories(ids)
+    traced: list[str] = []
+    store.db._conn.set_trace_callback(traced.append)
+    store.db.image_categories(ids)
+    store.db.image_products(ids)
+    store.db._conn.set_trace_callback(None)
+    plans = [store.db.query("EXPLAIN QUERY PLAN " + sql) for sql in traced if sql.startswith("SELECT")]
+    assert len(plans) == 2 and all("COVERING INDEX" in str(p) for p in plans), plans
+    store.close()
+    # A store from before the owner indexes: read-only it answers from the rows, writable it gains them.
+    db = tmp_path / "s" / "shoplens.sqlite"
+    with sqlite3.connect(db) as c:
+        c.execute("DROP INDEX images_owner")
+        c.execute("DROP INDEX products_owner")
+    old = MetadataDB(db, readonly=True)
+    assert old.image_categories(ids) == want and old.image_products(ids) == {i: p for i, (p, _) in want.items()}
+    old.close()
+    reopened = MetadataDB(db)
+    assert reopened.image_categories(ids) == want
+    names = {r[0] for r in reopened.query("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert {"images_owner", "products_owner"} <= names
+    reopened.close()

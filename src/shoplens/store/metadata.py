@@ -50,6 +50,8 @@ CREATE TABLE IF NOT EXISTS images (
 );
 CREATE INDEX IF NOT EXISTS images_domain ON images(domain, image_id);
 CREATE INDEX IF NOT EXISTS products_category ON products(category);
+CREATE INDEX IF NOT EXISTS images_owner ON images(image_id, product_id);
+CREATE INDEX IF NOT EXISTS products_owner ON products(product_id, category);
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     image_id INTEGER NOT NULL,
@@ -119,12 +121,20 @@ class MetadataDB:
                 self._conn.execute("PRAGMA journal_mode=WAL")
                 self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA foreign_keys=ON")
+            # Up to 32 MiB of pages (SQLite's default is 2 MiB): the owner indexes of a store
+            # of a few hundred thousand images stay in memory (docs/benchmarks.md).
+            self._conn.execute("PRAGMA cache_size=-32768")
             if not readonly:
                 self._conn.executescript(_SCHEMA)
                 self._check_version()
+            names = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{path}: cannot open the store database ({err})") from None
         self._lock = threading.RLock()
+        # Who owns a candidate image is asked for hundreds of ids per search: the owner
+        # indexes answer it from a few MB instead of the image rows, which hold the raw
+        # descriptors. A store opened read-only that predates them reads the rows.
+        self._owner_indexes = {"images_owner", "products_owner"} <= names
 
     def _check_version(self) -> None:
         row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -252,10 +262,11 @@ class MetadataDB:
     def image_products(self, image_ids: Sequence[int]) -> dict[int, str]:
         out: dict[int, str] = {}
         ids = [int(i) for i in image_ids]
+        images = "images INDEXED BY images_owner" if self._owner_indexes else "images"
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for i, p in self.query(f"SELECT image_id, product_id FROM images WHERE image_id IN ({marks})", chunk):
+            for i, p in self.query(f"SELECT image_id, product_id FROM {images} WHERE image_id IN ({marks})", chunk):
                 out[int(i)] = p
         return out
 
@@ -263,12 +274,14 @@ class MetadataDB:
         """image id -> (product id, category), for the ids that exist (one join, no metadata decoded)."""
         out: dict[int, tuple[str, str | None]] = {}
         ids = sorted({int(i) for i in image_ids})
+        indexed = " INDEXED BY images_owner", " INDEXED BY products_owner"
+        images, products = indexed if self._owner_indexes else ("", "")
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             sql = (
-                "SELECT i.image_id, i.product_id, p.category FROM images i "
-                f"JOIN products p ON p.product_id = i.product_id WHERE i.image_id IN ({marks})"
+                f"SELECT i.image_id, i.product_id, p.category FROM images i{images} "
+                f"JOIN products p{products} ON p.product_id = i.product_id WHERE i.image_id IN ({marks})"
             )
             for i, p, c in self.query(sql, chunk):
                 out[int(i)] = (p, c)
