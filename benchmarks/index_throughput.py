@@ -15,11 +15,14 @@
 (e) the ONNX Runtime passes the default other_product descriptor needs
     (224 and 320 px) alone, so the Indexer can be compared with its own
     forward passes: what decoding, I/O, pooling and writing add.
+(f) with ``--single-pass``: the ONNX Indexer with a one-pass other_product
+    descriptor (``embed.other_product.extra_sizes=""``, the latency setup
+    of docs/configuration.md), compared with the 224-px forward pass alone.
 
 The measures are interleaved over ``--rounds`` rounds and each figure is the
 median over rounds, so a busy machine slows all of them alike.
 
-    python benchmarks/index_throughput.py --photos 160 --rounds 3 --with-local
+    python benchmarks/index_throughput.py --photos 160 --rounds 3 --with-local --single-pass
 """
 
 from __future__ import annotations
@@ -60,10 +63,14 @@ def forward_only(run: Callable[[], object], n_batches: int) -> None:
         run()
 
 
-def indexer(paths: list[Path], engine: str, tmp: Path, tag: str, backbone: Backbone | None = None, local: bool = False) -> dict[str, float]:
+def indexer(
+    paths: list[Path], engine: str, tmp: Path, tag: str, backbone: Backbone | None = None, local: bool = False, single_pass: bool = False
+) -> dict[str, float]:
     csv = tmp / f"catalog-{tag}.csv"
     csv.write_text("product_id,image,category,domain\n" + "".join(f"p{i},{p},grocery,other_product\n" for i, p in enumerate(paths)))
-    flags = {"runtime.engine": "onnx" if engine == "onnx-int8" else engine, "local.enabled": local}
+    flags: dict[str, object] = {"runtime.engine": "onnx" if engine == "onnx-int8" else engine, "local.enabled": local}
+    if single_pass:
+        flags["embed.other_product.extra_sizes"] = ""
     with Shoplens(tmp / f"store-{tag}", **flags) as lens:
         if backbone is not None:  # the int8 graph is not a configured runtime: hand it to the pipeline
             lens.pipeline._backbones["efficientnet_lite0"] = backbone
@@ -79,6 +86,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--with-local", action="store_true", help="also time Shoplens.index with local features on (the default)")
+    ap.add_argument("--single-pass", action="store_true", help="also time the ONNX Indexer with a one-pass (224 px) other_product descriptor")
     ap.add_argument("--runtimes", default="torch,onnx,onnx-int8", help="comma-separated: torch, onnx, onnx-int8")
     args = ap.parse_args()
     root = data_root() / "grocery"
@@ -117,12 +125,16 @@ def main() -> None:
         )
     stage_times: dict[str, list[dict[str, float]]] = {rt: [] for rt in runtimes}
     stage_times["onnx+local"] = []
+    stage_times["onnx single pass"] = []
     with tempfile.TemporaryDirectory() as tmpdir:
         for rt in runtimes:
             bb = backbones[rt] if rt == "onnx-int8" else None
             measures[f"c_indexer_{rt}"] = (len(paths), lambda rt=rt, bb=bb: stage_times[rt].append(indexer(paths, rt, Path(tmpdir), f"{rt}{len(stage_times[rt])}", bb)))  # type: ignore[misc]
         if args.with_local:  # Shoplens.index as configured by default: also extracts SIFT local features
             measures["d_index_onnx_with_local_features"] = (len(paths), lambda: stage_times["onnx+local"].append(indexer(paths, "onnx", Path(tmpdir), f"local{len(stage_times['onnx+local'])}", local=True)))
+        if args.single_pass:
+            single = stage_times["onnx single pass"]
+            measures["f_indexer_onnx_single_pass"] = (len(paths), lambda: single.append(indexer(paths, "onnx", Path(tmpdir), f"single{len(single)}", single_pass=True)))
         eager_fwd()  # warm-up
         for bb in backbones.values():
             bb.forward(x)  # type: ignore[attr-defined]
@@ -150,6 +162,11 @@ def main() -> None:
     if "e_forward_onnx_224_and_320" in med:
         # How much of the Indexer's time its own backbone passes take: the rest is decode, I/O, pooling, writes.
         out["indexer_onnx_over_its_own_forward"] = round(med["c_indexer_onnx"] / med["e_forward_onnx_224_and_320"], 2)
+    if "f_indexer_onnx_single_pass" in med:
+        f = med["f_indexer_onnx_single_pass"]
+        out["indexer_onnx_single_pass_over_naive"] = round(f / med["a_naive_loop"], 2)
+        out["indexer_onnx_single_pass_over_its_own_forward"] = round(f / med["b_forward_onnx"], 2)
+        out["indexer_onnx_single_pass_over_fastest_forward"] = round(f / fastest_fwd, 2)
     for rt in runtimes:
         c = med[f"c_indexer_{rt}"]
         out[f"indexer_{rt}_over_naive"] = round(c / med["a_naive_loop"], 2)

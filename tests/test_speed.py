@@ -171,3 +171,41 @@ def test_nchw_batch_for_onnx_equals_the_torch_batch() -> None:
     nchw = to_nchw(resized, cfg)
     assert nchw.flags.c_contiguous and nchw.dtype == np.float32 and nchw.shape == (3, 3, 64, 32)
     np.testing.assert_allclose(nchw, to_tensor(resized, cfg).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_latency_first_setup_runs_one_backbone_pass_per_other_product_search(tmp_path: Path, data_dir: Path) -> None:
+    """docs/configuration.md's latency-first settings: saved with the store; a search's descriptor comes from the gate's pass."""
+    import csv
+
+    from shoplens import Shoplens
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text(encoding="utf-8")
+    snippet = doc.split("## A latency-first setup", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "fast.toml").write_text(snippet, encoding="utf-8")
+    root = data_dir / "grocery"
+    with open(root / "catalog.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))[::8]
+    catalogue = tmp_path / "catalogue.csv"
+    with open(catalogue, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["product_id", "title", "category", "image"])
+        for r in rows:
+            w.writerow([r["product_id"], r["title"], r["category"], str(root / r["image"])])
+    with Shoplens(tmp_path / "store", config_file=tmp_path / "fast.toml") as lens:
+        lens.index(catalogue)
+    with Shoplens(tmp_path / "store") as lens:  # no file, no flags: the store's saved settings
+        assert lens.config.embed.other_product.extra_sizes == "" and not lens.config.local.enabled
+        backbone = lens.pipeline.backbone("efficientnet_lite0")
+        sizes: list[int | None] = []
+        real_encode = backbone.encode
+        backbone.encode = lambda photos, **k: sizes.append(k.get("input_size")) or real_encode(photos, **k)  # type: ignore[method-assign]
+        found = 0
+        for r in rows:
+            sizes.clear()
+            result = lens.search([root / r["image"]])[0]
+            if result.intent != "other_product":
+                continue
+            assert len(sizes) == 1, f"{r['image']}: {len(sizes)} backbone passes"
+            assert "local" not in result.timings_ms
+            found += result.regions[0].results[0].product_id == r["product_id"]
+        assert found >= len(rows) // 2, "catalogue photos find their own product"
