@@ -138,7 +138,7 @@ def test_image_categories_join_matches_the_generic_answer(tmp_path: Path) -> Non
     assert "b" not in [p for p, _ in store.image_categories(ids).values()]
 
 
-def test_owner_lookups_read_the_owner_indexes_and_older_stores_still_answer(tmp_path: Path) -> None:
+def test_owner_lookups_read_the_owner_indexes_and_older_stores_still_answer(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     import sqlite3
 
     store = EmbeddedStore(tmp_path / "s", Identity())
@@ -161,7 +161,9 @@ def test_owner_lookups_read_the_owner_indexes_and_older_stores_still_answer(tmp_
     old = MetadataDB(db, readonly=True)
     assert old.image_categories(ids) == want and old.image_products(ids) == {i: p for i, (p, _) in want.items()}
     old.close()
-    reopened = MetadataDB(db)
+    with caplog.at_level(logging.INFO, logger="shoplens.store.metadata"):
+        reopened = MetadataDB(db)
+    assert "adding the owner indexes" in caplog.text
     assert reopened.image_categories(ids) == want
     names = {r[0] for r in reopened.query("SELECT name FROM sqlite_master WHERE type='index'")}
     assert {"images_owner", "products_owner"} <= names

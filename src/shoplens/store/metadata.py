@@ -10,6 +10,7 @@ data) can be brought up to date after a crash by replaying the log.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -24,7 +25,11 @@ import numpy as np
 from ..errors import StoreError
 from ..filters import Filter, to_sql
 
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
+#: Indexes that answer "who owns these images" without reading the image rows (see MetadataDB).
+_OWNER_INDEXES = {"images_owner", "products_owner"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -125,16 +130,21 @@ class MetadataDB:
             # of a few hundred thousand images stay in memory (docs/benchmarks.md).
             self._conn.execute("PRAGMA cache_size=-32768")
             if not readonly:
+                if "images" in self._names("table") and not _OWNER_INDEXES <= self._names("index"):
+                    log.info("%s: adding the owner indexes of an older store, once (about 7 s per million images)", path)
                 self._conn.executescript(_SCHEMA)
                 self._check_version()
-            names = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+            names = self._names("index")
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{path}: cannot open the store database ({err})") from None
         self._lock = threading.RLock()
         # Who owns a candidate image is asked for hundreds of ids per search: the owner
         # indexes answer it from a few MB instead of the image rows, which hold the raw
         # descriptors. A store opened read-only that predates them reads the rows.
-        self._owner_indexes = {"images_owner", "products_owner"} <= names
+        self._owner_indexes = _OWNER_INDEXES <= names
+
+    def _names(self, kind: str) -> set[str]:
+        return {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type=?", (kind,))}
 
     def _check_version(self) -> None:
         row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
