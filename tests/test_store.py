@@ -155,9 +155,11 @@ def test_owner_lookups_read_the_owner_indexes_and_older_stores_still_answer(tmp_
     store.close()
     # A store from before the owner indexes: read-only it answers from the rows, writable it gains them.
     db = tmp_path / "s" / "shoplens.sqlite"
-    with sqlite3.connect(db) as c:
-        c.execute("DROP INDEX images_owner")
-        c.execute("DROP INDEX products_owner")
+    c = sqlite3.connect(db)
+    c.execute("DROP INDEX images_owner")
+    c.execute("DROP INDEX products_owner")
+    c.commit()
+    c.close()
     old = MetadataDB(db, readonly=True)
     assert old.image_categories(ids) == want and old.image_products(ids) == {i: p for i, (p, _) in want.items()}
     old.close()
