@@ -9,7 +9,8 @@ import pytest
 import torch
 from threadpoolctl import ThreadpoolController
 
-from shoplens.threads import blas_threads, faiss_threads, small_op_threads, torch_threads
+from shoplens import threads
+from shoplens.threads import blas_threads, faiss_threads, index_search_threads, small_op_threads, torch_threads
 
 
 @pytest.fixture
@@ -67,3 +68,51 @@ def test_a_search_runs_numpy_on_one_blas_thread(tmp_path: Path, synthetic_catalo
             lens.search([synthetic_catalogue.parent / "img" / "p0.png"])
             assert seen and all(counts == [1] * len(before) for counts in seen)
             assert _numpy_blas_threads() == before == [2] * len(before)
+
+
+def test_several_queries_in_a_large_partition_search_on_faiss_own_threads(two_threads: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "FAISS_THREADS", 2)
+    asked: list[int] = []
+
+    def count() -> int:
+        asked.append(1)
+        return threads.PARALLEL_SEARCH_MIN_VECTORS
+
+    with small_op_threads():
+        with index_search_threads(1, count):  # one query: a small op, whatever the partition
+            assert faiss.omp_get_max_threads() == 1
+        assert not asked, "the partition is only counted for several queries"
+        with index_search_threads(8, count):
+            assert faiss.omp_get_max_threads() == 2
+        with index_search_threads(8, lambda: threads.PARALLEL_SEARCH_MIN_VECTORS - 1):
+            assert faiss.omp_get_max_threads() == 1
+        assert faiss.omp_get_max_threads() == 1
+    assert faiss.omp_get_max_threads() == 2
+
+
+def test_an_outfit_search_in_a_large_partition_uses_faiss_own_threads(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import csv
+
+    from shoplens import Shoplens
+
+    clothing = data_dir / "clothing"
+    with open(clothing / "labels.csv", newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["label"] in ("T-Shirt", "Pants", "Shoes")][:12]
+    catalogue = tmp_path / "catalogue.csv"
+    catalogue.write_text("product_id,image,category,domain\n" + "".join(f"c{i},{clothing / r['image']},{r['label']},apparel\n" for i, r in enumerate(rows)))
+    monkeypatch.setattr(threads, "FAISS_THREADS", 2)
+    monkeypatch.setattr(threads, "PARALLEL_SEARCH_MIN_VECTORS", len(rows))  # this partition counts as large
+    outfit = sorted((data_dir / "outfits" / "images").glob("*.jpg"))[:6]
+    seen: list[tuple[int, int]] = []
+    with Shoplens(tmp_path / "store", **{"intent.classifier": "test-apparel"}) as lens:
+        lens.index(catalogue)
+        real = lens.store.search
+
+        def spy(domain: str, queries: object, *a: object, **k: object) -> object:
+            seen.append((len(queries), faiss.omp_get_max_threads()))  # type: ignore[arg-type]
+            return real(domain, queries, *a, **k)  # type: ignore[arg-type]
+
+        lens.store.search = spy  # type: ignore[method-assign]
+        lens.search(outfit)
+    assert seen and {threads_ for n, threads_ in seen if n > 1} == {2}, seen
+    assert all(threads_ == 1 for n, threads_ in seen if n == 1), seen

@@ -31,7 +31,7 @@ from .rerank import Hit, postprocess
 from .results import ProductHit, RegionResult, SearchResult
 from .store.base import CatalogueStore
 from .store.metadata import ProductRecord
-from .threads import blas_threads, small_op_threads, torch_threads
+from .threads import blas_threads, index_search_threads, small_op_threads, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +360,8 @@ class Pipeline:
                 with timer.step("search"):
                     ids_allowed = allowed(domain) if allowed is not None else None
                     self._notify("search")
-                    dists, ids = store.search(domain, np.stack([v for _, v in q.regions]), fetch, ids_allowed)
+                    with index_search_threads(len(q.regions), lambda: store.count_vectors(domain)):
+                        dists, ids = store.search(domain, np.stack([v for _, v in q.regions]), fetch, ids_allowed)
                 if domain == "other_product" and self.local is not None and self.config.local.enabled and len(self.local):
                     with timer.step("local"):
                         self._notify("local")

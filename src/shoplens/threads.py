@@ -26,6 +26,13 @@ from threadpoolctl import ThreadpoolController
 
 #: Intra-op threads for per-photo torch work that is too small to share out.
 SMALL_OP_THREADS = 1
+#: FAISS's own thread count (OpenMP's default: the cores, or OMP_NUM_THREADS), before any scoping.
+FAISS_THREADS = faiss.omp_get_max_threads()
+#: A search of several vectors at once (an outfit's garments) in a partition at least this large is
+#: no small op. Two threads, 8 garments: 19.9 instead of 33.2 ms against 500k apparel vectors (the
+#: whole search 138.1 vs 154.8 ms p50), 5.4 instead of 8.4 against 50k, where the whole search did
+#: not get faster (docs/benchmarks.md, stop 14). The threshold lies between the two.
+PARALLEL_SEARCH_MIN_VECTORS = 250_000
 
 
 @contextmanager
@@ -50,6 +57,13 @@ def torch_threads(n: int = SMALL_OP_THREADS) -> AbstractContextManager[None]:
 def faiss_threads(n: int = SMALL_OP_THREADS) -> AbstractContextManager[None]:
     """Run the block's FAISS searches on ``n`` OpenMP threads (0: leave as is), then restore the count."""
     return _scoped(faiss.omp_get_max_threads, faiss.omp_set_num_threads, n)
+
+
+def index_search_threads(n_queries: int, n_vectors: Callable[[], int]) -> AbstractContextManager[None]:
+    """FAISS threads for one index search: one, or FAISS's own count for several queries in a large partition."""
+    if n_queries > 1 and n_vectors() >= PARALLEL_SEARCH_MIN_VECTORS:
+        return faiss_threads(FAISS_THREADS)
+    return faiss_threads(SMALL_OP_THREADS)
 
 
 @contextmanager
