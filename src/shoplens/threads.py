@@ -10,8 +10,9 @@ arithmetic (the garment head: 1.9 s with 2 threads, 21 ms with one, on the
 busy 2-core benchmark machine; docs/benchmarks/lat.md). They run on one
 thread; large passes (backbones, training, index building) keep the
 configured count, and so does an index search of several vectors in a
-large partition (:func:`index_search_threads`). Both settings are the calling thread's (OpenMP): work
-on threads already running keeps its own count meanwhile.
+large partition (:func:`index_search_threads`). Both settings are the
+calling thread's (OpenMP): work on threads already running keeps its own
+count meanwhile.
 """
 
 from __future__ import annotations
