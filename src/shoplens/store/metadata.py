@@ -129,19 +129,22 @@ class MetadataDB:
             # Up to 32 MiB of pages (SQLite's default is 2 MiB): the owner indexes of a store
             # of a few hundred thousand images stay in memory (docs/benchmarks.md).
             self._conn.execute("PRAGMA cache_size=-32768")
+            owner_indexes = _OWNER_INDEXES <= self._names("index")
             if not readonly:
-                if "images" in self._names("table") and not _OWNER_INDEXES <= self._names("index"):
+                if not owner_indexes and "images" in self._names("table"):
                     log.info("%s: adding the owner indexes of an older store, once (about 7 s per million images)", path)
-                self._conn.executescript(_SCHEMA)
+                self._conn.executescript(_SCHEMA)  # creates whatever is missing, the owner indexes included
                 self._check_version()
-            names = self._names("index")
+                owner_indexes = True
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{path}: cannot open the store database ({err})") from None
         self._lock = threading.RLock()
         # Who owns a candidate image is asked for hundreds of ids per search: the owner
         # indexes answer it from a few MB instead of the image rows, which hold the raw
-        # descriptors. A store opened read-only that predates them reads the rows.
-        self._owner_indexes = _OWNER_INDEXES <= names
+        # descriptors (SQLite's planner would pick the rowid). A store opened read-only
+        # that predates them reads the rows.
+        self._images = "images INDEXED BY images_owner" if owner_indexes else "images"
+        self._products = "products INDEXED BY products_owner" if owner_indexes else "products"
 
     def _names(self, kind: str) -> set[str]:
         return {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type=?", (kind,))}
@@ -272,11 +275,10 @@ class MetadataDB:
     def image_products(self, image_ids: Sequence[int]) -> dict[int, str]:
         out: dict[int, str] = {}
         ids = [int(i) for i in image_ids]
-        images = "images INDEXED BY images_owner" if self._owner_indexes else "images"
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for i, p in self.query(f"SELECT image_id, product_id FROM {images} WHERE image_id IN ({marks})", chunk):
+            for i, p in self.query(f"SELECT image_id, product_id FROM {self._images} WHERE image_id IN ({marks})", chunk):
                 out[int(i)] = p
         return out
 
@@ -284,14 +286,12 @@ class MetadataDB:
         """image id -> (product id, category), for the ids that exist (one join, no metadata decoded)."""
         out: dict[int, tuple[str, str | None]] = {}
         ids = sorted({int(i) for i in image_ids})
-        indexed = " INDEXED BY images_owner", " INDEXED BY products_owner"
-        images, products = indexed if self._owner_indexes else ("", "")
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             sql = (
-                f"SELECT i.image_id, i.product_id, p.category FROM images i{images} "
-                f"JOIN products p{products} ON p.product_id = i.product_id WHERE i.image_id IN ({marks})"
+                f"SELECT images.image_id, images.product_id, products.category FROM {self._images} "
+                f"JOIN {self._products} ON products.product_id = images.product_id WHERE images.image_id IN ({marks})"
             )
             for i, p, c in self.query(sql, chunk):
                 out[int(i)] = (p, c)
