@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,18 @@ def data_dir() -> Path:
     if not (root / "grocery" / "catalog.csv").exists():
         pytest.skip(f"real photos not found at {root} (set SHOPLENS_DATA to ../shared/data)")
     return root
+
+
+def write_grocery_catalogue(path: Path, root: Path, products: Sequence[Mapping[str, str]], photos: Sequence[Mapping[str, str]] = ()) -> Path:
+    """A catalogue CSV (product_id, title, category, image) of grocery ``products`` (rows of catalog.csv)
+    and more ``photos`` of them (rows of photos.csv, titled as their product); images as paths under ``root``."""
+    info = {r["product_id"]: (r["title"], r["category"]) for r in products}
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["product_id", "title", "category", "image"])
+        for r in [*products, *photos]:
+            w.writerow([r["product_id"], *info[r["product_id"]], str(root / r["image"])])
+    return path
 
 
 def make_image(path: Path, seed: int, size: tuple[int, int] = (160, 120), kind: str = "shapes") -> Path:

@@ -30,6 +30,8 @@ from shoplens.embed.calibration import REFERENCE_DISTANCE, fit_calibration
 from shoplens.embed.pooling import rmac_regions
 from shoplens.models import Encoding
 
+from .conftest import write_grocery_catalogue
+
 
 def _clusters(n_labels: int = 12, per: int = 8, dim: int = 64, noise: float = 0.9, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labelled descriptors: a shared nuisance direction per photo plus a weak label signal."""
@@ -202,12 +204,7 @@ def test_train_embedder_on_a_store_with_labelled_photos(tmp_path: Path) -> None:
     ids = {r["product_id"] for r in cat}
     extra = [r for r in photos if r["product_id"] in ids]
     extra = [r for pid in sorted(ids) for r in [x for x in extra if x["product_id"] == pid][:3]]
-    catalogue = tmp_path / "catalogue.csv"
-    with open(catalogue, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["product_id", "title", "category", "image"])
-        for r in cat:
-            w.writerow([r["product_id"], r["title"], r["category"], str(root / r["image"])])
+    catalogue = write_grocery_catalogue(tmp_path / "catalogue.csv", root, cat)
     labelled = tmp_path / "labelled.csv"
     with open(labelled, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)

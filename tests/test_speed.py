@@ -21,6 +21,8 @@ from shoplens.models import Backbone, Encoding, TorchConvBackbone, create_model
 from shoplens.models.efficientnet_lite import build_efficientnet_lite
 from shoplens.pipeline import Pipeline
 
+from .conftest import write_grocery_catalogue
+
 
 def _jpeg(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
     buf = io.BytesIO()
@@ -185,12 +187,7 @@ def test_latency_first_setup_runs_one_backbone_pass_per_other_product_search(tmp
     root = data_dir / "grocery"
     with open(root / "catalog.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))[::8]
-    catalogue = tmp_path / "catalogue.csv"
-    with open(catalogue, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["product_id", "title", "category", "image"])
-        for r in rows:
-            w.writerow([r["product_id"], r["title"], r["category"], str(root / r["image"])])
+    catalogue = write_grocery_catalogue(tmp_path / "catalogue.csv", root, rows)
     with Shoplens(tmp_path / "store", config_file=tmp_path / "fast.toml") as lens:
         lens.index(catalogue)
     with Shoplens(tmp_path / "store") as lens:  # no file, no flags: the store's saved settings

@@ -20,7 +20,7 @@ from shoplens.models.efficientnet_lite import build_efficientnet_lite
 from shoplens.pipeline import EncodingCache
 from shoplens.store import ImageRecord, WriteBatch
 
-from .conftest import make_image
+from .conftest import make_image, write_grocery_catalogue
 
 
 @pytest.fixture(scope="module")
@@ -230,13 +230,7 @@ def test_tuned_stage_on_grocery_products(tmp_path: Path, data_dir: Path) -> None
     ids = {r["product_id"] for r in cat}
     train = [r for pid in sorted(ids) for r in [x for x in photos if x["product_id"] == pid and x["split"] == "train"][:6]]
     val = [r for pid in sorted(ids) for r in [x for x in photos if x["product_id"] == pid and x["split"] == "val"][:3]]
-    catalogue = tmp_path / "catalogue.csv"
-    with open(catalogue, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["product_id", "title", "category", "image"])
-        info = {r["product_id"]: (r["title"], r["category"]) for r in cat}
-        for r in cat + train:
-            w.writerow([r["product_id"], *info[r["product_id"]], str(root / r["image"])])
+    catalogue = write_grocery_catalogue(tmp_path / "catalogue.csv", root, cat, train)
     config = {"intent.enabled": False, "embed.other_product.extra_sizes": "",
               "search.rank_filter": False, "search.entropy_filter": False}
     with Shoplens(tmp_path / "store", **config) as lens:
