@@ -43,8 +43,15 @@ def test_onnx_runtime_without_onnxruntime_names_the_extra(monkeypatch: pytest.Mo
         create_model("efficientnet_lite0", runtime="onnx")
 
 
-def test_onnx_runtime_refuses_a_non_convolutional_backbone() -> None:
+def test_openvino_runtime_without_openvino_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(MissingDependencyError, match=r"shoplens\[openvino\]"):
+        create_model("efficientnet_lite0", runtime="openvino")
+
+
+def test_exported_runtimes_refuse_a_non_convolutional_backbone() -> None:
     from shoplens.models.onnx_runtime import to_onnx
+    from shoplens.models.openvino_runtime import to_openvino
 
     class Other(Backbone):
         name = "other"
@@ -54,6 +61,8 @@ def test_onnx_runtime_refuses_a_non_convolutional_backbone() -> None:
 
     with pytest.raises(ConfigError, match="runtime 'onnx' supports"):
         to_onnx(Other())
+    with pytest.raises(ConfigError, match="runtime 'openvino' supports"):
+        to_openvino(Other())
 
 
 def test_fused_batch_norm_gives_the_same_features() -> None:
@@ -118,18 +127,29 @@ def backbones(onnx_cache: Path) -> tuple[TorchConvBackbone, TorchConvBackbone]:
 
 def test_pipeline_builds_the_configured_runtime(onnx_cache: Path, monkeypatch: pytest.MonkeyPatch, backbones: object) -> None:
     from shoplens.models.onnx_runtime import OnnxConvBackbone
+    from shoplens.models.openvino_runtime import OpenVinoConvBackbone
 
     monkeypatch.setenv("SHOPLENS_CACHE", str(onnx_cache))  # the export of the fixture is reused
     onnx = Pipeline(Config().merged({"runtime": {"engine": "onnx"}})).backbone("efficientnet_lite0")
-    assert isinstance(onnx, OnnxConvBackbone) and onnx.model_path.parent == onnx_cache / "onnx"
+    assert type(onnx) is OnnxConvBackbone and onnx.model_path.parent == onnx_cache / "onnx"
+    ov = Pipeline(Config().merged({"runtime": {"engine": "openvino"}})).backbone("efficientnet_lite0")
+    assert type(ov) is OpenVinoConvBackbone and ov.model_path == onnx.model_path  # one export, two runtimes
     torch_ = Pipeline(Config().merged({"runtime": {"engine": "torch"}})).backbone("efficientnet_lite0")
     assert type(torch_) is TorchConvBackbone
-    auto = Pipeline(Config()).backbone("efficientnet_lite0")  # the default: ONNX Runtime where it can
-    assert Config().runtime.engine == "auto" and isinstance(auto, OnnxConvBackbone)
+    auto = Pipeline(Config()).backbone("efficientnet_lite0")  # the default: OpenVINO where it can
+    assert Config().runtime.engine == "auto" and type(auto) is OpenVinoConvBackbone
 
 
-def test_auto_runtime_falls_back_to_torch_when_onnx_cannot_run(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # importing it now raises ImportError
+def test_auto_runtime_falls_back_to_onnx_runtime_then_torch(monkeypatch: pytest.MonkeyPatch, onnx_cache: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    from shoplens.models.onnx_runtime import OnnxConvBackbone
+
+    monkeypatch.setenv("SHOPLENS_CACHE", str(onnx_cache))
+    monkeypatch.setitem(sys.modules, "openvino", None)  # importing it now raises ImportError
+    with caplog.at_level("INFO", logger="shoplens"):
+        backbone = create_model("efficientnet_lite0", runtime="auto")
+    assert type(backbone) is OnnxConvBackbone and "in ONNX Runtime" in caplog.text
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
     backbone = create_model("efficientnet_lite0", runtime="auto")
     assert type(backbone) is TorchConvBackbone
     assert "running it in torch" in caplog.text
@@ -162,6 +182,48 @@ def test_onnx_matches_torch_on_real_photos(data_dir: Path, backbones: tuple[Torc
         emb = Embedder("other_product", "efficientnet_lite0", size, IdentityHead())
         va, vb = emb.project(emb.describe(a)), emb.project(emb.describe(b))
         assert float(np.min(np.sum(va * vb, axis=1))) > 0.9999
+
+
+@pytest.mark.data
+def test_openvino_matches_torch_and_onnx_runtime_on_real_photos(data_dir: Path, onnx_cache: Path,
+                                                                backbones: tuple[TorchConvBackbone, TorchConvBackbone]) -> None:
+    """OpenVINO runs in f32 (not its bf16 default on AMX CPUs): the same maps, so stores need no re-embedding."""
+    from shoplens.models.openvino_runtime import OpenVinoConvBackbone, to_openvino
+
+    tb, ob = backbones
+    vb = to_openvino(ob)
+    assert isinstance(vb, OpenVinoConvBackbone) and vb.model_path == ob.model_path
+    grocery = sorted((data_dir / "grocery" / "photos" / "val").rglob("*.jpg"))[::60][:8]
+    clothing = sorted((data_dir / "clothing").rglob("*.jpg"))[:4]
+    photos = [load_image(p, target_size=320) for p in grocery + clothing]
+    for size in (224, 320):
+        a, b, c = tb.encode(photos, input_size=size), ob.encode(photos, input_size=size), vb.encode(photos, input_size=size)
+        assert len({e.input_hw for e in a}) >= 2
+        for x, y, z in zip(a, b, c):
+            assert x.input_hw == z.input_hw and z.photo is x.photo
+            for k in ("s8", "s16", "s32"):
+                scale = max(float(x.features[k].abs().max()), 1.0)
+                assert float((x.features[k] - z.features[k]).abs().max()) < 1e-3 * scale, k
+                assert float((y.features[k] - z.features[k]).abs().max()) < 1e-3 * scale, k
+            assert torch.allclose(x.logits, z.logits, atol=1e-3)  # type: ignore[arg-type]
+        emb = Embedder("other_product", "efficientnet_lite0", size, IdentityHead())
+        va, vc = emb.project(emb.describe(a)), emb.project(emb.describe(c))
+        assert float(np.min(np.sum(va * vc, axis=1))) > 0.9999
+
+
+def test_openvino_serves_concurrent_callers(onnx_cache: Path, backbones: tuple[TorchConvBackbone, TorchConvBackbone]) -> None:
+    """Each caller borrows its own infer request: threads running at once get their own photos' maps."""
+    from shoplens.models.openvino_runtime import to_openvino
+
+    vb = to_openvino(backbones[1])
+    rng = np.random.default_rng(0)
+    batches = [torch.from_numpy(rng.standard_normal((n, 3, 96, 64)).astype(np.float32)) for n in (1, 2, 3, 1, 2, 3)]
+    alone = [vb.forward(x)[0]["s32"] for x in batches]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        together = list(pool.map(lambda x: vb.forward(x)[0]["s32"], batches * 3))
+    for i, maps in enumerate(together):
+        assert torch.equal(maps, alone[i % len(batches)]), i
+    assert vb._session._idle.qsize() >= 2  # requests were made for the overlapping calls and kept
 
 
 def test_nchw_batch_for_onnx_equals_the_torch_batch() -> None:

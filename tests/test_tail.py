@@ -76,7 +76,7 @@ def test_tune_tail_pulls_views_of_a_label_together_and_is_deterministic(lite0: t
         tune_tail("efficientnet_lite0", lite0, maps, np.array(["one"] * len(maps)), proxy_cfg=ProjectionCfg())
 
 
-@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+@pytest.mark.parametrize("runtime", ["torch", "onnx", "openvino"])
 def test_tuned_backbone_has_the_tuned_stage(tmp_path: Path, lite0: torch.nn.Module, runtime: str,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHOPLENS_CACHE", str(tmp_path / "cache"))

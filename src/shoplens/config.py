@@ -138,10 +138,12 @@ class StoreConfig:
 class RuntimeConfig:
     """How the backbones run on the CPU."""
 
-    #: "auto" (ONNX Runtime for the convolutional backbones, torch for the
-    #: rest or when the export fails), "torch" (eager PyTorch, batch norms
-    #: folded, channels-last) or "onnx" (ONNX Runtime, convolutional backbones
-    #: only; its forward pass is 2-5x eager torch on CPU, docs/benchmarks/speed.md).
+    #: "auto" (OpenVINO for the convolutional backbones, else ONNX Runtime,
+    #: torch for the rest or when neither can run them), "torch" (eager
+    #: PyTorch, batch norms folded, channels-last), "onnx" (ONNX Runtime,
+    #: convolutional backbones only; its forward pass is 2-5x eager torch on
+    #: CPU) or "openvino" (OpenVINO in f32, the same exported graph; 1.3-1.8x
+    #: ONNX Runtime on the reference CPU, docs/benchmarks.md "Speed").
     engine: str = "auto"
     #: CPU threads for inference; 0 = the runtime's default (all cores).
     threads: int = 0

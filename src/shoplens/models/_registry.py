@@ -209,15 +209,16 @@ def get_entry(name: str) -> ModelEntry:
 
 
 #: Engines a backbone can run on (``runtime.engine`` in the configuration).
-RUNTIMES = ("auto", "torch", "onnx")
+RUNTIMES = ("auto", "torch", "onnx", "openvino")
 
 
 def create_model(name: str, *, runtime: str = "torch", threads: int = 0) -> Backbone:
     """Build the backbone called ``name`` (see :func:`parse_model_name`).
 
     ``runtime``: ``"torch"`` (eager PyTorch), ``"onnx"`` (ONNX Runtime;
-    convolutional backbones only) or ``"auto"`` (ONNX Runtime where it can
-    run the backbone, else torch). ``threads``: CPU threads for inference, 0
+    convolutional backbones only), ``"openvino"`` (OpenVINO, the same exported
+    graph) or ``"auto"`` (OpenVINO where it can run the backbone, else ONNX
+    Runtime, else torch). ``threads``: CPU threads for inference, 0
     for the runtime's default; for torch it sets the process-wide
     ``torch.set_num_threads``.
     """
@@ -265,25 +266,37 @@ def _in_runtime(backbone: Backbone, runtime: str, threads: int) -> Backbone:
         from .onnx_runtime import to_onnx
 
         backbone = to_onnx(backbone, threads=threads)
+    elif runtime == "openvino":
+        from .openvino_runtime import to_openvino
+
+        backbone = to_openvino(backbone, threads=threads)
     elif runtime == "auto":
         backbone = _fastest(backbone, threads)
     return backbone
 
 
 def _fastest(backbone: Backbone, threads: int) -> Backbone:
-    """``backbone`` in ONNX Runtime when it can run there, else as it is.
+    """``backbone`` in OpenVINO when it can run there, else in ONNX Runtime, else as it is.
 
-    ONNX Runtime runs the convolutional backbones 2-5x faster than eager torch
-    on a CPU with the same encodings (docs/benchmarks/speed.md). A failed
-    export or session (onnxruntime missing, a read-only cache folder) is
-    logged, not fatal.
+    Both run the convolutional backbones several times faster than eager torch
+    on a CPU with the same encodings, OpenVINO 1.3-1.8x faster than ONNX
+    Runtime (docs/benchmarks.md, "Speed"). A failed export or session
+    (the package missing, a read-only cache folder) is logged, not fatal.
     """
     from .backbone import TorchConvBackbone
 
     if not isinstance(backbone, TorchConvBackbone):
         return backbone
+    from ..errors import MissingDependencyError
     from .onnx_runtime import to_onnx
+    from .openvino_runtime import to_openvino
 
+    try:
+        return to_openvino(backbone, threads=threads)
+    except MissingDependencyError as e:
+        logger.info("%s: running %s in ONNX Runtime", e, backbone.name)
+    except Exception as e:  # noqa: BLE001 - an export or compile failure: ONNX Runtime may still run it
+        logger.warning("OpenVINO cannot run %s (%s): trying ONNX Runtime", backbone.name, e)
     try:
         return to_onnx(backbone, threads=threads)
     except Exception as e:  # noqa: BLE001 - any export or session failure leaves torch, which works

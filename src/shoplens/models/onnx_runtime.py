@@ -150,6 +150,9 @@ class OnnxConvBackbone(TorchConvBackbone):
     inputs off the 32-px grid).
     """
 
+    #: The runtime, as ``runtime.engine`` names it.
+    runtime_name = "onnx"
+
     def __init__(self, base: TorchConvBackbone, *, threads: int = 0, model_path: str | Path | None = None) -> None:
         super().__init__(
             base.name, base.module, base.preprocess, has_imagenet_head=base.has_imagenet_head, batch_size=base.batch_size
@@ -161,8 +164,12 @@ class OnnxConvBackbone(TorchConvBackbone):
             log.info("exporting %s to ONNX: %s", base.name, self.model_path)
             export_onnx(base.module, self.model_path, has_imagenet_head=base.has_imagenet_head)
         self._threads = threads
-        self._session: Any = cpu_session(self.model_path, threads)
+        self._session: Any = self.open_session(self.model_path)
         self._stage_session: Any = None
+
+    def open_session(self, path: Path) -> Any:
+        """A session over the exported graph at ``path``: anything with ONNX Runtime's ``run(None, feed)``."""
+        return cpu_session(path, self._threads)
 
     def share_trunk(self, trunk: str, stage: nn.Module) -> None:
         super().share_trunk(trunk, stage)
@@ -171,9 +178,10 @@ class OnnxConvBackbone(TorchConvBackbone):
             if not path.exists():
                 log.info("exporting the stride-32 stage of %s to ONNX: %s", self.name, path)
                 export_stage(stage, path)
-            self._stage_session = cpu_session(path, self._threads)
+            self._stage_session = self.open_session(path)
         except Exception as err:  # noqa: BLE001 - export/runtime errors have no common type; torch runs the stage then
-            log.warning("the stride-32 stage of %s runs in torch: ONNX export or session failed (%s)", self.name, err)
+            log.warning("the stride-32 stage of %s runs in torch: ONNX export or %s session failed (%s)", self.name,
+                        self.runtime_name, err)
 
     def run_stage(self, s16: torch.Tensor) -> torch.Tensor:
         h, w = s16.shape[-2:]
