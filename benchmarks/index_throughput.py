@@ -4,25 +4,27 @@
     forward pass (NCHW, no_grad) per batch of 32;
 (b) the backbone forward pass alone at the same batch size (pre-made
     224x224 tensors; nothing else) in each runtime: eager NCHW,
-    channels-last + inference_mode, ONNX Runtime fp32 (and, with the
-    runtime ``onnx-int8``, a static int8 copy calibrated on 64 grocery val
-    photos: see int8_accuracy.py for what it costs in accuracy);
+    channels-last + inference_mode, ONNX Runtime fp32, OpenVINO f32 (and,
+    with the runtime ``onnx-int8``, a static int8 copy calibrated on 64
+    grocery val photos: see int8_accuracy.py for what it costs in accuracy);
 (c) shoplens' own Indexer end to end (read + decode + preprocess + embed +
     write into a fresh store, through ``Shoplens.index`` with local features
     off), per runtime;
 (d) with ``--with-local``: ``Shoplens.index`` as configured by default, which
-    also extracts SIFT local features of every other_product photo (ONNX).
-(e) the ONNX Runtime passes the default other_product descriptor needs
-    (224 and 320 px) alone, so the Indexer can be compared with its own
+    also extracts SIFT local features of every other_product photo, per
+    exported runtime (onnx, openvino).
+(e) the passes the default other_product descriptor needs (224 and 320 px)
+    alone, per exported runtime, so the Indexer can be compared with its own
     forward passes: what decoding, I/O, pooling and writing add.
-(f) with ``--single-pass``: the ONNX Indexer with a one-pass other_product
+(f) with ``--single-pass``: the Indexer with a one-pass other_product
     descriptor (``embed.other_product.extra_sizes=""``, the latency setup
-    of docs/configuration.md), compared with the 224-px forward pass alone.
+    of docs/configuration.md), per exported runtime, compared with the
+    224-px forward pass alone.
 
 The measures are interleaved over ``--rounds`` rounds and each figure is the
 median over rounds, so a busy machine slows all of them alike.
 
-    python benchmarks/index_throughput.py --photos 160 --rounds 3 --with-local --single-pass
+    python benchmarks/index_throughput.py --photos 160 --rounds 3 --runtimes torch,onnx,openvino --with-local --single-pass
 """
 
 from __future__ import annotations
@@ -74,10 +76,12 @@ def indexer(
     with Shoplens(tmp / f"store-{tag}", **flags) as lens:
         if backbone is not None:  # the int8 graph is not a configured runtime: hand it to the pipeline
             lens.pipeline._backbones["efficientnet_lite0"] = backbone
-        lens.pipeline.backbone("efficientnet_lite0")  # model loading (and ONNX export) is not indexing
+        lens.pipeline.backbone("efficientnet_lite0")  # model loading (export, compilation) is not indexing
+        t0 = time.perf_counter()
         report = lens.index(csv)
+        elapsed = time.perf_counter() - t0
     assert report.images_added == len(paths), report.to_dict()
-    return report.timings_s
+    return {**report.timings_s, "index_call": elapsed}
 
 
 def main() -> None:
@@ -86,8 +90,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--with-local", action="store_true", help="also time Shoplens.index with local features on (the default)")
-    ap.add_argument("--single-pass", action="store_true", help="also time the ONNX Indexer with a one-pass (224 px) other_product descriptor")
-    ap.add_argument("--runtimes", default="torch,onnx,onnx-int8", help="comma-separated: torch, onnx, onnx-int8")
+    ap.add_argument("--single-pass", action="store_true", help="also time the Indexer with a one-pass (224 px) other_product descriptor")
+    ap.add_argument("--runtimes", default="torch,onnx,onnx-int8", help="comma-separated: torch, onnx, openvino, onnx-int8")
     args = ap.parse_args()
     root = data_root() / "grocery"
     paths = [root / r["image"] for r in rows(root / "photos.csv")][: args.photos]
@@ -109,6 +113,7 @@ def main() -> None:
         with torch.no_grad():
             return eager(x)
 
+    # Each measure is timed around its call, or reports its own seconds (the Indexer's: Shoplens.index alone).
     measures: dict[str, tuple[int, Callable[[], object]]] = {"a_naive_loop": (len(paths), lambda: naive(paths, eager, args.batch))}
     measures["b_forward_torch_eager_nchw"] = (n_batches * args.batch, lambda: forward_only(eager_fwd, n_batches))
     for rt, bb in backbones.items():
@@ -116,25 +121,31 @@ def main() -> None:
             n_batches * args.batch,
             lambda bb=bb: forward_only(lambda: bb.forward(x), n_batches),  # type: ignore[misc,attr-defined]
         )
-    if "onnx" in backbones:  # the passes the default other_product descriptor needs: 224 and 320 px
-        x320 = torch.from_numpy(np.random.default_rng(1).standard_normal((args.batch, 3, 320, 320), dtype=np.float32))
-        ort = backbones["onnx"]
-        measures["e_forward_onnx_224_and_320"] = (
+    exported = [rt for rt in ("onnx", "openvino") if rt in backbones]
+    x320 = torch.from_numpy(np.random.default_rng(1).standard_normal((args.batch, 3, 320, 320), dtype=np.float32))
+    for rt in exported:  # the passes the default other_product descriptor needs: 224 and 320 px
+        measures[f"e_forward_{rt}_224_and_320"] = (
             n_batches * args.batch,
-            lambda: forward_only(lambda: (ort.forward(x), ort.forward(x320)), n_batches),  # type: ignore[attr-defined]
+            lambda bb=backbones[rt]: forward_only(lambda: (bb.forward(x), bb.forward(x320)), n_batches),  # type: ignore[misc,attr-defined]
         )
     stage_times: dict[str, list[dict[str, float]]] = {rt: [] for rt in runtimes}
-    stage_times["onnx+local"] = []
-    stage_times["onnx single pass"] = []
     with tempfile.TemporaryDirectory() as tmpdir:
+        def timed(key: str, engine: str, **kw: object) -> Callable[[], object]:
+            runs = stage_times.setdefault(key, [])
+            def run() -> float:  # the time of Shoplens.index alone: opening the store and loading the model are not timed
+                runs.append(indexer(paths, engine, Path(tmpdir), f"{key}{len(runs)}".replace(" ", "-"), **kw))  # type: ignore[arg-type]
+                return runs[-1]["index_call"]
+
+            return run
+
         for rt in runtimes:
             bb = backbones[rt] if rt == "onnx-int8" else None
-            measures[f"c_indexer_{rt}"] = (len(paths), lambda rt=rt, bb=bb: stage_times[rt].append(indexer(paths, rt, Path(tmpdir), f"{rt}{len(stage_times[rt])}", bb)))  # type: ignore[misc]
-        if args.with_local:  # Shoplens.index as configured by default: also extracts SIFT local features
-            measures["d_index_onnx_with_local_features"] = (len(paths), lambda: stage_times["onnx+local"].append(indexer(paths, "onnx", Path(tmpdir), f"local{len(stage_times['onnx+local'])}", local=True)))
-        if args.single_pass:
-            single = stage_times["onnx single pass"]
-            measures["f_indexer_onnx_single_pass"] = (len(paths), lambda: single.append(indexer(paths, "onnx", Path(tmpdir), f"single{len(single)}", single_pass=True)))
+            measures[f"c_indexer_{rt}"] = (len(paths), timed(rt, rt, backbone=bb))
+        for rt in exported:
+            if args.with_local:  # Shoplens.index as configured by default: also extracts SIFT local features
+                measures[f"d_index_{rt}_with_local_features"] = (len(paths), timed(f"{rt}+local", rt, local=True))
+            if args.single_pass:
+                measures[f"f_indexer_{rt}_single_pass"] = (len(paths), timed(f"{rt} single pass", rt, single_pass=True))
         eager_fwd()  # warm-up
         for bb in backbones.values():
             bb.forward(x)  # type: ignore[attr-defined]
@@ -142,8 +153,8 @@ def main() -> None:
         for r in range(args.rounds):
             for name, (n, fn) in measures.items():
                 t0 = time.perf_counter()
-                fn()
-                per_s[name].append(n / (time.perf_counter() - t0))
+                timed_s = fn()
+                per_s[name].append(n / (timed_s if isinstance(timed_s, float) else time.perf_counter() - t0))
                 print(f"round {r}: {name}: {per_s[name][-1]:.1f} img/s", file=sys.stderr)
 
     med = {k: round(statistics.median(v), 1) for k, v in per_s.items()}
@@ -159,14 +170,14 @@ def main() -> None:
             rt: {k: round(statistics.median(t[k] for t in ts), 2) for k in ts[0]} for rt, ts in stage_times.items() if ts
         },
     }
-    if "e_forward_onnx_224_and_320" in med:
+    for rt in exported:
         # How much of the Indexer's time its own backbone passes take: the rest is decode, I/O, pooling, writes.
-        out["indexer_onnx_over_its_own_forward"] = round(med["c_indexer_onnx"] / med["e_forward_onnx_224_and_320"], 2)
-    if "f_indexer_onnx_single_pass" in med:
-        f = med["f_indexer_onnx_single_pass"]
-        out["indexer_onnx_single_pass_over_naive"] = round(f / med["a_naive_loop"], 2)
-        out["indexer_onnx_single_pass_over_its_own_forward"] = round(f / med["b_forward_onnx"], 2)
-        out["indexer_onnx_single_pass_over_fastest_forward"] = round(f / fastest_fwd, 2)
+        out[f"indexer_{rt}_over_its_own_forward"] = round(med[f"c_indexer_{rt}"] / med[f"e_forward_{rt}_224_and_320"], 2)
+        if f"f_indexer_{rt}_single_pass" in med:
+            f = med[f"f_indexer_{rt}_single_pass"]
+            out[f"indexer_{rt}_single_pass_over_naive"] = round(f / med["a_naive_loop"], 2)
+            out[f"indexer_{rt}_single_pass_over_its_own_forward"] = round(f / med[f"b_forward_{rt}"], 2)
+            out[f"indexer_{rt}_single_pass_over_fastest_forward"] = round(f / fastest_fwd, 2)
     for rt in runtimes:
         c = med[f"c_indexer_{rt}"]
         out[f"indexer_{rt}_over_naive"] = round(c / med["a_naive_loop"], 2)

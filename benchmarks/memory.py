@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--clothing", type=int, default=300)
     ap.add_argument("--root", required=True, help="folder holding one store per size (built when missing)")
     ap.add_argument("--store-for", action="append", default=[], metavar="N=DIR", help="use this existing store for size N")
-    ap.add_argument("--runtimes", default="torch,onnx")
+    ap.add_argument("--runtimes", default="torch,onnx,openvino")
     args = ap.parse_args()
     root = data_root()
     given = {int(k): Path(v) for k, v in (s.split("=", 1) for s in args.store_for)}
