@@ -149,6 +149,10 @@ def test_auto_runtime_falls_back_to_onnx_runtime_then_torch(monkeypatch: pytest.
     with caplog.at_level("INFO", logger="shoplens"):
         backbone = create_model("efficientnet_lite0", runtime="auto")
     assert type(backbone) is OnnxConvBackbone and "in ONNX Runtime" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="shoplens"):  # bf16 cannot be had without OpenVINO: said loudly
+        backbone = create_model("efficientnet_lite0", runtime="auto", precision="bf16")
+    assert type(backbone) is OnnxConvBackbone and "in ONNX Runtime, f32" in caplog.text
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     backbone = create_model("efficientnet_lite0", runtime="auto")
     assert type(backbone) is TorchConvBackbone
@@ -224,6 +228,39 @@ def test_openvino_serves_concurrent_callers(onnx_cache: Path, backbones: tuple[T
     for i, maps in enumerate(together):
         assert torch.equal(maps, alone[i % len(batches)]), i
     assert vb._session._idle.qsize() >= 2  # requests were made for the overlapping calls and kept
+
+
+def test_precision_is_checked_and_bf16_needs_openvino() -> None:
+    with pytest.raises(ConfigError, match="unknown precision 'f16'"):
+        create_model("efficientnet_lite0", runtime="openvino", precision="f16")
+    for runtime in ("torch", "onnx"):
+        with pytest.raises(ConfigError, match="OpenVINO only"):
+            create_model("efficientnet_lite0", runtime=runtime, precision="bf16")
+
+
+@pytest.mark.data
+def test_bf16_runs_close_to_f32_on_real_photos(data_dir: Path, onnx_cache: Path, monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """bf16 where the CPU has it (other maps, close to f32's); f32 and a warning where it has not."""
+    from shoplens.models.openvino_runtime import OpenVinoConvBackbone
+
+    monkeypatch.setenv("SHOPLENS_CACHE", str(onnx_cache))
+    pipe = Pipeline(Config().merged({"runtime": {"engine": "auto", "precision": "bf16"}}))
+    bf16 = pipe.backbone("efficientnet_lite0")
+    f32 = create_model("efficientnet_lite0", runtime="openvino")
+    assert isinstance(bf16, OpenVinoConvBackbone) and bf16.precision == "bf16" and bf16.model_path == f32.model_path  # type: ignore[attr-defined]
+    photos = [load_image(p, target_size=224) for p in sorted((data_dir / "grocery" / "photos" / "val").rglob("*.jpg"))[::30][:10]]
+    a, b = f32.encode(photos, input_size=224), bf16.encode(photos, input_size=224)
+    if bf16._session.precision == "f32":  # no bfloat16 arithmetic on this CPU
+        assert "computes in f32" in caplog.text
+        assert all(torch.equal(x.features["s32"], y.features["s32"]) for x, y in zip(a, b))
+        return
+    assert not all(torch.allclose(x.features["s32"], y.features["s32"], atol=1e-4) for x, y in zip(a, b))
+    emb = Embedder("other_product", "efficientnet_lite0", 224, IdentityHead())
+    va, vb = emb.project(emb.describe(a)), emb.project(emb.describe(b))
+    assert float(np.min(np.sum(va * vb, axis=1))) > 0.99
+    agree = [int(x.logits.argmax()) == int(y.logits.argmax()) for x, y in zip(a, b)]  # type: ignore[union-attr]
+    assert sum(agree) >= len(agree) - 1
 
 
 def test_nchw_batch_for_onnx_equals_the_torch_batch() -> None:

@@ -147,6 +147,10 @@ class RuntimeConfig:
     engine: str = "auto"
     #: CPU threads for inference; 0 = the runtime's default (all cores).
     threads: int = 0
+    #: "f32", or "bf16": OpenVINO computes in bfloat16 on CPUs that have it
+    #: (AMX, AVX512-BF16), ~1.6x the f32 forward pass at batch 32, with the
+    #: accuracy cost stated in docs/benchmarks.md ("Speed"). OpenVINO only.
+    precision: str = "f32"
 
 
 @dataclass

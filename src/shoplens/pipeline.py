@@ -139,9 +139,9 @@ class Pipeline:
             tail = self._tails.get(name)
             if tail is not None:
                 self._backbones[name] = create_tuned_model(self.backbone(tail.backbone), tail.module, name, runtime=rt.engine,
-                                                           threads=rt.threads)
+                                                           threads=rt.threads, precision=rt.precision)
             else:
-                self._backbones[name] = create_model(name, runtime=rt.engine, threads=rt.threads)
+                self._backbones[name] = create_model(name, runtime=rt.engine, threads=rt.threads, precision=rt.precision)
         return self._backbones[name]
 
     @property

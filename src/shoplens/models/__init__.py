@@ -14,6 +14,7 @@ from importlib import resources
 
 from . import _hf, dinov2, hf_clip, openclip  # noqa: F401 - they register their schemes and entries
 from ._registry import (
+    PRECISIONS,
     RUNTIMES,
     ModelEntry,
     WeightsSource,
@@ -62,6 +63,7 @@ def imagenet_class_names() -> tuple[str, ...]:
 
 
 __all__ = [
+    "PRECISIONS",
     "RUNTIMES",
     "Backbone",
     "Encoding",

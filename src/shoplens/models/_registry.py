@@ -210,9 +210,11 @@ def get_entry(name: str) -> ModelEntry:
 
 #: Engines a backbone can run on (``runtime.engine`` in the configuration).
 RUNTIMES = ("auto", "torch", "onnx", "openvino")
+#: Numeric precisions of the forward pass (``runtime.precision``); bf16 runs in OpenVINO only.
+PRECISIONS = ("f32", "bf16")
 
 
-def create_model(name: str, *, runtime: str = "torch", threads: int = 0) -> Backbone:
+def create_model(name: str, *, runtime: str = "torch", threads: int = 0, precision: str = "f32") -> Backbone:
     """Build the backbone called ``name`` (see :func:`parse_model_name`).
 
     ``runtime``: ``"torch"`` (eager PyTorch), ``"onnx"`` (ONNX Runtime;
@@ -220,10 +222,16 @@ def create_model(name: str, *, runtime: str = "torch", threads: int = 0) -> Back
     graph) or ``"auto"`` (OpenVINO where it can run the backbone, else ONNX
     Runtime, else torch). ``threads``: CPU threads for inference, 0
     for the runtime's default; for torch it sets the process-wide
-    ``torch.set_num_threads``.
+    ``torch.set_num_threads``. ``precision``: ``"f32"`` or ``"bf16"``
+    (OpenVINO only: ``openvino`` or ``auto``).
     """
     if runtime not in RUNTIMES:
         raise ConfigError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if precision != "f32" and runtime not in ("openvino", "auto"):
+        raise ConfigError(f"runtime.precision = {precision!r} runs in OpenVINO only: set runtime.engine to 'openvino' or 'auto', "
+                          "or runtime.precision to 'f32'")
     if threads < 0:
         raise ConfigError(f"runtime threads must be 0 (default) or more, got {threads}")
     parsed = parse_model_name(name)
@@ -232,10 +240,12 @@ def create_model(name: str, *, runtime: str = "torch", threads: int = 0) -> Back
     else:
         entry = _ENTRIES[parsed.location]
         backbone = entry.build(entry, entry.name)
-    return _in_runtime(backbone, runtime, threads)
+    return _in_runtime(backbone, runtime, threads, precision)
 
 
-def create_tuned_model(shipped: Backbone, stage: nn.Module, name: str, *, runtime: str = "torch", threads: int = 0) -> Backbone:
+def create_tuned_model(
+    shipped: Backbone, stage: nn.Module, name: str, *, runtime: str = "torch", threads: int = 0, precision: str = "f32"
+) -> Backbone:
     """The backbone ``shipped`` with its stride-32 stage replaced by ``stage`` (tuned by
     ``train-embedder``, shoplens.embed.tail), called ``name``, in ``runtime``.
 
@@ -250,14 +260,14 @@ def create_tuned_model(shipped: Backbone, stage: nn.Module, name: str, *, runtim
         raise ConfigError(f"backbone {shipped.name!r} has no stride-32 stage to replace")
     built = TorchConvBackbone(name, module.with_tail(stage), shipped.preprocess, has_imagenet_head=False,  # type: ignore[union-attr,operator]
                               batch_size=shipped.batch_size)
-    tuned = _in_runtime(built, runtime, threads)
+    tuned = _in_runtime(built, runtime, threads, precision)
     if isinstance(tuned, TorchConvBackbone):
         # A photo the shipped backbone already encoded (the intent gate's pass) needs only the stage.
         tuned.share_trunk(shipped.name, copy.deepcopy(stage))
     return tuned
 
 
-def _in_runtime(backbone: Backbone, runtime: str, threads: int) -> Backbone:
+def _in_runtime(backbone: Backbone, runtime: str, threads: int, precision: str = "f32") -> Backbone:
     if threads and runtime == "torch":
         import torch
 
@@ -269,19 +279,20 @@ def _in_runtime(backbone: Backbone, runtime: str, threads: int) -> Backbone:
     elif runtime == "openvino":
         from .openvino_runtime import to_openvino
 
-        backbone = to_openvino(backbone, threads=threads)
+        backbone = to_openvino(backbone, threads=threads, precision=precision)
     elif runtime == "auto":
-        backbone = _fastest(backbone, threads)
+        backbone = _fastest(backbone, threads, precision)
     return backbone
 
 
-def _fastest(backbone: Backbone, threads: int) -> Backbone:
+def _fastest(backbone: Backbone, threads: int, precision: str = "f32") -> Backbone:
     """``backbone`` in OpenVINO when it can run there, else in ONNX Runtime, else as it is.
 
     Both run the convolutional backbones several times faster than eager torch
     on a CPU with the same encodings, OpenVINO 1.3-1.8x faster than ONNX
     Runtime (docs/benchmarks.md, "Speed"). A failed export or session
-    (the package missing, a read-only cache folder) is logged, not fatal.
+    (the package missing, a read-only cache folder) is logged, not fatal;
+    without OpenVINO, ``bf16`` falls back to f32 (with a warning).
     """
     from .backbone import TorchConvBackbone
 
@@ -292,11 +303,11 @@ def _fastest(backbone: Backbone, threads: int) -> Backbone:
     from .openvino_runtime import to_openvino
 
     try:
-        return to_openvino(backbone, threads=threads)
+        return to_openvino(backbone, threads=threads, precision=precision)
     except MissingDependencyError as e:
-        logger.info("%s: running %s in ONNX Runtime", e, backbone.name)
+        (logger.warning if precision != "f32" else logger.info)("%s: running %s in ONNX Runtime, f32", e, backbone.name)
     except Exception as e:  # noqa: BLE001 - an export or compile failure: ONNX Runtime may still run it
-        logger.warning("OpenVINO cannot run %s (%s): trying ONNX Runtime", backbone.name, e)
+        logger.warning("OpenVINO cannot run %s (%s): trying ONNX Runtime, f32", backbone.name, e)
     try:
         return to_onnx(backbone, threads=threads)
     except Exception as e:  # noqa: BLE001 - any export or session failure leaves torch, which works

@@ -172,7 +172,7 @@ class TorchConvBackbone(Backbone):
 
         A copy with batch norms folded into the convolutions when the model
         offers one (``fused()``); ``module`` is left as built. Made on first
-        use, so a backbone whose passes run elsewhere (ONNX Runtime) never
+        use, so a backbone whose passes run elsewhere (ONNX Runtime, OpenVINO) never
         holds the copy.
         """
         if self._infer is None:

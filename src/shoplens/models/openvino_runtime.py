@@ -9,7 +9,10 @@ against torch and ONNX Runtime on real photos), so a store indexed with one
 runtime is searched with another without re-embedding.
 
 OpenVINO's default on CPUs with AMX or AVX512-BF16 is bfloat16 inference,
-which changes the descriptors: :func:`compile_cpu` asks for f32 explicitly.
+which changes the descriptors: sessions ask for f32 unless ``runtime.precision
+= "bf16"`` asks for bfloat16 (faster; what it costs in accuracy is measured in
+docs/benchmarks.md). A CPU without bfloat16 arithmetic runs f32 whatever is
+asked; the precision in use is logged.
 """
 
 from __future__ import annotations
@@ -53,15 +56,20 @@ class OpenVinoSession:
     request before it is given back.
     """
 
-    def __init__(self, path: str | Path, threads: int = 0) -> None:
+    def __init__(self, path: str | Path, threads: int = 0, precision: str = "f32") -> None:
         config: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": "f32",  # not bf16: the descriptors must not depend on the runtime
+            # f32 unless asked: OpenVINO's own default on AMX CPUs, bf16, changes the descriptors.
+            "INFERENCE_PRECISION_HINT": precision,
             "PERFORMANCE_HINT": "LATENCY",  # one stream over all the threads: a search is one photo
         }
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.path = Path(path)
         self._compiled = core().compile_model(str(self.path), "CPU", config)
+        #: The precision the CPU plugin computes in ("f32" where bf16 was asked of a CPU without it).
+        self.precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # an ov.Type
+        if self.precision != precision:
+            log.warning("%s: OpenVINO computes in %s on this CPU, not %s", self.path.name, self.precision, precision)
         self._outputs = list(self._compiled.outputs)
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
@@ -86,13 +94,18 @@ class OpenVinoConvBackbone(OnnxConvBackbone):
 
     runtime_name = "openvino"
 
+    def __init__(self, base: TorchConvBackbone, *, threads: int = 0, model_path: str | Path | None = None,
+                 precision: str = "f32") -> None:
+        self.precision = precision  # read by open_session, which the base class calls
+        super().__init__(base, threads=threads, model_path=model_path)
+
     def open_session(self, path: Path) -> OpenVinoSession:
-        return OpenVinoSession(path, self._threads)
+        return OpenVinoSession(path, self._threads, self.precision)
 
 
-def to_openvino(backbone: Backbone, *, threads: int = 0) -> OpenVinoConvBackbone:
-    """Run ``backbone`` in OpenVINO; only convolutional torch backbones can be."""
-    if isinstance(backbone, OpenVinoConvBackbone):
+def to_openvino(backbone: Backbone, *, threads: int = 0, precision: str = "f32") -> OpenVinoConvBackbone:
+    """Run ``backbone`` in OpenVINO (``precision``: f32 or bf16); only convolutional torch backbones can be."""
+    if isinstance(backbone, OpenVinoConvBackbone) and backbone.precision == precision:
         return backbone
     if not isinstance(backbone, TorchConvBackbone):
         raise ConfigError(
@@ -100,6 +113,5 @@ def to_openvino(backbone: Backbone, *, threads: int = 0) -> OpenVinoConvBackbone
             "use runtime.engine = 'torch' for it"
         )
     _openvino()  # a clear MissingDependencyError before any export
-    if isinstance(backbone, OnnxConvBackbone):
-        return OpenVinoConvBackbone(backbone, threads=threads, model_path=backbone.model_path)
-    return OpenVinoConvBackbone(backbone, threads=threads)
+    model_path = backbone.model_path if isinstance(backbone, OnnxConvBackbone) else None
+    return OpenVinoConvBackbone(backbone, threads=threads, model_path=model_path, precision=precision)
