@@ -233,13 +233,16 @@ def test_ensemble_file_round_trip_and_caps(tmp_path: Path) -> None:
     assert [g.score for g in found] == sorted((g.score for g in found), reverse=True)
 
 
-def test_heads_in_onnx_runtime_give_the_torch_maps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("engine", ["onnx", "auto"])
+def test_heads_in_onnx_runtime_or_openvino_give_the_torch_maps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str) -> None:
+    from shoplens.models.openvino_runtime import OpenVinoSession
+
     monkeypatch.setenv("SHOPLENS_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
     heads = [GarmentHead(HeadConfig(channels=8, tower=1)).eval(), GarmentHead(HeadConfig(channels=16, tower=1)).eval()]
     photo = photo_from_array(np.zeros((64, 48, 3), np.uint8))
     det_torch = HeadDetector(heads, min_score=0.0)
-    det_onnx = HeadDetector(heads, min_score=0.0, engine="onnx")
+    det_onnx = HeadDetector(heads, min_score=0.0, engine=engine)
     for shape in ((8, 6), (12, 8)):  # any map size: the graph's spatial axes are dynamic
         h, w = shape
         maps = {"s8": torch.randn(40, h, w), "s16": torch.randn(112, h // 2, w // 2), "s32": torch.randn(1280, h // 4, w // 4)}
@@ -249,6 +252,8 @@ def test_heads_in_onnx_runtime_give_the_torch_maps(tmp_path: Path, monkeypatch: 
         a, b = det_torch.detect([enc])[0], det_onnx.detect([enc])[0]
         assert [g.label for g in a] == [g.label for g in b] and len(a) > 0
         assert [g.score for g in a] == pytest.approx([g.score for g in b], abs=1e-4)
+    # auto: OpenVINO (the backbones' default runtime), so ONNX Runtime need not be loaded beside it
+    assert isinstance(det_onnx._onnx, OpenVinoSession) == (engine == "auto")
     assert list((tmp_path / "cache" / "onnx").glob("garment-heads-*.onnx"))  # exported once, into the cache
     with pytest.raises(ShoplensError):
         HeadDetector(heads, engine="tpu")

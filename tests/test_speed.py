@@ -138,6 +138,9 @@ def test_pipeline_builds_the_configured_runtime(onnx_cache: Path, monkeypatch: p
     assert type(torch_) is TorchConvBackbone
     auto = Pipeline(Config()).backbone("efficientnet_lite0")  # the default: OpenVINO where it can
     assert Config().runtime.engine == "auto" and type(auto) is OpenVinoConvBackbone
+    # The garment head follows: ONNX Runtime beside ONNX Runtime backbones, OpenVINO (auto) otherwise.
+    assert Pipeline(Config().merged({"runtime": {"engine": "onnx"}})).detector.engine == "onnx"  # type: ignore[attr-defined]
+    assert Pipeline(Config()).detector.engine == "auto"  # type: ignore[attr-defined]
 
 
 def test_auto_runtime_falls_back_to_onnx_runtime_then_torch(monkeypatch: pytest.MonkeyPatch, onnx_cache: Path,
