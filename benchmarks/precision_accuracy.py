@@ -9,13 +9,14 @@ For each precision, through the public API (``Shoplens.classify`` /
 - garment detection on the boxed street photos: recall and precision of
   boxes (same label, IoU >= 0.5) and how many photos get other boxes;
 - the forward pass alone (224 and 320 px, one photo and batch 32), the
-  precisions interleaved over ``--rounds``.
+  precisions (and ONNX Runtime f32, for scale) interleaved over ``--rounds``.
 
 Retrieval is measured with ``shoplens eval`` (docs/benchmarks.md gives the
 commands: a store indexed in f32 searched in f32 and in bf16, and a store
 indexed in bf16).
 
     python benchmarks/precision_accuracy.py --outfits 200 --clothing 300 --rounds 3
+    python benchmarks/precision_accuracy.py --forward-only --rounds 5
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +72,16 @@ def main() -> None:
     ap.add_argument("--outfits", type=int, default=200, help="boxed street photos (detection and gate)")
     ap.add_argument("--clothing", type=int, default=300, help="clothing photos (gate)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the forward-pass timing")
+    ap.add_argument("--forward-only", action="store_true", help="only time the forward passes")
     args = ap.parse_args()
+    out: dict[str, object] = {}
+    if not args.forward_only:
+        out.update(accuracy(args))
+    out["forward"] = forward(args.rounds)
+    print(json.dumps(out, indent=2))
+
+
+def accuracy(args: argparse.Namespace) -> dict[str, object]:
     root = data_root()
     rng = random.Random(0)
     outfit_rows = [json.loads(line) for line in (root / "outfits" / "garments.jsonl").read_text().splitlines()]
@@ -86,7 +97,8 @@ def main() -> None:
     boxes: dict[str, list[list[tuple[str, list[float]]]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for p in PRECISIONS:
-            with Shoplens(Path(tmp) / p, **{"runtime.engine": "openvino", "runtime.precision": p}) as lens:
+            flags: dict[str, Any] = {"runtime.engine": "openvino", "runtime.precision": p}
+            with Shoplens(Path(tmp) / p, **flags) as lens:
                 intents[p] = {}
                 for kind, photos in kinds.items():
                     res = lens.classify(photos)
@@ -112,16 +124,20 @@ def main() -> None:
     )
     det_out["photos_with_the_same_boxes"] = f"{same}/{len(truth)}"
     out["detection_outfits"] = det_out
+    return out
 
-    # The forward pass alone, interleaved.
-    nets = {p: create_model("efficientnet_lite0", runtime="openvino", precision=p) for p in PRECISIONS}
+
+def forward(rounds: int) -> dict[str, str]:
+    """The forward pass alone, the runtimes interleaved: ms for one photo, img/s at batch 32."""
+    nets = {f"openvino {p}": create_model("efficientnet_lite0", runtime="openvino", precision=p) for p in PRECISIONS}
+    nets["onnx f32"] = create_model("efficientnet_lite0", runtime="onnx")
     gen = np.random.default_rng(0)
     inputs = {(s, b): torch.from_numpy(gen.standard_normal((b, 3, s, s), dtype=np.float32)) for s in (224, 320) for b in (1, 32)}
     times: dict[str, list[float]] = {}
     for net in nets.values():
         for x in inputs.values():
             net.forward(x)  # type: ignore[attr-defined]
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for p, net in nets.items():
             for (s, b), x in inputs.items():
                 reps = 20 if b == 1 else 2
@@ -131,8 +147,7 @@ def main() -> None:
                 dt = (time.perf_counter() - t0) / reps
                 key = f"{p} {s}px batch {b}"
                 times.setdefault(key, []).append(dt * 1000 if b == 1 else b / dt)
-    out["forward"] = {k: (f"{statistics.median(v):.2f} ms" if "batch 1" in k else f"{statistics.median(v):.1f} img/s") for k, v in times.items()}
-    print(json.dumps(out, indent=2))
+    return {k: (f"{statistics.median(v):.2f} ms" if "batch 1" in k else f"{statistics.median(v):.1f} img/s") for k, v in times.items()}
 
 
 if __name__ == "__main__":
