@@ -300,14 +300,14 @@ class HeadDetector(Detector):
         return torch.logit(prob.clamp(1e-6, 1 - 1e-6)), sides
 
     def _run_onnx(self, x: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-        """Every member's (heat, sides) from ONNX Runtime, or ``None`` where it cannot run (``auto``)."""
+        """Every member's (heat, sides) from the exported graph (OpenVINO or ONNX Runtime), or ``None`` where neither runs (``auto``)."""
         if self._onnx is None:
             try:
                 self._onnx = _onnx_session(self.heads, self.engine)
-            except Exception as err:  # no onnxruntime, or an export that failed
+            except Exception as err:  # no runtime, or an export that failed
                 if self.engine == "onnx":
                     raise ShoplensError(f"cannot run the garment head in ONNX Runtime: {err}") from err
-                log.warning("garment head: ONNX Runtime unavailable (%s); running it in torch", err)
+                log.warning("garment head: neither OpenVINO nor ONNX Runtime can run it (%s); running it in torch", err)
                 self.engine = "torch"
                 return None
         feed = {name: np.ascontiguousarray(t.numpy()) for name, t in zip(("s8", "s16", "s32"), x)}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from .onnx_runtime import OnnxConvBackbone
 log = logging.getLogger(__name__)
 
 _core: Any = None
+_core_lock = threading.Lock()
 
 
 def _openvino() -> Any:
@@ -42,8 +44,9 @@ def _openvino() -> Any:
 def core() -> Any:
     """The process's OpenVINO ``Core`` (one is enough; it holds the loaded device plugins)."""
     global _core
-    if _core is None:
-        _core = _openvino().Core()
+    with _core_lock:  # models are built lazily, possibly by two searches at once
+        if _core is None:
+            _core = _openvino().Core()
     return _core
 
 
