@@ -233,6 +233,22 @@ def test_openvino_serves_concurrent_callers(onnx_cache: Path, backbones: tuple[T
     assert vb._session._idle.qsize() >= 2  # requests were made for the overlapping calls and kept
 
 
+def test_openvino_keeps_compiled_models_in_the_cache_when_it_can(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   backbones: tuple[TorchConvBackbone, TorchConvBackbone]) -> None:
+    from shoplens.models.openvino_runtime import OpenVinoSession, compiled_cache_dir
+
+    monkeypatch.setenv("SHOPLENS_CACHE", str(tmp_path / "cache"))
+    session = OpenVinoSession(backbones[1].model_path)  # type: ignore[attr-defined]
+    assert compiled_cache_dir() == tmp_path / "cache" / "openvino"
+    assert any(f.stat().st_size > 1_000_000 for f in (tmp_path / "cache" / "openvino").iterdir())  # the compiled blob
+    x = np.zeros((1, 3, 64, 64), np.float32)
+    np.testing.assert_array_equal(OpenVinoSession(session.path).run(None, {"pixels": x})[2], session.run(None, {"pixels": x})[2])
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("SHOPLENS_CACHE", str(tmp_path / "file"))
+    assert compiled_cache_dir() is None  # compiled anew each time, no error
+    assert OpenVinoSession(session.path).run(None, {"pixels": x})[2].shape == (1, 1280, 2, 2)
+
+
 def test_precision_is_checked_and_bf16_needs_openvino() -> None:
     with pytest.raises(ConfigError, match="unknown precision 'f16'"):
         create_model("efficientnet_lite0", runtime="openvino", precision="f16")

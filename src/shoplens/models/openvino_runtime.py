@@ -18,6 +18,7 @@ asked; the precision in use is logged.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections.abc import Mapping
@@ -29,7 +30,7 @@ import numpy as np
 from .._deps import import_optional
 from ..errors import ConfigError
 from .backbone import Backbone, TorchConvBackbone
-from .onnx_runtime import OnnxConvBackbone
+from .onnx_runtime import OnnxConvBackbone, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,20 @@ def core() -> Any:
     return _core
 
 
+def compiled_cache_dir() -> Path | None:
+    """Where OpenVINO keeps compiled models (``$SHOPLENS_CACHE/openvino``), or ``None`` when it cannot be written.
+
+    A cached blob compiles in about a third of the time (0.10-0.12 s instead of
+    0.30-0.34 s for Lite0 here), which a one-shot CLI command pays per model.
+    """
+    path = cache_dir().parent / "openvino"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return path if os.access(path, os.W_OK) else None
+
+
 class OpenVinoSession:
     """An ONNX graph compiled by OpenVINO for the CPU, run with ONNX Runtime's ``run(None, feed)`` call.
 
@@ -67,6 +82,9 @@ class OpenVinoSession:
         }
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
+        blobs = compiled_cache_dir()
+        if blobs is not None:
+            config["CACHE_DIR"] = str(blobs)
         self.path = Path(path)
         self._compiled = core().compile_model(str(self.path), "CPU", config)
         #: The precision the CPU plugin computes in ("f32" where bf16 was asked of a CPU without it).
