@@ -85,11 +85,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(store: Path, log: Path, search_concurrency: int, gate: bool) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(store: Path, log: Path, search_concurrency: int, gate: bool, settings: list[str]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "SHOPLENS_API_KEY": KEY, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     argv = [sys.executable, "-m", "shoplens.cli", "serve", "--store", str(store), "--create", "--port", str(port),
             "--search-concurrency", str(search_concurrency)] + ([] if gate else ["--no-intent"])
+    for setting in settings:
+        argv += ["--set", setting]
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -260,6 +262,7 @@ def main() -> None:
     p.add_argument("--search-concurrency", type=int, default=2)
     p.add_argument("--gate", action="store_true", help="intent gate on, non-product photos among the queries")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="configuration of the started server (repeatable)")
     args = p.parse_args()
 
     global KEY
@@ -269,7 +272,7 @@ def main() -> None:
     if args.url:
         url, KEY = args.url, os.environ.get("SHOPLENS_API_KEY", KEY)
     else:
-        proc, url = start_server(tmp / "store", tmp / "server.log", args.search_concurrency, args.gate)
+        proc, url = start_server(tmp / "store", tmp / "server.log", args.search_concurrency, args.gate, args.set)
     if args.gate and proc is None:
         raise SystemExit("--gate starts its own server (no --url)")
     try:
