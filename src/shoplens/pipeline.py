@@ -21,7 +21,6 @@ import numpy as np
 
 from .config import DOMAINS, INTENTS, Config
 from .detect import Detector, Garment, create_detector
-from .detect.head import HeadDetector
 from .embed import Calibration, Embedder, Head, IdentityHead, Tail, calibration_file, load_head
 from .errors import ConfigError, StoreError
 from .imaging import Photo, crop
@@ -171,9 +170,8 @@ class Pipeline:
     @property
     def detector(self) -> Detector:
         if self._detector is None:
-            self._detector = create_detector(self.config.detect.detector)
-            if isinstance(self._detector, HeadDetector) and self.config.runtime.engine == "onnx":
-                self._detector.engine = "onnx"  # the runtime the backbones use: one runtime loaded, not two
+            # In the backbones' runtime where the detector has a choice: one runtime loaded, not two.
+            self._detector = create_detector(self.config.detect.detector, runtime=self.config.runtime.engine)
         return self._detector
 
     def _make_embedder(self, domain: str) -> Embedder:

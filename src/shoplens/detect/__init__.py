@@ -32,34 +32,40 @@ def _none(**_: Any) -> Detector:
     return NoDetector()
 
 
+def _head_options(min_score: float | None, runtime: str) -> dict[str, Any]:
+    """HeadDetector options: the heads run in the backbones' runtime (ONNX Runtime beside it, else ``auto``: OpenVINO first)."""
+    options: dict[str, Any] = {"engine": "onnx" if runtime == "onnx" else "auto"}
+    if min_score is not None:
+        options["min_score"] = min_score
+    return options
+
+
 @_REGISTRY.register("default", "garment head on efficientnet_lite0 features (shipped weights, offline)")
-def _default(*, min_score: float | None = None, **_: Any) -> Detector:
+def _default(*, min_score: float | None = None, runtime: str = "auto", **_: Any) -> Detector:
     from .head import HeadDetector
 
-    return HeadDetector(engine="auto") if min_score is None else HeadDetector(min_score=min_score, engine="auto")
+    return HeadDetector(**_head_options(min_score, runtime))
 
 
 @_REGISTRY.register("head:", "garment head from a weights file made by train_detector (head:PATH)")
-def _head_file(*, location: str, min_score: float | None = None, **_: Any) -> Detector:
+def _head_file(*, location: str, min_score: float | None = None, runtime: str = "auto", **_: Any) -> Detector:
     from .head import HeadDetector
 
-    weights = Path(location).expanduser()
-    if min_score is None:
-        return HeadDetector(weights=weights, engine="auto")
-    return HeadDetector(weights=weights, min_score=min_score, engine="auto")
+    return HeadDetector(weights=Path(location).expanduser(), **_head_options(min_score, runtime))
 
 
 @_REGISTRY.register("owlv2:", "OWLv2 open-vocabulary detector: owlv2:<hub id | /path | local-dir:/path> [hf]")
-def _owlv2(location: str, **kwargs: Any) -> Detector:
+def _owlv2(location: str, runtime: str = "", **kwargs: Any) -> Detector:  # runs in transformers whatever runtime.engine says
     return create_owlv2(location, **kwargs)
 
 
 @_REGISTRY.register("owlv2-base", "OWLv2 base/16 ensemble (google/owlv2-base-patch16-ensemble, Apache-2.0) [hf]")
-def _owlv2_base(**kwargs: Any) -> Detector:
+def _owlv2_base(runtime: str = "", **kwargs: Any) -> Detector:
     return create_owlv2("hf-hub:google/owlv2-base-patch16-ensemble", name="owlv2-base", **kwargs)
 
 
 def create_detector(name: str, **kwargs: Any) -> Detector:
+    """The detector called ``name``; the pipeline passes ``runtime`` (``runtime.engine``), which factories may ignore."""
     return _REGISTRY.create(name, **kwargs)
 
 

@@ -249,9 +249,14 @@ def to_onnx(backbone: Backbone, *, threads: int = 0) -> OnnxConvBackbone:
     """Run ``backbone`` in ONNX Runtime; only convolutional torch backbones can be."""
     if isinstance(backbone, OnnxConvBackbone):
         return backbone
+    return OnnxConvBackbone(exportable(backbone, "onnx"), threads=threads)
+
+
+def exportable(backbone: Backbone, runtime: str) -> TorchConvBackbone:
+    """``backbone`` if ``runtime`` (an exported-graph runtime) can run it: only convolutional torch backbones export."""
     if not isinstance(backbone, TorchConvBackbone):
         raise ConfigError(
-            f"runtime 'onnx' supports the convolutional backbones (efficientnet_lite*), not {backbone.name!r}; "
+            f"runtime {runtime!r} supports the convolutional backbones (efficientnet_lite*), not {backbone.name!r}; "
             "use runtime.engine = 'torch' for it"
         )
-    return OnnxConvBackbone(backbone, threads=threads)
+    return backbone

@@ -28,9 +28,8 @@ from typing import Any
 import numpy as np
 
 from .._deps import import_optional
-from ..errors import ConfigError
 from .backbone import Backbone, TorchConvBackbone
-from .onnx_runtime import OnnxConvBackbone, cache_dir
+from .onnx_runtime import OnnxConvBackbone, cache_dir, exportable
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +127,7 @@ def to_openvino(backbone: Backbone, *, threads: int = 0, precision: str = "f32")
     """Run ``backbone`` in OpenVINO (``precision``: f32 or bf16); only convolutional torch backbones can be."""
     if isinstance(backbone, OpenVinoConvBackbone) and backbone.precision == precision:
         return backbone
-    if not isinstance(backbone, TorchConvBackbone):
-        raise ConfigError(
-            f"runtime 'openvino' supports the convolutional backbones (efficientnet_lite*), not {backbone.name!r}; "
-            "use runtime.engine = 'torch' for it"
-        )
+    base = exportable(backbone, "openvino")
     _openvino()  # a clear MissingDependencyError before any export
-    model_path = backbone.model_path if isinstance(backbone, OnnxConvBackbone) else None
-    return OpenVinoConvBackbone(backbone, threads=threads, model_path=model_path, precision=precision)
+    model_path = base.model_path if isinstance(base, OnnxConvBackbone) else None
+    return OpenVinoConvBackbone(base, threads=threads, model_path=model_path, precision=precision)
