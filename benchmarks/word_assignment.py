@@ -1,11 +1,15 @@
-"""Visual-word assignment of a query's SIFT descriptors: HNSW against one exact matrix product.
+"""Visual-word assignment of a query's SIFT descriptors: HNSW against exact matrix products.
 
 The local-feature step assigns each RootSIFT descriptor of the query to its
 nearest word of the 4,096-word generic vocabulary. This times, per photo
 (grocery val photos, descriptors as the search extracts them), the HNSW
 graph searched before (M 32, efSearch 32, one FAISS thread) and the exact
-assignment :meth:`Vocabulary.assign` now makes (a BLAS product), and how
-often HNSW's word is the exact one.
+assignment (a BLAS product) three ways: one product on one BLAS thread (as
+a search ran it before), the product split by rows over the assignment
+threads, each on one BLAS thread (what :meth:`Vocabulary.assign` does now),
+and, for reference, one product on OpenBLAS's own threads (which a search
+avoids: they keep spinning and slow the next backbone pass); how often
+HNSW's word is the exact one, and whether the split gives the same words.
 
     python benchmarks/word_assignment.py --photos 40
 """
@@ -27,8 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import data_root, rows
 
 from shoplens.imaging import load_image
+from shoplens.local import vocabulary
 from shoplens.local.features import FeatureExtractor, rootsift
 from shoplens.local.vocabulary import Vocabulary
+from shoplens.threads import blas_threads
 
 
 def median_ms(fn: Callable[[np.ndarray], np.ndarray], descs: list[np.ndarray]) -> tuple[float, list[np.ndarray]]:
@@ -54,18 +60,34 @@ def main() -> None:
     hnsw.hnsw.efSearch = 32
     hnsw.add(vocab.centroids)
     faiss.omp_set_num_threads(1)
-    rounds: dict[str, list[float]] = {"hnsw": [], "exact": []}
+    split_min_rows = vocabulary.PARALLEL_ASSIGN_MIN_ROWS
+
+    def one_product(d: np.ndarray) -> np.ndarray:
+        vocabulary.PARALLEL_ASSIGN_MIN_ROWS = 1 << 30
+        try:
+            return vocab.assign(d)[0][:, 0]
+        finally:
+            vocabulary.PARALLEL_ASSIGN_MIN_ROWS = split_min_rows
+
+    rounds: dict[str, list[float]] = {"hnsw": [], "exact_one_product": [], "exact_split": [], "exact_openblas_threads": []}
     for _ in range(args.rounds):
         ms, approx = median_ms(lambda d: hnsw.search(d, 1)[1][:, 0], descs)
         rounds["hnsw"].append(ms)
-        ms, exact = median_ms(lambda d: vocab.assign(d)[0][:, 0], descs)
-        rounds["exact"].append(ms)
+        with blas_threads(1):  # as in a search
+            ms, exact = median_ms(one_product, descs)
+            rounds["exact_one_product"].append(ms)
+            ms, split = median_ms(lambda d: vocab.assign(d)[0][:, 0], descs)
+            rounds["exact_split"].append(ms)
+        ms, _ = median_ms(one_product, descs)
+        rounds["exact_openblas_threads"].append(ms)
     agree = float(np.mean(np.concatenate([a == b for a, b in zip(approx, exact)])))
     print(json.dumps({
         "photos": len(descs),
         "descriptors_per_photo_median": int(statistics.median(len(d) for d in descs)),
+        "assignment_threads": vocabulary.ASSIGN_THREADS,
         "ms_per_photo_median": {k: statistics.median(v) for k, v in rounds.items()},
         "hnsw_agrees_with_exact": round(agree, 4),
+        "split_gives_the_same_words": all(np.array_equal(a, b) for a, b in zip(split, exact)),
     }, indent=2))
 
 

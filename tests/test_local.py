@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -16,9 +17,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from shoplens.errors import ConfigError, NotFoundError, StoreError
 from shoplens.imaging import Photo, load_image, photo_from_array
-from shoplens.local import LocalConfig, LocalIndex, Vocabulary, fuse, rerank_verified
+from shoplens.local import LocalConfig, LocalIndex, Vocabulary, fuse, rerank_verified, vocabulary
 from shoplens.local.features import FeatureExtractor, LocalFeatures
 from shoplens.local.vocabulary import EXACT_ASSIGN_MAX_WORDS
+from shoplens.threads import blas_threads
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = LocalConfig(max_keypoints=600)
@@ -315,6 +317,32 @@ def test_vocabulary_assignment_is_exact(size: int, k: int) -> None:
     assert np.mean(words == ref_words) > 0.999
     np.testing.assert_allclose(dist, ref_dist, rtol=1e-3, atol=1e-3)
     assert np.all(np.diff(dist, axis=1) >= 0)
+
+
+@pytest.mark.data
+def test_split_assignment_gives_the_words_of_one_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With BLAS on one thread (as in a search), a store photo's descriptors are assigned in row blocks
+    on the shared threads (also for several callers at once): exactly the words and distances of one product."""
+    root = _grocery()
+    with open(root / "photos.csv", newline="") as f:
+        val = [r for r in csv.DictReader(f) if r["split"] == "val"][:20]
+    descs = (FeatureExtractor().extract(load_image(root / r["image"])).rootsift() for r in val)
+    desc = next(d for d in descs if len(d) >= 2 * vocabulary.PARALLEL_ASSIGN_MIN_ROWS)  # most photos have ~900
+    vocab = Vocabulary.generic()
+    whole = vocab.assign(desc, 2)  # BLAS on its own threads: one product
+    monkeypatch.setattr(vocabulary, "ASSIGN_THREADS", 2)  # split even on a one-core machine
+    blocks: list[tuple[int, int]] = []
+    assign_rows = Vocabulary._assign_rows
+    monkeypatch.setattr(Vocabulary, "_assign_rows", lambda self, x, k, span, *out: (blocks.append(span), assign_rows(self, x, k, span, *out)))
+    with blas_threads(1):
+        split = vocab.assign(desc, 2)
+        assert blocks == [(0, len(desc) // 2), (len(desc) // 2, len(desc))]
+        np.testing.assert_array_equal(split[0], whole[0])
+        np.testing.assert_array_equal(split[1], whole[1])
+        with ThreadPoolExecutor(4) as pool:
+            for words, dist in pool.map(lambda _: vocab.assign(desc, 2), range(8)):
+                np.testing.assert_array_equal(words, whole[0])
+                np.testing.assert_array_equal(dist, whole[1])
 
 
 def test_large_vocabulary_is_searched_approximately() -> None:

@@ -82,6 +82,11 @@ def _blas_libraries() -> Any:
     return ThreadpoolController().select(user_api="blas")
 
 
+def blas_thread_count() -> int:
+    """The most threads any loaded BLAS library will use now (1 inside :func:`blas_threads`)."""
+    return max((lib.num_threads for lib in _blas_libraries().lib_controllers), default=1)
+
+
 def blas_threads(n: int = SMALL_OP_THREADS) -> AbstractContextManager[Any]:
     """Run the block's BLAS products (numpy's above all) on ``n`` threads, then restore the count.
 

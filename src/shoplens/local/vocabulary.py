@@ -10,6 +10,9 @@ added and removed without touching the others.
 from __future__ import annotations
 
 import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -18,6 +21,7 @@ import faiss
 import numpy as np
 
 from ..errors import StoreError
+from ..threads import blas_thread_count
 from ._io import write_npy
 from .features import DESCRIPTOR_DIM
 
@@ -33,6 +37,15 @@ GENERIC_SCALE = 512.0
 EXACT_ASSIGN_MAX_WORDS = 16384
 #: Descriptors per matrix product of an exact assignment (bounds its (rows, words) scratch).
 ASSIGN_CHUNK = 2048
+#: When BLAS runs on one thread (as in a search, shoplens.threads.blas_threads: OpenBLAS's own
+#: threads keep spinning after a product and slow the next backbone pass), an exact assignment
+#: of at least twice this many descriptors is split by rows over :data:`ASSIGN_THREADS` threads
+#: that wait on a queue instead: 12.4 -> 7.0 ms for a query's 1,000 descriptors on 2 cores, the
+#: same words (benchmarks/word_assignment.py). With BLAS on several threads (indexing) one product
+#: is already shared out (7.0 ms there), and splitting it as well was slower (10.2 ms).
+PARALLEL_ASSIGN_MIN_ROWS = 256
+#: Threads of an exact assignment (the cores, at most 4).
+ASSIGN_THREADS = max(1, min(4, os.cpu_count() or 1))
 #: Vocabularies of more words than this are trained by a two-level k-means.
 FLAT_TRAIN_MAX_WORDS = 2048
 
@@ -111,17 +124,29 @@ class Vocabulary:
         k = min(k, self.size)  # (HNSW pads with -1 instead)
         words = np.empty((len(x), k), np.int64)
         dist = np.empty((len(x), k), np.float32)
-        for start in range(0, len(x), ASSIGN_CHUNK):
-            part = x[start:start + ASSIGN_CHUNK]
-            g = np.hstack([part, np.ones((len(part), 1), np.float32)]) @ self._affine
-            if k == 1:
-                nearest = g.argmax(axis=1)[:, None]
-            else:
-                nearest = np.argpartition(g, -k, axis=1)[:, -k:]
-                nearest = np.take_along_axis(nearest, np.argsort(-np.take_along_axis(g, nearest, 1), axis=1), 1)
-            words[start:start + len(part)] = nearest
-            dist[start:start + len(part)] = np.einsum("ij,ij->i", part, part)[:, None] - 2.0 * np.take_along_axis(g, nearest, 1)
+        parts = min(ASSIGN_THREADS, len(x) // PARALLEL_ASSIGN_MIN_ROWS) if blas_thread_count() == 1 else 1
+        bounds = np.linspace(0, len(x), max(parts, -(-len(x) // ASSIGN_CHUNK)) + 1).astype(int)
+        spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))  # row blocks of at most ASSIGN_CHUNK
+        if parts < 2:
+            for span in spans:
+                self._assign_rows(x, k, span, words, dist)
+        else:  # the blocks on the shared threads, each product on BLAS's one thread
+            list(_assign_pool().map(lambda span: self._assign_rows(x, k, span, words, dist), spans))
         return words, np.maximum(dist, 0.0, out=dist)
+
+    def _assign_rows(self, x: np.ndarray, k: int, span: tuple[int, int], words: np.ndarray, dist: np.ndarray) -> None:
+        """Exact ``k`` nearest words of ``x[start:stop]``, written into ``words`` and ``dist`` (unclamped)."""
+        assert self._affine is not None
+        start, stop = span
+        part = x[start:stop]
+        g = np.hstack([part, np.ones((len(part), 1), np.float32)]) @ self._affine
+        if k == 1:
+            nearest = g.argmax(axis=1)[:, None]
+        else:
+            nearest = np.argpartition(g, -k, axis=1)[:, -k:]
+            nearest = np.take_along_axis(nearest, np.argsort(-np.take_along_axis(g, nearest, 1), axis=1), 1)
+        words[start:stop] = nearest
+        dist[start:stop] = np.einsum("ij,ij->i", part, part)[:, None] - 2.0 * np.take_along_axis(g, nearest, 1)
 
     @classmethod
     def generic(cls) -> Vocabulary:
@@ -166,6 +191,27 @@ def _apportion(population: np.ndarray, total: int) -> np.ndarray:
     if rest > 0:
         share[np.argsort(-(exact - share), kind="stable")[:rest]] += 1
     return share
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _forget_pool() -> None:
+    global _pool
+    _pool = None  # a forked child has none of the parent's threads: it makes its own
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _assign_pool() -> ThreadPoolExecutor:
+    """The threads exact assignments share (made on first use)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(ASSIGN_THREADS, thread_name_prefix="shoplens-words")
+    return _pool
 
 
 @lru_cache(maxsize=1)
