@@ -84,8 +84,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=30, help="queries per kind")
     ap.add_argument("--store", help="reuse this store folder (default: a temporary one)")
     ap.add_argument("--warmup", type=int, default=2, help=(
-        "searches of each kind before timing (default 2): model loading and first-call costs, and with "
-        "runtime.static_shapes the fixed-shape compilations of the shapes that repeat, are not search costs"))
+        "searches of each kind before timing (default 2): model loading, first-call costs and the runtime's "
+        "planning of input shapes it has not met are not search costs (30: every query photo once)"))
     ap.add_argument("--profile", metavar="FILE", help="write a cProfile summary per photo kind to FILE")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="configuration override")
     ap.add_argument("--tails-from", action="append", default=[], metavar="STORE", help=(
@@ -116,7 +116,6 @@ def main() -> None:
             for k in picked:  # warm-up: model loading and first-call costs are not search costs
                 for photo in picked[k][: args.warmup]:
                     lens.search([photo])
-            time.sleep(1.0 if args.warmup > 2 else 0.0)  # compilations started by the warm-up finish
             times: dict[str, list[float]] = {k: [] for k in kinds}
             by_intent: dict[str, list[float]] = {}
             steps: dict[str, dict[str, list[float]]] = {}

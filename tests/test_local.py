@@ -329,11 +329,22 @@ def test_split_assignment_gives_the_words_of_one_product(monkeypatch: pytest.Mon
     descs = (FeatureExtractor().extract(load_image(root / r["image"])).rootsift() for r in val)
     desc = next(d for d in descs if len(d) >= 2 * vocabulary.PARALLEL_ASSIGN_MIN_ROWS)  # most photos have ~900
     vocab = Vocabulary.generic()
-    whole = vocab.assign(desc, 2)  # BLAS on its own threads: one product
+    with monkeypatch.context() as m:
+        m.setattr(vocabulary, "PARALLEL_ASSIGN_MIN_ROWS", len(desc) + 1)  # one product, whatever BLAS's threads
+        whole = vocab.assign(desc, 2)
     monkeypatch.setattr(vocabulary, "ASSIGN_THREADS", 2)  # split even on a one-core machine
     blocks: list[tuple[int, int]] = []
     assign_rows = Vocabulary._assign_rows
-    monkeypatch.setattr(Vocabulary, "_assign_rows", lambda self, x, k, span, *out: (blocks.append(span), assign_rows(self, x, k, span, *out)))
+
+    def recording(self: Vocabulary, x: np.ndarray, k: int, span: tuple[int, int], *out: np.ndarray) -> None:
+        blocks.append(span)
+        assign_rows(self, x, k, span, *out)
+
+    monkeypatch.setattr(Vocabulary, "_assign_rows", recording)
+    with blas_threads(2):  # BLAS shares out the product itself: not split
+        np.testing.assert_array_equal(vocab.assign(desc, 2)[0], whole[0])
+    assert blocks == [(0, len(desc))]
+    blocks.clear()
     with blas_threads(1):
         split = vocab.assign(desc, 2)
         assert blocks == [(0, len(desc) // 2), (len(desc) // 2, len(desc))]

@@ -42,7 +42,8 @@ ASSIGN_CHUNK = 2048
 #: of at least twice this many descriptors is split by rows over :data:`ASSIGN_THREADS` threads
 #: that wait on a queue instead: 12.4 -> 7.0 ms for a query's 1,000 descriptors on 2 cores, the
 #: same words (benchmarks/word_assignment.py). With BLAS on several threads (indexing) one product
-#: is already shared out (7.0 ms there), and splitting it as well was slower (10.2 ms).
+#: is already shared out (7.0 ms there); splitting it as well, each block on one BLAS thread, was
+#: slower (10.2 ms).
 PARALLEL_ASSIGN_MIN_ROWS = 256
 #: Threads of an exact assignment (the cores, at most 4).
 ASSIGN_THREADS = max(1, min(4, os.cpu_count() or 1))
