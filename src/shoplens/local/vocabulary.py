@@ -203,7 +203,8 @@ def _forget_pool() -> None:
     _pool = None  # a forked child has none of the parent's threads: it makes its own
 
 
-os.register_at_fork(after_in_child=_forget_pool)
+if hasattr(os, "register_at_fork"):  # POSIX only; elsewhere there is no fork
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _assign_pool() -> ThreadPoolExecutor:
