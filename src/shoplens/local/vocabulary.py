@@ -199,8 +199,9 @@ _pool_lock = threading.Lock()
 
 
 def _forget_pool() -> None:
-    global _pool
+    global _pool, _pool_lock
     _pool = None  # a forked child has none of the parent's threads: it makes its own
+    _pool_lock = threading.Lock()  # nor the thread that may have held the lock
 
 
 if hasattr(os, "register_at_fork"):  # POSIX only; elsewhere there is no fork
