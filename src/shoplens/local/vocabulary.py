@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from importlib import resources
@@ -194,27 +193,14 @@ def _apportion(population: np.ndarray, total: int) -> np.ndarray:
     return share
 
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _forget_pool() -> None:
-    global _pool, _pool_lock
-    _pool = None  # a forked child has none of the parent's threads: it makes its own
-    _pool_lock = threading.Lock()  # nor the thread that may have held the lock
-
-
-if hasattr(os, "register_at_fork"):  # POSIX only; elsewhere there is no fork
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
+@lru_cache(maxsize=1)
 def _assign_pool() -> ThreadPoolExecutor:
     """The threads exact assignments share (made on first use)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(ASSIGN_THREADS, thread_name_prefix="shoplens-words")
-    return _pool
+    return ThreadPoolExecutor(ASSIGN_THREADS, thread_name_prefix="shoplens-words")
+
+
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads: it makes its own pool
+    os.register_at_fork(after_in_child=_assign_pool.cache_clear)
 
 
 @lru_cache(maxsize=1)
