@@ -237,6 +237,8 @@ def test_config_rejects_bad_values() -> None:
         LocalConfig(model="similarity")
     with pytest.raises(ConfigError):
         LocalConfig.from_dict({"vocabulary_size": 10, "colour": "red"})
+    with pytest.raises(ConfigError):
+        LocalConfig(query_max_side=16)
 
 
 def test_fuse_rrf_by_hand() -> None:
@@ -278,7 +280,8 @@ def _grocery() -> Path:
 
 
 @pytest.mark.data
-def test_grocery_packages_found_by_local_index() -> None:
+@pytest.mark.parametrize("query_max_side", [0, 224])
+def test_grocery_packages_found_by_local_index(query_max_side: int) -> None:
     root = _grocery()
     with open(root / "catalog.csv", newline="") as f:
         catalog = [r for r in csv.DictReader(f) if r["top_level"] == "Packages"]
@@ -286,19 +289,36 @@ def test_grocery_packages_found_by_local_index() -> None:
         pids = {r["product_id"] for r in catalog}
         photos = [r for r in csv.DictReader(f) if r["split"] == "val" and r["product_id"] in pids]
     cat_photos = [load_image(root / r["image"]) for r in catalog]
-    idx = LocalIndex()
+    idx = LocalIndex(None, LocalConfig(query_max_side=query_max_side))
     ids = np.array([int(r["product_id"]) for r in catalog], np.int64)
     idx.add(ids, cat_photos)
     queries = photos[::10]  # 10 photos, every tenth
     hits = verified = 0
     for r in queries:
-        feats = idx.extract(load_image(root / r["image"]))
+        feats = idx.extract_query(load_image(root / r["image"]))
         top, _ = idx.query(feats, k=5)
         hits += int(int(r["product_id"]) in top.tolist())
         inl = idx.verify(feats, top)
         verified += int(top[np.argmax(inl)] == int(r["product_id"]) and inl.max() >= MIN_INLIERS)
     assert hits >= 6, f"right product in the local top 5 for only {hits} of {len(queries)} photos"
     assert verified >= 4, f"verification puts the right product first for only {verified} of {len(queries)}"
+
+
+def test_query_photos_are_shrunk_to_query_max_side() -> None:
+    root = _grocery()
+    with open(root / "photos.csv", newline="") as f:
+        row = next(r for r in csv.DictReader(f) if r["split"] == "val")
+    store_photo = load_image(root / row["image"])
+    assert max(store_photo.pixels.shape[:2]) > 224
+    idx = LocalIndex(None, LocalConfig(query_max_side=224))
+    catalogue_side, query_side = idx.extract(store_photo), idx.extract_query(store_photo)
+    assert catalogue_side.xy.max() >= 224 > query_side.xy.max()
+    assert 0 < len(query_side) < len(catalogue_side)
+    # Search-time only: a re-configured index searches at the catalogue's size again.
+    idx.reconfigure(dataclasses.replace(idx.config, query_max_side=0))
+    again = idx.extract_query(store_photo)
+    np.testing.assert_array_equal(again.sift, catalogue_side.sift)
+    np.testing.assert_array_equal(again.xy, catalogue_side.xy)
 
 
 @pytest.mark.parametrize("size", [300, 4096])

@@ -38,6 +38,21 @@ def test_local_index_follows_the_store(tmp_path: Path, synthetic_catalogue: Path
     assert (store / LOCAL_DIR / "MANIFEST.json").exists()
 
 
+def test_query_max_side_is_a_search_time_setting(tmp_path: Path, synthetic_catalogue: Path) -> None:
+    store = tmp_path / "store"
+    query = synthetic_catalogue.parent / "img" / "p3.png"
+    with Shoplens(store, **_flags(), **{"local.skip_margin": 0}) as lens:
+        lens.index(synthetic_catalogue)
+        full = lens.search_one(query, top_k=5).steps["local"]["keypoints"]
+    manifest = (store / LOCAL_DIR / "MANIFEST.json").read_bytes()
+    with Shoplens(store, **_flags(), **{"local.skip_margin": 0, "local.query_max_side": 64}) as lens:
+        result = lens.search_one(query, top_k=5)
+        assert 0 < result.steps["local"]["keypoints"] < full  # the query shrunk to 64 px before SIFT
+        assert lens.pipeline.local is not None and lens.pipeline.local.index.config.query_max_side == 64
+        assert result.regions[0].results[0].product_id == "p3"
+    assert (store / LOCAL_DIR / "MANIFEST.json").read_bytes() == manifest  # no rebuild
+
+
 def test_lost_local_index_is_rebuilt_on_open(tmp_path: Path, synthetic_catalogue: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = tmp_path / "store"
     with Shoplens(store, **_flags()) as lens:

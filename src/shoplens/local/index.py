@@ -56,6 +56,10 @@ class LocalConfig:
 
     #: Longest side, in pixels, photos are shrunk to before SIFT (never enlarged).
     max_side: int = 512
+    #: Longest side a query photo is shrunk to before SIFT (0: ``max_side``). A search-time setting (the
+    #: catalogue keeps ``max_side``). 224 found as many grocery products as 348 px in 0.6 of the local
+    #: step's time, but cost sharp, finely printed labels most of their inliers (docs/benchmarks.md, stop 17).
+    query_max_side: int = 0
     #: Strongest SIFT keypoints kept per image.
     max_keypoints: int = 1000
     #: SIFT contrast threshold (OpenCV's default is 0.04; lower finds more keypoints on labels).
@@ -89,6 +93,9 @@ class LocalConfig:
     BUILD_FIELDS: ClassVar[tuple[str, ...]] = ("max_side", "max_keypoints", "contrast_threshold")
 
     def __post_init__(self) -> None:
+        if self.max_side < 32 or 0 < self.query_max_side < 32 or self.query_max_side < 0:
+            raise ConfigError(f"max_side must be at least 32 and query_max_side 0 or at least 32, "
+                              f"got {self.max_side}, {self.query_max_side}")
         if self.query_assignments < 1:
             raise ConfigError(f"query_assignments must be at least 1, got {self.query_assignments}")
         if self.max_segments < 1:
@@ -137,6 +144,10 @@ class LocalSearch:
     fused_ids: np.ndarray
 
 
+def _extractor(config: LocalConfig, max_side: int) -> FeatureExtractor:
+    return FeatureExtractor(max_side, config.max_keypoints, config.contrast_threshold)
+
+
 class LocalIndex:
     """Catalogue images indexed by visual words, with geometric verification.
 
@@ -150,8 +161,8 @@ class LocalIndex:
     def __init__(self, vocabulary: Vocabulary | None = None, config: LocalConfig | None = None) -> None:
         self.config = config or LocalConfig()
         self.vocabulary = vocabulary if vocabulary is not None else Vocabulary.generic()
-        self._extractor = FeatureExtractor(self.config.max_side, self.config.max_keypoints,
-                                           self.config.contrast_threshold)
+        self._extractor = _extractor(self.config, self.config.max_side)
+        self._query_extractor = _extractor(self.config, self.config.query_max_side or self.config.max_side)
         self._verify = self.config.verify_params()
         self._table = selectivity_table(self.config.alpha, self.config.tau)
         self._segments: list[Segment] = []
@@ -169,7 +180,7 @@ class LocalIndex:
         descriptors (at least 4 descriptors per word, and never under 64 words).
         """
         config = config or LocalConfig()
-        extractor = FeatureExtractor(config.max_side, config.max_keypoints, config.contrast_threshold)
+        extractor = _extractor(config, config.max_side)
         descs = [rootsift(p.sift if isinstance(p, LocalFeatures) else extractor.extract(p).sift) for p in photos]
         x = np.concatenate(descs) if descs else np.zeros((0, 128), np.float32)
         size = min(config.vocabulary_size, len(x) // 4)
@@ -183,8 +194,12 @@ class LocalIndex:
     # -- features --------------------------------------------------------------------------
 
     def extract(self, photo: PhotoOrFeatures) -> LocalFeatures:
-        """The photo's local features (a :class:`LocalFeatures` is returned as is)."""
+        """A catalogue photo's local features (a :class:`LocalFeatures` is returned as is)."""
         return photo if isinstance(photo, LocalFeatures) else self._extractor.extract(photo)
+
+    def extract_query(self, photo: PhotoOrFeatures) -> LocalFeatures:
+        """A query photo's local features, shrunk to ``query_max_side`` (a :class:`LocalFeatures` as is)."""
+        return photo if isinstance(photo, LocalFeatures) else self._query_extractor.extract(photo)
 
     def _encode(self, feats: LocalFeatures, assignments: int) -> tuple[np.ndarray, np.ndarray]:
         desc = feats.rootsift()
@@ -266,7 +281,7 @@ class LocalIndex:
 
     def query(self, photo: PhotoOrFeatures, k: int = 50) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best images by ASMK* score: (ids int64, scores float32), best first; only scores > 0."""
-        feats = self.extract(photo)
+        feats = self.extract_query(photo)
         if len(self._where) == 0 or len(feats) == 0 or k <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         q_words, q_sigs = self._encode(feats, self.config.query_assignments)
@@ -290,7 +305,7 @@ class LocalIndex:
 
     def verify(self, photo: PhotoOrFeatures, candidate_ids: np.ndarray) -> np.ndarray:
         """RANSAC inlier count of each candidate against the photo: (n,) int64, in the candidates' order."""
-        feats = self.extract(photo)
+        feats = self.extract_query(photo)
         q_desc = feats.rootsift()
         ids = np.asarray(candidate_ids, np.int64).reshape(-1)
         missing = [int(i) for i in ids if int(i) not in self._where]
@@ -313,7 +328,7 @@ class LocalIndex:
         cfg = self.config
         timings: dict[str, float] = {}
         t = time.perf_counter()
-        feats = self.extract(photo)
+        feats = self.extract_query(photo)
         timings["extract"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         l_ids, l_scores = self.query(feats, cfg.candidates)
@@ -355,6 +370,7 @@ class LocalIndex:
                 raise ConfigError(f"local index was built with {name}={getattr(self.config, name)!r}: "
                                   f"changing it needs the catalogue re-indexed")
         self.config = config
+        self._query_extractor = _extractor(config, config.query_max_side or config.max_side)
         self._verify = config.verify_params()
         self._table = selectivity_table(config.alpha, config.tau)
 

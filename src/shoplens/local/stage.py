@@ -77,7 +77,7 @@ class LocalStage:
         self.directory = Path(directory)
         self.config = config
         wanted = replace(LocalConfig(), max_side=config.max_side, max_keypoints=config.max_keypoints,
-                         min_inliers=config.min_inliers)
+                         query_max_side=config.query_max_side, min_inliers=config.min_inliers)
         self.index: LocalIndex | None = None
         if (self.directory / MANIFEST).exists():
             try:
@@ -176,7 +176,7 @@ class LocalStage:
                 return Refined(distances[valid].astype(np.float32), ids[valid].astype(np.int64),
                                {"enabled": True, "skipped": True, "margin": round(margin, 4)})
         t = time.perf_counter()
-        feats = self.index.extract(photo)
+        feats = self.index.extract_query(photo)
         with self._lock:
             l_ids, l_scores = self.index.query(feats, cfg.candidates)
         if allowed is not None and len(l_ids):
