@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import time
 from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
@@ -124,6 +125,20 @@ def nonproduct_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         yield server.url
 
 
+def _wait_until(page: Any, expression: str, timeout_s: float = 30.0) -> None:
+    """Poll a JavaScript expression until it is true.
+
+    Not ``page.wait_for_function``: with Debian's Chromium 156 and Playwright
+    1.65 its string predicate is refused by the page's own
+    Content-Security-Policy (no 'unsafe-eval'); ``page.evaluate`` is not.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout_s} s: {expression}")
+        time.sleep(0.05)
+
+
 def _shot(page: Any, name: str, full_page: bool = True) -> None:
     """Screenshots for people, when SHOPLENS_SCREENSHOTS names a folder."""
     folder = os.environ.get("SHOPLENS_SCREENSHOTS")
@@ -144,7 +159,7 @@ def test_upload_a_photo_and_see_results(browser: Any, real_server: tuple[str, Pa
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.goto(url)
     assert "shoplens" in page.title()
-    page.wait_for_function("document.getElementById('store-info').textContent.includes('products')")
+    _wait_until(page, "document.getElementById('store-info').textContent.includes('products')")
     page.set_input_files("#pick", str(query))
     page.wait_for_selector(".card", timeout=60_000)
     assert page.inner_text("#intent") == "Product"
@@ -157,7 +172,7 @@ def test_upload_a_photo_and_see_results(browser: Any, real_server: tuple[str, Pa
     assert first.query_selector(".cat").inner_text().strip()
     assert first.query_selector(".rank").inner_text().startswith("rank ")
     first.query_selector("img").scroll_into_view_if_needed()
-    page.wait_for_function("(() => { const i = document.querySelector('.card img'); return i.complete && i.naturalWidth > 0; })()")
+    _wait_until(page, "(() => { const i = document.querySelector('.card img'); return i.complete && i.naturalWidth > 0; })()")
     assert page.evaluate("document.getElementById('query-img').naturalWidth") > 0
     _shot(page, "desktop-results")
     assert errors == []
