@@ -304,6 +304,7 @@ def test_grocery_packages_found_by_local_index(query_max_side: int) -> None:
     assert verified >= 4, f"verification puts the right product first for only {verified} of {len(queries)}"
 
 
+@pytest.mark.data
 def test_query_photos_are_shrunk_to_query_max_side() -> None:
     root = _grocery()
     with open(root / "photos.csv", newline="") as f:

@@ -93,7 +93,7 @@ class LocalConfig:
     BUILD_FIELDS: ClassVar[tuple[str, ...]] = ("max_side", "max_keypoints", "contrast_threshold")
 
     def __post_init__(self) -> None:
-        if self.max_side < 32 or 0 < self.query_max_side < 32 or self.query_max_side < 0:
+        if self.max_side < 32 or (self.query_max_side != 0 and self.query_max_side < 32):
             raise ConfigError(f"max_side must be at least 32 and query_max_side 0 or at least 32, "
                               f"got {self.max_side}, {self.query_max_side}")
         if self.query_assignments < 1:
@@ -110,6 +110,11 @@ class LocalConfig:
             self.verify_params()
         except ValueError as err:
             raise ConfigError(str(err)) from None
+
+    @property
+    def query_side(self) -> int:
+        """The longest side query photos are shrunk to: ``query_max_side``, or ``max_side`` when 0."""
+        return self.query_max_side or self.max_side
 
     def verify_params(self) -> VerifyParams:
         return VerifyParams(ratio=self.ratio, mutual=self.mutual, model=self.model, estimator=self.estimator,
@@ -162,7 +167,7 @@ class LocalIndex:
         self.config = config or LocalConfig()
         self.vocabulary = vocabulary if vocabulary is not None else Vocabulary.generic()
         self._extractor = _extractor(self.config, self.config.max_side)
-        self._query_extractor = _extractor(self.config, self.config.query_max_side or self.config.max_side)
+        self._query_extractor = _extractor(self.config, self.config.query_side)
         self._verify = self.config.verify_params()
         self._table = selectivity_table(self.config.alpha, self.config.tau)
         self._segments: list[Segment] = []
@@ -370,7 +375,7 @@ class LocalIndex:
                 raise ConfigError(f"local index was built with {name}={getattr(self.config, name)!r}: "
                                   f"changing it needs the catalogue re-indexed")
         self.config = config
-        self._query_extractor = _extractor(config, config.query_max_side or config.max_side)
+        self._query_extractor = _extractor(config, config.query_side)
         self._verify = config.verify_params()
         self._table = selectivity_table(config.alpha, config.tau)
 
