@@ -227,8 +227,11 @@
   });
   $("filters").addEventListener("keydown", (e) => { if (e.key === "Enter") e.preventDefault(); });
 
-  fetch("/readyz").then((r) => r.json()).then((s) => {
+  // The store's size; while the server is still loading its models, ask again each second.
+  const storeInfo = () => fetch("/readyz").then((r) => r.json()).then((s) => {
     if (typeof s.products === "number") $("store-info").textContent = s.products.toLocaleString() + " products";
     else if (s.detail) $("store-info").textContent = s.detail;
+    if (s.status === "starting") setTimeout(storeInfo, 1000);
   }).catch(() => {});
+  storeInfo();
 })();
