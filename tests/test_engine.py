@@ -2,19 +2,39 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+import shoplens.api
 from shoplens import Shoplens, open_store
+from shoplens.config import INTENTS
 from shoplens.detect import Detector, Garment, register_detector
+from shoplens.intent import register_intent_classifier
 from shoplens.models import Encoding
 from shoplens.results import ErrorResult, SearchResult
 
-from .conftest import make_image
+from .conftest import FixedIntent, make_image
+
+#: Pixel shapes the intent classifier and the detector were given, in order.
+SEEN: list[tuple[str, tuple[int, ...]]] = []
+
+
+class SeenIntent(FixedIntent):
+    """FixedIntent that notes the pixel shape of each photo it classifies."""
+
+    def predict(self, encodings: Sequence[Encoding]) -> np.ndarray:
+        SEEN.extend(("intent", e.photo.pixels.shape) for e in encodings)
+        return super().predict(encodings)
+
+
+for _intent in INTENTS:
+    register_intent_classifier(f"test-seen-{_intent}")(lambda _i=_intent, **_: SeenIntent(_i))
 
 
 class TwoBoxes(Detector):
@@ -26,6 +46,7 @@ class TwoBoxes(Detector):
     def detect(self, encodings: Sequence[Encoding]) -> list[list[Garment]]:
         out = []
         for e in encodings:
+            SEEN.append(("detect", e.photo.pixels.shape))
             w, h = e.photo.size
             out.append([Garment((0, 0, w, h / 2), "top", 0.9), Garment((0, h / 2, w / 2, h), "shoes", 0.8), Garment((0, 0, 5, 5), "hat", 0.1)])
         return out
@@ -116,6 +137,61 @@ def test_non_product_costs_only_the_classifier(tmp_path: Path, synthetic_catalog
     lens.close()
 
 
+def _count_full_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Note each preview's full decode (searches decode with shoplens.api.load_image)."""
+    calls: list[str] = []
+    real = shoplens.api.load_image
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        photo = real(*args, **kwargs)
+        if photo.redecode is not None:
+            inner: Callable[[], Any] = photo.redecode
+            photo = dataclasses.replace(photo, redecode=lambda: calls.append(photo.name) or inner())
+        return photo
+
+    monkeypatch.setattr(shoplens.api, "load_image", spy)
+    return calls
+
+
+def test_a_large_non_product_photo_is_decoded_only_as_small_as_the_gate_reads_it(
+    tmp_path: Path, synthetic_catalogue: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Shoplens(tmp_path / "store", **{"intent.classifier": "test-other_product"}) as lens:
+        lens.index(synthetic_catalogue)
+    big = make_image(tmp_path / "big.jpg", 7, size=(1600, 1000))
+    full_decodes = _count_full_decodes(monkeypatch)
+    SEEN.clear()
+    with open_store(tmp_path / "store", **{"intent.classifier": "test-seen-non_product"}) as lens:
+        result = lens.search_one(big)
+    assert result.intent == "non_product"
+    assert SEEN == [("intent", (250, 400, 3))]  # a quarter of each side: the gate reads 224 x 140
+    assert full_decodes == []
+
+
+def test_a_large_product_photo_is_decoded_in_full_once_the_gate_passes_it(
+    tmp_path: Path, synthetic_catalogue: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = synthetic_catalogue.read_text().replace("other_product", "apparel")
+    synthetic_catalogue.write_text(text)
+    flags = {"intent.classifier": "test-seen-apparel", "detect.detector": "test-two-boxes", "detect.min_score": 0.3, **LOOSE}
+    with Shoplens(tmp_path / "store", **flags) as lens:
+        lens.index(synthetic_catalogue)
+        big = make_image(tmp_path / "street.jpg", 5, size=(1600, 1000))
+        full_decodes = _count_full_decodes(monkeypatch)
+        SEEN.clear()
+        result = lens.search_one(big, top_k=3)
+        assert full_decodes == [str(big)]
+        assert SEEN == [("intent", (250, 400, 3)), ("detect", (1000, 1600, 3))]  # the detector reads the full photo
+        assert result.regions[0].box == [0, 0, 1600, 500]
+        # The same answer as a search of the photo decoded in full from the start.
+        full = shoplens.api.load_image(big, target_size=lens.pipeline.decode_size)
+        assert not full.is_preview
+        again = lens.search_photo(full, top_k=3)
+    assert [(r.box, [h.product_id for h in r.results]) for r in result.regions] == [
+        (r.box, [h.product_id for h in r.results]) for r in again.regions]
+    assert [[h.distance for h in r.results] for r in result.regions] == [[h.distance for h in r.results] for r in again.regions]
+
+
 def test_apparel_searches_each_garment(tmp_path: Path, synthetic_catalogue: Path) -> None:
     store = tmp_path / "store"
     text = synthetic_catalogue.read_text().replace("other_product", "apparel")
@@ -152,3 +228,15 @@ def test_store_survives_a_lost_index_file(tmp_path: Path, synthetic_catalogue: P
     (tmp_path / "store" / "index").mkdir()
     with open_store(tmp_path / "store", **{"intent.classifier": "test-other_product"}, **LOOSE) as lens:
         assert lens.search_one(synthetic_catalogue.parent / "img" / "p4.png").regions[0].results[0].product_id == "p4"
+
+
+@pytest.mark.parametrize("flags, sides", [
+    ({}, ["local", "detector", 320]),  # local.max_side is the query side by default
+    ({"local.query_max_side": 224}, ["detector", 320]),
+    ({"local.enabled": False, "detect.enabled": False, "embed.other_product.extra_sizes": ""}, [224]),
+])
+def test_search_photos_are_decoded_for_the_largest_side_a_step_reads(tmp_path: Path, flags: dict[str, Any], sides: list[Any]) -> None:
+    with Shoplens(tmp_path / "store", **flags) as lens:
+        config = lens.config
+        known = {"local": config.local.max_side, "detector": lens.pipeline.detector.input_size}
+        assert lens.pipeline.decode_size == max(known.get(s, s) for s in sides)

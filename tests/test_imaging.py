@@ -142,3 +142,41 @@ def test_fuzzed_bytes_never_raise_anything_else() -> None:
                 pass
             tried += 1
     assert tried == 300
+
+
+def _gate(width: int, height: int) -> tuple[int, int]:
+    """A gate that reads photos with their longest side at 224 px."""
+    scale = 224 / max(width, height)
+    return round(width * scale), round(height * scale)
+
+
+def test_preview_is_decoded_small_and_full_decodes_the_same_bytes_again() -> None:
+    data = _jpeg(_gradient(1600, 1000), quality=90)
+    full = load_image(data, target_size=320)
+    photo = load_image(data, target_size=320, preview=_gate)
+    assert not full.is_preview and full.pixels.shape == (500, 800, 3)  # draft mode for 320 px: half size
+    assert photo.is_preview and photo.pixels.shape == (250, 400, 3)  # for the gate's 224 x 140: a quarter
+    assert photo.size == full.size == (1600, 1000)
+    again = photo.full()
+    assert not again.is_preview and again.size == full.size
+    np.testing.assert_array_equal(again.pixels, full.pixels)
+    assert full.full() is full
+
+
+def test_preview_keeps_exif_rotation() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 1000 x 1600, seen 1600 x 1000
+    photo = load_image(_jpeg(_gradient(1000, 1600), exif=exif.tobytes()), target_size=320, preview=_gate)
+    assert photo.is_preview and photo.size == (1600, 1000) and photo.pixels.shape == (250, 400, 3)
+    assert photo.full().pixels.shape == (500, 800, 3)
+
+
+@pytest.mark.parametrize("image, target", [
+    (_jpeg(_gradient(400, 300)), 320),  # too small to decode smaller for the gate
+    (_jpeg(_gradient(1600, 1000)), 100),  # the later steps' own draft is already as small
+    (_png(_gradient(1600, 1000)), 320),  # only JPEG decodes at a reduced scale
+], ids=["small-jpeg", "small-target", "png"])
+def test_no_preview_where_it_would_not_be_smaller(image: bytes, target: int) -> None:
+    photo = load_image(image, target_size=target, preview=_gate)
+    assert not photo.is_preview
+    np.testing.assert_array_equal(photo.pixels, load_image(image, target_size=target).pixels)

@@ -12,7 +12,7 @@ from shoplens.errors import UnknownModelError
 from shoplens.imaging import load_image, photo_from_array
 from shoplens.models import create_model, imagenet_class_names, list_models, parse_model_name
 from shoplens.models.efficientnet_lite import Conv2dSame
-from shoplens.models.preprocess import PreprocessCfg, prepare_batch, target_shape
+from shoplens.models.preprocess import PreprocessCfg, prepare_batch, resize_photo, source_size, target_shape
 
 
 def test_registry_lists_and_rejects() -> None:
@@ -66,6 +66,31 @@ def test_preprocess_keeps_aspect_on_a_grid_and_normalises() -> None:
 
 
 @pytest.mark.data
+@pytest.mark.parametrize("mode", ["letterbox", "squash", "center_crop"])
+def test_source_size_is_the_smallest_a_photo_only_shrinks_from(mode: str) -> None:
+    cfg = PreprocessCfg(224).with_resize(mode)  # type: ignore[arg-type]
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        w, h = (int(v) for v in rng.integers(240, 2000, size=2))
+        sw, sh = source_size(w, h, cfg)
+        assert sw <= w and sh <= h
+        assert abs(sw / sh - w / h) < 0.02 * w / h + 2 / sh  # the same photo, smaller
+        wanted = resize_photo(np.zeros((h, w, 3), np.uint8), cfg).shape[:2]
+        assert resize_photo(np.zeros((sh, sw, 3), np.uint8), cfg, (w, h)).shape[:2] == wanted  # the same model input
+        if mode != "center_crop":
+            out_h, out_w = target_shape(h, w, cfg)
+            assert sw >= out_w and sh >= out_h  # nothing enlarged
+        else:
+            assert min(sw, sh) >= 224
+        # and it is the smallest: a tenth smaller would enlarge some side
+        smaller = (int(sw * 0.9), int(sh * 0.9))
+        if mode == "center_crop":
+            assert min(smaller) < 224
+        else:
+            out_h, out_w = target_shape(smaller[1], smaller[0], cfg)
+            assert smaller[0] < out_w or smaller[1] < out_h or (out_h, out_w) != target_shape(h, w, cfg)
+
+
 def test_lite0_recognises_real_photos(data_dir: Path) -> None:
     names = imagenet_class_names()
     backbone = create_model("efficientnet_lite0")

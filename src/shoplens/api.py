@@ -78,19 +78,23 @@ def _name(source: ImageSource, index: int) -> str:
     return getattr(source, "name", None) or f"<image {index}>"
 
 
-def _each(pipeline: Pipeline, images: Sequence[ImageSource], fn: Callable[[Photo, float], R]) -> list[R | ErrorResult]:
-    """Decode each image and run ``fn``; an unreadable image gives an ErrorResult, the others go on."""
-    target = pipeline.decode_size
+def _each(
+    images: Sequence[ImageSource],
+    fn: Callable[[Photo, float], R],
+    *,
+    target_size: int | None,
+    preview: Callable[[int, int], tuple[int, int]] | None = None,
+) -> list[R | ErrorResult]:
+    """Decode each image (see :func:`load_image`) and run ``fn``; an unreadable image gives an ErrorResult, the others go on."""
     out: list[R | ErrorResult] = []
     for i, source in enumerate(images):
         name = _name(source, i)
         start = time.perf_counter()
         try:
-            photo = load_image(source, name=name, target_size=target)
-        except BadImageError as err:
+            photo = load_image(source, name=name, target_size=target_size, preview=preview)
+            out.append(fn(photo, (time.perf_counter() - start) * 1000.0))
+        except BadImageError as err:  # fn may decode a preview in full
             out.append(ErrorResult(image=name, error=str(err)))
-            continue
-        out.append(fn(photo, (time.perf_counter() - start) * 1000.0))
     return out
 
 
@@ -105,7 +109,7 @@ def classify_photos(pipeline: Pipeline, images: Sequence[ImageSource]) -> list[I
             intent_scores={k: round(float(v), 4) for k, v in zip(INTENTS, probs)},
         )
 
-    return _each(pipeline, images, one)
+    return _each(images, one, target_size=None, preview=pipeline.gate_size)  # the gate alone: never decoded in full
 
 
 def detect_photos(pipeline: Pipeline, images: Sequence[ImageSource]) -> list[DetectResult | ErrorResult]:
@@ -115,7 +119,7 @@ def detect_photos(pipeline: Pipeline, images: Sequence[ImageSource]) -> list[Det
         garments = pipeline.detect(EncodingCache(pipeline, [photo]))[0]
         return DetectResult(image=photo.name, garments=[GarmentResult(**g.to_dict()) for g in garments])  # type: ignore[arg-type]
 
-    return _each(pipeline, images, one)
+    return _each(images, one, target_size=pipeline.detector.input_size or pipeline.decode_size)
 
 
 def classify(images: Sequence[ImageSource], config: Config | None = None) -> list[IntentResult | ErrorResult]:
@@ -425,9 +429,10 @@ class Shoplens:
         _ = self.pipeline.intent_classifier, self.pipeline.detector  # fail on bad configuration first
         allowed = self._allowed(filters, allowed)
         return _each(
-            self.pipeline,
             images,
             lambda photo, ms: self.pipeline.search(photo, self.store, top_k=top_k, allowed=allowed, decode_ms=ms),
+            target_size=self.pipeline.decode_size,
+            preview=self.pipeline.gate_size,
         )
 
     def search_photo(

@@ -11,7 +11,9 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Union
 
@@ -44,14 +46,25 @@ class Photo:
     pixels: np.ndarray  # (H, W, 3) uint8, RGB
     size: tuple[int, int]  # (width, height) of the image as given, after EXIF
     name: str = ""
+    #: Decodes the image again for every step when ``pixels`` is only a
+    #: preview (see :func:`load_image`'s ``preview``); ``None`` otherwise.
+    redecode: Callable[[], Photo] | None = field(default=None, repr=False, compare=False)
 
     @property
     def scale(self) -> float:
         """Factor from ``pixels`` coordinates to ``size`` coordinates."""
         return self.size[0] / self.pixels.shape[1]
 
+    @property
+    def is_preview(self) -> bool:
+        return self.redecode is not None
 
-def _open_source(source: ImageSource, max_bytes: int) -> tuple[BinaryIO, str]:
+    def full(self) -> Photo:
+        """This photo decoded for every step: itself, unless it is a preview."""
+        return self if self.redecode is None else self.redecode()
+
+
+def _open_source(source: ImageSource, max_bytes: int) -> tuple[io.BytesIO, str]:
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if len(data) > max_bytes:
@@ -105,6 +118,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _draft_factor(size: tuple[int, int], request: tuple[int, int] | None) -> int:
+    """The JPEG scale reduction (1, 2, 4 or 8) that PIL's draft mode picks for ``request``."""
+    if request is None:
+        return 1
+    scale = min(size[0] // max(1, request[0]), size[1] // max(1, request[1]))
+    return next(s for s in (8, 4, 2, 1) if scale >= s)
+
+
 def load_image(
     source: ImageSource,
     *,
@@ -112,12 +133,20 @@ def load_image(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     target_size: int | None = None,
+    preview: Callable[[int, int], tuple[int, int]] | None = None,
 ) -> Photo:
     """Decode ``source`` (path, bytes or file object) into an RGB :class:`Photo`.
 
     ``target_size``: the longest side the caller will use; JPEGs larger than
     twice that are decoded at a reduced scale (draft mode), which is much
     faster and gives the same pixels after resizing.
+
+    ``preview(width, height)``: the smallest (width, height) the caller's
+    first step reads a photo of that size at (the intent gate). A JPEG that
+    draft mode can decode smaller for it than for ``target_size`` is decoded
+    that small: the Photo is then a preview, whose :meth:`Photo.full` decodes
+    the same bytes again for ``target_size`` (only a photo that goes on to
+    the later steps pays that).
     """
     stream, default_name = _open_source(source, max_bytes)
     label = name or default_name
@@ -136,8 +165,19 @@ def load_image(
             if getattr(img, "is_animated", False):
                 img.seek(0)
             orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
-            if target_size and img.format == "JPEG" and min(width, height) > 2 * target_size:
-                img.draft("RGB", (target_size, target_size))
+            redecode: Callable[[], Photo] | None = None
+            if img.format == "JPEG":
+                request = (target_size, target_size) if target_size and min(width, height) > 2 * target_size else None
+                if preview is not None:
+                    turned = orientation in (5, 6, 7, 8)  # preview sizes are for the photo as seen
+                    pw, ph = preview(*((height, width) if turned else (width, height)))
+                    small = (ph, pw) if turned else (pw, ph)
+                    if _draft_factor((width, height), small) > _draft_factor((width, height), request):
+                        request = small
+                        redecode = partial(load_image, stream.getvalue(), name=label, max_bytes=max_bytes,
+                                           max_pixels=max_pixels, target_size=target_size)
+                if request is not None:
+                    img.draft("RGB", request)
             img.load()
             img = _to_rgb(img)
             if orientation != 1:
@@ -160,7 +200,7 @@ def load_image(
         size = (height, width)
     else:
         size = (width, height)
-    return Photo(pixels=np.ascontiguousarray(pixels), size=size, name=label)
+    return Photo(pixels=np.ascontiguousarray(pixels), size=size, name=label, redecode=redecode)
 
 
 _TRANSPOSE = {

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from .imaging import Photo, crop
 from .intent import IntentClassifier, create_intent_classifier, list_intent_classifiers
 from .local.stage import LocalStage
 from .models import Backbone, Encoding, create_model, create_tuned_model
+from .models.preprocess import source_size
 from .rerank import Hit, postprocess
 from .results import ProductHit, RegionResult, SearchResult
 from .store.base import CatalogueStore
@@ -100,6 +101,17 @@ class EncodingCache:
     def subset(self, indices: Sequence[int]) -> EncodingCache:
         return EncodingCache(self.pipeline, [self.photos[i] for i in indices], self, indices)
 
+    def replace_photos(self, photos: Sequence[Photo]) -> None:
+        """Go on with ``photos``, the same images decoded anew (a preview's full decode).
+
+        The encodings already computed stay, now of the new photos: each was
+        computed at its own input size, which the preview held in full.
+        """
+        swap = {id(old): new for old, new in zip(self.photos, photos)}
+        self.photos = list(photos)
+        for key, encodings in self._cache.items():
+            self._cache[key] = [replace(e, photo=swap.get(id(e.photo), e.photo)) for e in encodings]
+
 
 @dataclass
 class Query:
@@ -107,6 +119,7 @@ class Query:
 
     intent: str
     intent_scores: dict[str, float]
+    photo: Photo  # the photo the later steps read (a preview's full decode)
     regions: list[tuple[Garment | None, np.ndarray]] = field(default_factory=list)  # (garment, vector)
 
 
@@ -220,8 +233,28 @@ class Pipeline:
 
     @property
     def decode_size(self) -> int:
-        """The longest input side any embedder needs: photos may be decoded down to it (JPEG draft mode)."""
-        return max(s or 224 for e in self.embedders.values() for s in e.input_sizes)
+        """The longest side a search reads: search photos may be decoded down to it (JPEG draft mode).
+
+        The embedders' input sizes, the detector's and the local features'
+        query side, where those steps are on.
+        """
+        sides = [s or 224 for e in self.embedders.values() for s in e.input_sizes]
+        if self.config.detect.enabled and self.detector.input_size:
+            sides.append(self.detector.input_size)
+        if self.config.local.enabled and self.local is not None:
+            sides.append(self.local.query_side)
+        return max(sides)
+
+    def gate_size(self, width: int, height: int) -> tuple[int, int]:
+        """The smallest (width, height) the intent gate reads a width x height photo at.
+
+        A photo decoded that small first (a preview, see :func:`load_image`)
+        is decoded in full only when the gate passes it: a non-product photo
+        costs a smaller decode and resize.
+        """
+        clf = self.intent_classifier
+        cfg = self.backbone(clf.backbone).preprocess
+        return source_size(width, height, cfg if clf.input_size is None else cfg.with_size(clf.input_size))
 
     # -- Projector (for the store) ------------------------------------------
     def project(self, domain: str, raw: np.ndarray) -> np.ndarray:
@@ -294,9 +327,13 @@ class Pipeline:
         steps["intent"] = {"enabled": self.config.intent.enabled, "classifier": self.intent_classifier.name, "intent": intent}
         if intent != predicted:
             steps["intent"]["predicted"] = predicted
-        q = Query(intent, scores)
+        q = Query(intent, scores, photo=photo)
         if intent == "non_product":
             return q
+        if photo.is_preview:  # the gate read a preview: the later steps read the photo in full
+            with timer.step("decode"):
+                photo = q.photo = photo.full()
+            cache.replace_photos([photo])
         if intent == "apparel":
             garments: list[Garment] = []
             if self.config.detect.enabled:
@@ -366,7 +403,7 @@ class Pipeline:
                 if domain == "other_product" and self.local is not None and self.config.local.enabled and len(self.local):
                     with timer.step("local"):
                         self._notify("local")
-                        refined = self.local.refine(photo, store, q.regions[0][1], dists[0], ids[0], ids_allowed)
+                        refined = self.local.refine(q.photo, store, q.regions[0][1], dists[0], ids[0], ids_allowed)
                         dists, ids = refined.distances[None, :], refined.ids[None, :]
                     steps["local"] = refined.steps
                 with timer.step("rerank"):

@@ -176,7 +176,7 @@ class Owlv2Detector(Detector):
         batch[:] = (_PAD_PIXEL - mean) * inv_std
         sizes = []
         for i, photo in enumerate(photos):
-            r = resize_photo(photo.pixels, cfg)
+            r = resize_photo(photo.pixels, cfg, photo.size)
             batch[i, : r.shape[0], : r.shape[1]] = (r.astype(np.float32) - mean) * inv_std
             sizes.append((r.shape[0], r.shape[1]))
         return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous(), sizes

@@ -105,6 +105,12 @@ class LocalStage:
     def __len__(self) -> int:
         return len(self.index) if self.index is not None else 0
 
+    @property
+    def query_side(self) -> int:
+        """The longest side a query photo's local features are extracted at."""
+        assert self.index is not None
+        return self.index.config.query_side
+
     # -- keeping in step with the store ---------------------------------------
     def sync(self, store: CatalogueStore, *, progress: bool = False, workers: int = 2) -> tuple[int, int]:
         """Add the store's new ``other_product`` images, drop the gone ones, save. Returns (added, removed)."""

@@ -68,7 +68,7 @@ class TokenBackbone(Backbone):
         if size != self.native_size and not self.resizable:
             raise ConfigError(f"{self.name} takes {self.native_size} px inputs only, not {size}")
         cfg = self.preprocess.with_size(size)
-        resized = [resize_photo(p.pixels, cfg) for p in photos]
+        resized = [resize_photo(p.pixels, cfg, p.size) for p in photos]
         # A fixed-size tower gets letterboxed photos padded to its square (with the
         # mean colour, which normalises to zero); otherwise photos of one shape are
         # batched together and never padded, so an encoding does not depend on its batch.

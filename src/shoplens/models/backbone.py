@@ -105,9 +105,9 @@ class TorchConvBackbone(Backbone):
         # touches a photo and its encoding does not depend on its batch.
         # One photo (a search) is resized here: a hand-off to the pool costs more.
         if len(photos) == 1:
-            resized = [resize_photo(photos[0].pixels, cfg)]
+            resized = [resize_photo(photos[0].pixels, cfg, photos[0].size)]
         else:
-            resized = list(self._pool.map(lambda p: resize_photo(p.pixels, cfg), photos))
+            resized = list(self._pool.map(lambda p: resize_photo(p.pixels, cfg, p.size), photos))
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, r in enumerate(resized):
             groups[(r.shape[0], r.shape[1])].append(i)

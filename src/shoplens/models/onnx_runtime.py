@@ -218,7 +218,7 @@ def quantize_int8(backbone: OnnxConvBackbone, calibration: Sequence[Photo], path
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     cfg = backbone.preprocess if input_size is None else backbone.preprocess.with_size(input_size)
-    inputs = [to_tensor([resize_photo(p.pixels, cfg)], cfg).contiguous().numpy() for p in calibration]
+    inputs = [to_tensor([resize_photo(p.pixels, cfg, p.size)], cfg).contiguous().numpy() for p in calibration]
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:

@@ -7,6 +7,7 @@ wrongly prepared pixels.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -74,8 +75,31 @@ def target_shape(h: int, w: int, cfg: PreprocessCfg) -> tuple[int, int]:
     return snap(h), snap(w)
 
 
-def resize_photo(pixels: np.ndarray, cfg: PreprocessCfg) -> np.ndarray:
-    """Resize (H, W, 3) uint8 pixels as ``cfg`` says; returns uint8 pixels."""
+def source_size(width: int, height: int, cfg: PreprocessCfg) -> tuple[int, int]:
+    """The smallest (width, height), same aspect ratio, a width x height photo can be given at for ``cfg``.
+
+    Below it :func:`resize_photo` would enlarge the photo on some side;
+    at or above it, it only shrinks it.
+    """
+    s = cfg.input_size
+    if cfg.resize == "letterbox":
+        nh, nw = target_shape(height, width, cfg)
+        scale = max(nw / width, nh / height)
+    elif cfg.resize == "center_crop":
+        scale = s / min(width, height)
+    else:  # squash: each side to input_size
+        scale = max(s / width, s / height)
+    return min(width, math.ceil(width * scale)), min(height, math.ceil(height * scale))
+
+
+def resize_photo(pixels: np.ndarray, cfg: PreprocessCfg, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Resize (H, W, 3) uint8 pixels as ``cfg`` says; returns uint8 pixels.
+
+    ``size``: (width, height) of the photo as given (``Photo.size``) when
+    ``pixels`` were decoded smaller (JPEG draft mode): the model input then
+    has the shape the photo as given would have, whatever the decoder's
+    reduction rounded.
+    """
     h, w = pixels.shape[:2]
     s = cfg.input_size
     if cfg.resize == "center_crop":
@@ -84,7 +108,7 @@ def resize_photo(pixels: np.ndarray, cfg: PreprocessCfg) -> np.ndarray:
         out = cv2.resize(pixels, (nw, nh), interpolation=_interp(cfg, scale < 1))
         y0, x0 = (nh - s) // 2, (nw - s) // 2
         return out[y0 : y0 + s, x0 : x0 + s]
-    nh, nw = target_shape(h, w, cfg)
+    nh, nw = target_shape(h, w, cfg) if size is None else target_shape(size[1], size[0], cfg)
     if (nh, nw) == (h, w):
         return pixels
     return cv2.resize(pixels, (nw, nh), interpolation=_interp(cfg, nh * nw < h * w))

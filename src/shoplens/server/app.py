@@ -266,7 +266,8 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
             raise RequestValidationError([{"type": "less_than_equal", "loc": ("body", "top_k"), "msg": f"top_k is at most {settings.max_top_k}"}])
         start = time.perf_counter()
         try:
-            photo = load_image(data, name=name, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels, target_size=_target(lens))
+            photo = load_image(data, name=name, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
+                               target_size=lens.pipeline.decode_size, preview=lens.pipeline.gate_size)
         except BadImageError:
             state.metrics.bad_images.inc()
             raise
@@ -567,10 +568,6 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
 
 
 # -- helpers ----------------------------------------------------------------------
-def _target(lens: Shoplens) -> int:
-    return max(e.input_size or 224 for e in lens.pipeline.embedders.values())
-
-
 def _route_of(app: FastAPI, scope: dict[str, Any]) -> str:
     """The route template of a request (bounded label values for metrics)."""
     route = scope.get("route")
