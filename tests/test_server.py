@@ -79,6 +79,16 @@ def test_search_answers_the_spec_object(client: TestClient, lens: Shoplens) -> N
     assert [h["rank"] for h in direct["regions"][0]["results"]] == [h["rank"] for h in hits]
 
 
+def test_a_large_photo_is_decoded_as_the_cli_decodes_it(client: TestClient, lens: Shoplens) -> None:
+    big = encode(picture(2).resize((1600, 1200)), "JPEG", quality=90)  # the gate reads a preview, the rest the photo in full
+    r = search(client, big, name="big.jpg", top_k="3")
+    assert r.status_code == 200, r.text
+    hits = r.json()["regions"][0]["results"]
+    direct = lens.search([big], top_k=3)[0].model_dump(mode="json")
+    assert [(h["product_id"], h["rank"]) for h in direct["regions"][0]["results"]] == [(h["product_id"], h["rank"]) for h in hits]
+    assert hits[0]["product_id"] == "p2"
+
+
 def test_filters_over_http(client: TestClient) -> None:
     r = search(client, photo(0), filter=["category=blue", "price<15"])
     assert r.status_code == 200
