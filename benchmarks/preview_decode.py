@@ -12,9 +12,12 @@ the preview path with decoding in full first:
 - grocery retrieval (Recall@1 of the 296 val store photos, enlarged 2x,
   against the 81 catalogue products: the 224-px descriptor now comes from
   the preview);
-- the time of decode + gate for the non-product photos, both ways, interleaved.
+- the time of decode + gate for the non-product photos, both ways,
+  interleaved, as given (640 px) and enlarged 2x, 4x, 6x; and what a
+  product photo pays: decode + gate + the full decode, against decode +
+  gate, for grocery photos enlarged to about the same sizes.
 
-    python benchmarks/preview_decode.py [--rounds 5]
+    python benchmarks/preview_decode.py [--rounds 3]
 """
 
 from __future__ import annotations
@@ -41,23 +44,41 @@ from shoplens.imaging import load_image
 from shoplens.pipeline import EncodingCache, Pipeline
 
 
-def enlarged(path: Path) -> bytes:
-    """The photo at twice its size, as a JPEG (quality 90)."""
+def enlarged(path: Path, factor: int = 2) -> bytes:
+    """The photo ``factor`` times larger, as a JPEG (quality 90)."""
     with Image.open(path) as img:
-        big = img.convert("RGB").resize((img.width * 2, img.height * 2), Image.Resampling.LANCZOS)
+        big = img.convert("RGB").resize((img.width * factor, img.height * factor), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     big.save(buf, "JPEG", quality=90)
     return buf.getvalue()
 
 
-def gate(pipeline: Pipeline, data: bytes, preview: bool) -> tuple[np.ndarray, bool]:
+def gate(pipeline: Pipeline, data: bytes, preview: bool, full: bool = False) -> tuple[np.ndarray, bool]:
+    """The gate's scores for ``data`` (decoded as a preview where it can be), then the full decode if ``full``."""
     photo = load_image(data, target_size=pipeline.decode_size, preview=pipeline.gate_size if preview else None)
-    return pipeline.classify(EncodingCache(pipeline, [photo]))[0], photo.is_preview
+    scores = pipeline.classify(EncodingCache(pipeline, [photo]))[0]
+    if full:
+        photo.full()
+    return scores, photo.is_preview
+
+
+def timed(pipeline: Pipeline, photos: list[bytes], rounds: int, full: bool) -> dict[str, float]:
+    """p50 ms of :func:`gate` both ways, interleaved, after a warm-up over every photo."""
+    for data in photos:
+        gate(pipeline, data, False), gate(pipeline, data, True)
+    times: dict[str, list[float]] = {"full": [], "preview": []}
+    for _ in range(rounds):
+        for data in photos:
+            for way in ("full", "preview"):
+                t0 = time.perf_counter()
+                gate(pipeline, data, way == "preview", full)
+                times[way].append((time.perf_counter() - t0) * 1000.0)
+    return {k: round(statistics.median(v), 2) for k, v in times.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=5, help="timing rounds over the non-product photos")
+    ap.add_argument("--rounds", type=int, default=3, help="timing rounds over the non-product photos")
     args = ap.parse_args()
     root = data_root()
     out: dict[str, object] = {}
@@ -109,18 +130,13 @@ def main() -> None:
         out["grocery_val_x2"] = {"photos": len(val), "preview": used, "recall_at_1": {k: round(v / len(val), 4) for k, v in hits.items()},
                                  "same_top1": same_top1}
 
-        # Decode + gate of the non-product photos, both ways, interleaved.
-        wallpapers = [s.path.read_bytes() for s in shared_samples(root) if s.intent == "non_product"]
-        times: dict[str, list[float]] = {"full": [], "preview": []}
-        for data in wallpapers:  # warm-up: every input shape once
-            gate(pipeline, data, False), gate(pipeline, data, True)
-        for _ in range(args.rounds):
-            for data in wallpapers:
-                for way in ("full", "preview"):
-                    t0 = time.perf_counter()
-                    gate(pipeline, data, way == "preview")
-                    times[way].append((time.perf_counter() - t0) * 1000.0)
-        out["wallpaper_decode_and_gate_ms_p50"] = {k: round(statistics.median(v), 2) for k, v in times.items()}
+        # Decode + gate of the non-product photos, both ways; a product photo's full decode on top.
+        wallpapers = [s.path for s in shared_samples(root) if s.intent == "non_product"]
+        for factor in (1, 2, 4, 6):  # 640, 1,280, 2,560, 3,840 px wide
+            walls = [enlarged(p, factor) if factor > 1 else p.read_bytes() for p in wallpapers[:: 1 if factor == 1 else 2]]
+            out[f"wallpaper_x{factor}_decode_and_gate_ms_p50"] = timed(pipeline, walls, args.rounds, full=False)
+            big = [enlarged(root / "grocery" / r["image"], 2 * factor) for r in val[::30]]  # 348 px x 2, 4, 8, 12
+            out[f"grocery_x{2 * factor}_decode_gate_and_full_decode_ms_p50"] = timed(pipeline, big, args.rounds, full=True)
     print(json.dumps(out, indent=2))
 
 

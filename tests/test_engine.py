@@ -240,3 +240,14 @@ def test_search_photos_are_decoded_for_the_largest_side_a_step_reads(tmp_path: P
         config = lens.config
         known = {"local": config.local.max_side, "detector": lens.pipeline.detector.input_size}
         assert lens.pipeline.decode_size == max(known.get(s, s) for s in sides)
+
+
+def test_preview_decode_can_be_switched_off(tmp_path: Path, synthetic_catalogue: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Shoplens(tmp_path / "store", **{"intent.classifier": "test-other_product"}) as lens:
+        lens.index(synthetic_catalogue)
+    big = make_image(tmp_path / "big.jpg", 7, size=(1600, 1000))
+    full_decodes = _count_full_decodes(monkeypatch)
+    SEEN.clear()
+    with open_store(tmp_path / "store", **{"intent.classifier": "test-seen-non_product", "intent.preview_decode": False}) as lens:
+        assert lens.search_one(big).intent == "non_product"
+    assert SEEN == [("intent", (1000, 1600, 3))] and full_decodes == []  # decoded once, in full (under 2 x 512 px: no draft)

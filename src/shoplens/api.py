@@ -432,7 +432,7 @@ class Shoplens:
             images,
             lambda photo, ms: self.pipeline.search(photo, self.store, top_k=top_k, allowed=allowed, decode_ms=ms),
             target_size=self.pipeline.decode_size,
-            preview=self.pipeline.gate_size,
+            preview=self.pipeline.preview,
         )
 
     def search_photo(

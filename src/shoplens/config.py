@@ -31,6 +31,12 @@ class IntentConfig:
     #: "trained" (the one ``shoplens train-intent`` saved in the store).
     classifier: str = "auto"
     backbone: str = "efficientnet_lite0"
+    #: Decode a large JPEG first only as small as the gate reads it (JPEG
+    #: draft mode), and in full only when the gate passes it: a non-product
+    #: photo then costs less (640-2,560 px: 1.3-5.7 ms less), a product photo
+    #: a second, smaller decode (0.4 ms at 700 px, 2-6 ms at 1,400-2,800 px;
+    #: docs/benchmarks.md). Off: every photo is decoded once, in full.
+    preview_decode: bool = True
 
 
 @dataclass

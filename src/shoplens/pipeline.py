@@ -245,6 +245,11 @@ class Pipeline:
             sides.append(self.local.query_side)
         return max(sides)
 
+    @property
+    def preview(self) -> Callable[[int, int], tuple[int, int]] | None:
+        """How small a search photo may be decoded first (``load_image``'s ``preview``); ``None``: in full at once."""
+        return self.gate_size if self.config.intent.preview_decode else None
+
     def gate_size(self, width: int, height: int) -> tuple[int, int]:
         """The smallest (width, height) the intent gate reads a width x height photo at.
 

@@ -267,7 +267,7 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
         start = time.perf_counter()
         try:
             photo = load_image(data, name=name, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
-                               target_size=lens.pipeline.decode_size, preview=lens.pipeline.gate_size)
+                               target_size=lens.pipeline.decode_size, preview=lens.pipeline.preview)
         except BadImageError:
             state.metrics.bad_images.inc()
             raise
