@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from shoplens.api import classify_photos
 from shoplens.config import INTENTS
 from shoplens.errors import CatalogueError, StoreError
 from shoplens.eval.negatives import KINDS, SKIMAGE_PHOTOS, find_chromium, generate_negatives
-from shoplens.api import classify_photos
 from shoplens.imaging import load_image
 from shoplens.intent import (
     ImageNetIntent,
