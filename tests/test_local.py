@@ -224,6 +224,26 @@ def test_merged_segments_give_the_same_answers(labels: list[Photo]) -> None:
     np.testing.assert_allclose(a[1], b[1], rtol=1e-5)
 
 
+def test_scoring_only_some_images_gives_their_scores_from_the_whole_index(labels: list[Photo]) -> None:
+    feats = [_extract(p) for p in labels]
+    many = LocalIndex(Vocabulary.generic(), LocalConfig(**{**CONFIG.__dict__, "max_segments": 3}))
+    for i in range(6):  # several segments, one image removed
+        many.add(np.array([i + 10]), feats[i:i + 1])
+    many.remove(np.array([13]))
+    for q in (photo(warp(np.asarray(labels[2].pixels))), photo(warp(np.asarray(labels[5].pixels), angle=-10))):
+        query = many.extract(q)
+        all_ids, all_scores = many.query(query, k=10)
+        whole = dict(zip(all_ids.tolist(), all_scores.tolist()))
+        among = np.array([15, 12, 13, 99, 11])  # 13 removed, 99 never indexed
+        ids, scores = many.query(query, k=10, among=among)
+        assert set(ids.tolist()) <= {11, 12, 15} and set(ids.tolist()) == {i for i in (11, 12, 15) if i in whole}
+        np.testing.assert_allclose(scores, [whole[int(i)] for i in ids], rtol=1e-5)
+        assert list(scores) == sorted(scores, reverse=True)
+        top, _ = many.query(query, k=1, among=among)
+        assert len(top) == 1 and top[0] == ids[0]
+    assert many.query(query, k=5, among=np.array([], np.int64))[0].size == 0
+
+
 def test_memory_report(index: LocalIndex) -> None:
     mem = index.memory()
     assert mem["images"] == 6

@@ -11,6 +11,7 @@ import pytest
 
 from shoplens import Shoplens
 from shoplens.api import LOCAL_DIR
+from shoplens.errors import ConfigError
 
 from .conftest import make_image
 
@@ -51,6 +52,24 @@ def test_query_max_side_is_a_search_time_setting(tmp_path: Path, synthetic_catal
         assert lens.pipeline.local is not None and lens.pipeline.local.index.config.query_max_side == 64
         assert result.regions[0].results[0].product_id == "p3"
     assert (store / LOCAL_DIR / "MANIFEST.json").read_bytes() == manifest  # no rebuild
+
+
+def test_scope_candidates_scores_only_the_global_candidates(tmp_path: Path, synthetic_catalogue: Path) -> None:
+    store = tmp_path / "store"
+    query = synthetic_catalogue.parent / "img" / "p3.png"
+    flags = {**_flags(), "local.skip_margin": 0}
+    with Shoplens(store, **flags) as lens:
+        lens.index(synthetic_catalogue)
+    seen = {}
+    for scope in ("candidates", "all"):
+        with Shoplens(store, **flags, **{"local.scope": scope}) as lens:
+            result = lens.search_one(query, top_k=5)
+        seen[scope] = result.steps["local"]
+        assert result.regions[0].results[0].product_id == "p3"
+    assert seen["candidates"]["added"] == 0  # nothing beyond the global list
+    assert seen["candidates"]["local_candidates"] <= seen["all"]["local_candidates"]
+    with pytest.raises(ConfigError, match="local.scope"):
+        Shoplens(store, **flags, **{"local.scope": "everything"})
 
 
 def test_lost_local_index_is_rebuilt_on_open(tmp_path: Path, synthetic_catalogue: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -72,3 +72,27 @@ class Postings:
         entry = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(total)
         contrib = table[hamming(q_sigs[which], self.sigs[entry])] * q_weights[which]
         return np.bincount(self.rows[entry], weights=contrib, minlength=n_rows).astype(np.float32)
+
+    def score_rows(self, q_words: np.ndarray, q_sigs: np.ndarray, q_weights: np.ndarray, rows: np.ndarray,
+                   table: np.ndarray) -> np.ndarray:
+        """:meth:`score` of the given ``rows`` only (sorted, distinct): (len(rows),) float32.
+
+        Looks each row up in the postings of each query word (binary search:
+        a word's entries are sorted by row), so the cost grows with the query's
+        words times ``len(rows)``, not with the catalogue.
+        """
+        rows = np.asarray(rows, np.int32)
+        if not len(rows):
+            return np.zeros(0, np.float32)
+        starts, ends = self.ptr[q_words], self.ptr[q_words + 1]
+        held = np.flatnonzero(ends > starts)
+        if not len(held):
+            return np.zeros(len(rows), np.float32)
+        # Where each row would sit in each held word's postings (one C search per word).
+        pos = np.stack([np.searchsorted(self.rows[starts[j]:ends[j]], rows) for j in held])  # (W, R)
+        entry = np.minimum(starts[held, None] + pos, ends[held, None] - 1)
+        hit = self.rows[entry] == rows[None, :]
+        w_idx, r_idx = np.nonzero(hit)
+        j = held[w_idx]
+        contrib = table[hamming(q_sigs[j], self.sigs[entry[w_idx, r_idx]])] * q_weights[j]
+        return np.bincount(r_idx, weights=contrib, minlength=len(rows)).astype(np.float32)

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..config import LocalFeaturesConfig
-from ..errors import BadImageError, ShoplensError
+from ..errors import BadImageError, ConfigError, ShoplensError
 from ..imaging import Photo, load_image
 from ..store.base import CatalogueStore
 from .index import MANIFEST, LocalConfig, LocalIndex
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: The domain local features serve.
 DOMAIN = "other_product"
+#: What ``local.scope`` may say: the images the local features score.
+SCOPES = ("candidates", "all")
 
 
 @dataclass
@@ -74,6 +76,8 @@ class LocalStage:
     """A store's local-feature index under ``directory``, with its settings."""
 
     def __init__(self, directory: Path, config: LocalFeaturesConfig) -> None:
+        if config.scope not in SCOPES:
+            raise ConfigError(f"local.scope must be one of {', '.join(SCOPES)}, got {config.scope!r}")
         self.directory = Path(directory)
         self.config = config
         wanted = replace(LocalConfig(), max_side=config.max_side, max_keypoints=config.max_keypoints,
@@ -183,13 +187,16 @@ class LocalStage:
                                {"enabled": True, "skipped": True, "margin": round(margin, 4)})
         t = time.perf_counter()
         feats = self.index.extract_query(photo)
+        valid = ids >= 0
         with self._lock:
-            l_ids, l_scores = self.index.query(feats, cfg.candidates)
+            if cfg.scope == "all":
+                l_ids, l_scores = self.index.query(feats, cfg.candidates)
+            else:
+                l_ids, l_scores = self.index.query(feats, int(valid.sum()), among=ids[valid])
         if allowed is not None and len(l_ids):
             keep = np.isin(l_ids, allowed)
             l_ids, l_scores = l_ids[keep], l_scores[keep]
         query_ms = (time.perf_counter() - t) * 1000
-        valid = ids >= 0
         g_ids, g_d = ids[valid].astype(np.int64), distances[valid].astype(np.float64)
         # Local candidates the global list missed: their exact global distance, from the store.
         missing = np.setdiff1d(l_ids, g_ids)

@@ -1,0 +1,118 @@
+"""The local-feature index at catalogue scale: query time and memory per image.
+
+The search benchmarks pad the store with descriptors only (the padded
+products have no photos), so their local step searches an inverted file of
+the real photos alone. This measures the inverted file itself at N images:
+SIFT features of real grocery store photos (``--base`` of them, each a
+catalogue image with ~1,000 keypoints) are encoded once, and their visual
+words and ASMK signatures are repeated to N images (copies share the same
+words, so posting lists grow as with N photos like them). Queries: grocery
+``val`` photos, their features extracted once; timed is
+``LocalIndex.query`` (visual words of the query + ASMK scoring over the
+inverted file), what the local step runs besides SIFT and verification,
+neither of which grows with the catalogue: over the whole inverted file
+(``local.scope = "all"``) and over 200 candidate images, as many as a
+search's global candidates (``local.scope = "candidates"``; random images
+here, each a copy of a real photo).
+
+Memory: the inverted file's bytes per image (``LocalIndex.memory``) and the
+RSS of the process before and after attaching it; the keypoints kept for
+verification are measured on the real photos (on disk, memory-mapped once
+saved) and scale with N.
+
+    python benchmarks/local_scale.py --images 2000,10000,30000,100000 --queries 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _data import data_root, rows
+
+from shoplens.imaging import load_image
+from shoplens.local.features import LocalFeatures
+from shoplens.local.index import LocalConfig, LocalIndex
+from shoplens.local.segment import Segment
+
+
+def rss_mib() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", default="2000,10000,30000,100000", help="catalogue sizes (images in the local index)")
+    ap.add_argument("--base", type=int, default=400, help="real store photos whose features are repeated")
+    ap.add_argument("--queries", type=int, default=20, help="val photos searched at each size")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    root = data_root()
+    photos = rows(root / "grocery" / "photos.csv")
+    train = [root / "grocery" / r["image"] for r in photos if r["split"] == "train"]
+    val = [root / "grocery" / r["image"] for r in photos if r["split"] == "val"]
+    config = LocalConfig()
+    probe = LocalIndex(None, config)
+    t0 = time.perf_counter()
+    base = [probe.extract(load_image(p, target_size=config.max_side)) for p in train[:: max(1, len(train) // args.base)][: args.base]]
+    extract_s = time.perf_counter() - t0
+    encoded = [probe._encode(f, 1) for f in base]  # words + ASMK signatures, as LocalIndex.add makes them
+    queries = [probe.extract_query(load_image(p, target_size=config.query_side)) for p in val[:: max(1, len(val) // args.queries)][: args.queries]]
+    keypoints = float(np.mean([len(f) for f in base]))
+    disk_per_image = float(np.mean([f.xy.nbytes + f.sift.nbytes for f in base]))
+    out: dict[str, object] = {
+        "base_photos": len(base), "keypoints_per_photo": round(keypoints), "extract_ms_per_photo": round(1000 * extract_s / len(base), 1),
+        "verification_features_kib_per_image": round(disk_per_image / 1024, 1), "sizes": {},
+    }
+    empty = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8))
+    for n in (int(s) for s in args.images.split(",")):
+        index = LocalIndex(probe.vocabulary, config)
+        before = rss_mib()
+        # One segment of n images (copies carry no keypoints: verification does not grow with n).
+        segment = Segment.build(np.arange(n, dtype=np.int64), [encoded[i % len(encoded)] for i in range(n)],
+                                [base[i] if i < len(base) else empty for i in range(n)], index.vocabulary.size)
+        index._attach(segment)  # what LocalIndex.add does after encoding, without re-encoding each copy
+        after = rss_mib()
+        rng = np.random.default_rng(n)
+        among = [rng.choice(n, size=min(n, 200), replace=False) for _ in queries]
+        for q in queries[:3]:  # warm-up
+            index.query(q, config.candidates)
+            index.query(q, 200, among=among[0])
+        times: list[float] = []
+        times_among: list[float] = []
+        for _ in range(args.rounds):
+            for q, cands in zip(queries, among):
+                t = time.perf_counter()
+                index.query(q, config.candidates)
+                times.append((time.perf_counter() - t) * 1000.0)
+                t = time.perf_counter()
+                index.query(q, len(cands), among=cands)
+                times_among.append((time.perf_counter() - t) * 1000.0)
+        entries = int(segment.postings.rows.shape[0])
+        scored = [int(sum(segment.postings.ptr[w + 1] - segment.postings.ptr[w] for w in index._encode(q, config.query_assignments)[0]))
+                  for q in queries]
+        mem = index.memory()
+        out["sizes"][str(n)] = {  # type: ignore[index]
+            "query_ms_p50": round(statistics.median(times), 1), "query_ms_p95": round(float(np.percentile(times, 95)), 1),
+            "query_200_candidates_ms_p50": round(statistics.median(times_among), 1),
+            "query_200_candidates_ms_p95": round(float(np.percentile(times_among, 95)), 1),
+            "posting_entries_scored_per_query": int(np.median(scored)),
+            "inverted_file_kib_per_image": round(mem["ram_per_image"] / 1024, 2),
+            "inverted_file_mib": round(segment.postings.nbytes / 2**20, 1), "posting_entries": entries,
+            "rss_growth_mib": round(after - before, 1),
+        }
+        print(n, json.dumps(out["sizes"][str(n)]), file=sys.stderr, flush=True)  # type: ignore[index]
+        del index, segment
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
