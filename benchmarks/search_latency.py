@@ -12,6 +12,12 @@ photos side by side (interleaved, after a warm-up).
 
 ``--profile FILE`` also runs each photo kind once more under cProfile and
 writes the functions that take the most time, per kind, to FILE.
+
+``--local-copies`` also gives each padded other_product image the visual
+words and signatures of a real photo in the local-feature index (no
+keypoints: verification reads the shortlist, whatever the catalogue), so
+the local step searches an inverted file of the store's size, as with a
+real catalogue; without it, that index holds the real photos only.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import data_root, rows
 
 from shoplens import Shoplens
+from shoplens.local.features import LocalFeatures
+from shoplens.local.segment import Segment
 from shoplens.store import ImageRecord, ProductRecord, WriteBatch
 
 
@@ -77,6 +85,27 @@ def pad(lens: Shoplens, target: int, seed: int = 0) -> None:
     lens.store.persist()
 
 
+def pad_local(lens: Shoplens) -> int:
+    """Index every padded other_product image in the local-feature index as a copy of a real photo's words.
+
+    Uses the index's internals (a benchmark shortcut: re-encoding each copy
+    from its keypoints would take hours and gigabytes for the same postings).
+    """
+    stage = lens.pipeline.local
+    if stage is None or stage.index is None:
+        return 0
+    index = stage.index
+    new = np.setdiff1d(lens.store.image_ids("other_product"), index.ids())
+    if not len(new):
+        return 0
+    real = [pair for seg in index._segments for row, pair in enumerate(seg.postings.image_words(len(seg))) if seg.alive[row]]
+    empty = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8))
+    segment = Segment.build(new, [real[i % len(real)] for i in range(len(new))], [empty] * len(new), index.vocabulary.size)
+    index._attach(segment)
+    index.save(stage.directory)
+    return len(new)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--products", type=int, default=0, help="pad the store to this many products (0: real photos only)")
@@ -87,6 +116,7 @@ def main() -> None:
         "searches of each kind before timing (default 2): model loading, first-call costs and the runtime's "
         "planning of input shapes it has not met are not search costs (30: every query photo once)"))
     ap.add_argument("--profile", metavar="FILE", help="write a cProfile summary per photo kind to FILE")
+    ap.add_argument("--local-copies", action="store_true", help="index the padded grocery images in the local-feature index too")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="configuration override")
     ap.add_argument("--tails-from", action="append", default=[], metavar="STORE", help=(
         "copy the tuned backbone stages (models/tail_*.pt) of this store first, as after 'train-embedder' (repeatable)"))
@@ -106,6 +136,7 @@ def main() -> None:
             index_s = time.perf_counter() - t0
             if args.products:
                 pad(lens, args.products)
+            local_copies = pad_local(lens) if args.local_copies else 0
             rng = random.Random(0)
             kinds = {
                 "non_product": [root / "nonproduct" / r["image"] for r in rows(root / "nonproduct" / "images.csv")],
@@ -145,6 +176,7 @@ def main() -> None:
                     report.append(f"## {kind}: {len(photos)} searches, sorted by own time\n\n{buf.getvalue()}")
                 Path(args.profile).write_text("\n".join(report))
             n_products = lens.count_products()
+            local_images = len(lens.pipeline.local) if lens.pipeline.local is not None else 0
             rss_after = round(int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20)
             config = lens.config
 
@@ -160,6 +192,9 @@ def main() -> None:
         "by_predicted_intent_ms": {k: stats(v) for k, v in by_intent.items()},
     }
     out["rss_after_searches_mib"] = rss_after
+    out["local_index_images"] = local_images
+    if local_copies:
+        out["local_copies_added"] = local_copies
     out["process_cpu_ms_by_intent"] = {k: stats(v) for k, v in cpu.items()}
     out["step_p50_ms_by_intent"] = {k: {s: round(statistics.median(v), 1) for s, v in st.items()} for k, st in steps.items()}
     a, n = out["by_predicted_intent_ms"].get("apparel", {}), out["by_predicted_intent_ms"].get("non_product", {})
