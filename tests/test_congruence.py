@@ -365,5 +365,14 @@ def test_milvus_recovers_interrupted_writes(tmp_path: Path, monkeypatch: pytest.
     assert third.get_product("p2") == product("p2") and third.count_vectors("other_product") == 2
     _, found = third.search("other_product", v[2:3], 1)
     assert pids(third, found) == [["p2"]]
-    for s in (store, again, third):
+
+    # the same, then opened as the engine opens a store: without a projector, attached afterwards
+    monkeypatch.setattr(MilvusStore, "_apply", crash)
+    with pytest.raises(Crash):
+        third.write(WriteBatch(products=[product("p3")], add_images=[image("p3", 0, v[3])]))
+    monkeypatch.undo()
+    fourth = open_catalogue_store(location)  # a committed write waits for the projector...
+    fourth.attach(Identity())  # ...and is completed now
+    assert fourth.get_product("p3") == product("p3") and fourth.count_vectors("other_product") == 3
+    for s in (store, again, third, fourth):
         s.close()

@@ -175,6 +175,11 @@ class MilvusStore(CatalogueStore):
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self._dims: dict[str, int] = {}
         self._download_files()
+        if self.projector is not None:
+            self._recover()  # else on attach: completing a committed write projects its descriptors
+
+    def attach(self, projector: Projector, *, index: str | None = None) -> None:
+        super().attach(projector, index=index)
         self._recover()
 
     # -- collections ----------------------------------------------------------
