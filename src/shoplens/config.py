@@ -112,7 +112,7 @@ class LocalFeaturesConfig:
     #: Which images the local features score: "candidates" (the global search's candidates
     #: only: the cost does not grow with the catalogue) or "all" (the whole inverted file, which
     #: adds up to ``candidates`` images the global search missed; its cost grows linearly with the
-    #: catalogue: 17 ms at 2,000 store photos, 195 ms at 30,000; docs/benchmarks.md, "Stop 18").
+    #: catalogue: 19 ms at 2,000 store photos, 679 ms at 100,000; docs/benchmarks.md, "Stop 18").
     scope: str = "candidates"
     #: With scope "all": images taken from the local index per query (besides the global candidates).
     candidates: int = 100
