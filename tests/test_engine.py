@@ -242,12 +242,18 @@ def test_search_photos_are_decoded_for_the_largest_side_a_step_reads(tmp_path: P
         assert lens.pipeline.decode_size == max(known.get(s, s) for s in sides)
 
 
-def test_preview_decode_can_be_switched_off(tmp_path: Path, synthetic_catalogue: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("flags, intent", [
+    ({"intent.preview_decode": False}, "non_product"),
+    ({"intent.enabled": False}, "other_product"),  # the gate stops nothing: a preview would only cost
+])
+def test_no_preview_decode_when_switched_off_or_without_the_gate(
+    tmp_path: Path, synthetic_catalogue: Path, monkeypatch: pytest.MonkeyPatch, flags: dict[str, Any], intent: str
+) -> None:
     with Shoplens(tmp_path / "store", **{"intent.classifier": "test-other_product"}) as lens:
         lens.index(synthetic_catalogue)
     big = make_image(tmp_path / "big.jpg", 7, size=(1600, 1000))
     full_decodes = _count_full_decodes(monkeypatch)
     SEEN.clear()
-    with open_store(tmp_path / "store", **{"intent.classifier": "test-seen-non_product", "intent.preview_decode": False}) as lens:
-        assert lens.search_one(big).intent == "non_product"
+    with open_store(tmp_path / "store", **{"intent.classifier": "test-seen-non_product", **flags}) as lens:
+        assert lens.search_one(big).intent == intent
     assert SEEN == [("intent", (1000, 1600, 3))] and full_decodes == []  # decoded once, in full (under 2 x 512 px: no draft)

@@ -247,8 +247,11 @@ class Pipeline:
 
     @property
     def preview(self) -> Callable[[int, int], tuple[int, int]] | None:
-        """How small a search photo may be decoded first (``load_image``'s ``preview``); ``None``: in full at once."""
-        return self.gate_size if self.config.intent.preview_decode else None
+        """How small a search photo may be decoded first (``load_image``'s ``preview``); ``None``: in full at once.
+
+        ``None`` too when the gate is off: it then stops no photo, so every one is decoded in full anyway.
+        """
+        return self.gate_size if self.config.intent.preview_decode and self.config.intent.enabled else None
 
     def gate_size(self, width: int, height: int) -> tuple[int, int]:
         """The smallest (width, height) the intent gate reads a width x height photo at.
