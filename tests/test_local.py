@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from shoplens.errors import ConfigError, NotFoundError, StoreError
 from shoplens.imaging import Photo, load_image, photo_from_array
-from shoplens.local import LocalConfig, LocalIndex, Vocabulary, fuse, rerank_verified, vocabulary
+from shoplens.local import LocalConfig, LocalIndex, Vocabulary, fuse, invfile, rerank_verified, vocabulary
 from shoplens.local.features import FeatureExtractor, LocalFeatures
 from shoplens.local.vocabulary import EXACT_ASSIGN_MAX_WORDS
 from shoplens.threads import blas_threads
@@ -224,7 +224,12 @@ def test_merged_segments_give_the_same_answers(labels: list[Photo]) -> None:
     np.testing.assert_allclose(a[1], b[1], rtol=1e-5)
 
 
-def test_scoring_only_some_images_gives_their_scores_from_the_whole_index(labels: list[Photo]) -> None:
+@pytest.mark.parametrize("lookup", [True, False], ids=["row-lookup", "whole-lists"])
+def test_scoring_only_some_images_gives_their_scores_from_the_whole_index(
+    labels: list[Photo], lookup: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both ways of scoring some rows: looked up in the postings (long lists), or whole lists then picked (short ones).
+    monkeypatch.setattr(invfile, "FULL_SCORE_MAX_MEAN_POSTINGS", 0 if lookup else 10**9)
     feats = [_extract(p) for p in labels]
     many = LocalIndex(Vocabulary.generic(), LocalConfig(**{**CONFIG.__dict__, "max_segments": 3}))
     for i in range(6):  # several segments, one image removed

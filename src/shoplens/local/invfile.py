@@ -17,6 +17,10 @@ import numpy as np
 
 from .asmk import SIGNATURE_WORDS, hamming
 
+#: Below this many entries per query word on average, scoring whole posting lists costs less
+#: than looking rows up in them (about 31 ns an entry against 12 µs a word for 200 rows, 2 cores).
+FULL_SCORE_MAX_MEAN_POSTINGS = 400
+
 
 @dataclass(frozen=True)
 class Postings:
@@ -88,6 +92,8 @@ class Postings:
         held = np.flatnonzero(ends > starts)
         if not len(held):
             return np.zeros(len(rows), np.float32)
+        if int((ends - starts).sum()) <= FULL_SCORE_MAX_MEAN_POSTINGS * len(held):
+            return self.score(q_words, q_sigs, q_weights, int(rows.max()) + 1, table)[rows]  # short lists: cheaper whole
         # Where each row would sit in each held word's postings (one C search per word).
         pos = np.stack([np.searchsorted(self.rows[starts[j]:ends[j]], rows) for j in held])  # (W, R)
         entry = np.minimum(starts[held, None] + pos, ends[held, None] - 1)
