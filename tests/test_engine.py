@@ -181,7 +181,8 @@ def test_a_large_product_photo_is_decoded_in_full_once_the_gate_passes_it(
         SEEN.clear()
         result = lens.search_one(big, top_k=3)
         assert full_decodes == [str(big)]
-        assert SEEN == [("intent", (250, 400, 3)), ("detect", (1000, 1600, 3))]  # the detector reads the full photo
+        full_shape = shoplens.api.load_image(big, target_size=lens.pipeline.decode_size).pixels.shape  # (500, 800, 3)
+        assert SEEN == [("intent", (250, 400, 3)), ("detect", full_shape)]  # the detector reads the full decode
         assert result.regions[0].box == [0, 0, 1600, 500]
         # The same answer as a search of the photo decoded in full from the start.
         full = shoplens.api.load_image(big, target_size=lens.pipeline.decode_size)
@@ -231,14 +232,15 @@ def test_store_survives_a_lost_index_file(tmp_path: Path, synthetic_catalogue: P
 
 
 @pytest.mark.parametrize("flags, sides", [
-    ({}, ["local", "detector", 320]),  # local.max_side is the query side by default
+    ({}, ["local", "detector", 320]),
+    ({"local.query_max_side": 0}, ["max_side", "detector", 320]),  # 0: the catalogue's side
     ({"local.query_max_side": 224}, ["detector", 320]),
     ({"local.enabled": False, "detect.enabled": False, "embed.other_product.extra_sizes": ""}, [224]),
 ])
 def test_search_photos_are_decoded_for_the_largest_side_a_step_reads(tmp_path: Path, flags: dict[str, Any], sides: list[Any]) -> None:
     with Shoplens(tmp_path / "store", **flags) as lens:
         config = lens.config
-        known = {"local": config.local.max_side, "detector": lens.pipeline.detector.input_size}
+        known = {"local": config.local.query_max_side, "max_side": config.local.max_side, "detector": lens.pipeline.detector.input_size}
         assert lens.pipeline.decode_size == max(known.get(s, s) for s in sides)
 
 
@@ -256,4 +258,5 @@ def test_no_preview_decode_when_switched_off_or_without_the_gate(
     SEEN.clear()
     with open_store(tmp_path / "store", **{"intent.classifier": "test-seen-non_product", **flags}) as lens:
         assert lens.search_one(big).intent == intent
-    assert SEEN == [("intent", (1000, 1600, 3))] and full_decodes == []  # decoded once, in full (under 2 x 512 px: no draft)
+        full_shape = shoplens.api.load_image(big, target_size=lens.pipeline.decode_size).pixels.shape
+    assert SEEN == [("intent", full_shape)] and full_decodes == []  # decoded once, in full

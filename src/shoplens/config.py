@@ -123,9 +123,11 @@ class LocalFeaturesConfig:
     #: Longest side photos are shrunk to before SIFT, and keypoints kept (changing either needs a re-index).
     max_side: int = 512
     max_keypoints: int = 1000
-    #: Longest side a query photo is shrunk to before SIFT (0: ``max_side``; no re-index needed; see
-    #: LocalConfig.query_max_side: 224 suits small, soft phone photos, not sharp fine print).
-    query_max_side: int = 0
+    #: Longest side a query photo is shrunk to before SIFT (0: ``max_side``; no re-index needed).
+    #: 384: SIFT on a large upload 55 -> 39 ms, sharp synthetic labels keep a median of 68 RANSAC
+    #: inliers (131 at 512, 24 at 224; 15 verify); photos of 384 px or less are not touched
+    #: (docs/benchmarks.md section 5, stops 17 and 18).
+    query_max_side: int = 384
     #: Skip the stage when the global distance of the second-closest product exceeds the
     #: closest one's by at least this much (0: never skip). 0.03 skipped 32 % (untrained) and
     #: 85 % (trained head) of the grocery val searches with R@1 0.429 -> 0.443 and 0.780 -> 0.787
