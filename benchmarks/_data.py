@@ -1,11 +1,14 @@
-"""Where benchmarks find the real photos (SHOPLENS_DATA, default ../shared/data)."""
+"""Where benchmarks find the real photos (SHOPLENS_DATA, default ../shared/data), and larger copies of them."""
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 import sys
 from pathlib import Path
+
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,3 +23,12 @@ def data_root() -> Path:
 def rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+def enlarged(path: Path, factor: float = 2) -> bytes:
+    """The photo ``factor`` times larger (Lanczos), as JPEG bytes (quality 90): the size of phone uploads."""
+    with Image.open(path) as img:
+        big = img.convert("RGB").resize((round(img.width * factor), round(img.height * factor)), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    big.save(buf, "JPEG", quality=90)
+    return buf.getvalue()

@@ -37,11 +37,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import data_root, rows
+from _local_copies import attach_copies
 
 from shoplens.imaging import load_image
-from shoplens.local.features import LocalFeatures
 from shoplens.local.index import LocalConfig, LocalIndex
-from shoplens.local.segment import Segment
 
 
 def rss_mib() -> float:
@@ -67,19 +66,16 @@ def main() -> None:
     encoded = [probe._encode(f, 1) for f in base]  # words + ASMK signatures, as LocalIndex.add makes them
     queries = [probe.extract_query(load_image(p, target_size=config.query_side)) for p in val[:: max(1, len(val) // args.queries)][: args.queries]]
     keypoints = float(np.mean([len(f) for f in base]))
-    disk_per_image = float(np.mean([f.xy.nbytes + f.sift.nbytes for f in base]))
+    disk_per_image = float(np.mean([f.nbytes for f in base]))
     out: dict[str, object] = {
         "base_photos": len(base), "keypoints_per_photo": round(keypoints), "extract_ms_per_photo": round(1000 * extract_s / len(base), 1),
         "verification_features_kib_per_image": round(disk_per_image / 1024, 1), "sizes": {},
     }
-    empty = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8))
+    q_words = [probe._encode(q, config.query_assignments)[0] for q in queries]  # the same at every size
     for n in (int(s) for s in args.images.split(",")):
         index = LocalIndex(probe.vocabulary, config)
         before = rss_mib()
-        # One segment of n images (copies carry no keypoints: verification does not grow with n).
-        segment = Segment.build(np.arange(n, dtype=np.int64), [encoded[i % len(encoded)] for i in range(n)],
-                                [base[i] if i < len(base) else empty for i in range(n)], index.vocabulary.size)
-        index._attach(segment)  # what LocalIndex.add does after encoding, without re-encoding each copy
+        segment = attach_copies(index, np.arange(n), encoded, base)  # one segment of n images
         after = rss_mib()
         rng = np.random.default_rng(n)
         among = [rng.choice(n, size=min(n, 200), replace=False) for _ in queries]
@@ -97,8 +93,7 @@ def main() -> None:
                 index.query(q, len(cands), among=cands)
                 times_among.append((time.perf_counter() - t) * 1000.0)
         entries = int(segment.postings.rows.shape[0])
-        scored = [int(sum(segment.postings.ptr[w + 1] - segment.postings.ptr[w] for w in index._encode(q, config.query_assignments)[0]))
-                  for q in queries]
+        scored = [int((segment.postings.ptr[w + 1] - segment.postings.ptr[w]).sum()) for w in q_words]
         mem = index.memory()
         out["sizes"][str(n)] = {  # type: ignore[index]
             "query_ms_p50": round(statistics.median(times), 1), "query_ms_p95": round(float(np.percentile(times, 95)), 1),

@@ -23,7 +23,6 @@ the preview path with decoding in full first:
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import sys
@@ -32,25 +31,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _data import data_root, rows
+from _data import data_root, enlarged, rows
 from _intent_data import negative_samples, shared_samples, skimage_other_samples
 
 from shoplens import Shoplens
 from shoplens.config import INTENTS
 from shoplens.imaging import load_image
 from shoplens.pipeline import EncodingCache, Pipeline
-
-
-def enlarged(path: Path, factor: int = 2) -> bytes:
-    """The photo ``factor`` times larger, as a JPEG (quality 90)."""
-    with Image.open(path) as img:
-        big = img.convert("RGB").resize((img.width * factor, img.height * factor), Image.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    big.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
 
 
 def gate(pipeline: Pipeline, data: bytes, preview: bool, full: bool = False) -> tuple[np.ndarray, bool]:

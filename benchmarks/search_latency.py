@@ -41,14 +41,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _data import data_root, rows
+from _data import data_root, enlarged, rows
+from _local_copies import attach_copies
 
 from shoplens import Shoplens
-from shoplens.local.features import LocalFeatures
-from shoplens.local.segment import Segment
 from shoplens.store import ImageRecord, ProductRecord, WriteBatch
 
 
@@ -90,21 +88,8 @@ def pad(lens: Shoplens, target: int, seed: int = 0) -> None:
     lens.store.persist()
 
 
-def enlarged(path: Path, factor: float) -> bytes:
-    """The photo ``factor`` times larger (Lanczos), as JPEG bytes (quality 90)."""
-    with Image.open(path) as img:
-        big = img.convert("RGB").resize((round(img.width * factor), round(img.height * factor)), Image.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    big.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
 def pad_local(lens: Shoplens) -> int:
-    """Index every padded other_product image in the local-feature index as a copy of a real photo's words.
-
-    Uses the index's internals (a benchmark shortcut: re-encoding each copy
-    from its keypoints would take hours and gigabytes for the same postings).
-    """
+    """Index every padded other_product image in the local-feature index as a copy of a real photo's words."""
     stage = lens.pipeline.local
     if stage is None or stage.index is None:
         return 0
@@ -113,9 +98,7 @@ def pad_local(lens: Shoplens) -> int:
     if not len(new):
         return 0
     real = [pair for seg in index._segments for row, pair in enumerate(seg.postings.image_words(len(seg))) if seg.alive[row]]
-    empty = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8))
-    segment = Segment.build(new, [real[i % len(real)] for i in range(len(new))], [empty] * len(new), index.vocabulary.size)
-    index._attach(segment)
+    attach_copies(index, new, real)
     index.save(stage.directory)
     return len(new)
 

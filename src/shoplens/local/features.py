@@ -36,6 +36,11 @@ class LocalFeatures:
     xy: np.ndarray  # (n, 2) float32
     sift: np.ndarray  # (n, 128) uint8
 
+    @classmethod
+    def empty(cls) -> LocalFeatures:
+        """No keypoints (a blank photo)."""
+        return cls(np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_DIM), np.uint8))
+
     def __len__(self) -> int:
         return int(self.xy.shape[0])
 
@@ -83,7 +88,7 @@ class FeatureExtractor:
         sift = cv2.SIFT_create(nfeatures=self.max_keypoints, contrastThreshold=self.contrast_threshold)  # type: ignore[attr-defined]
         keypoints, desc = sift.detectAndCompute(grey, None)
         if desc is None or not keypoints:
-            return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_DIM), np.uint8))
+            return LocalFeatures.empty()
         # SIFT_create(nfeatures=n) may return a few more than n when responses tie.
         keep = min(len(keypoints), self.max_keypoints)
         if len(keypoints) > keep:
