@@ -153,16 +153,25 @@ def _count_full_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def test_a_large_non_product_photo_is_decoded_only_as_small_as_the_gate_reads_it(
-    tmp_path: Path, synthetic_catalogue: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _search_a_large_photo(
+    tmp_path: Path, catalogue: Path, monkeypatch: pytest.MonkeyPatch, flags: dict[str, Any]
+) -> tuple[SearchResult, list[str], tuple[int, ...]]:
+    """Search a 1600 x 1000 JPEG with ``flags``: its result, the previews decoded in full, and the full decode's shape."""
     with Shoplens(tmp_path / "store", **{"intent.classifier": "test-other_product"}) as lens:
-        lens.index(synthetic_catalogue)
+        lens.index(catalogue)
     big = make_image(tmp_path / "big.jpg", 7, size=(1600, 1000))
     full_decodes = _count_full_decodes(monkeypatch)
     SEEN.clear()
-    with open_store(tmp_path / "store", **{"intent.classifier": "test-seen-non_product"}) as lens:
+    with open_store(tmp_path / "store", **flags) as lens:
         result = lens.search_one(big)
+        full_shape = shoplens.api.load_image(big, target_size=lens.pipeline.decode_size).pixels.shape
+    return result, full_decodes, full_shape
+
+
+def test_a_large_non_product_photo_is_decoded_only_as_small_as_the_gate_reads_it(
+    tmp_path: Path, synthetic_catalogue: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result, full_decodes, _ = _search_a_large_photo(tmp_path, synthetic_catalogue, monkeypatch, {"intent.classifier": "test-seen-non_product"})
     assert result.intent == "non_product"
     assert SEEN == [("intent", (250, 400, 3))]  # a quarter of each side: the gate reads 224 x 140
     assert full_decodes == []
@@ -181,11 +190,10 @@ def test_a_large_product_photo_is_decoded_in_full_once_the_gate_passes_it(
         SEEN.clear()
         result = lens.search_one(big, top_k=3)
         assert full_decodes == [str(big)]
-        full_shape = shoplens.api.load_image(big, target_size=lens.pipeline.decode_size).pixels.shape  # (500, 800, 3)
-        assert SEEN == [("intent", (250, 400, 3)), ("detect", full_shape)]  # the detector reads the full decode
+        full = shoplens.api.load_image(big, target_size=lens.pipeline.decode_size)  # (500, 800): half scale
+        assert SEEN == [("intent", (250, 400, 3)), ("detect", full.pixels.shape)]  # the detector reads the full decode
         assert result.regions[0].box == [0, 0, 1600, 500]
         # The same answer as a search of the photo decoded in full from the start.
-        full = shoplens.api.load_image(big, target_size=lens.pipeline.decode_size)
         assert not full.is_preview
         again = lens.search_photo(full, top_k=3)
     assert [(r.box, [h.product_id for h in r.results]) for r in result.regions] == [
@@ -251,12 +259,7 @@ def test_search_photos_are_decoded_for_the_largest_side_a_step_reads(tmp_path: P
 def test_no_preview_decode_when_switched_off_or_without_the_gate(
     tmp_path: Path, synthetic_catalogue: Path, monkeypatch: pytest.MonkeyPatch, flags: dict[str, Any], intent: str
 ) -> None:
-    with Shoplens(tmp_path / "store", **{"intent.classifier": "test-other_product"}) as lens:
-        lens.index(synthetic_catalogue)
-    big = make_image(tmp_path / "big.jpg", 7, size=(1600, 1000))
-    full_decodes = _count_full_decodes(monkeypatch)
-    SEEN.clear()
-    with open_store(tmp_path / "store", **{"intent.classifier": "test-seen-non_product", **flags}) as lens:
-        assert lens.search_one(big).intent == intent
-        full_shape = shoplens.api.load_image(big, target_size=lens.pipeline.decode_size).pixels.shape
+    result, full_decodes, full_shape = _search_a_large_photo(
+        tmp_path, synthetic_catalogue, monkeypatch, {"intent.classifier": "test-seen-non_product", **flags})
+    assert result.intent == intent
     assert SEEN == [("intent", full_shape)] and full_decodes == []  # decoded once, in full
