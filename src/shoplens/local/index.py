@@ -57,8 +57,9 @@ class LocalConfig:
     #: Longest side, in pixels, photos are shrunk to before SIFT (never enlarged).
     max_side: int = 512
     #: Longest side a query photo is shrunk to before SIFT (0: ``max_side``). A search-time setting (the
-    #: catalogue keeps ``max_side``). 224 found as many grocery products as 348 px in 0.6 of the local
-    #: step's time, but cost sharp, finely printed labels most of their inliers (docs/benchmarks.md, stop 17).
+    #: catalogue keeps ``max_side``; the engine's ``local.query_max_side`` is 384 by default). 224 found as
+    #: many grocery products as 348 px in 0.6 of the local step's time, but cost sharp, finely printed
+    #: labels most of their inliers (docs/benchmarks.md, stops 17 and 18).
     query_max_side: int = 0
     #: Strongest SIFT keypoints kept per image.
     max_keypoints: int = 1000
