@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .allocator import keep_freed_memory
 from .config import DOMAINS, INTENTS, Config
 from .detect import Detector, Garment, create_detector
 from .embed import Calibration, Embedder, Head, IdentityHead, Tail, calibration_file, load_head
@@ -129,6 +130,7 @@ class Pipeline:
     def __init__(self, config: Config | None = None, models_dir: Path | None = None) -> None:
         self.config = config or Config()
         self.models_dir = models_dir
+        keep_freed_memory(self.config.runtime.malloc_trim_mib)  # process-wide: searches reuse their big buffers
         self._backbones: dict[str, Backbone] = {}
         #: Stride-32 stages tuned by train-embedder, by the name of the backbone they make (shoplens.embed.tail).
         self._tails: dict[str, Tail] = {}
