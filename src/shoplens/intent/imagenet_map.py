@@ -54,11 +54,11 @@ def intent_of_class() -> np.ndarray:
     return table
 
 
-def group_matrix(class_intent: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(1000, 3) one-hot matrix: class -> intent."""
-    index = torch.as_tensor(np.asarray(class_intent), dtype=torch.long)
-    onehot = torch.zeros(index.numel(), len(INTENTS))
-    onehot[torch.arange(index.numel()), index] = 1.0
+def group_matrix(class_intent: np.ndarray | torch.Tensor) -> np.ndarray:
+    """(1000, 3) one-hot float64 matrix: class -> intent."""
+    index = np.asarray(class_intent, dtype=np.int64).reshape(-1)
+    onehot = np.zeros((index.size, len(INTENTS)))
+    onehot[np.arange(index.size), index] = 1.0
     return onehot
 
 
@@ -106,18 +106,20 @@ class ImageNetIntent(IntentClassifier):
             return np.zeros((0, len(INTENTS)), dtype=np.float32)
         if any(e.logits is None for e in encodings):
             raise ValueError(f"{self.name} needs a backbone with an ImageNet head")
-        logits = torch.stack([e.logits for e in encodings])  # type: ignore[misc]
-        return self.predict_logits(logits)
+        return self.predict_logits(np.stack([np.asarray(e.logits) for e in encodings]))
 
     def predict_logits(self, logits: np.ndarray | torch.Tensor) -> np.ndarray:
-        """(N, 3) intent probabilities from (N, 1000) ImageNet logits."""
-        lg = torch.as_tensor(np.asarray(logits, dtype=np.float32)).double()
-        log_p = lg.log_softmax(-1)
-        entropy = -(log_p.exp() * log_p).sum(-1)
-        evidence = (lg / self.temperature).softmax(-1) @ self._group.double()
-        non = self.non_product_prior * torch.exp(
-            self.uncertain_slope * (entropy - self.uncertain_nats).clamp_min(0.0)
-        )
-        prior = torch.stack([torch.full_like(non, self.apparel_prior), torch.ones_like(non), non], dim=-1)
-        scores = evidence * prior
-        return (scores / scores.sum(-1, keepdim=True)).float().numpy()
+        """(N, 3) intent probabilities from (N, 1000) ImageNet logits.
+
+        In float64 numpy: for one photo, a few microseconds of arithmetic that
+        torch's per-op dispatch made 0.3-0.4 ms of a search.
+        """
+        lg = np.asarray(logits, dtype=np.float32).astype(np.float64)
+        shifted = lg - lg.max(-1, keepdims=True)
+        log_p = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        entropy = -(np.exp(log_p) * log_p).sum(-1)
+        q = np.exp(shifted / self.temperature)  # softmax(lg / T): the same shift, scaled, keeps exp in range
+        evidence = (q / q.sum(-1, keepdims=True)) @ self._group
+        non = self.non_product_prior * np.exp(self.uncertain_slope * np.maximum(entropy - self.uncertain_nats, 0.0))
+        scores = evidence * np.stack([np.full_like(non, self.apparel_prior), np.ones_like(non), non], axis=-1)
+        return (scores / scores.sum(-1, keepdims=True)).astype(np.float32)
