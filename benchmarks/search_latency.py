@@ -156,12 +156,16 @@ def main() -> None:
             # CPU time of the whole process (all its threads) per search: what
             # the search costs, whatever the other jobs on the machine do.
             cpu: dict[str, list[float]] = {}
+            # Minor page faults per search: memory the allocator handed back and takes again
+            # (shoplens.allocator, runtime.malloc_trim_mib).
+            faults: dict[str, list[float]] = {}
             for i in range(args.queries):
                 for kind, photos in picked.items():
                     if i < len(photos):
-                        cpu0 = time.process_time()
+                        cpu0, faults0 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                         r = lens.search([photos[i]])[0]
                         cpu.setdefault(r.intent, []).append((time.process_time() - cpu0) * 1000.0)  # type: ignore[union-attr]
+                        faults.setdefault(r.intent, []).append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0)  # type: ignore[union-attr]
                         total = r.timings_ms["total"]  # type: ignore[union-attr]
                         times[kind].append(total)
                         by_intent.setdefault(r.intent, []).append(total)  # type: ignore[union-attr]
@@ -200,6 +204,7 @@ def main() -> None:
     if local_copies:
         out["local_copies_added"] = local_copies
     out["process_cpu_ms_by_intent"] = {k: stats(v) for k, v in cpu.items()}
+    out["minor_page_faults_by_intent"] = {k: stats(v) for k, v in faults.items()}
     out["step_p50_ms_by_intent"] = {k: {s: round(statistics.median(v), 1) for s, v in st.items()} for k, st in steps.items()}
     a, n = out["by_predicted_intent_ms"].get("apparel", {}), out["by_predicted_intent_ms"].get("non_product", {})
     if a.get("n") and n.get("n"):
