@@ -134,7 +134,7 @@ def scale_test(index: LocalIndex, db_feats: list[LocalFeatures], queries: list[t
         idf = np.log((n + 1.0) / (df + 1.0)).astype(np.float32)
         t = time.perf_counter()
         for w, sig in q_enc:
-            postings.score(w, sig, idf[w], n, index._table)
+            postings.score(w, sig, idf[w], index._table)
         ms = (time.perf_counter() - t) * 1000 / len(q_enc)
         out[n] = ms
         print(f"| {n} | {ms:.1f} | {ms * 1000 / n:.1f} |")

@@ -97,7 +97,7 @@ def pad_local(lens: Shoplens) -> int:
     new = np.setdiff1d(lens.store.image_ids("other_product"), index.ids())
     if not len(new):
         return 0
-    real = [pair for seg in index._segments for row, pair in enumerate(seg.postings.image_words(len(seg))) if seg.alive[row]]
+    real = [pair for seg in index._segments for row, pair in enumerate(seg.postings.image_words()) if seg.alive[row]]
     attach_copies(index, new, real)
     index.save(stage.directory)
     return len(new)

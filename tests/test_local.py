@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from shoplens.errors import ConfigError, NotFoundError, StoreError
 from shoplens.imaging import Photo, load_image, photo_from_array
-from shoplens.local import LocalConfig, LocalIndex, Vocabulary, fuse, invfile, rerank_verified, vocabulary
+from shoplens.local import LocalConfig, LocalIndex, Vocabulary, asmk, fuse, invfile, rerank_verified, vocabulary
 from shoplens.local.features import FeatureExtractor, LocalFeatures
 from shoplens.local.vocabulary import EXACT_ASSIGN_MAX_WORDS
 from shoplens.threads import blas_threads
@@ -185,6 +185,54 @@ def test_add_remove_replace_save_load(tmp_path: Path, labels: list[Photo]) -> No
     assert again.ids().tolist() == [3, 4, 5, 6]
 
 
+def _to_word_sorted_layout(segment_dir: Path) -> None:
+    """Rewrite a saved segment's postings as segments before stop 19 held them: CSR by word, a row per entry."""
+    row_ptr, words, sigs = (np.load(segment_dir / f"{k}.npy") for k in ("row_ptr", "words", "sigs"))
+    rows = np.repeat(np.arange(len(row_ptr) - 1, dtype=np.int32), np.diff(row_ptr))
+    order = np.argsort(words, kind="stable")
+    ptr = np.zeros(Vocabulary.generic().size + 1, np.int64)
+    np.cumsum(np.bincount(words, minlength=len(ptr) - 1), out=ptr[1:])
+    np.save(segment_dir / "ptr.npy", ptr)
+    np.save(segment_dir / "rows.npy", rows[order])
+    np.save(segment_dir / "sigs.npy", sigs[order])
+    for k in ("row_ptr", "words"):
+        (segment_dir / f"{k}.npy").unlink()
+
+
+def test_segments_saved_by_word_are_read(tmp_path: Path, labels: list[Photo]) -> None:
+    feats = [_extract(p) for p in labels]
+    idx = LocalIndex(config=LocalConfig(**{**CONFIG.__dict__, "max_segments": 3}))
+    for i in range(4):
+        idx.add(np.array([i + 1]), feats[i:i + 1])
+    idx.remove(np.array([2]))
+    store = tmp_path / "local"
+    idx.save(store)
+    manifest = json.loads((store / "MANIFEST.json").read_text())
+    for seg in manifest["segments"]:
+        _to_word_sorted_layout(store / seg["name"])
+    old = LocalIndex.load(store)
+    assert old.ids().tolist() == [1, 3, 4]
+    for q in (labels[0], labels[3]):
+        query = idx.extract(photo(warp(np.asarray(q.pixels))))
+        a, b = idx.query(query, k=10), old.query(query, k=10)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
+        among = np.array([3, 4])
+        np.testing.assert_allclose(idx.query(query, k=2, among=among)[1], old.query(query, k=2, among=among)[1], rtol=1e-6)
+    np.testing.assert_array_equal(idx._df, old._df)
+    # Written again (a new segment, then merges), the index is in the new layout and the same.
+    old.add(np.array([9]), feats[5:6])
+    idx.add(np.array([9]), feats[5:6])
+    old.save(store)
+    again = LocalIndex.load(store)
+    before = {seg["name"] for seg in manifest["segments"]}
+    written = [seg["name"] for seg in json.loads((store / "MANIFEST.json").read_text())["segments"] if seg["name"] not in before]
+    assert written and all((store / name / "row_ptr.npy").exists() for name in written)
+    a, b = idx.query(query, k=10), again.query(query, k=10)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
+
+
 def test_interrupted_save_leaves_previous_state(tmp_path: Path, labels: list[Photo]) -> None:
     idx = LocalIndex(config=CONFIG)
     idx.add(np.array([1, 2]), labels[:2])
@@ -224,12 +272,12 @@ def test_merged_segments_give_the_same_answers(labels: list[Photo]) -> None:
     np.testing.assert_allclose(a[1], b[1], rtol=1e-5)
 
 
-@pytest.mark.parametrize("lookup", [True, False], ids=["row-lookup", "whole-lists"])
+@pytest.mark.parametrize("chunk", [50, 1 << 20], ids=["small-chunks", "one-chunk"])
 def test_scoring_only_some_images_gives_their_scores_from_the_whole_index(
-    labels: list[Photo], lookup: bool, monkeypatch: pytest.MonkeyPatch
+    labels: list[Photo], chunk: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Both ways of scoring some rows: looked up in the postings (long lists), or whole lists then picked (short ones).
-    monkeypatch.setattr(invfile, "FULL_SCORE_MAX_MEAN_POSTINGS", 0 if lookup else 10**9)
+    # Entries scored a few at a time (many chunks, rows split between them) or all at once.
+    monkeypatch.setattr(invfile, "CHUNK_ENTRIES", chunk)
     feats = [_extract(p) for p in labels]
     many = LocalIndex(Vocabulary.generic(), LocalConfig(**{**CONFIG.__dict__, "max_segments": 3}))
     for i in range(6):  # several segments, one image removed
@@ -249,11 +297,57 @@ def test_scoring_only_some_images_gives_their_scores_from_the_whole_index(
     assert many.query(query, k=5, among=np.array([], np.int64))[0].size == 0
 
 
+def _score_by_hand(images: list[tuple[np.ndarray, np.ndarray]], q_words: np.ndarray, q_sigs: np.ndarray,
+                   q_weights: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """ASMK* of each image, word by shared word (the definition, no layout)."""
+    out = []
+    for words, sigs in images:
+        total = 0.0
+        for w, s in zip(words.tolist(), sigs):
+            hit = np.flatnonzero(q_words == w)
+            if len(hit):
+                h = int(np.bitwise_count(np.bitwise_xor(s, q_sigs[hit[0]])).sum())
+                total += float(table[h]) * float(q_weights[hit[0]])
+        out.append(total)
+    return np.array(out, np.float32)
+
+
+@pytest.mark.parametrize("chunk", [13, 1 << 20], ids=["small-chunks", "one-chunk"])
+def test_postings_score_is_asmk_by_hand(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(invfile, "CHUNK_ENTRIES", chunk)
+    rng = np.random.default_rng(0)
+    k = 64
+    images = []
+    for n in (5, 0, 12, 30, 1, 17):  # an image without words among them
+        words = np.sort(rng.choice(k, n, replace=False)).astype(np.int64)
+        images.append((words, rng.integers(0, 2**63, (n, 2), dtype=np.uint64)))
+    postings = invfile.Postings.build(images, k)
+    q_words = np.unique(np.r_[rng.choice(k, 20, replace=False), images[2][0][0]])  # distinct, as aggregate() gives
+    q_sigs = rng.integers(0, 2**63, (len(q_words), 2), dtype=np.uint64)
+    q_sigs[np.searchsorted(q_words, images[2][0][0])] = images[2][1][0]  # an identical signature: table[0]
+    q_weights = rng.uniform(0.5, 2.0, len(q_words)).astype(np.float32)
+    table = asmk.selectivity_table(3.0, 0.0)
+    want = _score_by_hand(images, q_words, q_sigs, q_weights, table)
+    assert (want > 0).sum() >= 3
+    np.testing.assert_allclose(postings.score(q_words, q_sigs, q_weights, table), want, rtol=1e-5)
+    rows = np.array([4, 0, 2])  # any order
+    np.testing.assert_allclose(postings.score_rows(q_words, q_sigs, q_weights, rows, table), want[rows], rtol=1e-5)
+    assert postings.score_rows(q_words, q_sigs, q_weights, np.array([], np.int64), table).shape == (0,)
+    # the words back, per image, and counted over the images kept
+    for (w, s), (w2, s2) in zip(images, postings.image_words()):
+        np.testing.assert_array_equal(w, w2)
+        np.testing.assert_array_equal(s, s2)
+    alive = np.array([True, True, False, True, True, False])
+    np.testing.assert_array_equal(postings.word_counts(alive),
+                                  np.bincount(np.concatenate([images[i][0] for i in np.flatnonzero(alive)]), minlength=k))
+    np.testing.assert_array_equal(postings.words_of_rows(np.array([3, 2])), np.concatenate([images[3][0], images[2][0]]))
+
+
 def test_memory_report(index: LocalIndex) -> None:
     mem = index.memory()
     assert mem["images"] == 6
-    # Postings: 4 + 16 bytes per distinct word of an image; verification: 136 bytes per keypoint.
-    assert 0 < mem["ram_per_image"] < 20 * 700
+    # Postings: 2 + 16 bytes per distinct word of an image (a word id, a signature); verification: 136 bytes per keypoint.
+    assert 0 < mem["ram_per_image"] < 18 * 700
     assert 136 * 50 < mem["disk_per_image"] <= 136 * CONFIG.max_keypoints
 
 

@@ -5,7 +5,7 @@ juice cartons of one brand. Local features (SIFT keypoints) see the print
 itself. This stage gives the pipeline:
 
 - :class:`LocalIndex`: catalogue images indexed by visual words (ASMK*
-  scores from an inverted file), with incremental ``add``/``remove``, atomic
+  scores, :mod:`~shoplens.local.invfile`), with incremental ``add``/``remove``, atomic
   ``save``/``load``, ``query`` for a shortlist and ``verify`` for RANSAC inlier
   counts;
 - :func:`fuse`: one shortlist from the global and the local candidates;

@@ -1,8 +1,8 @@
 """LocalIndex: an index of catalogue images by their local features.
 
-Search: SIFT keypoints of the query -> visual words -> ASMK* scores from the
-inverted file (cost grows with the postings of the query's words, not with
-comparing the query to every image) -> a shortlist, which
+Search: SIFT keypoints of the query -> visual words -> ASMK* scores of the
+images' stored words and signatures (of given candidates only, or of every
+image; :mod:`~shoplens.local.invfile`) -> a shortlist, which
 :meth:`LocalIndex.verify` checks geometrically (RANSAC inliers).
 
 Updates: :meth:`add` writes a new segment, :meth:`remove` clears bits of an
@@ -289,9 +289,10 @@ class LocalIndex:
         """The ``k`` best images by ASMK* score: (ids int64, scores float32), best first; only scores > 0.
 
         ``among``: score only these image ids (ids not indexed are ignored):
-        the cost then grows with ``len(among)``, hardly with the index (a
-        search of the whole inverted file grows linearly: 19 ms at 2,000
-        store photos, 679 ms at 100,000; benchmarks/local_scale.py).
+        the cost then grows with ``len(among)``, not with the index (11 ms,
+        visual words included, at 2,000 store photos and at 100,000; a search
+        of every image grows linearly: 20 ms at 2,000, 529 ms at 100,000;
+        benchmarks/local_scale.py).
         """
         feats = self.extract_query(photo)
         if len(self._where) == 0 or len(feats) == 0 or k <= 0:
@@ -310,7 +311,7 @@ class LocalIndex:
         for seg in self._segments:
             if among is None:
                 rows = np.arange(len(seg))
-                s = seg.postings.score(q_words, q_sigs, weights, len(seg), self._table)
+                s = seg.postings.score(q_words, q_sigs, weights, self._table)
             else:
                 rows = np.array(sorted(rows_of.get(id(seg), [])), np.int64)
                 s = seg.postings.score_rows(q_words, q_sigs, weights, rows, self._table)
@@ -400,7 +401,7 @@ class LocalIndex:
     # -- cost ------------------------------------------------------------------------------
 
     def memory(self) -> dict[str, float]:
-        """Bytes: ``ram_per_image`` (inverted file and per-image arrays, in memory),
+        """Bytes: ``ram_per_image`` (words, signatures and per-image arrays, in memory),
         ``disk_per_image`` (keypoints and descriptors for verification, memory-mapped
         once saved), ``vocabulary`` (fixed)."""
         n = max(1, len(self._where))

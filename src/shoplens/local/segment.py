@@ -1,8 +1,8 @@
 """A segment: an immutable block of indexed images, as in a log-structured index.
 
 Each :meth:`LocalIndex.add <shoplens.local.index.LocalIndex.add>` makes a
-segment holding, for its images, the inverted-file postings (searched at
-query time, kept in memory) and the keypoints and SIFT descriptors that
+segment holding, for its images, their visual words and signatures
+(:class:`~shoplens.local.invfile.Postings`, scored at query time, kept in memory) and the keypoints and SIFT descriptors that
 verification needs (memory-mapped from disk once saved, so they cost disk,
 not memory). Only the ``alive`` mask of a segment ever changes (removals);
 small segments are merged, dropping removed images, so that queries scan a
@@ -24,7 +24,9 @@ from ._io import fsync_dir, write_npy
 from .features import DESCRIPTOR_DIM, LocalFeatures
 from .invfile import Postings
 
-_ARRAYS = ("ids", "n_words", "ptr", "rows", "sigs", "kp_ptr", "xy", "sift")
+_ARRAYS = ("ids", "n_words", "row_ptr", "words", "sigs", "kp_ptr", "xy", "sift")
+#: The postings of segments written before stop 19, sorted by word: converted when read.
+_INVERTED_ARRAYS = ("ptr", "rows")
 #: Arrays memory-mapped rather than read into memory when a segment is loaded.
 _MAPPED = ("xy", "sift")
 
@@ -75,20 +77,13 @@ class Segment:
         a, b = int(self.kp_ptr[row]), int(self.kp_ptr[row + 1])
         return LocalFeatures(np.asarray(self.xy[a:b]), np.asarray(self.sift[a:b]))
 
-    def entry_words(self) -> np.ndarray:
-        """The word of every posting entry, (E,) int64."""
-        return np.repeat(np.arange(self.postings.vocabulary_size, dtype=np.int64), np.diff(self.postings.ptr))
-
     def alive_word_counts(self) -> np.ndarray:
         """How many alive images hold each word: (K,) int64."""
-        words = self.entry_words()[self.alive[self.postings.rows]]
-        return np.bincount(words, minlength=self.postings.vocabulary_size)
+        return self.postings.word_counts(self.alive)
 
     def words_of_rows(self, rows: np.ndarray) -> np.ndarray:
-        """All words held by the given rows, concatenated (one pass over the postings)."""
-        mask = np.zeros(len(self), bool)
-        mask[rows] = True
-        return self.entry_words()[mask[self.postings.rows]]
+        """All words held by the given rows, concatenated."""
+        return self.postings.words_of_rows(rows)
 
     @property
     def nbytes_memory(self) -> int:
@@ -108,7 +103,7 @@ class Segment:
         vocabulary_size = segments[0].postings.vocabulary_size
         ids, encoded, features = [], [], []
         for seg in segments:
-            per_row = seg.postings.image_words(len(seg))
+            per_row = seg.postings.image_words()
             for row in np.flatnonzero(seg.alive):
                 ids.append(int(seg.ids[row]))
                 encoded.append(per_row[row])
@@ -122,7 +117,7 @@ class Segment:
         tmp = directory / f".tmp-{name}"
         tmp.mkdir(parents=True, exist_ok=False)
         arrays = {
-            "ids": self.ids, "n_words": self.n_words, "ptr": self.postings.ptr, "rows": self.postings.rows,
+            "ids": self.ids, "n_words": self.n_words, "row_ptr": self.postings.row_ptr, "words": self.postings.words,
             "sigs": self.postings.sigs, "kp_ptr": self.kp_ptr, "xy": self.xy, "sift": self.sift,
         }
         for key, value in arrays.items():
@@ -141,19 +136,30 @@ class Segment:
     @classmethod
     def read(cls, directory: Path, name: str, alive_file: str, vocabulary_size: int) -> Segment:
         path = directory / name
+        inverted = not (path / "row_ptr.npy").exists()  # written before stop 19: postings sorted by word
+        keys = ([k for k in _ARRAYS if k not in ("row_ptr", "words")] + list(_INVERTED_ARRAYS)) if inverted else list(_ARRAYS)
         try:
             a = {k: np.load(path / f"{k}.npy", mmap_mode="r" if k in _MAPPED else None, allow_pickle=False)
-                 for k in _ARRAYS}
+                 for k in keys}
             alive = np.array(np.load(path / alive_file, allow_pickle=False), bool)
         except (OSError, ValueError) as err:
             raise StoreError(f"{path}: cannot read a local-feature segment ({err})") from None
         n = len(a["ids"])
-        if (len(a["ptr"]) != vocabulary_size + 1 or len(alive) != n or len(a["kp_ptr"]) != n + 1
-                or len(a["rows"]) != len(a["sigs"]) or int(a["kp_ptr"][-1]) != len(a["xy"])
+        if inverted:
+            ok = len(a["ptr"]) == vocabulary_size + 1 and len(a["rows"]) == len(a["sigs"]) and int(a["ptr"][-1]) == len(a["rows"])
+            ok = ok and (len(a["rows"]) == 0 or 0 <= int(a["rows"].min()) <= int(a["rows"].max()) < n)
+        else:
+            ok = (len(a["row_ptr"]) == n + 1 and int(a["row_ptr"][-1]) == len(a["words"]) == len(a["sigs"])
+                  and (len(a["words"]) == 0 or int(a["words"].max()) < vocabulary_size))
+        if (not ok or len(alive) != n or len(a["kp_ptr"]) != n + 1 or int(a["kp_ptr"][-1]) != len(a["xy"])
                 or len(a["xy"]) != len(a["sift"])):
             raise StoreError(f"{path}: local-feature segment is inconsistent (truncated or from another vocabulary)")
+        if inverted:
+            postings = Postings.from_inverted(a["ptr"], a["rows"], a["sigs"], n)
+        else:
+            postings = Postings(a["row_ptr"], a["words"], a["sigs"], vocabulary_size)
         return cls(
-            ids=a["ids"], n_words=a["n_words"], postings=Postings(a["ptr"], a["rows"], a["sigs"]),
+            ids=a["ids"], n_words=a["n_words"], postings=postings,
             kp_ptr=a["kp_ptr"], xy=a["xy"], sift=a["sift"], alive=alive, name=name, alive_file=alive_file,
             alive_dirty=False,
         )

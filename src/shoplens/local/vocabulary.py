@@ -1,7 +1,7 @@
 """A visual vocabulary: k-means centroids of RootSIFT descriptors.
 
 Every descriptor is quantised to its nearest centroid (its *visual word*);
-an image becomes a sparse set of words, which the inverted file indexes.
+an image becomes a sparse set of words, which the local index stores.
 The vocabulary is trained once (from the catalogue's own descriptors, or
 from any collection of photos) and then stays fixed, so images can be
 added and removed without touching the others.
