@@ -110,9 +110,9 @@ class LocalFeaturesConfig:
     enabled: bool = True
     weight: float = 8.0
     #: Which images the local features score: "candidates" (the global search's candidates
-    #: only: the cost does not grow with the catalogue) or "all" (the whole inverted file, which
+    #: only: the cost does not grow with the catalogue) or "all" (every indexed image, which
     #: adds up to ``candidates`` images the global search missed; its cost grows linearly with the
-    #: catalogue: 19 ms at 2,000 store photos, 679 ms at 100,000; docs/benchmarks.md, "Stop 18").
+    #: catalogue: 20 ms at 2,000 store photos, 529 ms at 100,000; docs/benchmarks.md, "Stop 19").
     scope: str = "candidates"
     #: With scope "all": images taken from the local index per query (besides the global candidates).
     candidates: int = 100
