@@ -257,6 +257,24 @@ def test_corrupt_store_raises(tmp_path: Path) -> None:
         LocalIndex.load(tmp_path)
 
 
+@pytest.mark.parametrize("layout", ["by-image", "by-word"])
+def test_segment_whose_postings_do_not_fit_raises(tmp_path: Path, labels: list[Photo], layout: str) -> None:
+    idx = LocalIndex(config=CONFIG)
+    idx.add(np.array([1, 2]), labels[:2])
+    store = tmp_path / "local"
+    idx.save(store)
+    seg = store / json.loads((store / "MANIFEST.json").read_text())["segments"][0]["name"]
+    if layout == "by-word":
+        _to_word_sorted_layout(seg)
+        rows = np.load(seg / "rows.npy")
+        rows[-1] = 2  # an image row the segment does not have
+        np.save(seg / "rows.npy", rows)
+    else:
+        np.save(seg / "words.npy", np.load(seg / "words.npy")[:-1])  # a truncated file
+    with pytest.raises(StoreError, match="inconsistent"):
+        LocalIndex.load(store)
+
+
 def test_merged_segments_give_the_same_answers(labels: list[Photo]) -> None:
     feats = [_extract(p) for p in labels]
     vocab = Vocabulary.generic()

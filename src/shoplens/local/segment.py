@@ -2,9 +2,9 @@
 
 Each :meth:`LocalIndex.add <shoplens.local.index.LocalIndex.add>` makes a
 segment holding, for its images, their visual words and signatures
-(:class:`~shoplens.local.invfile.Postings`, scored at query time, kept in memory) and the keypoints and SIFT descriptors that
-verification needs (memory-mapped from disk once saved, so they cost disk,
-not memory). Only the ``alive`` mask of a segment ever changes (removals);
+(:class:`~shoplens.local.invfile.Postings`, scored at query time, kept in
+memory) and the keypoints and SIFT descriptors that verification needs
+(memory-mapped from disk once saved, so they cost disk, not memory). Only the ``alive`` mask of a segment ever changes (removals);
 small segments are merged, dropping removed images, so that queries scan a
 few segments. A saved segment is a directory of ``.npy`` files written
 once and never modified.
@@ -25,8 +25,9 @@ from .features import DESCRIPTOR_DIM, LocalFeatures
 from .invfile import Postings
 
 _ARRAYS = ("ids", "n_words", "row_ptr", "words", "sigs", "kp_ptr", "xy", "sift")
-#: The postings of segments written before stop 19, sorted by word: converted when read.
-_INVERTED_ARRAYS = ("ptr", "rows")
+#: Segments written before stop 19 hold their postings sorted by word in these instead of
+#: ``row_ptr`` and ``words``: they are converted when read.
+_BY_WORD_ARRAYS = ("ptr", "rows")
 #: Arrays memory-mapped rather than read into memory when a segment is loaded.
 _MAPPED = ("xy", "sift")
 
@@ -136,8 +137,8 @@ class Segment:
     @classmethod
     def read(cls, directory: Path, name: str, alive_file: str, vocabulary_size: int) -> Segment:
         path = directory / name
-        inverted = not (path / "row_ptr.npy").exists()  # written before stop 19: postings sorted by word
-        keys = ([k for k in _ARRAYS if k not in ("row_ptr", "words")] + list(_INVERTED_ARRAYS)) if inverted else list(_ARRAYS)
+        by_word = not (path / "row_ptr.npy").exists()
+        keys = ([k for k in _ARRAYS if k not in ("row_ptr", "words")] + list(_BY_WORD_ARRAYS)) if by_word else list(_ARRAYS)
         try:
             a = {k: np.load(path / f"{k}.npy", mmap_mode="r" if k in _MAPPED else None, allow_pickle=False)
                  for k in keys}
@@ -145,21 +146,28 @@ class Segment:
         except (OSError, ValueError) as err:
             raise StoreError(f"{path}: cannot read a local-feature segment ({err})") from None
         n = len(a["ids"])
-        if inverted:
-            ok = len(a["ptr"]) == vocabulary_size + 1 and len(a["rows"]) == len(a["sigs"]) and int(a["ptr"][-1]) == len(a["rows"])
-            ok = ok and (len(a["rows"]) == 0 or 0 <= int(a["rows"].min()) <= int(a["rows"].max()) < n)
-        else:
-            ok = (len(a["row_ptr"]) == n + 1 and int(a["row_ptr"][-1]) == len(a["words"]) == len(a["sigs"])
-                  and (len(a["words"]) == 0 or int(a["words"].max()) < vocabulary_size))
-        if (not ok or len(alive) != n or len(a["kp_ptr"]) != n + 1 or int(a["kp_ptr"][-1]) != len(a["xy"])
+        postings = _postings(a, n, vocabulary_size, by_word)
+        if (postings is None or len(alive) != n or len(a["kp_ptr"]) != n + 1 or int(a["kp_ptr"][-1]) != len(a["xy"])
                 or len(a["xy"]) != len(a["sift"])):
             raise StoreError(f"{path}: local-feature segment is inconsistent (truncated or from another vocabulary)")
-        if inverted:
-            postings = Postings.from_inverted(a["ptr"], a["rows"], a["sigs"], n)
-        else:
-            postings = Postings(a["row_ptr"], a["words"], a["sigs"], vocabulary_size)
         return cls(
             ids=a["ids"], n_words=a["n_words"], postings=postings,
             kp_ptr=a["kp_ptr"], xy=a["xy"], sift=a["sift"], alive=alive, name=name, alive_file=alive_file,
             alive_dirty=False,
         )
+
+
+def _postings(a: dict[str, np.ndarray], n: int, vocabulary_size: int, by_word: bool) -> Postings | None:
+    """A read segment's postings (converted from the layout by word), or None when its arrays do not fit together."""
+    sigs = a["sigs"]
+    if by_word:
+        ptr, rows = a["ptr"], a["rows"]
+        if (len(ptr) != vocabulary_size + 1 or int(ptr[-1]) != len(rows) or len(rows) != len(sigs)
+                or (len(rows) and not 0 <= int(rows.min()) <= int(rows.max()) < n)):
+            return None
+        return Postings.from_inverted(ptr, rows, sigs, n)
+    row_ptr, words = a["row_ptr"], a["words"]
+    if (len(row_ptr) != n + 1 or int(row_ptr[-1]) != len(words) or len(words) != len(sigs)
+            or (len(words) and int(words.max()) >= vocabulary_size)):
+        return None
+    return Postings(row_ptr, words, sigs, vocabulary_size)
