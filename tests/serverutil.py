@@ -48,6 +48,24 @@ class LiveServer:
             time.sleep(0.05)
         return self
 
+    def wait_ready(self, timeout: float = 120.0) -> Self:
+        """Block until ``/readyz`` answers 200 (models and indexes loaded), for tests of what comes after start-up."""
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=5) as r:
+                    if r.status == 200:
+                        return self
+            except urllib.error.HTTPError as err:
+                if err.code != 503:
+                    raise
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test server did not become ready")
+            time.sleep(0.1)
+
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)

@@ -99,7 +99,9 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     with Shoplens(folder / "store", **flags) as lens:
         lens.index(catalogue)
         with LiveServer(create_app(lens, ServerSettings())) as server:
-            yield server.url, query, landscape
+            # The page polls /readyz while the server warms up, and the browser logs each 503 as a
+            # console error; these tests are about what comes after start-up.
+            yield server.wait_ready().url, query, landscape
 
 
 @pytest.fixture(scope="module")
@@ -115,14 +117,14 @@ def apparel_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with Shoplens(folder / "store", **flags) as lens:
         lens.index(folder / "catalog.csv")
         with LiveServer(create_app(lens, ServerSettings())) as server:
-            yield server.url
+            yield server.wait_ready().url
 
 
 @pytest.fixture(scope="module")
 def nonproduct_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("web-np")
     with Shoplens(folder / "store", **{"intent.classifier": "test-non_product"}) as lens, LiveServer(create_app(lens, ServerSettings())) as server:
-        yield server.url
+        yield server.wait_ready().url
 
 
 def _wait_until(page: Any, expression: str, timeout_s: float = 30.0) -> None:
