@@ -220,17 +220,28 @@ def test_segments_saved_by_word_are_read(tmp_path: Path, labels: list[Photo]) ->
         among = np.array([3, 4])
         np.testing.assert_allclose(idx.query(query, k=2, among=among)[1], old.query(query, k=2, among=among)[1], rtol=1e-6)
     np.testing.assert_array_equal(idx._df, old._df)
-    # Written again (a new segment, then merges), the index is in the new layout and the same.
+    # Saved again, every segment is rewritten in the new layout, its keypoint files hard links to the
+    # old ones, and the old directories go.
+    assert old.converted == len(manifest["segments"])
+    inodes = {(store / seg["name"] / "sift.npy").stat().st_ino for seg in manifest["segments"]}
+    old.save(store)
+    assert old.converted == 0
+    segments = json.loads((store / "MANIFEST.json").read_text())["segments"]
+    assert all((store / seg["name"] / "row_ptr.npy").exists() and not (store / seg["name"] / "ptr.npy").exists()
+               for seg in segments)
+    assert inodes == {(store / seg["name"] / "sift.npy").stat().st_ino for seg in segments}
+    assert not any((store / seg["name"]).exists() for seg in manifest["segments"])
+    # and it goes on as any index (a new image, merges)
     old.add(np.array([9]), feats[5:6])
     idx.add(np.array([9]), feats[5:6])
     old.save(store)
     again = LocalIndex.load(store)
-    before = {seg["name"] for seg in manifest["segments"]}
-    written = [seg["name"] for seg in json.loads((store / "MANIFEST.json").read_text())["segments"] if seg["name"] not in before]
-    assert written and all((store / name / "row_ptr.npy").exists() for name in written)
+    assert again.converted == 0
     a, b = idx.query(query, k=10), again.query(query, k=10)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
+    candidates = np.array([1, 3, 4, 9])
+    np.testing.assert_array_equal(idx.verify(query, candidates), again.verify(query, candidates))
 
 
 def test_interrupted_save_leaves_previous_state(tmp_path: Path, labels: list[Photo]) -> None:

@@ -72,6 +72,30 @@ def test_scope_candidates_scores_only_the_global_candidates(tmp_path: Path, synt
         Shoplens(store, **flags, **{"local.scope": "everything"})
 
 
+def test_an_index_saved_by_word_is_rewritten_once_on_open(tmp_path: Path, synthetic_catalogue: Path) -> None:
+    """A store from before stop 19: its local index is converted and saved in the current layout when opened."""
+    import json
+
+    from .test_local import _to_word_sorted_layout
+
+    store = tmp_path / "store"
+    query = synthetic_catalogue.parent / "img" / "p3.png"
+    flags = {**_flags(), "local.skip_margin": 0}
+    with Shoplens(store, **flags) as lens:
+        lens.index(synthetic_catalogue)
+        before = lens.search_one(query, top_k=5)
+    local = store / LOCAL_DIR
+    for seg in json.loads((local / "MANIFEST.json").read_text())["segments"]:
+        _to_word_sorted_layout(local / seg["name"])
+    with Shoplens(store, **flags) as lens:
+        assert lens.pipeline.local is not None and lens.pipeline.local.index.converted == 0
+        after = lens.search_one(query, top_k=5)
+    segments = json.loads((local / "MANIFEST.json").read_text())["segments"]
+    assert segments and all((local / seg["name"] / "row_ptr.npy").exists() for seg in segments)
+    assert [h.product_id for h in after.regions[0].results] == [h.product_id for h in before.regions[0].results]
+    assert after.steps["local"]["verified"] == before.steps["local"]["verified"]
+
+
 def test_lost_local_index_is_rebuilt_on_open(tmp_path: Path, synthetic_catalogue: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = tmp_path / "store"
     with Shoplens(store, **_flags()) as lens:

@@ -414,6 +414,11 @@ class LocalIndex:
 
     # -- persistence -----------------------------------------------------------------------
 
+    @property
+    def converted(self) -> int:
+        """Segments read from the layout by word (before stop 19), which the next :meth:`save` rewrites."""
+        return sum(seg.converted for seg in self._segments)
+
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Persist under ``directory`` atomically: a reader sees the previous save or this one."""
         root = Path(directory)
@@ -427,7 +432,7 @@ class LocalIndex:
             os.replace(tmp, root / vocab_name)
         entries = []
         for seg in self._segments:
-            if seg.name is None or not (root / seg.name / "ids.npy").exists():
+            if seg.name is None or seg.converted or not (root / seg.name / "ids.npy").exists():
                 seg.write(root, f"seg-{uuid.uuid4().hex[:16]}")
             assert seg.name is not None
             if seg.alive_dirty or seg.alive_file is None or not (root / seg.name / seg.alive_file).exists():

@@ -47,6 +47,10 @@ class Segment:
     alive_file: str | None = None
     #: The alive mask changed since it was last written.
     alive_dirty: bool = field(default=True)
+    #: Read from the layout by word (before stop 19): the next save writes it anew, in this layout.
+    converted: bool = field(default=False)
+    #: The directory a segment was read from.
+    origin: Path | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -114,19 +118,32 @@ class Segment:
     # -- persistence ---------------------------------------------------------------------------
 
     def write(self, directory: Path, name: str) -> None:
-        """Write the immutable arrays to ``directory/name`` (through a temporary directory)."""
+        """Write the immutable arrays to ``directory/name`` (through a temporary directory).
+
+        A converted segment's keypoints and descriptors are hard links to the
+        files it was read from (copied where links are impossible): rewriting
+        an index in the new layout does not copy its largest files.
+        """
         tmp = directory / f".tmp-{name}"
         tmp.mkdir(parents=True, exist_ok=False)
         arrays = {
             "ids": self.ids, "n_words": self.n_words, "row_ptr": self.postings.row_ptr, "words": self.postings.words,
             "sigs": self.postings.sigs, "kp_ptr": self.kp_ptr, "xy": self.xy, "sift": self.sift,
         }
+        source = self.origin if self.converted else None
         for key, value in arrays.items():
+            if source is not None and key in _MAPPED:
+                try:
+                    os.link(source / f"{key}.npy", tmp / f"{key}.npy")
+                    continue
+                except OSError:
+                    pass
             write_npy(tmp / f"{key}.npy", np.asarray(value))
         fsync_dir(tmp)
         os.rename(tmp, directory / name)
         self.name = name
         self.alive_file = None
+        self.converted = False
 
     def write_alive(self, directory: Path, filename: str) -> None:
         assert self.name is not None
@@ -153,7 +170,7 @@ class Segment:
         return cls(
             ids=a["ids"], n_words=a["n_words"], postings=postings,
             kp_ptr=a["kp_ptr"], xy=a["xy"], sift=a["sift"], alive=alive, name=name, alive_file=alive_file,
-            alive_dirty=False,
+            alive_dirty=False, converted=by_word, origin=path,
         )
 
 

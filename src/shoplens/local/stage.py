@@ -99,6 +99,9 @@ class LocalStage:
                     self.index = None
                 else:
                     self.index.reconfigure(wanted)
+                    if self.index.converted:  # converted in memory at every load until saved anew
+                        log.info("local-feature index: rewriting %d segment(s) in the current layout", self.index.converted)
+                        self.index.save(self.directory)
         if self.index is None:
             self.index = LocalIndex(None, wanted)
         #: Image ids whose photo could not be read: searched by the global embedding only.
