@@ -72,9 +72,12 @@ def test_scope_candidates_scores_only_the_global_candidates(tmp_path: Path, synt
         Shoplens(store, **flags, **{"local.scope": "everything"})
 
 
-def test_an_index_saved_by_word_is_rewritten_once_on_open(tmp_path: Path, synthetic_catalogue: Path) -> None:
+def test_an_index_saved_by_word_is_rewritten_once_on_open(tmp_path: Path, synthetic_catalogue: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A store from before stop 19: its local index is converted and saved in the current layout when opened."""
     import json
+
+    from shoplens.local.index import LocalIndex
 
     from .test_local import _to_word_sorted_layout
 
@@ -87,6 +90,13 @@ def test_an_index_saved_by_word_is_rewritten_once_on_open(tmp_path: Path, synthe
     local = store / LOCAL_DIR
     for seg in json.loads((local / "MANIFEST.json").read_text())["segments"]:
         _to_word_sorted_layout(local / seg["name"])
+    with monkeypatch.context() as m:  # a store that cannot be written still opens and searches
+        def refuse(self: LocalIndex, directory: object) -> None:
+            raise PermissionError(13, "Permission denied")
+        m.setattr(LocalIndex, "save", refuse)
+        with Shoplens(store, **flags) as lens:
+            assert lens.pipeline.local is not None and lens.pipeline.local.index.converted > 0
+            assert lens.search_one(query, top_k=5).regions[0].results[0].product_id == "p3"
     with Shoplens(store, **flags) as lens:
         assert lens.pipeline.local is not None and lens.pipeline.local.index.converted == 0
         after = lens.search_one(query, top_k=5)

@@ -101,7 +101,10 @@ class LocalStage:
                     self.index.reconfigure(wanted)
                     if self.index.converted:  # converted in memory at every load until saved anew
                         log.info("local-feature index: rewriting %d segment(s) in the current layout", self.index.converted)
-                        self.index.save(self.directory)
+                        try:
+                            self.index.save(self.directory)
+                        except OSError as err:  # a read-only store still searches; it converts again next time
+                            log.warning("local-feature index in %s not rewritten (%s)", self.directory, err)
         if self.index is None:
             self.index = LocalIndex(None, wanted)
         #: Image ids whose photo could not be read: searched by the global embedding only.
