@@ -4,9 +4,9 @@ Each :meth:`LocalIndex.add <shoplens.local.index.LocalIndex.add>` makes a
 segment holding, for its images, their visual words and signatures
 (:class:`~shoplens.local.invfile.Postings`, scored at query time, kept in
 memory) and the keypoints and SIFT descriptors that verification needs
-(memory-mapped from disk once saved, so they cost disk, not memory). Only the ``alive`` mask of a segment ever changes (removals);
-small segments are merged, dropping removed images, so that queries scan a
-few segments. A saved segment is a directory of ``.npy`` files written
+(memory-mapped from disk once saved, so they cost disk, not memory). Only
+the ``alive`` mask of a segment ever changes (removals); small segments
+are merged, dropping removed images, so that queries scan a few segments. A saved segment is a directory of ``.npy`` files written
 once and never modified.
 """
 
