@@ -126,7 +126,7 @@ def scale_test(index: LocalIndex, db_feats: list[LocalFeatures], queries: list[t
     q_enc = [index._encode(extractor.extract(load_image(root / p)), index.config.query_assignments)
              for p, _ in queries[:20]]
     out: dict[int, float] = {}
-    print("\nInverted file alone at larger sizes (ms per query, 20 queries):\n\n| images | ms | µs per image |\n|---|---|---|")
+    print("\nASMK scoring alone at larger sizes (ms per query, 20 queries):\n\n| images | ms | µs per image |\n|---|---|---|")
     for n in sizes:
         block = [encoded[i % len(encoded)] for i in range(n)]
         postings = Postings.build(block, index.vocabulary.size)
@@ -164,7 +164,7 @@ def main() -> None:
     ap.add_argument("--min-inliers", type=int, default=LocalConfig.min_inliers)
     ap.add_argument("--gates", default="15,25,40", help="gates (top inlier count) to report for gated re-ranking")
     ap.add_argument("--sweep", action="store_true", help="also sweep fusion weights and methods (no verification)")
-    ap.add_argument("--scale", default="", help="also time the inverted file alone at these catalogue sizes "
+    ap.add_argument("--scale", default="", help="also time the ASMK scoring alone at these catalogue sizes "
                     "(comma-separated; the catalogue's images repeated), e.g. 2721,10000,30000")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "shoplens" / "bench-local")
     ap.add_argument("--json", type=Path, help="write the figures to this JSON file")
@@ -285,7 +285,7 @@ def main() -> None:
             continue
         print(f"| {name} | {clock.mean(name):.1f} |")
     print(f"\nIndexing: {add_ms:.1f} ms per image (quantise + aggregate + insert; extraction excluded).")
-    print(f"Memory per catalogue image: {memory['ram_per_image'] / 1024:.1f} KiB in RAM (inverted file), "
+    print(f"Memory per catalogue image: {memory['ram_per_image'] / 1024:.1f} KiB in RAM (words and signatures), "
           f"{memory['disk_per_image'] / 1024:.1f} KiB on disk, memory-mapped (keypoints for verification); "
           f"vocabulary {memory['vocabulary'] / 1024:.0f} KiB once; global vector {g_db.shape[1] * 4 / 1024:.1f} KiB.")
     top = np.array(inlier_stats)

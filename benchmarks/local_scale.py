@@ -1,21 +1,21 @@
 """The local-feature index at catalogue scale: query time and memory per image.
 
-The search benchmarks pad the store with descriptors only (the padded
-products have no photos), so their local step searches an inverted file of
-the real photos alone. This measures the inverted file itself at N images:
+Padded products have descriptors only, no photos, so a local-feature index
+built from them would hold the real photos alone (search_latency.py gives
+them copies of real photos' words). This measures the index itself at N images:
 SIFT features of real grocery store photos (``--base`` of them, each a
 catalogue image with ~1,000 keypoints) are encoded once, and their visual
 words and ASMK signatures are repeated to N images (copies share the same
 words, so posting lists grow as with N photos like them). Queries: grocery
 ``val`` photos, their features extracted once; timed is
-``LocalIndex.query`` (visual words of the query + ASMK scoring over the
-inverted file), what the local step runs besides SIFT and verification,
-neither of which grows with the catalogue: over the whole inverted file
+``LocalIndex.query`` (visual words of the query + ASMK scoring of the
+stored words), what the local step runs besides SIFT and verification,
+neither of which grows with the catalogue: over every image
 (``local.scope = "all"``) and over 200 candidate images, as many as a
 search's global candidates (``local.scope = "candidates"``; random images
 here, each a copy of a real photo).
 
-Memory: the inverted file's bytes per image (``LocalIndex.memory``) and the
+Memory: the stored words' and signatures' bytes per image (``LocalIndex.memory``) and the
 RSS of the process before and after attaching it; the keypoints kept for
 verification are measured on the real photos (on disk, memory-mapped once
 saved) and scale with N.
@@ -94,7 +94,7 @@ def main() -> None:
                 times_among.append((time.perf_counter() - t) * 1000.0)
         entries = int(segment.postings.words.shape[0])
         held = np.bincount(segment.postings.words, minlength=index.vocabulary.size)  # images holding each word
-        scored = [int(held[w].sum()) for w in q_words]  # entries on the query's words (what an inverted file reads)
+        scored = [int(held[w].sum()) for w in q_words]  # entries on the query's words, shared or not
         mem = index.memory()
         out["sizes"][str(n)] = {  # type: ignore[index]
             "query_ms_p50": round(statistics.median(times), 1), "query_ms_p95": round(float(np.percentile(times, 95)), 1),

@@ -18,8 +18,8 @@ writes the functions that take the most time, per kind, to FILE.
 
 Each padded other_product image also gets the visual words and signatures
 of a real photo in the local-feature index (no keypoints: verification
-reads the shortlist, whatever the catalogue), so the local step searches an
-inverted file of the store's size, as with a real catalogue;
+reads the shortlist, whatever the catalogue), so the local step searches a
+local-feature index of the store's size, as with a real catalogue;
 ``--no-local-copies`` leaves that index with the real photos only (what
 this benchmark measured before stop 18).
 """
