@@ -117,14 +117,9 @@ class Postings:
         a = 0
         while a < n:  # rows a … b-1: about CHUNK_ENTRIES entries, at least one row
             b = max(a + 1, int(np.searchsorted(self.row_ptr, self.row_ptr[a] + CHUNK_ENTRIES, side="right")) - 1)
-            start = int(self.row_ptr[a])
-            j = slot[self.words[start:int(self.row_ptr[b])]]
-            shared = np.flatnonzero(j >= 0)
-            if len(shared):
-                j = j[shared]
-                contrib = table[hamming(np.take(q_sigs, j, axis=0), np.take(self.sigs, shared + start, axis=0))] * q_weights[j]
-                row = np.repeat(np.arange(b - a, dtype=np.int32), counts[a:b])[shared]
-                out[a:b] = np.bincount(row, weights=contrib, minlength=b - a)
+            shared, contrib = self._shared(slice(int(self.row_ptr[a]), int(self.row_ptr[b])), slot, q_sigs, q_weights, table)
+            row = np.repeat(np.arange(b - a, dtype=np.int32), counts[a:b])[shared]
+            out[a:b] = np.bincount(row, weights=contrib, minlength=b - a)
             a = b
         return out
 
@@ -133,6 +128,17 @@ class Postings:
         slot = np.full(self.vocabulary_size, -1, np.int32)
         slot[np.asarray(q_words, np.int64)] = np.arange(len(q_words), dtype=np.int32)
         return slot
+
+    def _shared(self, entries: slice | np.ndarray, slot: np.ndarray, q_sigs: np.ndarray, q_weights: np.ndarray,
+                table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The positions in ``entries`` (a contiguous slice, or indices) whose word the query holds,
+        and each one's ``q_weights[w] · table[hamming]``."""
+        j = slot[self.words[entries]]
+        shared = np.flatnonzero(j >= 0)
+        j = j[shared]
+        index = shared + entries.start if isinstance(entries, slice) else entries[shared]
+        h = hamming(np.take(q_sigs, j, axis=0), np.take(self.sigs, index, axis=0))
+        return shared, table[h] * np.asarray(q_weights)[j]
 
     def score_rows(self, q_words: np.ndarray, q_sigs: np.ndarray, q_weights: np.ndarray, rows: np.ndarray,
                    table: np.ndarray) -> np.ndarray:
@@ -144,16 +150,13 @@ class Postings:
         out = np.zeros(len(rows), np.float32)
         if not len(rows) or not len(q_words):
             return out
-        slot, weights = self._slots(q_words), np.asarray(q_weights)
+        slot = self._slots(q_words)
         cum = np.cumsum(self.row_ptr[rows + 1] - self.row_ptr[rows])
         cuts = [0, *np.searchsorted(cum, np.arange(CHUNK_ENTRIES, int(cum[-1]), CHUNK_ENTRIES), "right").tolist(), len(rows)]
         for a, b in pairwise(cuts):
             if a == b:
                 continue
-            entry, which = self._entries(rows[a:b])
-            j = slot[self.words[entry]]
-            shared = np.flatnonzero(j >= 0)
-            j, entry = j[shared], entry[shared]
-            contrib = table[hamming(np.take(q_sigs, j, axis=0), np.take(self.sigs, entry, axis=0))] * weights[j]
+            entries, which = self._entries(rows[a:b])
+            shared, contrib = self._shared(entries, slot, q_sigs, q_weights, table)
             out[a:b] = np.bincount(which[shared], weights=contrib, minlength=b - a)
         return out
