@@ -179,8 +179,10 @@ class MilvusStore(CatalogueStore):
             self._recover()  # else on attach: completing a committed write projects its descriptors
 
     def attach(self, projector: Projector, *, index: str | None = None) -> None:
+        first = self.projector is None  # recovery waited for a projector; it runs once
         super().attach(projector, index=index)
-        self._recover()
+        if first:
+            self._recover()
 
     # -- collections ----------------------------------------------------------
     @property
