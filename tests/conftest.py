@@ -75,6 +75,23 @@ def make_image(path: Path, seed: int, size: tuple[int, int] = (160, 120), kind: 
     return path
 
 
+def to_word_sorted_layout(segment_dir: Path) -> None:
+    """Rewrite a saved local-index segment's postings as segments before stop 19 held them: CSR by word, a row per entry."""
+    import json
+
+    vocabulary_size = int(json.loads((segment_dir.parent / "MANIFEST.json").read_text())["vocabulary_size"])
+    row_ptr, words, sigs = (np.load(segment_dir / f"{k}.npy") for k in ("row_ptr", "words", "sigs"))
+    rows = np.repeat(np.arange(len(row_ptr) - 1, dtype=np.int32), np.diff(row_ptr))
+    order = np.argsort(words, kind="stable")
+    ptr = np.zeros(vocabulary_size + 1, np.int64)
+    np.cumsum(np.bincount(words, minlength=vocabulary_size), out=ptr[1:])
+    np.save(segment_dir / "ptr.npy", ptr)
+    np.save(segment_dir / "rows.npy", rows[order])
+    np.save(segment_dir / "sigs.npy", sigs[order])
+    for k in ("row_ptr", "words"):
+        (segment_dir / f"{k}.npy").unlink()
+
+
 @pytest.fixture
 def synthetic_catalogue(tmp_path: Path) -> Path:
     """A CSV catalogue of 6 products (one with two photos) of generated images."""

@@ -22,6 +22,8 @@ from shoplens.local.features import FeatureExtractor, LocalFeatures
 from shoplens.local.vocabulary import EXACT_ASSIGN_MAX_WORDS
 from shoplens.threads import blas_threads
 
+from .conftest import to_word_sorted_layout
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = LocalConfig(max_keypoints=600)
 MIN_INLIERS = CONFIG.min_inliers
@@ -185,20 +187,6 @@ def test_add_remove_replace_save_load(tmp_path: Path, labels: list[Photo]) -> No
     assert again.ids().tolist() == [3, 4, 5, 6]
 
 
-def _to_word_sorted_layout(segment_dir: Path) -> None:
-    """Rewrite a saved segment's postings as segments before stop 19 held them: CSR by word, a row per entry."""
-    row_ptr, words, sigs = (np.load(segment_dir / f"{k}.npy") for k in ("row_ptr", "words", "sigs"))
-    rows = np.repeat(np.arange(len(row_ptr) - 1, dtype=np.int32), np.diff(row_ptr))
-    order = np.argsort(words, kind="stable")
-    ptr = np.zeros(Vocabulary.generic().size + 1, np.int64)
-    np.cumsum(np.bincount(words, minlength=len(ptr) - 1), out=ptr[1:])
-    np.save(segment_dir / "ptr.npy", ptr)
-    np.save(segment_dir / "rows.npy", rows[order])
-    np.save(segment_dir / "sigs.npy", sigs[order])
-    for k in ("row_ptr", "words"):
-        (segment_dir / f"{k}.npy").unlink()
-
-
 def test_segments_saved_by_word_are_read(tmp_path: Path, labels: list[Photo]) -> None:
     feats = [_extract(p) for p in labels]
     idx = LocalIndex(config=LocalConfig(**{**CONFIG.__dict__, "max_segments": 3}))
@@ -209,7 +197,7 @@ def test_segments_saved_by_word_are_read(tmp_path: Path, labels: list[Photo]) ->
     idx.save(store)
     manifest = json.loads((store / "MANIFEST.json").read_text())
     for seg in manifest["segments"]:
-        _to_word_sorted_layout(store / seg["name"])
+        to_word_sorted_layout(store / seg["name"])
     old = LocalIndex.load(store)
     assert old.ids().tolist() == [1, 3, 4]
     for q in (labels[0], labels[3]):
@@ -276,7 +264,7 @@ def test_segment_whose_postings_do_not_fit_raises(tmp_path: Path, labels: list[P
     idx.save(store)
     seg = store / json.loads((store / "MANIFEST.json").read_text())["segments"][0]["name"]
     if layout == "by-word":
-        _to_word_sorted_layout(seg)
+        to_word_sorted_layout(seg)
         rows = np.load(seg / "rows.npy")
         rows[-1] = 2  # an image row the segment does not have
         np.save(seg / "rows.npy", rows)

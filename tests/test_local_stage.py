@@ -13,7 +13,7 @@ from shoplens import Shoplens
 from shoplens.api import LOCAL_DIR
 from shoplens.errors import ConfigError
 
-from .conftest import make_image
+from .conftest import make_image, to_word_sorted_layout
 
 FLAGS = {"intent.classifier": "test-other_product"}  # every photo is a product photo
 
@@ -79,8 +79,6 @@ def test_an_index_saved_by_word_is_rewritten_once_on_open(tmp_path: Path, synthe
 
     from shoplens.local.index import LocalIndex
 
-    from .test_local import _to_word_sorted_layout
-
     store = tmp_path / "store"
     query = synthetic_catalogue.parent / "img" / "p3.png"
     flags = {**_flags(), "local.skip_margin": 0}
@@ -89,7 +87,7 @@ def test_an_index_saved_by_word_is_rewritten_once_on_open(tmp_path: Path, synthe
         before = lens.search_one(query, top_k=5)
     local = store / LOCAL_DIR
     for seg in json.loads((local / "MANIFEST.json").read_text())["segments"]:
-        _to_word_sorted_layout(local / seg["name"])
+        to_word_sorted_layout(local / seg["name"])
     with monkeypatch.context() as m:  # a store that cannot be written still opens and searches
         def refuse(self: LocalIndex, directory: object) -> None:
             raise PermissionError(13, "Permission denied")
