@@ -93,7 +93,7 @@ def main() -> None:
                 index.query(q, len(cands), among=cands)
                 times_among.append((time.perf_counter() - t) * 1000.0)
         entries = int(segment.postings.words.shape[0])
-        held = np.bincount(segment.postings.words, minlength=index.vocabulary.size)  # images holding each word
+        held = segment.postings.word_counts(segment.alive)  # images holding each word
         scored = [int(held[w].sum()) for w in q_words]  # entries on the query's words, shared or not
         mem = index.memory()
         out["sizes"][str(n)] = {  # type: ignore[index]
