@@ -233,6 +233,72 @@ def test_openvino_serves_concurrent_callers(onnx_cache: Path, backbones: tuple[T
     assert vb._session._idle.qsize() >= 2  # requests were made for the overlapping calls and kept
 
 
+def test_openvino_compiles_recurring_single_photo_shapes_on_their_own(
+        onnx_cache: Path, backbones: tuple[TorchConvBackbone, TorchConvBackbone]) -> None:
+    """A single-photo shape seen PROMOTE_AFTER times gets a compilation of its own (up to static_shapes), same outputs."""
+    from shoplens.models.openvino_runtime import PROMOTE_AFTER, OpenVinoSession
+
+    plain = OpenVinoSession(backbones[1].model_path)  # type: ignore[attr-defined]
+    session = OpenVinoSession(plain.path, static_shapes=2)
+    rng = np.random.default_rng(0)
+    shapes = [(1, 3, 64, 96), (1, 3, 96, 64), (1, 3, 64, 64), (2, 3, 64, 96)]
+    inputs = {s: rng.standard_normal(s).astype(np.float32) for s in shapes}
+    expected = {s: plain.run(None, {"pixels": x}) for s, x in inputs.items()}
+    for _ in range(PROMOTE_AFTER - 1):
+        for s, x in inputs.items():
+            session.run(None, {"pixels": x})
+    assert session.wait_fixed() == []  # not yet: each shape seen PROMOTE_AFTER - 1 times
+    for s, x in inputs.items():
+        session.run(None, {"pixels": x})
+    fixed = session.wait_fixed()
+    # The first two single-photo shapes to recur, no more; batches never (indexing's sizes vary).
+    assert fixed == sorted([(("pixels", shapes[0]),), (("pixels", shapes[1]),)])
+    for s, x in inputs.items():
+        for got, want in zip(session.run(None, {"pixels": x}), expected[s]):
+            np.testing.assert_array_equal(got, want)
+    assert session._fixed[(("pixels", shapes[0]),)].idle.qsize() == 1  # the fixed compilation ran it
+
+
+def test_openvino_gives_a_fixed_compilation_to_a_shape_that_became_more_frequent(
+        onnx_cache: Path, backbones: tuple[TorchConvBackbone, TorchConvBackbone]) -> None:
+    from shoplens.models.openvino_runtime import DECAY_EVERY, PROMOTE_AFTER, OpenVinoSession
+
+    session = OpenVinoSession(backbones[1].model_path, static_shapes=1)  # type: ignore[attr-defined]
+    a, b = np.zeros((1, 3, 64, 96), np.float32), np.zeros((1, 3, 96, 64), np.float32)
+    for _ in range(PROMOTE_AFTER):
+        session.run(None, {"pixels": a})
+    assert session.wait_fixed() == [(("pixels", a.shape),)]
+    for _ in range(2 * PROMOTE_AFTER):  # as often as twice the promoted shape: not enough to take its place
+        session.run(None, {"pixels": b})
+    assert session.wait_fixed() == [(("pixels", a.shape),)]
+    session.run(None, {"pixels": b})  # now more than twice as often
+    assert session.wait_fixed() == [(("pixels", b.shape),)]
+    for _ in range(DECAY_EVERY):  # counts halve as passes go by: a's old ones fade
+        session.run(None, {"pixels": b})
+    assert session._seen[(("pixels", a.shape),)] < PROMOTE_AFTER
+
+
+@pytest.mark.data
+def test_openvino_fixed_shape_compilations_give_the_same_encodings_of_real_photos(
+        data_dir: Path, onnx_cache: Path, backbones: tuple[TorchConvBackbone, TorchConvBackbone]) -> None:
+    from shoplens.models.openvino_runtime import PROMOTE_AFTER, to_openvino
+
+    plain, fixed = to_openvino(backbones[1]), to_openvino(backbones[1], static_shapes=4)
+    assert fixed is not plain and fixed.model_path == plain.model_path
+    files = sorted((data_dir / "grocery" / "photos" / "val").rglob("*.jpg"))[:1] + sorted((data_dir / "clothing").rglob("*.jpg"))[:2]
+    photos = [load_image(p, target_size=320) for p in files]
+    for _ in range(PROMOTE_AFTER):
+        for p in photos:
+            fixed.encode([p])  # one photo at a time, as a search does
+    shapes = fixed._session.wait_fixed()  # type: ignore[attr-defined]
+    assert len(shapes) >= 2  # the square grocery photo and the clothing photos' letterbox shapes
+    for p in photos:
+        (a,), (b,) = plain.encode([p]), fixed.encode([p])
+        assert a.input_hw == b.input_hw and torch.equal(a.logits, b.logits)  # type: ignore[arg-type]
+        for k in ("s8", "s16", "s32"):
+            assert torch.equal(a.features[k], b.features[k]), k
+
+
 def test_openvino_keeps_compiled_models_in_the_cache_when_it_can(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    backbones: tuple[TorchConvBackbone, TorchConvBackbone]) -> None:
     from shoplens.models.openvino_runtime import OpenVinoSession, compiled_cache_dir
@@ -250,6 +316,8 @@ def test_openvino_keeps_compiled_models_in_the_cache_when_it_can(tmp_path: Path,
 
 
 def test_precision_is_checked_and_bf16_needs_openvino() -> None:
+    with pytest.raises(ConfigError, match="static_shapes must be 0"):
+        create_model("efficientnet_lite0", runtime="openvino", static_shapes=-1)
     with pytest.raises(ConfigError, match="unknown precision 'f16'"):
         create_model("efficientnet_lite0", runtime="openvino", precision="f16")
     for runtime in ("torch", "onnx"):

@@ -154,9 +154,11 @@ class Pipeline:
             tail = self._tails.get(name)
             if tail is not None:
                 self._backbones[name] = create_tuned_model(self.backbone(tail.backbone), tail.module, name, runtime=rt.engine,
-                                                           threads=rt.threads, precision=rt.precision)
+                                                           threads=rt.threads, precision=rt.precision,
+                                                           static_shapes=rt.static_shapes)
             else:
-                self._backbones[name] = create_model(name, runtime=rt.engine, threads=rt.threads, precision=rt.precision)
+                self._backbones[name] = create_model(name, runtime=rt.engine, threads=rt.threads, precision=rt.precision,
+                                                     static_shapes=rt.static_shapes)
         return self._backbones[name]
 
     @property

@@ -214,7 +214,7 @@ RUNTIMES = ("auto", "torch", "onnx", "openvino")
 PRECISIONS = ("f32", "bf16")
 
 
-def create_model(name: str, *, runtime: str = "torch", threads: int = 0, precision: str = "f32") -> Backbone:
+def create_model(name: str, *, runtime: str = "torch", threads: int = 0, precision: str = "f32", static_shapes: int = 0) -> Backbone:
     """Build the backbone called ``name`` (see :func:`parse_model_name`).
 
     ``runtime``: ``"torch"`` (eager PyTorch), ``"onnx"`` (ONNX Runtime;
@@ -223,7 +223,9 @@ def create_model(name: str, *, runtime: str = "torch", threads: int = 0, precisi
     Runtime, else torch). ``threads``: CPU threads for inference, 0
     for the runtime's default; for torch it sets the process-wide
     ``torch.set_num_threads``. ``precision``: ``"f32"`` or ``"bf16"``
-    (OpenVINO only: ``openvino`` or ``auto``).
+    (OpenVINO only: ``openvino`` or ``auto``). ``static_shapes``: how many
+    single-photo input shapes OpenVINO compiles on their own once they recur
+    (``runtime.static_shapes``; other runtimes ignore it).
     """
     if runtime not in RUNTIMES:
         raise ConfigError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
@@ -234,17 +236,20 @@ def create_model(name: str, *, runtime: str = "torch", threads: int = 0, precisi
                           "or runtime.precision to 'f32'")
     if threads < 0:
         raise ConfigError(f"runtime threads must be 0 (default) or more, got {threads}")
+    if static_shapes < 0:
+        raise ConfigError(f"runtime.static_shapes must be 0 (off) or more, got {static_shapes}")
     parsed = parse_model_name(name)
     if parsed.scheme:
         backbone = _SCHEMES[parsed.scheme][1](parsed.target)
     else:
         entry = _ENTRIES[parsed.location]
         backbone = entry.build(entry, entry.name)
-    return _in_runtime(backbone, runtime, threads, precision)
+    return _in_runtime(backbone, runtime, threads, precision, static_shapes)
 
 
 def create_tuned_model(
-    shipped: Backbone, stage: nn.Module, name: str, *, runtime: str = "torch", threads: int = 0, precision: str = "f32"
+    shipped: Backbone, stage: nn.Module, name: str, *, runtime: str = "torch", threads: int = 0, precision: str = "f32",
+    static_shapes: int = 0,
 ) -> Backbone:
     """The backbone ``shipped`` with its stride-32 stage replaced by ``stage`` (tuned by
     ``train-embedder``, shoplens.embed.tail), called ``name``, in ``runtime``.
@@ -260,14 +265,14 @@ def create_tuned_model(
         raise ConfigError(f"backbone {shipped.name!r} has no stride-32 stage to replace")
     built = TorchConvBackbone(name, module.with_tail(stage), shipped.preprocess, has_imagenet_head=False,  # type: ignore[union-attr,operator]
                               batch_size=shipped.batch_size)
-    tuned = _in_runtime(built, runtime, threads, precision)
+    tuned = _in_runtime(built, runtime, threads, precision, static_shapes)
     if isinstance(tuned, TorchConvBackbone):
         # A photo the shipped backbone already encoded (the intent gate's pass) needs only the stage.
         tuned.share_trunk(shipped.name, copy.deepcopy(stage))
     return tuned
 
 
-def _in_runtime(backbone: Backbone, runtime: str, threads: int, precision: str = "f32") -> Backbone:
+def _in_runtime(backbone: Backbone, runtime: str, threads: int, precision: str = "f32", static_shapes: int = 0) -> Backbone:
     if threads and runtime == "torch":
         import torch
 
@@ -279,13 +284,13 @@ def _in_runtime(backbone: Backbone, runtime: str, threads: int, precision: str =
     elif runtime == "openvino":
         from .openvino_runtime import to_openvino
 
-        backbone = to_openvino(backbone, threads=threads, precision=precision)
+        backbone = to_openvino(backbone, threads=threads, precision=precision, static_shapes=static_shapes)
     elif runtime == "auto":
-        backbone = _fastest(backbone, threads, precision)
+        backbone = _fastest(backbone, threads, precision, static_shapes)
     return backbone
 
 
-def _fastest(backbone: Backbone, threads: int, precision: str = "f32") -> Backbone:
+def _fastest(backbone: Backbone, threads: int, precision: str = "f32", static_shapes: int = 0) -> Backbone:
     """``backbone`` in OpenVINO when it can run there, else in ONNX Runtime, else as it is.
 
     Both run the convolutional backbones several times faster than eager torch
@@ -303,7 +308,7 @@ def _fastest(backbone: Backbone, threads: int, precision: str = "f32") -> Backbo
     from .openvino_runtime import to_openvino
 
     try:
-        return to_openvino(backbone, threads=threads, precision=precision)
+        return to_openvino(backbone, threads=threads, precision=precision, static_shapes=static_shapes)
     except MissingDependencyError as e:
         (logger.warning if precision != "f32" else logger.info)("%s: running %s in ONNX Runtime, f32", e, backbone.name)
     except Exception as e:  # noqa: BLE001 - an export or compile failure: ONNX Runtime may still run it

@@ -21,7 +21,9 @@ import logging
 import os
 import queue
 import threading
+from collections import Counter
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,15 @@ def compiled_cache_dir() -> Path | None:
     return path if os.access(path, os.W_OK) else None
 
 
+#: Single-photo passes of one input shape a session sees before it compiles that shape on its own.
+PROMOTE_AFTER = 4
+#: Single-photo passes after which a session halves its counts of the shapes seen.
+DECAY_EVERY = 64
+
+#: A feed's input shapes: ((name, shape), ...).
+_Shapes = tuple[tuple[str, tuple[int, ...]], ...]
+
+
 class OpenVinoSession:
     """An ONNX graph compiled by OpenVINO for the CPU, run with ONNX Runtime's ``run(None, feed)`` call.
 
@@ -71,9 +82,21 @@ class OpenVinoSession:
     caller borrows an idle request (a new one when all are busy), so
     concurrent searches never share one. Outputs are copied out of the
     request before it is given back.
+
+    ``static_shapes``: how many single-photo input shapes get a compilation
+    of their own. The graph is compiled for any input size, and OpenVINO
+    re-plans every layer when the size differs from the last pass's: a search
+    alternates sizes (the gate at 224 px, the 320-px descriptor, garment
+    crops), so nearly every pass paid for it, about 1.2 ms of a 224-px pass
+    (docs/benchmarks.md, "Stop 20"). The most frequent recent shapes, up to
+    ``static_shapes`` of them, are compiled for that shape alone, in the
+    background (see :meth:`_count`); each costs 27-40 MiB for
+    EfficientNet-Lite0 (its own packed weights and buffers; the graph's
+    constants are shared). The outputs are the same as the general
+    compilation's, bit for bit.
     """
 
-    def __init__(self, path: str | Path, threads: int = 0, precision: str = "f32") -> None:
+    def __init__(self, path: str | Path, threads: int = 0, precision: str = "f32", static_shapes: int = 0) -> None:
         config: dict[str, Any] = {
             # f32 unless asked: OpenVINO's own default on AMX CPUs, bf16, changes the descriptors.
             "INFERENCE_PRECISION_HINT": precision,
@@ -81,6 +104,7 @@ class OpenVinoSession:
         }
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
+        self._config = dict(config)  # fixed-shape compilations skip the blob cache: a cached blob holds its own weights
         blobs = compiled_cache_dir()
         if blobs is not None:
             config["CACHE_DIR"] = str(blobs)
@@ -92,21 +116,107 @@ class OpenVinoSession:
             log.warning("%s: OpenVINO computes in %s on this CPU, not %s", self.path.name, self.precision, precision)
         self._outputs = list(self._compiled.outputs)
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.static_shapes = static_shapes
+        self._seen: Counter[_Shapes] = Counter()
+        self._passes = 0
+        self._fixed: dict[_Shapes, _Fixed] = {}  # shapes compiled on their own, once ready
+        self._promoted: dict[_Shapes, Future[None]] = {}
+        self._lock = threading.Lock()
+        self._compiler: ThreadPoolExecutor | None = None
+        self._model: Any = None  # the graph read once, cloned for each fixed shape (its constants are shared)
 
     def run(self, output_names: list[str] | None, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         if output_names is not None:
             raise ValueError("OpenVinoSession.run returns every output; pass None")
+        fixed = self._fixed_for(feed) if self.static_shapes else None
+        if fixed is not None:
+            return fixed.run(feed)
+        return _infer(self._compiled, self._outputs, self._idle, feed)
+
+    def _fixed_for(self, feed: Mapping[str, np.ndarray]) -> _Fixed | None:
+        """The compilation for ``feed``'s shapes when it has one; counts single-photo shapes towards one."""
+        shapes = tuple((name, tuple(a.shape)) for name, a in feed.items())
+        if any(shape[0] != 1 for _, shape in shapes):
+            return None  # batches (indexing) vary too much in size to be worth a compilation each
+        with self._lock:
+            self._count(shapes)
+            return self._fixed.get(shapes)
+
+    def _count(self, shapes: _Shapes) -> None:
+        """Count a single-photo pass of ``shapes``; promote the shape when it has become one of the most frequent.
+
+        Counts halve every :data:`DECAY_EVERY` passes, so they follow the
+        recent traffic. A shape seen :data:`PROMOTE_AFTER` times takes a free
+        place, or the place of the least frequent promoted shape once it is
+        seen more than twice as often (no back and forth between shapes
+        about as frequent). Called under the lock.
+        """
+        self._passes += 1
+        if self._passes % DECAY_EVERY == 0:
+            self._seen = Counter({k: n // 2 for k, n in self._seen.items() if n > 1})
+        self._seen[shapes] += 1
+        seen = self._seen[shapes]
+        if shapes in self._promoted or seen < PROMOTE_AFTER:
+            return
+        if len(self._promoted) >= self.static_shapes:
+            weakest = min(self._promoted, key=lambda k: self._seen[k])
+            if seen <= 2 * self._seen[weakest]:
+                return
+            del self._promoted[weakest]
+            self._fixed.pop(weakest, None)  # a search running it keeps it until done
+            log.debug("%s: input shape %s gives its compilation up to %s", self.path.name, weakest, shapes)
+        if self._compiler is None:
+            self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shoplens-openvino-compile")
+        self._promoted[shapes] = self._compiler.submit(self._compile_fixed, shapes)
+
+    def _compile_fixed(self, shapes: _Shapes) -> None:
         try:
-            request = self._idle.get_nowait()
-        except queue.Empty:
-            request = self._compiled.create_infer_request()
-        try:
-            # share_inputs: the arrays are read in place (the call blocks until done);
-            # outputs are copies, the request's own buffers are reused by the next call.
-            result = request.infer(dict(feed), share_inputs=True, share_outputs=False)
-            return [result[o] for o in self._outputs]
-        finally:
-            self._idle.put(request)
+            if self._model is None:
+                self._model = core().read_model(str(self.path))
+            model = self._model.clone()
+            model.reshape({name: list(shape) for name, shape in shapes})
+            compiled = core().compile_model(model, "CPU", self._config)
+        except Exception as err:  # noqa: BLE001 - the general compilation still runs this shape
+            log.warning("%s: could not compile input shape %s on its own (%s)", self.path.name, shapes, err)
+            return
+        with self._lock:
+            if shapes in self._promoted:  # not given up while it compiled
+                self._fixed[shapes] = _Fixed(compiled)
+                log.debug("%s: input shape %s now has a compilation of its own", self.path.name, shapes)
+
+    def wait_fixed(self) -> list[_Shapes]:
+        """Wait for the shapes being compiled on their own; the shapes that have a compilation of their own."""
+        with self._lock:
+            pending = list(self._promoted.values())
+        for future in pending:
+            future.result()
+        return sorted(self._fixed)
+
+
+class _Fixed:
+    """A compilation for one input shape and its idle infer requests."""
+
+    def __init__(self, compiled: Any) -> None:
+        self.compiled = compiled
+        self.outputs = list(compiled.outputs)
+        self.idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return _infer(self.compiled, self.outputs, self.idle, feed)
+
+
+def _infer(compiled: Any, outputs: list[Any], idle: queue.SimpleQueue[Any], feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    try:
+        request = idle.get_nowait()
+    except queue.Empty:
+        request = compiled.create_infer_request()
+    try:
+        # share_inputs: the arrays are read in place (the call blocks until done);
+        # outputs are copies, the request's own buffers are reused by the next call.
+        result = request.infer(dict(feed), share_inputs=True, share_outputs=False)
+        return [result[o] for o in outputs]
+    finally:
+        idle.put(request)
 
 
 class OpenVinoConvBackbone(OnnxConvBackbone):
@@ -115,19 +225,23 @@ class OpenVinoConvBackbone(OnnxConvBackbone):
     runtime_name = "openvino"
 
     def __init__(self, base: TorchConvBackbone, *, threads: int = 0, model_path: str | Path | None = None,
-                 precision: str = "f32") -> None:
+                 precision: str = "f32", static_shapes: int = 0) -> None:
         self.precision = precision  # read by open_session, which the base class calls
+        self.static_shapes = static_shapes
         super().__init__(base, threads=threads, model_path=model_path)
 
     def open_session(self, path: Path) -> OpenVinoSession:
-        return OpenVinoSession(path, self._threads, self.precision)
+        return OpenVinoSession(path, self._threads, self.precision, self.static_shapes)
 
 
-def to_openvino(backbone: Backbone, *, threads: int = 0, precision: str = "f32") -> OpenVinoConvBackbone:
-    """Run ``backbone`` in OpenVINO (``precision``: f32 or bf16); only convolutional torch backbones can be."""
-    if isinstance(backbone, OpenVinoConvBackbone) and backbone.precision == precision:
+def to_openvino(backbone: Backbone, *, threads: int = 0, precision: str = "f32", static_shapes: int = 0) -> OpenVinoConvBackbone:
+    """Run ``backbone`` in OpenVINO (``precision``: f32 or bf16); only convolutional torch backbones can be.
+
+    ``static_shapes``: single-photo input shapes compiled on their own (see :class:`OpenVinoSession`).
+    """
+    if isinstance(backbone, OpenVinoConvBackbone) and (backbone.precision, backbone.static_shapes) == (precision, static_shapes):
         return backbone
     base = exportable(backbone, "openvino")
     _openvino()  # a clear MissingDependencyError before any export
     model_path = base.model_path if isinstance(base, OnnxConvBackbone) else None
-    return OpenVinoConvBackbone(base, threads=threads, model_path=model_path, precision=precision)
+    return OpenVinoConvBackbone(base, threads=threads, model_path=model_path, precision=precision, static_shapes=static_shapes)
