@@ -259,6 +259,24 @@ def test_openvino_compiles_recurring_single_photo_shapes_on_their_own(
     assert session._fixed[(("pixels", shapes[0]),)].idle.qsize() == 1  # the fixed compilation ran it
 
 
+def test_openvino_fixed_compilations_serve_concurrent_callers(
+        onnx_cache: Path, backbones: tuple[TorchConvBackbone, TorchConvBackbone]) -> None:
+    """Threads searching at once while shapes are promoted (and one gives its place up) get their own photos' maps."""
+    from shoplens.models.openvino_runtime import OpenVinoSession
+
+    plain = OpenVinoSession(backbones[1].model_path)  # type: ignore[attr-defined]
+    session = OpenVinoSession(plain.path, static_shapes=1)
+    rng = np.random.default_rng(1)
+    inputs = [rng.standard_normal(s).astype(np.float32) for s in ((1, 3, 64, 96), (1, 3, 96, 64), (1, 3, 64, 64))]
+    expected = [plain.run(None, {"pixels": x})[2] for x in inputs]
+    order = [0] * 6 + [1] * 20 + [2] * 4 + [0, 1, 2] * 10  # shape 1 takes shape 0's place part-way
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda i: session.run(None, {"pixels": inputs[i]})[2], order))
+    for i, maps in zip(order, got):
+        np.testing.assert_array_equal(maps, expected[i])
+    assert session.wait_fixed() == [(("pixels", inputs[1].shape),)]
+
+
 def test_openvino_gives_a_fixed_compilation_to_a_shape_that_became_more_frequent(
         onnx_cache: Path, backbones: tuple[TorchConvBackbone, TorchConvBackbone]) -> None:
     from shoplens.models.openvino_runtime import DECAY_EVERY, PROMOTE_AFTER, OpenVinoSession
