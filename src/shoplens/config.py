@@ -171,11 +171,11 @@ class RuntimeConfig:
     #: handing it back to the kernel (glibc only; 0 = the C library's own
     #: thresholds): SIFT on a query photo 32 -> 21 ms (shoplens.allocator).
     malloc_trim_mib: int = 64
-    #: Single-photo input shapes that OpenVINO compiles on their own once a
-    #: shape has recurred (4 passes): the forward pass without re-planning
-    #: for its size, about 1.2 ms less at 224 px, for about 27 MiB each with
-    #: EfficientNet-Lite0 (shoplens.models.openvino_runtime). 0 = one
-    #: compilation for every size.
+    #: How many single-photo input shapes OpenVINO compiles on their own (the
+    #: most frequent recent ones): the forward pass without re-planning for
+    #: its size, about 1.2 ms less at 224 px, for 27-40 MiB each with
+    #: EfficientNet-Lite0 (shoplens.models.openvino_runtime.OpenVinoSession).
+    #: 0 = one compilation for every size.
     static_shapes: int = 4
 
 
