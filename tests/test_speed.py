@@ -30,11 +30,13 @@ def _jpeg(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
     return buf.getvalue()
 
 
-def test_unknown_runtime_and_bad_threads_are_config_errors() -> None:
+def test_unknown_runtime_bad_threads_and_bad_static_shapes_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="unknown runtime 'tpu'"):
         create_model("efficientnet_lite0", runtime="tpu")
     with pytest.raises(ConfigError, match="threads"):
         create_model("efficientnet_lite0", threads=-1)
+    with pytest.raises(ConfigError, match="static_shapes must be 0"):
+        create_model("efficientnet_lite0", runtime="openvino", static_shapes=-1)
 
 
 def test_onnx_runtime_without_onnxruntime_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -334,8 +336,6 @@ def test_openvino_keeps_compiled_models_in_the_cache_when_it_can(tmp_path: Path,
 
 
 def test_precision_is_checked_and_bf16_needs_openvino() -> None:
-    with pytest.raises(ConfigError, match="static_shapes must be 0"):
-        create_model("efficientnet_lite0", runtime="openvino", static_shapes=-1)
     with pytest.raises(ConfigError, match="unknown precision 'f16'"):
         create_model("efficientnet_lite0", runtime="openvino", precision="f16")
     for runtime in ("torch", "onnx"):
