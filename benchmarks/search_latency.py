@@ -185,6 +185,10 @@ def main() -> None:
             n_products = lens.count_products()
             local_images = len(lens.pipeline.local) if lens.pipeline.local is not None else 0
             rss_after = round(int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20)
+            # Input shapes OpenVINO compiled on their own (runtime.static_shapes), per backbone.
+            fixed_shapes = {name: ["x".join(map(str, shape[2:])) for ((_, shape),) in session.wait_fixed()]
+                            for name, b in lens.pipeline._backbones.items()
+                            if callable(getattr(session := getattr(b, "_session", None), "wait_fixed", None))}
             config = lens.config
 
     def stats(v: list[float]) -> dict[str, float]:
@@ -201,6 +205,7 @@ def main() -> None:
     }
     out["rss_after_searches_mib"] = rss_after
     out["local_index_images"] = local_images
+    out["openvino_fixed_shapes"] = fixed_shapes
     if local_copies:
         out["local_copies_added"] = local_copies
     out["process_cpu_ms_by_intent"] = {k: stats(v) for k, v in cpu.items()}
