@@ -47,6 +47,7 @@ from _data import data_root, enlarged, rows
 from _local_copies import attach_copies
 
 from shoplens import Shoplens
+from shoplens.models.openvino_runtime import OpenVinoConvBackbone
 from shoplens.store import ImageRecord, ProductRecord, WriteBatch
 
 
@@ -186,9 +187,8 @@ def main() -> None:
             local_images = len(lens.pipeline.local) if lens.pipeline.local is not None else 0
             rss_after = round(int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20)
             # Input shapes OpenVINO compiled on their own (runtime.static_shapes), per backbone.
-            fixed_shapes = {name: ["x".join(map(str, shape[2:])) for ((_, shape),) in session.wait_fixed()]
-                            for name, b in lens.pipeline._backbones.items()
-                            if callable(getattr(session := getattr(b, "_session", None), "wait_fixed", None))}
+            fixed_shapes = {name: ["x".join(map(str, shape[2:])) for ((_, shape),) in b._session.wait_fixed()]
+                            for name, b in lens.pipeline._backbones.items() if isinstance(b, OpenVinoConvBackbone)}
             config = lens.config
 
     def stats(v: list[float]) -> dict[str, float]:

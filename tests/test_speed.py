@@ -232,7 +232,7 @@ def test_openvino_serves_concurrent_callers(onnx_cache: Path, backbones: tuple[T
         together = list(pool.map(lambda x: vb.forward(x)[0]["s32"], batches * 3))
     for i, maps in enumerate(together):
         assert torch.equal(maps, alone[i % len(batches)]), i
-    assert vb._session._idle.qsize() >= 2  # requests were made for the overlapping calls and kept
+    assert vb._session._general.idle.qsize() >= 2  # requests were made for the overlapping calls and kept
 
 
 def test_openvino_compiles_recurring_single_photo_shapes_on_their_own(
@@ -258,7 +258,7 @@ def test_openvino_compiles_recurring_single_photo_shapes_on_their_own(
     for s, x in inputs.items():
         for got, want in zip(session.run(None, {"pixels": x}), expected[s]):
             np.testing.assert_array_equal(got, want)
-    assert session._fixed[(("pixels", shapes[0]),)].idle.qsize() == 1  # the fixed compilation ran it
+    assert session._promoted[(("pixels", shapes[0]),)].result().idle.qsize() == 1  # the fixed compilation ran it
 
 
 def test_openvino_fixed_compilations_serve_concurrent_callers(

@@ -109,18 +109,16 @@ class OpenVinoSession:
         if blobs is not None:
             config["CACHE_DIR"] = str(blobs)
         self.path = Path(path)
-        self._compiled = core().compile_model(str(self.path), "CPU", config)
+        self._general = _Compiled(core().compile_model(str(self.path), "CPU", config))
         #: The precision the CPU plugin computes in ("f32" where bf16 was asked of a CPU without it).
-        self.precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # an ov.Type
+        self.precision = self._general.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # an ov.Type
         if self.precision != precision:
             log.warning("%s: OpenVINO computes in %s on this CPU, not %s", self.path.name, self.precision, precision)
-        self._outputs = list(self._compiled.outputs)
-        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.static_shapes = static_shapes
         self._seen: Counter[_Shapes] = Counter()
         self._passes = 0
-        self._fixed: dict[_Shapes, _Fixed] = {}  # shapes compiled on their own, once ready
-        self._promoted: dict[_Shapes, Future[None]] = {}
+        #: Shapes compiled on their own: the compilation, once done (None where it failed).
+        self._promoted: dict[_Shapes, Future[_Compiled | None]] = {}
         self._lock = threading.Lock()
         self._compiler: ThreadPoolExecutor | None = None
         self._model: Any = None  # the graph read once, cloned for each fixed shape (its constants are shared)
@@ -129,18 +127,17 @@ class OpenVinoSession:
         if output_names is not None:
             raise ValueError("OpenVinoSession.run returns every output; pass None")
         fixed = self._fixed_for(feed) if self.static_shapes else None
-        if fixed is not None:
-            return fixed.run(feed)
-        return _infer(self._compiled, self._outputs, self._idle, feed)
+        return (fixed or self._general).run(feed)
 
-    def _fixed_for(self, feed: Mapping[str, np.ndarray]) -> _Fixed | None:
+    def _fixed_for(self, feed: Mapping[str, np.ndarray]) -> _Compiled | None:
         """The compilation for ``feed``'s shapes when it has one; counts single-photo shapes towards one."""
         shapes = tuple((name, tuple(a.shape)) for name, a in feed.items())
         if any(shape[0] != 1 for _, shape in shapes):
             return None  # batches (indexing) vary too much in size to be worth a compilation each
         with self._lock:
             self._count(shapes)
-            return self._fixed.get(shapes)
+            future = self._promoted.get(shapes)
+        return future.result() if future is not None and future.done() else None
 
     def _count(self, shapes: _Shapes) -> None:
         """Count a single-photo pass of ``shapes``; promote the shape when it has become one of the most frequent.
@@ -162,39 +159,34 @@ class OpenVinoSession:
             weakest = min(self._promoted, key=lambda k: self._seen[k])
             if seen <= 2 * self._seen[weakest]:
                 return
-            del self._promoted[weakest]
-            self._fixed.pop(weakest, None)  # a search running it keeps it until done
+            del self._promoted[weakest]  # a search running its compilation keeps it until done
             log.debug("%s: input shape %s gives its compilation up to %s", self.path.name, weakest, shapes)
         if self._compiler is None:
             self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shoplens-openvino-compile")
         self._promoted[shapes] = self._compiler.submit(self._compile_fixed, shapes)
 
-    def _compile_fixed(self, shapes: _Shapes) -> None:
+    def _compile_fixed(self, shapes: _Shapes) -> _Compiled | None:
         try:
             if self._model is None:
                 self._model = core().read_model(str(self.path))
             model = self._model.clone()
             model.reshape({name: list(shape) for name, shape in shapes})
-            compiled = core().compile_model(model, "CPU", self._config)
+            compiled = _Compiled(core().compile_model(model, "CPU", self._config))
         except Exception as err:  # noqa: BLE001 - the general compilation still runs this shape
             log.warning("%s: could not compile input shape %s on its own (%s)", self.path.name, shapes, err)
-            return
-        with self._lock:
-            if shapes in self._promoted:  # not given up while it compiled
-                self._fixed[shapes] = _Fixed(compiled)
-                log.debug("%s: input shape %s now has a compilation of its own", self.path.name, shapes)
+            return None
+        log.debug("%s: input shape %s now has a compilation of its own", self.path.name, shapes)
+        return compiled
 
     def wait_fixed(self) -> list[_Shapes]:
         """Wait for the shapes being compiled on their own; the shapes that have a compilation of their own."""
         with self._lock:
-            pending = list(self._promoted.values())
-        for future in pending:
-            future.result()
-        return sorted(self._fixed)
+            promoted = dict(self._promoted)
+        return sorted(shapes for shapes, future in promoted.items() if future.result() is not None)
 
 
-class _Fixed:
-    """A compilation for one input shape and its idle infer requests."""
+class _Compiled:
+    """A compiled model and its idle infer requests (lent one per caller, see :class:`OpenVinoSession`)."""
 
     def __init__(self, compiled: Any) -> None:
         self.compiled = compiled
@@ -202,21 +194,17 @@ class _Fixed:
         self.idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     def run(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        return _infer(self.compiled, self.outputs, self.idle, feed)
-
-
-def _infer(compiled: Any, outputs: list[Any], idle: queue.SimpleQueue[Any], feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    try:
-        request = idle.get_nowait()
-    except queue.Empty:
-        request = compiled.create_infer_request()
-    try:
-        # share_inputs: the arrays are read in place (the call blocks until done);
-        # outputs are copies, the request's own buffers are reused by the next call.
-        result = request.infer(dict(feed), share_inputs=True, share_outputs=False)
-        return [result[o] for o in outputs]
-    finally:
-        idle.put(request)
+        try:
+            request = self.idle.get_nowait()
+        except queue.Empty:
+            request = self.compiled.create_infer_request()
+        try:
+            # share_inputs: the arrays are read in place (the call blocks until done);
+            # outputs are copies, the request's own buffers are reused by the next call.
+            result = request.infer(dict(feed), share_inputs=True, share_outputs=False)
+            return [result[o] for o in self.outputs]
+        finally:
+            self.idle.put(request)
 
 
 class OpenVinoConvBackbone(OnnxConvBackbone):
