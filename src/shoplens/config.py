@@ -175,8 +175,9 @@ class RuntimeConfig:
     #: most frequent recent ones): the forward pass without re-planning for
     #: its size, about 1.2 ms less at 224 px, for 27-40 MiB each with
     #: EfficientNet-Lite0 (shoplens.models.openvino_runtime.OpenVinoSession).
+    #: Six: a search stream's recurring shapes, the gate's included (stop 21).
     #: 0 = one compilation for every size.
-    static_shapes: int = 4
+    static_shapes: int = 6
 
 
 @dataclass
