@@ -298,6 +298,54 @@ def test_openvino_gives_a_fixed_compilation_to_a_shape_that_became_more_frequent
     assert session._seen[(("pixels", a.shape),)] < PROMOTE_AFTER
 
 
+def test_openvino_large_passes_run_on_a_compilation_given_up_when_idle(
+        monkeypatch: pytest.MonkeyPatch, onnx_cache: Path, backbones: tuple[TorchConvBackbone, TorchConvBackbone]) -> None:
+    """Indexing-sized batches run on a compilation of their own, dropped when idle (its memory with it); same outputs."""
+    import time
+
+    from shoplens.models import openvino_runtime
+    from shoplens.models.openvino_runtime import OpenVinoSession
+
+    monkeypatch.setattr(openvino_runtime, "LARGE_PASS_VALUES", 2 * 3 * 64 * 64)  # the tiny test graph's "large"
+    monkeypatch.setattr(openvino_runtime, "LARGE_IDLE_S", 0.3)
+    session = OpenVinoSession(backbones[1].model_path)  # type: ignore[attr-defined]
+    rng = np.random.default_rng(2)
+    small, large = (rng.standard_normal(s).astype(np.float32) for s in ((2, 3, 64, 64), (3, 3, 64, 64)))
+    want = session._general.run({"pixels": large})
+    session.run(None, {"pixels": small})
+    assert not session.large_compiled  # a search-sized batch stays on the general compilation
+    for got, w in zip(session.run(None, {"pixels": large}), want):
+        np.testing.assert_array_equal(got, w)
+    assert session.large_compiled
+    deadline = time.monotonic() + 10
+    while session.large_compiled and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not session.large_compiled  # given up after LARGE_IDLE_S without a large pass
+    for got, w in zip(session.run(None, {"pixels": large}), want):  # made again when one comes
+        np.testing.assert_array_equal(got, w)
+    assert session.large_compiled
+
+
+def test_openvino_keeps_the_large_compilation_while_a_pass_runs_on_it(
+        monkeypatch: pytest.MonkeyPatch, onnx_cache: Path, backbones: tuple[TorchConvBackbone, TorchConvBackbone]) -> None:
+    from shoplens.models import openvino_runtime
+    from shoplens.models.openvino_runtime import OpenVinoSession
+
+    monkeypatch.setattr(openvino_runtime, "LARGE_PASS_VALUES", 0)
+    monkeypatch.setattr(openvino_runtime, "LARGE_IDLE_S", 60.0)  # the timer stays out of the way: checks by hand
+    session = OpenVinoSession(backbones[1].model_path)  # type: ignore[attr-defined]
+    session.run(None, {"pixels": np.zeros((1, 3, 64, 64), np.float32)})
+    with session._large_lock:
+        session._large_last -= 120  # idle long enough
+        session._large_busy += 1  # but a pass is in flight
+    session._release_large()
+    assert session.large_compiled
+    with session._large_lock:
+        session._large_busy -= 1
+    session._release_large()
+    assert not session.large_compiled
+
+
 @pytest.mark.data
 def test_openvino_fixed_shape_compilations_give_the_same_encodings_of_real_photos(
         data_dir: Path, onnx_cache: Path, backbones: tuple[TorchConvBackbone, TorchConvBackbone]) -> None:

@@ -21,6 +21,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -71,6 +72,12 @@ PROMOTE_AFTER = 4
 #: Single-photo passes after which a session halves its counts of the shapes seen.
 DECAY_EVERY = 64
 
+#: A pass whose inputs hold more values than this (more than 8 photos at 224 px: indexing's batches,
+#: never a search's garment crops) runs on a compilation of its own, given up once idle.
+LARGE_PASS_VALUES = 8 * 3 * 224 * 224
+#: Seconds without a large pass after which its compilation, and the memory it holds, is given up.
+LARGE_IDLE_S = 10.0
+
 #: A feed's input shapes: ((name, shape), ...).
 _Shapes = tuple[tuple[str, tuple[int, ...]], ...]
 
@@ -94,6 +101,15 @@ class OpenVinoSession:
     EfficientNet-Lite0 (its own packed weights and buffers; the graph's
     constants are shared). The outputs are the same as the general
     compilation's, bit for bit.
+
+    Large passes (more values than :data:`LARGE_PASS_VALUES`: indexing's
+    batches) run on a compilation of their own, made when the first comes
+    (from OpenVINO's blob cache: ~0.03 s) and given up after
+    :data:`LARGE_IDLE_S` seconds without one. A compilation keeps the
+    memory its largest pass needed: 700 MiB after batches of 32 photos at
+    320 px, which a process that indexes and then searches (the server
+    taking writes) held for good when they ran on the general compilation
+    (docs/benchmarks.md, "Stop 21"). Same outputs, bit for bit.
     """
 
     def __init__(self, path: str | Path, threads: int = 0, precision: str = "f32", static_shapes: int = 0) -> None:
@@ -108,6 +124,7 @@ class OpenVinoSession:
         blobs = compiled_cache_dir()
         if blobs is not None:
             config["CACHE_DIR"] = str(blobs)
+        self._cached_config = config
         self.path = Path(path)
         self._general = _Compiled(core().compile_model(str(self.path), "CPU", config))
         #: The precision the CPU plugin computes in ("f32" where bf16 was asked of a CPU without it).
@@ -122,12 +139,59 @@ class OpenVinoSession:
         self._lock = threading.Lock()
         self._compiler: ThreadPoolExecutor | None = None
         self._model: Any = None  # the graph read once, cloned for each fixed shape (its constants are shared)
+        #: The large passes' compilation while they come; passes running on it; when the last ended.
+        self._large: _Compiled | None = None
+        self._large_busy = 0
+        self._large_last = 0.0
+        self._large_lock = threading.Lock()
+        self._release_timer: threading.Timer | None = None
 
     def run(self, output_names: list[str] | None, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         if output_names is not None:
             raise ValueError("OpenVinoSession.run returns every output; pass None")
+        if sum(a.size for a in feed.values()) > LARGE_PASS_VALUES:
+            return self._run_large(feed)
         fixed = self._fixed_for(feed) if self.static_shapes else None
         return (fixed or self._general).run(feed)
+
+    def _run_large(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        with self._large_lock:
+            if self._large is None:
+                self._large = _Compiled(core().compile_model(str(self.path), "CPU", self._cached_config))
+            large = self._large
+            self._large_busy += 1
+        try:
+            return large.run(feed)
+        finally:
+            with self._large_lock:
+                self._large_busy -= 1
+                self._large_last = time.monotonic()
+                if self._release_timer is None:
+                    self._release_after(LARGE_IDLE_S)
+
+    def _release_after(self, seconds: float) -> None:
+        """Check in ``seconds`` whether the large passes' compilation can be given up. Called under its lock."""
+        timer = threading.Timer(seconds, self._release_large)
+        timer.daemon = True
+        self._release_timer = timer
+        timer.start()
+
+    def _release_large(self) -> None:
+        with self._large_lock:
+            self._release_timer = None
+            if self._large is None:
+                return
+            idle = time.monotonic() - self._large_last
+            if self._large_busy or idle < LARGE_IDLE_S:
+                self._release_after(LARGE_IDLE_S if self._large_busy else LARGE_IDLE_S - idle)
+                return
+            self._large = None  # a pass that still holds it keeps it until done
+        log.debug("%s: the large passes' compilation is given up after %.0f s idle", self.path.name, idle)
+
+    @property
+    def large_compiled(self) -> bool:
+        """Whether the large passes' compilation is held now."""
+        return self._large is not None
 
     def _fixed_for(self, feed: Mapping[str, np.ndarray]) -> _Compiled | None:
         """The compilation for ``feed``'s shapes when it has one; counts single-photo shapes towards one."""
