@@ -126,7 +126,7 @@ class OpenVinoSession:
             config["CACHE_DIR"] = str(blobs)
         self._cached_config = config
         self.path = Path(path)
-        self._general = _Compiled(core().compile_model(str(self.path), "CPU", config))
+        self._general = self._compile_any_size()
         #: The precision the CPU plugin computes in ("f32" where bf16 was asked of a CPU without it).
         self.precision = self._general.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # an ov.Type
         if self.precision != precision:
@@ -154,10 +154,14 @@ class OpenVinoSession:
         fixed = self._fixed_for(feed) if self.static_shapes else None
         return (fixed or self._general).run(feed)
 
+    def _compile_any_size(self) -> _Compiled:
+        """The graph compiled for any input size (through OpenVINO's blob cache where it can be written)."""
+        return _Compiled(core().compile_model(str(self.path), "CPU", self._cached_config))
+
     def _run_large(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         with self._large_lock:
             if self._large is None:
-                self._large = _Compiled(core().compile_model(str(self.path), "CPU", self._cached_config))
+                self._large = self._compile_any_size()
             large = self._large
             self._large_busy += 1
         try:
