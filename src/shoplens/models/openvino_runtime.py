@@ -109,7 +109,7 @@ class OpenVinoSession:
     memory its largest pass needed: 700 MiB after batches of 32 photos at
     320 px, which a process that indexes and then searches (the server
     taking writes) held for good when they ran on the general compilation
-    (docs/benchmarks.md, "Stop 21"). Same outputs, bit for bit.
+    (docs/benchmarks.md, "Memory", since stop 21). Same outputs, bit for bit.
     """
 
     def __init__(self, path: str | Path, threads: int = 0, precision: str = "f32", static_shapes: int = 0) -> None:
