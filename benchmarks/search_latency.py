@@ -22,6 +22,13 @@ reads the shortlist, whatever the catalogue), so the local step searches a
 local-feature index of the store's size, as with a real catalogue;
 ``--no-local-copies`` leaves that index with the real photos only (what
 this benchmark measured before stop 18).
+
+The padded products are near-copies of the real ones under other ids, so
+every grocery query has dozens of products about as close as its own: the
+local step's confidence gate (``local.skip_margin``, a margin between
+products) never skips there, which it does for about a third of these
+queries against the real catalogue alone. ``local_step_skipped_share`` in
+the output says how often it did.
 """
 
 from __future__ import annotations
@@ -160,6 +167,8 @@ def main() -> None:
             # Minor page faults per search: memory the allocator handed back and takes again
             # (shoplens.allocator, runtime.malloc_trim_mib).
             faults: dict[str, list[float]] = {}
+            # Searches whose local step the confidence gate (local.skip_margin) skipped.
+            skipped: dict[str, list[bool]] = {}
             for i in range(args.queries):
                 for kind, photos in picked.items():
                     if i < len(photos):
@@ -167,6 +176,9 @@ def main() -> None:
                         r = lens.search([photos[i]])[0]
                         cpu.setdefault(r.intent, []).append((time.process_time() - cpu0) * 1000.0)  # type: ignore[union-attr]
                         faults.setdefault(r.intent, []).append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0)  # type: ignore[union-attr]
+                        local = r.steps.get("local")  # type: ignore[union-attr]
+                        if local and local.get("enabled"):
+                            skipped.setdefault(r.intent, []).append(bool(local.get("skipped")))  # type: ignore[union-attr]
                         total = r.timings_ms["total"]  # type: ignore[union-attr]
                         times[kind].append(total)
                         by_intent.setdefault(r.intent, []).append(total)  # type: ignore[union-attr]
@@ -210,6 +222,7 @@ def main() -> None:
         out["local_copies_added"] = local_copies
     out["process_cpu_ms_by_intent"] = {k: stats(v) for k, v in cpu.items()}
     out["minor_page_faults_by_intent"] = {k: stats(v) for k, v in faults.items()}
+    out["local_step_skipped_share"] = {k: round(sum(v) / len(v), 3) for k, v in skipped.items()}
     out["step_p50_ms_by_intent"] = {k: {s: round(statistics.median(v), 1) for s, v in st.items()} for k, st in steps.items()}
     a, n = out["by_predicted_intent_ms"].get("apparel", {}), out["by_predicted_intent_ms"].get("non_product", {})
     if a.get("n") and n.get("n"):
