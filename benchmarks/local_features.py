@@ -17,11 +17,9 @@ the run, so their time is measured.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -29,26 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _data import data_root, rows
+
 from shoplens.embed import Embedder, l2_normalize
 from shoplens.imaging import load_image
 from shoplens.local import LocalConfig, LocalFeatures, LocalIndex, Vocabulary, fuse
 from shoplens.local.features import FeatureExtractor
 from shoplens.models import create_model
 
-REPO = Path(__file__).resolve().parents[1]
 LENGTHS = (1, 2, 3, 5, 10, 20, 30, 50)
-
-
-def data_root() -> Path:
-    root = Path(os.environ.get("SHOPLENS_DATA") or REPO.parent / "shared" / "data")
-    if not (root / "grocery" / "catalog.csv").exists():
-        sys.exit(f"real photos not found at {root}: set SHOPLENS_DATA to the shared data folder")
-    return root
-
-
-def rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def _key(*parts: object) -> str:
