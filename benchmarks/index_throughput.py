@@ -60,9 +60,18 @@ def naive(paths: list[Path], model: torch.nn.Module, batch: int) -> None:
             model(x)
 
 
-def forward_only(run: Callable[[], object], n_batches: int) -> None:
+def forward_only(run: Callable[[], object], n_batches: int) -> float:
+    """Seconds of ``n_batches`` passes after one untimed pass: the steady forward pass.
+
+    Between rounds an OpenVINO backbone gives up its large passes' compilation
+    (idle for more than 10 s), so a round's first batch would also pay for
+    compiling and allocating again.
+    """
+    run()
+    t0 = time.perf_counter()
     for _ in range(n_batches):
         run()
+    return time.perf_counter() - t0
 
 
 def indexer(
