@@ -3,8 +3,9 @@
 (a) naive loop: PIL open, squash to 224 px, one eager EfficientNet-Lite0
     forward pass (NCHW, no_grad) per batch of 32;
 (b) the backbone forward pass alone at the same batch size (pre-made
-    224x224 tensors; nothing else) in each runtime: eager NCHW,
-    channels-last + inference_mode, ONNX Runtime fp32, OpenVINO f32 (and,
+    224x224 tensors; nothing else; timed after one untimed batch) in each
+    runtime: eager NCHW, channels-last + inference_mode, ONNX Runtime fp32,
+    OpenVINO f32 (and,
     with the runtime ``onnx-int8``, a static int8 copy calibrated on 64
     grocery val photos: see int8_accuracy.py for what it costs in accuracy);
 (c) shoplens' own Indexer end to end (read + decode + preprocess + embed +
@@ -122,7 +123,8 @@ def main() -> None:
         with torch.no_grad():
             return eager(x)
 
-    # Each measure is timed around its call, or reports its own seconds (the Indexer's: Shoplens.index alone).
+    # Each measure is timed around its call, or reports its own seconds (the Indexer's: Shoplens.index alone;
+    # the forward passes': after their untimed batch).
     measures: dict[str, tuple[int, Callable[[], object]]] = {"a_naive_loop": (len(paths), lambda: naive(paths, eager, args.batch))}
     measures["b_forward_torch_eager_nchw"] = (n_batches * args.batch, lambda: forward_only(eager_fwd, n_batches))
     for rt, bb in backbones.items():
