@@ -5,9 +5,9 @@
 (b) the backbone forward pass alone at the same batch size (pre-made
     224x224 tensors; nothing else; timed after one untimed batch) in each
     runtime: eager NCHW, channels-last + inference_mode, ONNX Runtime fp32,
-    OpenVINO f32 (and,
-    with the runtime ``onnx-int8``, a static int8 copy calibrated on 64
-    grocery val photos: see int8_accuracy.py for what it costs in accuracy);
+    OpenVINO f32 (and, with the runtime ``onnx-int8``, a static int8 copy
+    calibrated on 64 grocery val photos: see int8_accuracy.py for what it
+    costs in accuracy);
 (c) shoplens' own Indexer end to end (read + decode + preprocess + embed +
     write into a fresh store, through ``Shoplens.index`` with local features
     off), per runtime;
