@@ -199,3 +199,45 @@ def test_confident_global_match_skips_the_local_stage(tmp_path: Path, synthetic_
     with Shoplens(store, **_flags(), **{"local.skip_margin": 5.0}) as lens:  # never that confident: runs
         result = lens.search_one(photo, top_k=5)
         assert "skipped" not in result.steps["local"] and result.steps["local"]["keypoints"] > 0
+
+
+def test_produce_share_reads_the_produce_classes() -> None:
+    import numpy as np
+
+    from shoplens.intent import PRODUCE_CLASSES, produce_share
+
+    logits = np.zeros(1000)
+    assert produce_share(logits) == pytest.approx(len(PRODUCE_CLASSES) / 1000)
+    logits[954] = 20.0  # banana
+    assert produce_share(logits) > 0.99
+    logits[954], logits[899] = 0.0, 20.0  # water jug
+    assert produce_share(logits) < 0.01
+
+
+@pytest.mark.data
+def test_loose_produce_skips_the_local_stage(tmp_path: Path, data_dir: Path) -> None:
+    """Store photos of fruit skip the local step (it gains nothing there); packages never do."""
+    root = data_dir / "grocery"
+    with open(root / "catalog.csv", newline="") as f:
+        catalog = [r for r in csv.DictReader(f) if r["top_level"] in ("Fruit", "Packages")][::4]
+    kinds = {r["product_id"]: r["top_level"] for r in catalog}
+    with open(root / "photos.csv", newline="") as f:
+        val = [r for r in csv.DictReader(f) if r["split"] == "val" and r["product_id"] in kinds]
+    queries = {k: [r for r in val if kinds[r["product_id"]] == k][:12] for k in ("Fruit", "Packages")}
+    assert all(len(q) == 12 for q in queries.values())
+    catalogue = tmp_path / "catalog.csv"
+    with open(catalogue, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["product_id", "image", "title", "category"])
+        writer.writerows([r["product_id"], root / r["image"], r["title"], r["category"]] for r in catalog)
+    store = tmp_path / "store"
+    flags = {**_flags(), "local.skip_margin": 0}  # the produce gate alone decides
+    with Shoplens(store, **flags) as lens:
+        lens.index(catalogue)
+        steps = {k: [r.steps["local"] for r in lens.search([root / q["image"] for q in qs])] for k, qs in queries.items()}
+    assert not any(s.get("skipped") for s in steps["Packages"]), steps["Packages"]
+    assert all(s["keypoints"] > 0 for s in steps["Packages"])
+    skipped = [s for s in steps["Fruit"] if s.get("skipped")]
+    assert len(skipped) >= 9 and all(s["produce"] >= 0.1 for s in skipped), steps["Fruit"]  # measured: 12 of 12
+    with Shoplens(store, **flags, **{"local.skip_produce": 0}) as lens:  # switched off: the step runs
+        assert "skipped" not in lens.search_one(root / queries["Fruit"][0]["image"]).steps["local"]

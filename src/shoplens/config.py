@@ -133,6 +133,12 @@ class LocalFeaturesConfig:
     #: 85 % (trained head) of the grocery val searches with R@1 0.429 -> 0.443 and 0.780 -> 0.787
     #: (docs/benchmarks/lat.md).
     skip_margin: float = 0.03
+    #: Skip the stage when the intent gate's ImageNet classes put at least this probability on
+    #: loose fresh produce (fruit, vegetables, mushrooms; 0: never skip), where local features
+    #: barely tell products apart. 0.1 skipped 58-62 % of the grocery store photos (no package);
+    #: R@1 against the catalogue images 0.439 -> 0.436 (val), 0.446 -> 0.448 (train), against
+    #: catalogue + train photos 0.693 -> 0.679 (docs/benchmarks.md, section 5, stop 23).
+    skip_produce: float = 0.1
 
 
 @dataclass

@@ -25,7 +25,7 @@ from .detect import Detector, Garment, create_detector
 from .embed import Calibration, Embedder, Head, IdentityHead, Tail, calibration_file, load_head
 from .errors import ConfigError, StoreError
 from .imaging import Photo, crop
-from .intent import IntentClassifier, create_intent_classifier, list_intent_classifiers
+from .intent import IntentClassifier, create_intent_classifier, list_intent_classifiers, produce_share
 from .local.stage import LocalStage
 from .models import Backbone, Encoding, create_model, create_tuned_model
 from .models.preprocess import source_size
@@ -122,6 +122,8 @@ class Query:
     intent_scores: dict[str, float]
     photo: Photo  # the photo the later steps read (a preview's full decode)
     regions: list[tuple[Garment | None, np.ndarray]] = field(default_factory=list)  # (garment, vector)
+    #: The probability the gate's ImageNet classes put on loose fresh produce (None: not known).
+    produce: float | None = None
 
 
 class Pipeline:
@@ -365,7 +367,16 @@ class Pipeline:
         with timer.step("embed"):
             vectors = self.project("other_product", self.describe("other_product", cache))
         q.regions = [(None, vectors[0])]
+        q.produce = self._produce(cache)
         return q
+
+    def _produce(self, cache: EncodingCache) -> float | None:
+        """What the intent gate's ImageNet logits (already computed) put on loose fresh produce, when the local step asks."""
+        if not (self.config.local.enabled and self.config.local.skip_produce > 0):
+            return None
+        clf = self.intent_classifier
+        logits = cache.get(clf.backbone, clf.input_size)[0].logits
+        return None if logits is None else produce_share(logits)
 
     # -- steps 3–6 ----------------------------------------------------------
     def search(
@@ -415,7 +426,7 @@ class Pipeline:
                 if domain == "other_product" and self.local is not None and self.config.local.enabled and len(self.local):
                     with timer.step("local"):
                         self._notify("local")
-                        refined = self.local.refine(q.photo, store, q.regions[0][1], dists[0], ids[0], ids_allowed)
+                        refined = self.local.refine(q.photo, store, q.regions[0][1], dists[0], ids[0], ids_allowed, produce=q.produce)
                         dists, ids = refined.distances[None, :], refined.ids[None, :]
                     steps["local"] = refined.steps
                 with timer.step("rerank"):

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..registry import Registry
 from .base import IntentClassifier
-from .imagenet_map import ImageNetIntent
+from .imagenet_map import PRODUCE_CLASSES, ImageNetIntent, produce_share
 from .trained import IntentTrainReport, TrainedIntent, read_labelled, train_intent
 
 _REGISTRY: Registry[IntentClassifier] = Registry("intent classifier")
@@ -42,12 +42,14 @@ def register_intent_classifier(name: str, description: str = "") -> Any:
 
 
 __all__ = [
+    "PRODUCE_CLASSES",
     "ImageNetIntent",
     "IntentClassifier",
     "IntentTrainReport",
     "TrainedIntent",
     "create_intent_classifier",
     "list_intent_classifiers",
+    "produce_share",
     "read_labelled",
     "register_intent_classifier",
     "train_intent",

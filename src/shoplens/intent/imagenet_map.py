@@ -38,6 +38,18 @@ from ..config import INTENTS
 from ..models import Encoding
 from .base import IntentClassifier
 
+#: ImageNet classes of loose fresh produce: fruit and vegetables (936-957: head cabbage ... pomegranate),
+#: corn, rose hip and edible fungi (987, 989, 996-998). One item looks like the next and nothing on it
+#: is printed, so local features barely tell products apart (docs/benchmarks.md, section 5, stop 23).
+PRODUCE_CLASSES = (*range(936, 958), 987, 989, 996, 997, 998)
+
+
+def produce_share(logits: np.ndarray | torch.Tensor) -> float:
+    """The probability ImageNet ``logits`` of one photo (1000,) put on :data:`PRODUCE_CLASSES`."""
+    lg = np.asarray(logits, dtype=np.float64).reshape(-1)
+    p = np.exp(lg - lg.max())
+    return float(p[list(PRODUCE_CLASSES)].sum() / p.sum())
+
 
 @lru_cache(maxsize=1)
 def intent_of_class() -> np.ndarray:

@@ -178,19 +178,28 @@ class LocalStage:
         distances: np.ndarray,
         ids: np.ndarray,
         allowed: np.ndarray | None,
+        *,
+        produce: float | None = None,
     ) -> Refined:
         """The global candidates of one query (``distances``/``ids``, −1 = empty) fused with the local index's.
 
-        Small per-photo work: the caller runs it under ``threads.small_op_threads()``.
+        ``produce``: the probability the intent gate put on loose fresh produce
+        (``local.skip_produce``). Small per-photo work: the caller runs it
+        under ``threads.small_op_threads()``.
         """
         assert self.index is not None
         cfg = self.config
-        if cfg.skip_margin > 0:
+        why: dict[str, float] = {}
+        if cfg.skip_produce > 0 and produce is not None and produce >= cfg.skip_produce:
+            why = {"produce": round(produce, 4)}
+        elif cfg.skip_margin > 0:
             margin = product_margin(store, distances, ids)
             if margin >= cfg.skip_margin:
-                valid = ids >= 0
-                return Refined(distances[valid].astype(np.float32), ids[valid].astype(np.int64),
-                               {"enabled": True, "skipped": True, "margin": round(margin, 4)})
+                why = {"margin": round(margin, 4)}
+        if why:
+            valid = ids >= 0
+            return Refined(distances[valid].astype(np.float32), ids[valid].astype(np.int64),
+                           {"enabled": True, "skipped": True, **why})
         t = time.perf_counter()
         feats = self.index.extract_query(photo)
         valid = ids >= 0
