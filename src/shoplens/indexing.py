@@ -123,11 +123,11 @@ class Indexer:
         bar = tqdm(total=total, unit="img", desc="indexing", disable=not progress, leave=False)
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="shoplens-decode") as pool:
             chunks = list(_chunks(products, self.chunk_size))
-            # Prefetch: the next chunk is read and decoded while this one is embedded.
-            prepared: Future[list[_Product]] | None = pool.submit(self._prepare, chunks[0], report, pool) if chunks else None
+            # Prefetch: the next chunk is read and decoded while this one is embedded. The first
+            # chunk is prepared here, so that both workers decode it: nothing runs beside it.
+            prepared: Future[list[_Product]] | None = None
             for i in range(len(chunks)):
-                assert prepared is not None
-                plan = prepared.result()
+                plan = prepared.result() if prepared is not None else self._prepare(chunks[i], report, pool)
                 prepared = pool.submit(self._prepare, chunks[i + 1], report, pool) if i + 1 < len(chunks) else None
                 self._embed_and_write(plan, report)
                 bar.update(sum(len(rows) for _, rows in chunks[i]))
