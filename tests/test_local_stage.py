@@ -216,7 +216,7 @@ def test_produce_share_reads_the_produce_classes() -> None:
 
 @pytest.mark.data
 def test_loose_produce_skips_the_local_stage(tmp_path: Path, data_dir: Path) -> None:
-    """Store photos of fruit skip the local step (it gains nothing there); packages never do."""
+    """Store photos of fruit skip the local step (it barely helps there); packages never do."""
     root = data_dir / "grocery"
     with open(root / "catalog.csv", newline="") as f:
         catalog = [r for r in csv.DictReader(f) if r["top_level"] in ("Fruit", "Packages")][::4]

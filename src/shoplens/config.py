@@ -135,9 +135,9 @@ class LocalFeaturesConfig:
     skip_margin: float = 0.03
     #: Skip the stage when the intent gate's ImageNet classes put at least this probability on
     #: loose fresh produce (fruit, vegetables, mushrooms; 0: never skip), where local features
-    #: barely tell products apart. 0.1 skipped 58-62 % of the grocery store photos (no package);
-    #: R@1 against the catalogue images 0.439 -> 0.436 (val), 0.446 -> 0.448 (train), against
-    #: catalogue + train photos 0.693 -> 0.679 (docs/benchmarks.md, section 5, stop 23).
+    #: barely tell products apart. 0.1 skipped 58-62 % of the grocery store photos (1 package in
+    #: 964); R@1 against the catalogue images 0.453 -> 0.443 (val), 0.441 -> 0.442 (train), against
+    #: catalogue + train photos 0.672 -> 0.659 (docs/benchmarks.md, section 5, stop 23).
     skip_produce: float = 0.1
 
 
