@@ -371,9 +371,10 @@ class Pipeline:
         return q
 
     def _produce(self, cache: EncodingCache) -> float | None:
-        """What the intent gate's ImageNet logits (already computed) put on loose fresh produce, when the local step asks."""
-        if not (self.config.local.enabled and self.config.local.skip_produce > 0):
-            return None
+        """What the intent gate's ImageNet logits (already computed) put on loose fresh produce (8 µs).
+
+        The local stage decides what to make of it (``local.skip_produce``).
+        """
         clf = self.intent_classifier
         logits = cache.get(clf.backbone, clf.input_size)[0].logits
         return None if logits is None else produce_share(logits)
