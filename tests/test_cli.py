@@ -101,3 +101,16 @@ def test_set_is_kept_for_keys_that_also_have_an_option() -> None:
     assert _flags(args) == {"search.rank_filter": "true", "intent.enabled": "true"}
     args = build_parser().parse_args(["eval", "q.csv", "--store", "s", "--set", "search.rank_filter=true", "--no-rank-filter"])
     assert _flags(args) == {"search.rank_filter": False}
+
+
+def test_models_lists_every_registry_with_descriptions(capsys: pytest.CaptureFixture[str]) -> None:
+    """`shoplens models` reads the registries through their public describe_*() functions."""
+    from shoplens.detect import describe_detectors, list_detectors
+    from shoplens.intent import describe_intent_classifiers, list_intent_classifiers
+
+    assert main(["models", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["detectors"] == describe_detectors() and sorted(out["detectors"]) == list_detectors()
+    assert out["intent_classifiers"] == describe_intent_classifiers()
+    assert sorted(out["intent_classifiers"]) == list_intent_classifiers()
+    assert "efficientnet_lite0" in out["backbones"] and out["detectors"]["default"]

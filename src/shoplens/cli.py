@@ -190,15 +190,15 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .detect import _REGISTRY as detectors
-    from .intent import _REGISTRY as intents
+    from .detect import describe_detectors
+    from .intent import describe_intent_classifiers
     from .models import get_entry, list_models, list_schemes
 
     out: dict[str, Any] = {
         "backbones": {n: get_entry(n).description for n in list_models()},
         "backbone_schemes": [f"{s}:..." for s in list_schemes()],
-        "intent_classifiers": intents.describe(),
-        "detectors": detectors.describe(),
+        "intent_classifiers": describe_intent_classifiers(),
+        "detectors": describe_detectors(),
     }
     if args.json:
         sys.stdout.write(json.dumps(out, indent=2) + "\n")

@@ -73,6 +73,11 @@ def list_detectors(pattern: str = "*") -> list[str]:
     return _REGISTRY.names(pattern)
 
 
+def describe_detectors() -> dict[str, str]:
+    """Every registered detector name (schemes end in ``:``) with its one-line description."""
+    return _REGISTRY.describe()
+
+
 def register_detector(name: str, description: str = "") -> Any:
     return _REGISTRY.register(name, description)
 
@@ -85,6 +90,7 @@ __all__ = [
     "NoDetector",
     "Owlv2Detector",
     "create_detector",
+    "describe_detectors",
     "list_detectors",
     "register_detector",
 ]

@@ -37,6 +37,11 @@ def list_intent_classifiers(pattern: str = "*") -> list[str]:
     return _REGISTRY.names(pattern)
 
 
+def describe_intent_classifiers() -> dict[str, str]:
+    """Every registered intent classifier name with its one-line description."""
+    return _REGISTRY.describe()
+
+
 def register_intent_classifier(name: str, description: str = "") -> Any:
     return _REGISTRY.register(name, description)
 
@@ -48,6 +53,7 @@ __all__ = [
     "IntentTrainReport",
     "TrainedIntent",
     "create_intent_classifier",
+    "describe_intent_classifiers",
     "list_intent_classifiers",
     "produce_share",
     "read_labelled",
