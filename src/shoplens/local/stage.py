@@ -21,7 +21,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -29,7 +30,6 @@ from tqdm import tqdm
 from ..config import LocalFeaturesConfig
 from ..errors import BadImageError, ConfigError, ShoplensError
 from ..imaging import Photo, load_image
-from ..store.base import CatalogueStore
 from .index import MANIFEST, LocalConfig, LocalIndex
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,26 @@ log = logging.getLogger(__name__)
 DOMAIN = "other_product"
 #: What ``local.scope`` may say: the images the local features score.
 SCOPES = ("candidates", "all")
+
+
+class StoredImages(Protocol):
+    """What the stage reads of a catalogue store: ``store.base.CatalogueStore`` provides it."""
+
+    def image_ids(self, domain: str) -> np.ndarray:
+        """Ids of the domain's stored images, ascending (int64)."""
+        ...
+
+    def image_source(self, image_id: int) -> str | None:
+        """Where the image's photo was read from, if the store knows."""
+        ...
+
+    def image_categories(self, image_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+        """image id -> (product id, product category), for the ids whose image and product exist."""
+        ...
+
+    def search(self, domain: str, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, image ids), each (n, k'), k' <= k; −1 ids are empty slots."""
+        ...
 
 
 @dataclass
@@ -49,7 +69,7 @@ class Refined:
     steps: dict[str, Any]
 
 
-def product_margin(store: CatalogueStore, distances: np.ndarray, ids: np.ndarray, depth: int = 32) -> float:
+def product_margin(store: StoredImages, distances: np.ndarray, ids: np.ndarray, depth: int = 32) -> float:
     """How much farther the second-closest product is than the closest (global distances, closest first).
 
     Only the first ``depth`` candidates are looked at: when they all show one
@@ -122,7 +142,7 @@ class LocalStage:
         return self.index.config.query_side
 
     # -- keeping in step with the store ---------------------------------------
-    def sync(self, store: CatalogueStore, *, progress: bool = False, workers: int = 2) -> tuple[int, int]:
+    def sync(self, store: StoredImages, *, progress: bool = False, workers: int = 2) -> tuple[int, int]:
         """Add the store's new ``other_product`` images, drop the gone ones, save. Returns (added, removed)."""
         assert self.index is not None
         stored = store.image_ids(DOMAIN)
@@ -173,7 +193,7 @@ class LocalStage:
     def refine(
         self,
         photo: Photo,
-        store: CatalogueStore,
+        store: StoredImages,
         vector: np.ndarray,
         distances: np.ndarray,
         ids: np.ndarray,
