@@ -12,13 +12,13 @@ import torch
 
 from shoplens.embed import ProjectionCfg, Tail, TailCfg, l2_normalize, tune_tail
 from shoplens.embed.pooling import gem
-from shoplens.embed.store_training import _reencode
 from shoplens.errors import ConfigError
 from shoplens.imaging import load_image
 from shoplens.models import TorchConvBackbone, create_model, create_tuned_model
 from shoplens.models.efficientnet_lite import build_efficientnet_lite
 from shoplens.pipeline import EncodingCache
 from shoplens.store import ImageRecord, WriteBatch
+from shoplens.training import _reencode
 
 from .conftest import make_image, write_grocery_catalogue
 

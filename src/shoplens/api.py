@@ -402,7 +402,7 @@ class Shoplens:
         Returns an :class:`~shoplens.embed.EmbedderReport` per domain trained.
         """
         from .config import DOMAINS
-        from .embed.store_training import train_store_embedder
+        from .training import train_store_embedder
 
         with self._write_lock:
             reports = dict(train_store_embedder(

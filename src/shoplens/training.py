@@ -20,18 +20,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..catalog import read_labelled_csv
-from ..config import DOMAINS
-from ..errors import BadImageError, CatalogueError, StoreError
-from ..store.base import WriteBatch
-from ..store.metadata import ImageRecord
-from .calibration import calibration_file
-from .tail import supports_tail, tune_tail
-from .training import CATEGORY_CFG, EmbedderReport, ProjectionCfg, holdout_mask, train_embedder, training_labels
+from .catalog import read_labelled_csv
+from .config import DOMAINS
+from .embed.calibration import calibration_file
+from .embed.tail import supports_tail, tune_tail
+from .embed.training import CATEGORY_CFG, EmbedderReport, ProjectionCfg, holdout_mask, train_embedder, training_labels
+from .errors import BadImageError, CatalogueError, StoreError
+from .store.base import WriteBatch
+from .store.metadata import ImageRecord
 
 if TYPE_CHECKING:
-    from ..pipeline import Pipeline
-    from ..store import CatalogueStore
+    from .pipeline import Pipeline
+    from .store import CatalogueStore
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +74,8 @@ def _describe_labelled(
     Decoded as the indexer decodes the catalogue (in parallel, to the
     pipeline's decode size); an unreadable photo is logged and counted.
     """
-    from ..indexing import decode_all
-    from ..pipeline import EncodingCache
+    from .indexing import decode_all
+    from .pipeline import EncodingCache
 
     x_raw: list[np.ndarray] = []
     x_pid: list[str] = []
@@ -107,7 +107,7 @@ def _shipped(pipeline: Pipeline, domain: str) -> str:
 def _stride16_maps(pipeline: Pipeline, domain: str, files: list[Path], progress: bool) -> tuple[list[torch.Tensor], np.ndarray]:
     """The shipped backbone's stride-16 maps (float16) of ``files`` at the domain's first input size,
     and a mask of the files that could be decoded."""
-    from ..indexing import decode_all
+    from .indexing import decode_all
 
     emb = pipeline.embedders[domain]
     backbone = pipeline.backbone(_shipped(pipeline, domain))
@@ -174,8 +174,8 @@ def _reencode(store: CatalogueStore, pipeline: Pipeline, domain: str, progress: 
     source and content); a run cut short resumes where it stopped. Returns
     (re-encoded, unreadable) counts; an unreadable image keeps its old descriptor.
     """
-    from ..indexing import decode_all
-    from ..pipeline import EncodingCache
+    from .indexing import decode_all
+    from .pipeline import EncodingCache
 
     emb = pipeline.embedders[domain]
     todo = [(im.product_id, im.source) for im in store.iter_images() if im.domain == domain and im.signature != emb.signature]
