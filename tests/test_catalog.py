@@ -62,3 +62,36 @@ def test_folder_catalogue(tmp_path: Path) -> None:
 def test_parse_value() -> None:
     assert parse_value("12") == 12 and parse_value("-3.25") == -3.25
     assert parse_value("007") == "007" and parse_value("1e3") == "1e3" and parse_value("nan") == "nan"
+
+
+def test_parse_value_refuses_numbers_the_store_cannot_hold() -> None:
+    assert parse_value("9223372036854775807") == 2**63 - 1 and parse_value("-9223372036854775808") == -(2**63)
+    for text, message in [
+        ("9223372036854775808", "outside the range of integers"),
+        ("99999999999999999999", "outside the range of integers"),
+        ("9" * 5000, "5000 characters"),
+        ("9" * 320 + ".5", "beyond the range of decimal numbers"),
+    ]:
+        with pytest.raises(CatalogueError, match=message):
+            parse_value(text)
+
+
+def test_a_cell_that_cannot_be_converted_fails_its_row_only(tmp_path: Path) -> None:
+    huge = "9" * 5000
+    (tmp_path / "c.csv").write_text(
+        "product_id,image,price,note\n"
+        "p1,a.jpg,12,\n"
+        f"p2,b.jpg,{huge},\n"
+        "p3,c.jpg,99999999999999999999,\n"
+        f"p4,d.jpg,1,{'x' * 200_000}\n"  # over the csv module's field limit
+        "p5,e.jpg\n"  # a short row: its missing cells are empty
+        "p6,f.jpg,3,ok\n"
+    )
+    rows = list(read_catalogue(tmp_path / "c.csv"))
+    assert [r.origin for r in rows] == [f"c.csv:{n}" for n in range(2, 8)]
+    assert [r.error is None for r in rows] == [True, False, False, False, True, True]
+    assert rows[1].product_id == "p2" and "column 'price'" in (rows[1].error or "") and "5000 characters" in (rows[1].error or "")
+    assert len(rows[1].error or "") < 200  # the cell is not echoed whole
+    assert "outside the range of integers" in (rows[2].error or "")
+    assert "malformed CSV row" in (rows[3].error or "") and "field limit" in (rows[3].error or "")
+    assert rows[4].metadata == {"price": "", "note": ""} and rows[5].metadata == {"price": 3, "note": "ok"}

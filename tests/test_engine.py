@@ -111,6 +111,17 @@ def test_bad_rows_are_reported_and_the_rest_indexed(tmp_path: Path) -> None:
     assert "cannot read image" in errors["missing"] and "corrupt" in errors["broken"] and errors[""] == "empty product_id"
 
 
+def test_a_huge_number_in_a_cell_fails_its_row_and_the_run_goes_on(tmp_path: Path) -> None:
+    for i in range(3):
+        make_image(tmp_path / f"p{i}.png", i)
+    (tmp_path / "c.csv").write_text(f"product_id,image,price\np0,p0.png,1\np1,p1.png,{'9' * 5000}\np2,p2.png,99999999999999999999\n")
+    with Shoplens(tmp_path / "store", **{"intent.classifier": "test-other_product"}) as lens:
+        report = lens.index(tmp_path / "c.csv")
+        assert lens.count_products() == 1 and lens.get_product("p0").metadata == {"price": 1}
+    assert [(f["origin"], f["product_id"]) for f in report.failed] == [("c.csv:3", "p1"), ("c.csv:4", "p2")]
+    assert all("column 'price'" in f["error"] for f in report.failed)
+
+
 def test_missing_category_is_predicted_and_said(tmp_path: Path) -> None:
     make_image(tmp_path / "a.png", 1)
     (tmp_path / "c.csv").write_text("product_id,image\na,a.png\n")

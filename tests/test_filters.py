@@ -41,11 +41,26 @@ def test_parse_operators_and_values() -> None:
         ('bad"name=1', "without quotes"),
         ("x=\x00", "control characters"),
         ("f" * 200 + "=1", "at most 128"),
+        ("price<=99999999999999999999", "outside the range of integers"),  # SQLite binds integers as 64 bits
+        ("price>-9223372036854775809", "outside the range of integers"),
+        pytest.param("price<=" + "9" * 5000, "5000 characters, more than the 400", id="5000 digits"),  # int() refuses over 4,300
+        pytest.param("price=1|" + "9" * 320 + ".5", "beyond the range of decimal numbers", id="1e320"),
     ],
 )
 def test_bad_filters_say_what_is_wrong(text: str, message: str) -> None:
     with pytest.raises(FilterError, match=message):
         parse_filter(text)
+
+
+def test_numbers_at_the_limits_of_the_store(store: EmbeddedStore) -> None:
+    assert parse_filter("price<=9223372036854775807").values == (2**63 - 1,)
+    assert parse_filter("price>=-9223372036854775808").values == (-(2**63),)
+    assert _products(store, "price<=9223372036854775807") == {"a", "b", "c"}
+    assert _products(store, "price>-9223372036854775808") == {"a", "b", "c"}
+    with pytest.raises(FilterError, match="outside the range"):  # a Filter built in Python is checked as well
+        store.filter_image_ids("other_product", [Filter("price", "<=", (10**20,))])
+    with pytest.raises(FilterError, match="not finite"):
+        Filter("price", "<=", (float("inf"),))
 
 
 class Identity:
@@ -137,6 +152,10 @@ def test_cli_filter(tmp_path: Path, synthetic_catalogue: Path, capsys: pytest.Ca
     assert sorted(h["product_id"] for h in hits) == ["p3"]  # blue: p3 (13.5), p4, p5; price <= 14: p3
     assert main(args + ["--filter", "price<<3"]) == 2
     assert "filter" in capsys.readouterr().err
+    for huge in ("price<=99999999999999999999", "price<=" + "9" * 5000):
+        assert main(args + ["--filter", huge]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("shoplens: error: filter 'price<=9") and err.count("\n") == 1 and len(err) < 300, err
 
 
 FILTERS = [

@@ -98,6 +98,31 @@ def test_filters_over_http(client: TestClient) -> None:
     assert_error(search(client, photo(0), filter=["nothing here"]), 400, "bad_filter")
 
 
+def test_numbers_beyond_the_store_are_a_bad_filter_and_the_connection_stays(lens: Shoplens) -> None:
+    """Not a 500 (an OverflowError in SQLite, a ValueError from int()), and uvicorn keeps the connection open."""
+    import http.client
+
+    body = b"".join([
+        b'--b\r\nContent-Disposition: form-data; name="photo"; filename="q.png"\r\n\r\n', photo(0), b"\r\n",
+        b'--b\r\nContent-Disposition: form-data; name="filter"\r\n\r\nFILTER\r\n--b--\r\n',
+    ])
+    with LiveServer(create_app(lens, ServerSettings())) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            for huge in (b"price<=99999999999999999999", b"price<=" + b"9" * 5000, b"price=1|-" + b"9" * 25):
+                conn.request("POST", "/search", body=body.replace(b"FILTER", huge), headers={"Content-Type": "multipart/form-data; boundary=b"})
+                r = conn.getresponse()
+                answer = json.loads(r.read())
+                assert r.status == 400 and answer["code"] == "bad_filter", answer
+                assert answer["error"].startswith("filter 'price") and "outside the range" in answer["error"] or "characters" in answer["error"]
+                assert len(answer["error"]) < 400 and r.getheader("connection") != "close"
+            sock = conn.sock
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().status == 200 and conn.sock is sock  # the same keep-alive connection
+        finally:
+            conn.close()
+
+
 def test_product_lifecycle(client: TestClient) -> None:
     fields = {"product_id": "shoe/42", "title": "Red shoe", "category": "shoes", "metadata": {"price": 59.9, "brand": "Acme", "in_stock": True}}
     files = [("photos", ("a.png", photo(100), "image/png")), ("photos", ("b.png", photo(101), "image/png"))]

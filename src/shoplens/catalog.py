@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,11 @@ KNOWN_COLUMNS = ("product_id", "image", "title", "category", "domain")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 #: Longest product_id accepted; ids are keys, not descriptions.
 MAX_ID_LENGTH = 512
+#: Integers are stored as SQLite's 64-bit integers: none outside this range can be held.
+MIN_INTEGER, MAX_INTEGER = -(2**63), 2**63 - 1
+#: Longest number read, in characters: a double holds 17 significant digits, and
+#: a bound keeps a huge cell from costing time to convert.
+MAX_NUMBER_LENGTH = 400
 
 
 @dataclass(frozen=True)
@@ -53,12 +59,33 @@ _NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")
 def parse_value(text: str) -> Any:
     """Metadata values: plain decimal numbers become numbers, the rest stays text.
 
-    ``"12.50"`` becomes 12.5, but ``"00123"`` (a code) stays a string.
+    ``"12.50"`` becomes 12.5, but ``"00123"`` (a code) stays a string. A
+    number the store cannot hold (an integer outside the signed 64-bit range,
+    a decimal beyond a double's range, or one longer than
+    :data:`MAX_NUMBER_LENGTH` characters) raises :class:`CatalogueError`.
     """
     stripped = text.strip()
-    if _NUMBER.fullmatch(stripped):
-        return float(stripped) if "." in stripped else int(stripped)
-    return text
+    if not _NUMBER.fullmatch(stripped):
+        return text
+    if len(stripped) > MAX_NUMBER_LENGTH:
+        raise CatalogueError(f"the number {_shorten(stripped)} has {len(stripped)} characters, more than the {MAX_NUMBER_LENGTH} a number may have")
+    if "." in stripped:
+        number = float(stripped)
+        if not math.isfinite(number):
+            raise CatalogueError(f"the number {_shorten(stripped)} is beyond the range of decimal numbers (about 1.8e308)")
+        return number
+    digits = len(stripped.lstrip("-"))
+    value = int(stripped) if digits <= 19 else None  # int() of thousands of digits is refused by Python itself
+    if value is None or not MIN_INTEGER <= value <= MAX_INTEGER:
+        raise CatalogueError(
+            f"the integer {_shorten(stripped)} ({digits} digits) is outside the range of integers the store holds "
+            f"({MIN_INTEGER} to {MAX_INTEGER})"
+        )
+    return value
+
+
+def _shorten(text: str, keep: int = 24) -> str:
+    return text if len(text) <= keep else f"{text[:keep]}…"
 
 
 def validate_row(product_id: str, image: str, domain: str | None) -> str | None:
@@ -112,8 +139,18 @@ def _read_csv(path: Path) -> Iterator[CatalogueRow]:
 
 
 def _csv_rows(reader: csv.DictReader, path: Path, base: Path) -> Iterator[CatalogueRow]:
-    for line, record in enumerate(reader, start=2):
+    records = iter(reader)
+    line = 1
+    while True:
+        line += 1
         origin = f"{path.name}:{line}"
+        try:
+            record = next(records)
+        except StopIteration:
+            return
+        except csv.Error as err:  # e.g. a cell over the csv module's field limit: this row only
+            yield CatalogueRow("", "", origin=origin, error=f"malformed CSV row ({err})")
+            continue
         if None in record:  # more cells than header columns
             yield CatalogueRow("", "", origin=origin, error="more cells than header columns")
             continue
@@ -126,7 +163,16 @@ def _csv_rows(reader: csv.DictReader, path: Path, base: Path) -> Iterator[Catalo
         if image:
             p = Path(image)
             image_path = str(p if p.is_absolute() else (base / p))
-        metadata = {k: parse_value(v) for k, v in record.items() if k not in KNOWN_COLUMNS and k}
+        metadata: dict[str, Any] = {}
+        for k, v in record.items():
+            if k in KNOWN_COLUMNS or not k:
+                continue
+            cell = v or ""  # a short row's missing cells read as empty ones
+            try:
+                metadata[k] = parse_value(cell)
+            except CatalogueError as err:
+                error = error or f"column {k!r}: {err}"
+                metadata[k] = cell
         yield CatalogueRow(
             product_id=product_id,
             image=image_path,

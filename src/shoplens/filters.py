@@ -13,7 +13,8 @@ catalogue metadata column (``price``, ``brand`` …). Values are read the way
 catalogue cells are: ``12.50`` is the number 12.5, ``00123`` stays text, so
 ``price<=20`` compares numbers and ``sku=00123`` compares text. A numeric
 comparison never matches a text value. ``true``/``false`` also match JSON
-booleans.
+booleans. A number the store cannot hold (see :func:`shoplens.catalog.parse_value`)
+is a :class:`FilterError`, as is a :class:`Filter` built with one.
 
 The store evaluates filters into the set of allowed image ids of a domain,
 which the index search uses as a selector: filtering happens inside the
@@ -23,13 +24,14 @@ search, not by cutting a top-K afterwards.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .catalog import parse_value
-from .errors import FilterError
+from .catalog import MAX_INTEGER, MIN_INTEGER, parse_value
+from .errors import CatalogueError, FilterError
 
 #: Product columns (the rest of the fields are metadata keys).
 COLUMNS = ("product_id", "title", "category", "domain")
@@ -49,6 +51,14 @@ class Filter:
     field: str
     op: str
     values: tuple[Any, ...]
+
+    def __post_init__(self) -> None:
+        # SQLite binds integers as 64 bits (a larger one raises OverflowError) and has no infinities.
+        for v in self.values:
+            if isinstance(v, int) and not isinstance(v, bool) and not MIN_INTEGER <= v <= MAX_INTEGER:
+                raise FilterError(f"filter on {self.field!r}: the integer {v} is outside the range {MIN_INTEGER} to {MAX_INTEGER}")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise FilterError(f"filter on {self.field!r}: the number {v} is not finite")
 
     def __str__(self) -> str:
         return f"{self.field}{self.op}{'|'.join(str(v) for v in self.values)}"
@@ -87,8 +97,16 @@ def parse_filter(text: str) -> Filter:
     if field in COLUMNS or op == "~":
         values: tuple[Any, ...] = tuple(parts)
     else:
-        values = tuple(parse_value(p) for p in parts)
+        try:
+            values = tuple(parse_value(p) for p in parts)
+        except CatalogueError as err:
+            raise FilterError(f"filter {_quoted(text)}: {err}") from None
     return Filter(field, op, values)
+
+
+def _quoted(text: str, keep: int = 64) -> str:
+    """``text`` as quoted in a message: a 5,000-digit value is not echoed whole."""
+    return repr(text) if len(text) <= keep else f"{text[:keep]!r}… ({len(text)} characters)"
 
 
 def parse_filters(filters: FilterLike | Iterable[FilterLike] | None) -> list[Filter]:
