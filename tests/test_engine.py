@@ -122,6 +122,52 @@ def test_a_huge_number_in_a_cell_fails_its_row_and_the_run_goes_on(tmp_path: Pat
     assert all("column 'price'" in f["error"] for f in report.failed)
 
 
+def _index_or_fail(lens: Shoplens, catalogue: Path, fifo: Path | None = None, timeout: float = 60) -> Any:
+    """``lens.index(catalogue)``; a run that blocks on ``fifo`` is released (a writer opens and closes it) and fails."""
+    import os
+    import threading
+
+    out: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: out.update(report=lens.index(catalogue)), daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive() and fifo is not None:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the blocked reader gets EOF
+        worker.join(timeout)
+        pytest.fail(f"indexing blocked on the FIFO {fifo}")
+    assert "report" in out, "indexing did not finish"
+    return out["report"]
+
+
+def test_rows_naming_special_or_huge_files_fail_at_once(tmp_path: Path) -> None:
+    import os
+
+    make_image(tmp_path / "ok.png", 1)
+    os.mkfifo(tmp_path / "fifo.jpg")
+    (tmp_path / "folder.jpg").mkdir()
+    with open(tmp_path / "big.jpg", "wb") as f:
+        f.truncate(60 * 1024 * 1024)  # sparse, over the 50 MB limit
+    (tmp_path / "c.csv").write_text("product_id,image\nok,ok.png\nfifo,fifo.jpg\nfolder,folder.jpg\nbig,big.jpg\n")
+    with Shoplens(tmp_path / "store", **{"intent.classifier": "test-other_product"}) as lens:
+        report = _index_or_fail(lens, tmp_path / "c.csv", tmp_path / "fifo.jpg")
+        assert lens.count_products() == 1
+    errors = {f["product_id"]: f["error"] for f in report.failed}
+    assert set(errors) == {"fifo", "folder", "big"}
+    assert all(e.startswith("cannot read image: ") for e in errors.values())
+    assert "not a regular file (a FIFO)" in errors["fifo"] and "not a regular file (a folder)" in errors["folder"]
+    assert f"file is {60 * 1024 * 1024} bytes, over the limit" in errors["big"]  # refused by its size, not read
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+def test_a_row_naming_dev_zero_fails_without_reading_it(tmp_path: Path) -> None:
+    make_image(tmp_path / "ok.png", 1)
+    (tmp_path / "c.csv").write_text("product_id,image\nok,ok.png\nzero,/dev/zero\n")
+    with Shoplens(tmp_path / "store", **{"intent.classifier": "test-other_product"}) as lens:
+        report = _index_or_fail(lens, tmp_path / "c.csv")
+        assert lens.count_products() == 1
+    assert [(f["product_id"], f["error"]) for f in report.failed] == [("zero", "cannot read image: /dev/zero: not a regular file (a character device)")]
+
+
 def test_missing_category_is_predicted_and_said(tmp_path: Path) -> None:
     make_image(tmp_path / "a.png", 1)
     (tmp_path / "c.csv").write_text("product_id,image\na,a.png\n")

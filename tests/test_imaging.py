@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import re
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -72,6 +75,33 @@ def test_missing_file_and_folder(tmp_path: Path) -> None:
         load_image(tmp_path / "nope.jpg")
     with pytest.raises(BadImageError, match="not a regular file"):
         load_image(tmp_path)
+
+
+def test_special_and_huge_files_are_refused_before_any_byte_is_read(tmp_path: Path) -> None:
+    """A FIFO would block open(), /dev/zero never ends, a 60 MB file would be read whole: stat first."""
+    from shoplens.imaging import DEFAULT_MAX_BYTES, read_image_file
+
+    fifo = tmp_path / "fifo.jpg"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.jpg"
+    with open(big, "wb") as f:
+        f.truncate(60 * 1024 * 1024)  # sparse: no disk, but 60 MB to read
+    cases = [(fifo, "not a regular file (a FIFO)"), (tmp_path, "not a regular file (a folder)"),
+             (big, f"file is {60 * 1024 * 1024} bytes, over the limit of {DEFAULT_MAX_BYTES}")]
+    if Path("/dev/zero").exists():
+        (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+        cases += [(Path("/dev/zero"), "not a regular file (a character device)"), (tmp_path / "zero.jpg", "(a character device)")]
+    start = time.monotonic()
+    for path, message in cases:
+        for read in (read_image_file, load_image):
+            with pytest.raises(BadImageError, match=re.escape(message)):
+                read(path)
+    assert time.monotonic() - start < 2
+    good = tmp_path / "good.png"
+    good.write_bytes(_png(_gradient()))
+    assert read_image_file(good) == good.read_bytes() and load_image(good).size == (64, 48)
+    with pytest.raises(BadImageError, match="over the limit of 100"):
+        read_image_file(good, max_bytes=100)
 
 
 @pytest.mark.parametrize("mode", ["CMYK", "L", "LA", "RGBA", "P", "I;16", "I", "F", "1"])

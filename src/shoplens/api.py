@@ -29,7 +29,7 @@ from .catalog import CatalogueRow, read_catalogue, validate_row
 from .config import INTENTS, Config, load_store_config, resolve_config
 from .errors import BadImageError, CatalogueError, NotFoundError, ShoplensError, StoreError
 from .filters import FilterLike, parse_filters
-from .imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, Photo, load_image
+from .imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, Photo, load_image, read_image_file
 from .indexing import Indexer, IndexReport
 from .local.stage import LocalStage
 from .pipeline import INTENT_MODEL_FILE, EncodingCache, Pipeline
@@ -262,10 +262,7 @@ class Shoplens:
                 raise CatalogueError(f"product {pid!r}: at least one photo is needed")
             for n, photo in enumerate(item.photos, 1):
                 label = f"product {pid!r}, photo {n}"
-                try:
-                    data = photo if isinstance(photo, bytes) else Path(photo).read_bytes()
-                except OSError as err:
-                    raise BadImageError(f"{label}: cannot read: {err.strerror or err}") from None
+                data = photo if isinstance(photo, bytes) else read_image_file(photo, max_bytes=max_bytes, name=label)
                 path = self.save_photo(data, name=label, max_bytes=max_bytes, max_pixels=max_pixels)
                 rows.append(CatalogueRow(pid, str(path), item.title or None, item.category or None, item.domain or None, dict(item.metadata), origin=label))
         with self._write_lock:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import BinaryIO, Union
 
 import numpy as np
@@ -64,6 +64,53 @@ class Photo:
         return self if self.redecode is None else self.redecode()
 
 
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def read_image_file(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES, name: str | None = None) -> bytes:
+    """The bytes of the image file at ``path``, at most ``max_bytes``; raises :class:`BadImageError`.
+
+    Only a regular file within the limit is read (its size is checked before
+    any byte is read), so a catalogue row naming a FIFO, ``/dev/zero``, a
+    folder or a huge file is refused at once instead of blocking, or filling
+    memory. At most ``max_bytes + 1`` bytes are read, in case the file grows.
+    """
+    label = name or str(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise BadImageError(f"{label}: no such file") from None
+    except (OSError, ValueError) as err:
+        raise BadImageError(f"{label}: cannot read: {getattr(err, 'strerror', None) or err}") from None
+    _check_file(label, st, max_bytes)
+    try:
+        # O_NONBLOCK: should a FIFO take the file's place after the stat, open() does not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise BadImageError(f"{label}: cannot read: {err.strerror or err}") from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            _check_file(label, os.fstat(f.fileno()), max_bytes)  # the file opened, not the one stat() saw
+            data = f.read(max_bytes + 1)
+    except OSError as err:
+        raise BadImageError(f"{label}: cannot read: {err.strerror or err}") from None
+    if len(data) > max_bytes:
+        raise BadImageError(f"{label}: file is over the limit of {max_bytes} bytes")
+    return data
+
+
+def _check_file(label: str, st: os.stat_result, max_bytes: int) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise BadImageError(f"{label}: not a regular file ({_file_kind(st.st_mode)})")
+    if st.st_size > max_bytes:
+        raise BadImageError(f"{label}: file is {st.st_size} bytes, over the limit of {max_bytes}")
+
+
 def _open_source(source: ImageSource, max_bytes: int) -> tuple[io.BytesIO, str]:
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
@@ -71,22 +118,7 @@ def _open_source(source: ImageSource, max_bytes: int) -> tuple[io.BytesIO, str]:
             raise BadImageError(f"image is {len(data)} bytes, over the limit of {max_bytes}")
         return io.BytesIO(data), "<bytes>"
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        name = str(source)
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            raise BadImageError(f"{name}: no such file") from None
-        except OSError as err:
-            raise BadImageError(f"{name}: cannot read: {err.strerror or err}") from None
-        if not path.is_file():
-            raise BadImageError(f"{name}: not a regular file")
-        if st.st_size > max_bytes:
-            raise BadImageError(f"{name}: file is {st.st_size} bytes, over the limit of {max_bytes}")
-        try:
-            return io.BytesIO(path.read_bytes()), name
-        except OSError as err:
-            raise BadImageError(f"{name}: cannot read: {err.strerror or err}") from None
+        return io.BytesIO(read_image_file(source, max_bytes=max_bytes)), str(source)
     if hasattr(source, "read"):
         data = source.read(max_bytes + 1)
         if len(data) > max_bytes:
@@ -247,4 +279,4 @@ def to_pil(photo: Photo) -> Image.Image:
     return Image.fromarray(photo.pixels, "RGB")
 
 
-__all__ = ["ImageSource", "Photo", "crop", "load_image", "photo_from_array", "to_pil"]
+__all__ = ["ImageSource", "Photo", "crop", "load_image", "photo_from_array", "read_image_file", "to_pil"]

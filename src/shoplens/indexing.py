@@ -18,7 +18,6 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,7 @@ from tqdm import tqdm
 from .catalog import CatalogueRow
 from .config import DOMAINS, INTENTS
 from .errors import BadImageError
-from .imaging import ImageSource, Photo, load_image
+from .imaging import ImageSource, Photo, load_image, read_image_file
 from .intent.imagenet_map import intent_of_class
 from .models import imagenet_class_names
 from .pipeline import EncodingCache, Pipeline
@@ -71,7 +70,7 @@ class _Pending:
 
 
 def _read(row: CatalogueRow) -> tuple[bytes, str]:
-    data = Path(row.image).read_bytes()
+    data = read_image_file(row.image)  # a regular file within the size limit, or BadImageError
     return data, hashlib.sha1(data).hexdigest()
 
 
@@ -149,8 +148,8 @@ class Indexer:
             for row in rows:
                 try:
                     data, sha1 = _read(row)
-                except OSError as err:
-                    report.failed.append(_failure(row, f"cannot read image: {err.strerror or err}"))
+                except BadImageError as err:
+                    report.failed.append(_failure(row, f"cannot read image: {err}"))
                     continue
                 existing = db.find_image(pid, row.image)
                 if existing is not None:

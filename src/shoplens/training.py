@@ -26,6 +26,7 @@ from .embed.calibration import calibration_file
 from .embed.tail import supports_tail, tune_tail
 from .embed.training import CATEGORY_CFG, EmbedderReport, ProjectionCfg, holdout_mask, train_embedder, training_labels
 from .errors import BadImageError, CatalogueError, StoreError
+from .imaging import read_image_file
 from .store.base import WriteBatch
 from .store.metadata import ImageRecord
 
@@ -187,8 +188,8 @@ def _reencode(store: CatalogueStore, pipeline: Pipeline, domain: str, progress: 
             datas: list[bytes | None] = []
             for _, src in chunk:
                 try:
-                    datas.append(Path(src).read_bytes())
-                except OSError as err:
+                    datas.append(read_image_file(src))
+                except BadImageError as err:
                     logger.warning("train-embedder: cannot re-encode %s: %s", src, err)
                     datas.append(None)
             readable = [(row, d) for row, d in zip(chunk, datas) if d is not None]
