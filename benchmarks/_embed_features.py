@@ -3,8 +3,8 @@
 Each (dataset, backbone, input size, resize mode) is encoded once with the
 engine's own backbone code and pooled with every registered pooling; the
 result is cached as ``{dataset}_{backbone}_{resize}{size}.npz`` under
-SHOPLENS_EMBED_CACHE (default /work/cache/embedq/ablation), so a rerun of a
-benchmark only computes what is missing.
+SHOPLENS_EMBED_CACHE (default: ``CACHE`` below), so a rerun of a benchmark
+only computes what is missing.
 
     PYTHONPATH=src python benchmarks/_embed_features.py grocery efficientnet_lite0 224 letterbox
 """

@@ -10,7 +10,7 @@ overlapping it (IoU >= 0.5; the whole photo counts as a region) returns a
 top-10 list whose majority (more than half of the list) has the garment's
 category. Bags have no category in that catalogue and are left out.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/garment_search.py --store /tmp/garment-store [--json out.json]
+    PYTHONPATH=src python benchmarks/garment_search.py [--store DIR] [--json out.json]
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@
 (c) shoplens' own Indexer end to end (read + decode + preprocess + embed +
     write into a fresh store, through ``Shoplens.index`` with local features
     off), per runtime; the model is loaded and runs one untimed batch first,
-    as in (b) (OpenVINO compiles large passes on their own: stop 21);
+    as in (b) (OpenVINO compiles large passes on their own, and gives that
+    compilation up when idle);
 (d) with ``--with-local``: ``Shoplens.index`` as configured by default, which
     also extracts SIFT local features of every other_product photo, per
     exported runtime (onnx, openvino).
@@ -89,7 +90,7 @@ def indexer(
         if backbone is not None:  # the int8 graph is not a configured runtime: hand it to the pipeline
             lens.pipeline._backbones["efficientnet_lite0"] = backbone
         model = lens.pipeline.backbone("efficientnet_lite0")  # model loading (export, compilation) is not indexing,
-        model.forward(warm_batch)  # nor is OpenVINO's compilation for large passes (dropped after 10 s idle, stop 21)
+        model.forward(warm_batch)  # nor is OpenVINO's compilation for large passes (dropped after 10 s idle)
         t0 = time.perf_counter()
         report = lens.index(csv)
         elapsed = time.perf_counter() - t0

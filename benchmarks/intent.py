@@ -6,8 +6,8 @@ Products: grocery store photos and catalogue images (other_product), clothing
 photos and street outfits (apparel), from SHOPLENS_DATA (default ../shared/data).
 Non-products: the shared wallpapers and generated negatives (seed 0 for
 training and for choosing the default's parameters, seed 1 for testing).
-Backbone outputs are cached under SHOPLENS_INTENT_CACHE (default
-/work/cache/intent), so a rerun only computes what is new.
+Backbone outputs are cached under SHOPLENS_INTENT_CACHE (default:
+``_intent_data.cache_dir()``), so a rerun only computes what is new.
 
 The trained head is evaluated on photos it was not trained on: the grocery
 ``val`` split, the catalogue images, clothing photos of held-out senders, every

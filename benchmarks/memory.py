@@ -9,7 +9,7 @@ photo of each kind (non-product, grocery, outfit) and reports its peak RSS
 (VmHWM) and its RSS after the searches (VmRSS), per runtime. Local features
 are off (the padded products have no photos to extract them from).
 
-    python benchmarks/memory.py --products 0,100000 --root /tmp/memstores
+    python benchmarks/memory.py --products 0,100000 --root DIR
     # a store built by search_latency.py can be reused: --store-for 100000=/path/to/store
 """
 

@@ -20,8 +20,8 @@ Each padded other_product image also gets the visual words and signatures
 of a real photo in the local-feature index (no keypoints: verification
 reads the shortlist, whatever the catalogue), so the local step searches a
 local-feature index of the store's size, as with a real catalogue;
-``--no-local-copies`` leaves that index with the real photos only (what
-this benchmark measured before stop 18).
+``--no-local-copies`` leaves that index with the real photos only, which
+hides what the local step costs at catalogue scale.
 
 The padded products are near-copies of the real ones under other ids, so
 every grocery query has dozens of products about as close as its own: the

@@ -8,10 +8,9 @@ the peak (VmHWM) are reported.
 
 Indexing's batches (32 photos at 224 and 320 px) run on an OpenVINO
 compilation of their own that is given up after
-``shoplens.models.openvino_runtime.LARGE_IDLE_S`` seconds without one
-(stop 21); ``--modes`` also runs the process with that off (every pass on
-the general compilation, as before), alternating, for the side-by-side
-figure:
+``shoplens.models.openvino_runtime.LARGE_IDLE_S`` seconds without one;
+``--modes`` also runs the process with that off (every pass on the general
+compilation), alternating, for the side-by-side figure:
 
     python benchmarks/write_memory.py --photos 200 --rounds 2
 """
@@ -50,7 +49,7 @@ def child(store: Path, extra: Path, mode: str, idle: float) -> None:
     from shoplens.models import openvino_runtime
 
     if mode == "general":
-        openvino_runtime.LARGE_PASS_VALUES = 10**15  # every pass on the general compilation (before stop 21)
+        openvino_runtime.LARGE_PASS_VALUES = 10**15  # every pass on the general compilation
     root = data_root()
     queries = [root / "grocery" / r["image"] for r in rows(root / "grocery" / "photos.csv") if r["split"] == "val"][:30]
     out: dict[str, object] = {"mode": mode}

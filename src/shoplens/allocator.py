@@ -10,7 +10,7 @@ small (128 KiB) and move only with the history of the process. Whatever the
 heap gave back, the next search takes again page by page, each page zeroed
 by the kernel: 6,100 minor page faults per query photo's SIFT in a searching
 process, which took SIFT from 21 to 32 ms and the whole other_product search
-from 63 to 75 ms (docs/benchmarks.md, stop 19).
+from 63 to 75 ms (docs/decisions.md).
 
 :func:`keep_freed_memory` fixes both thresholds, so a process keeps up to
 ``trim`` bytes of freed heap for its next search (RSS about 30 MiB higher in

@@ -7,7 +7,7 @@ op spread over several OpenMP threads ends in a barrier that waits for
 every thread; on a CPU shared with other work a descheduled thread holds
 the barrier for a scheduler slice, so such ops cost many times their
 arithmetic (the garment head: 1.9 s with 2 threads, 21 ms with one, on the
-busy 2-core benchmark machine; docs/benchmarks/lat.md). They run on one
+busy 2-core benchmark machine; docs/decisions.md). They run on one
 thread; large passes (backbones, training, index building) keep the
 configured count, and so does an index search of several vectors in a
 large partition (:func:`index_search_threads`). Both settings are the
@@ -33,7 +33,7 @@ FAISS_THREADS = faiss.omp_get_max_threads()
 #: A search of several vectors at once (an outfit's garments) in a partition at least this large is
 #: no small op. Two threads, 8 garments: 19.9 instead of 33.2 ms against 500k apparel vectors (the
 #: whole search 138.1 vs 154.8 ms p50), 5.4 instead of 8.4 against 50k, where the whole search did
-#: not get faster (docs/benchmarks.md, stop 14). The threshold lies between the two.
+#: not get faster (docs/decisions.md). The threshold lies between the two.
 PARALLEL_SEARCH_MIN_VECTORS = 250_000
 
 

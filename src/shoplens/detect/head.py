@@ -350,7 +350,7 @@ def _onnx_session(heads: Sequence[GarmentHead], engine: str = "onnx") -> Any:
     ONNX Runtime where OpenVINO is missing or fails). OpenVINO runs the heads
     on all the cores: for a 384 x 256 photo 5.6-7.4 ms instead of 8.7-14.4 on
     one thread, and in the search benchmark the detect step's p50 was 22.8-31.2
-    ms against 28.0-36.8 (docs/benchmarks.md, section 5, stop 15).
+    ms against 28.0-36.8 (docs/decisions.md).
     """
     from ..models.onnx_runtime import cache_dir, cpu_session, export_graph, fingerprint
 

@@ -22,8 +22,7 @@ DIM = BINS[0] * BINS[1] * BINS[2]
 #: Photos are resized to this square before counting (cheap, and every photo counts the same).
 #: Bilinearly: 0.1 ms for a 348-px photo against 0.5 ms averaging areas, which was 5 % of
 #: indexing's time; the histograms of the two have a cosine of 0.997 or more (1st percentile
-#: over grocery photos), and a store indexed with the other searches as well (docs/benchmarks.md,
-#: "Indexing throughput", stop 23).
+#: over grocery photos), and a store indexed with the other searches as well (docs/decisions.md).
 SIZE = 128
 
 

@@ -17,7 +17,7 @@ from ..errors import UnknownModelError
 
 #: A pooling maps one photo's float32 (C, h, w) map to its (C,) descriptor.
 #: Poolings run in numpy: per photo, small torch ops cost far more than their
-#: arithmetic on a busy CPU (intra-op thread hand-offs; docs/benchmarks/speed.md).
+#: arithmetic on a busy CPU (intra-op thread hand-offs; docs/decisions.md).
 Pooling = Callable[[np.ndarray], np.ndarray]
 
 _POOLINGS: dict[str, Pooling] = {}

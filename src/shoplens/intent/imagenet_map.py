@@ -40,7 +40,7 @@ from .base import IntentClassifier
 
 #: ImageNet classes of loose fresh produce: fruit and vegetables (936-957: head cabbage ... pomegranate),
 #: corn, rose hip and edible fungi (987, 989, 996-998). One item looks like the next and nothing on it
-#: is printed, so local features barely tell products apart (docs/benchmarks.md, section 5, stop 23).
+#: is printed, so local features barely tell products apart (docs/decisions.md, local.skip_produce).
 PRODUCE_CLASSES = (*range(936, 958), 987, 989, 996, 997, 998)
 
 

@@ -59,7 +59,7 @@ class LocalConfig:
     #: Longest side a query photo is shrunk to before SIFT (0: ``max_side``). A search-time setting (the
     #: catalogue keeps ``max_side``; the engine's ``local.query_max_side`` is 384 by default). 224 found as
     #: many grocery products as 348 px in 0.6 of the local step's time, but cost sharp, finely printed
-    #: labels most of their inliers (docs/benchmarks.md, stops 17 and 18).
+    #: labels most of their inliers (docs/decisions.md).
     query_max_side: int = 0
     #: Strongest SIFT keypoints kept per image.
     max_keypoints: int = 1000
@@ -416,7 +416,7 @@ class LocalIndex:
 
     @property
     def converted(self) -> int:
-        """Segments read from the layout by word (before stop 19), which the next :meth:`save` rewrites."""
+        """Segments read from the older layout by word, which the next :meth:`save` rewrites."""
         return sum(seg.converted for seg in self._segments)
 
     def save(self, directory: str | os.PathLike[str]) -> None:

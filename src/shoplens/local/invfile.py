@@ -9,8 +9,8 @@ and nothing else:
 - :meth:`score_rows` scores given rows only (the global search's ~200
   candidates): it reads their entries, contiguous blocks, so its cost grows
   with the candidates and not with the catalogue (0.96 ms against 5.06 ms
-  for a binary search in the postings of each query word, the layout
-  before stop 19, in a segment of 49,809 images; docs/benchmarks.md).
+  for a binary search in the postings of each query word, the older
+  layout, in a segment of 49,809 images; docs/decisions.md).
 - :meth:`score` scores every row: one pass over all entries, in chunks.
 
 Stored by word instead (an inverted file), a query would read only the

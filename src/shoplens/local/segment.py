@@ -25,7 +25,7 @@ from .features import DESCRIPTOR_DIM, LocalFeatures
 from .invfile import Postings
 
 _ARRAYS = ("ids", "n_words", "row_ptr", "words", "sigs", "kp_ptr", "xy", "sift")
-#: Segments written before stop 19 hold their postings sorted by word in these instead of
+#: Segments written in the older layout hold their postings sorted by word in these instead of
 #: ``row_ptr`` and ``words``: they are converted when read.
 _BY_WORD_ARRAYS = ("ptr", "rows")
 #: Arrays memory-mapped rather than read into memory when a segment is loaded.
@@ -47,7 +47,7 @@ class Segment:
     alive_file: str | None = None
     #: The alive mask changed since it was last written.
     alive_dirty: bool = field(default=True)
-    #: Read from the layout by word (before stop 19): the next save writes it anew, in this layout.
+    #: Read from the older layout by word: the next save writes it anew, in this layout.
     converted: bool = field(default=False)
     #: The directory a segment was read from.
     origin: Path | None = field(default=None, repr=False)

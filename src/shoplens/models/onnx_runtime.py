@@ -210,8 +210,8 @@ def quantize_int8(backbone: OnnxConvBackbone, calibration: Sequence[Photo], path
     Activation ranges are calibrated on ``calibration`` photos, preprocessed as
     the backbone does; use photos like those the model will see (a few dozen
     catalogue photos). Run it with ``OnnxConvBackbone(base, model_path=path)``.
-    Not a configured runtime: it loses some accuracy (docs/benchmarks/speed.md
-    states how much on the grocery photos).
+    Not a configured runtime: it loses some accuracy (docs/benchmarks.md,
+    "Indexing throughput", states how much on the grocery photos).
     """
     import_optional("onnxruntime", "onnxruntime", "onnx", "int8 quantisation")
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static

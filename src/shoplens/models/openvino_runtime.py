@@ -95,7 +95,7 @@ class OpenVinoSession:
     re-plans every layer when the size differs from the last pass's: a search
     alternates sizes (the gate at 224 px, the 320-px descriptor, garment
     crops), so nearly every pass paid for it, about 1.2 ms of a 224-px pass
-    (docs/benchmarks.md, "Stop 20"). The most frequent recent shapes, up to
+    (docs/decisions.md). The most frequent recent shapes, up to
     ``static_shapes`` of them, are compiled for that shape alone, in the
     background (see :meth:`_count`); each costs 27-40 MiB for
     EfficientNet-Lite0 (its own packed weights and buffers; the graph's
@@ -109,7 +109,7 @@ class OpenVinoSession:
     memory its largest pass needed: 700 MiB after batches of 32 photos at
     320 px, which a process that indexes and then searches (the server
     taking writes) held for good when they ran on the general compilation
-    (docs/benchmarks.md, "Memory", since stop 21). Same outputs, bit for bit.
+    (docs/benchmarks.md, "Memory"). Same outputs, bit for bit.
     """
 
     def __init__(self, path: str | Path, threads: int = 0, precision: str = "f32", static_shapes: int = 0) -> None:
