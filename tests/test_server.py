@@ -373,6 +373,47 @@ def test_url_search_only_under_the_allow_list(lens: Shoplens) -> None:
         httpd.shutdown()
 
 
+def test_url_allow_list_cannot_be_left_with_dot_segments(lens: Shoplens) -> None:
+    """The origin resolves dot segments and decodes %2e/%2f, as many do: only /allowed/ may ever be asked for."""
+    import posixpath
+    from urllib.parse import unquote
+
+    from shoplens.server.fetch import remove_dot_segments
+
+    good, asked = photo(3), []
+
+    class Normalising(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            path = posixpath.normpath(unquote(self.path).replace("\\", "/").split(";")[0])
+            body = {"/allowed/photo.jpg": good, "/secret": b"the secret"}.get(path)
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    assert remove_dot_segments("/a/b/c/./../../g") == "/a/g" and remove_dot_segments("mid/content=5/../6") == "mid/6"  # RFC 3986, 5.2.4
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Normalising)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        with TestClient(create_app(lens, ServerSettings(url_allowlist=(f"{base}/allowed/",)))) as c:
+            for escape in ("../secret", "%2e%2e/secret", "..%2fsecret", "%2E%2E/secret", ".%2e/secret", "..%5csecret", "..\\secret",
+                           "..;/secret", "x/../../secret", "./../secret"):
+                body = assert_error(c.post("/search/url", json={"url": f"{base}/allowed/{escape}"}), 403, "url_not_allowed")
+                assert "secret" not in body["error"], escape
+            assert asked == []  # none of them was fetched, as written or otherwise
+            for inside in ("photo.jpg", "./photo.jpg", "x/../photo.jpg", "../allowed/photo.jpg"):
+                r = c.post("/search/url", json={"url": f"{base}/allowed/{inside}", "top_k": 1})
+                assert r.status_code == 200 and r.json()["regions"][0]["results"][0]["product_id"] == "p3", (inside, r.text)
+            assert asked == ["/allowed/photo.jpg"] * 4  # the normalised URL is what is fetched
+    finally:
+        httpd.shutdown()
+
+
 def test_metrics_health_readiness_schema(client: TestClient, lens: Shoplens) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     deadline = time.monotonic() + 60

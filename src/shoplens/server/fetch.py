@@ -1,12 +1,19 @@
 """Fetching a photo by URL: only under allow-listed prefixes, bounded in size and time.
 
-With no allow-list the server fetches nothing (no SSRF). Redirects are not
-followed (they could leave the allowed prefixes), proxies from the
-environment are not used, and the download stops at the size limit.
+With no allow-list the server fetches nothing (no SSRF). A URL's path is
+normalised before it is compared with the prefixes, and the normalised URL is
+what is fetched: dot segments are removed (RFC 3986, section 5.2.4), and a
+path with an encoded ``.``, ``/`` or ``\\`` (``%2e``, ``%2f``, ``%5c``), a
+backslash, or a dot segment with parameters (``..;x``) is refused, since an
+origin that decodes or normalises paths would serve it from outside the
+prefix. Redirects are not followed (they could leave the allowed prefixes),
+proxies from the environment are not used, and the download stops at the
+size limit.
 """
 
 from __future__ import annotations
 
+import re
 import urllib.error
 import urllib.request
 from urllib.parse import urlsplit, urlunsplit
@@ -26,8 +33,37 @@ class FetchTooLarge(ShoplensError):
     """The photo at the URL is over the size limit (413)."""
 
 
+#: Percent-encoded characters that a decoding origin would read as a dot segment or a separator.
+_ENCODED_SEPARATOR = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
+
+
+def remove_dot_segments(path: str) -> str:
+    """``path`` without ``.`` and ``..`` segments, as RFC 3986 (section 5.2.4) resolves them."""
+    out: list[str] = []
+    rest = path
+    while rest:
+        if rest.startswith("../"):
+            rest = rest[3:]
+        elif rest.startswith(("./", "/./")):
+            rest = rest[2:]
+        elif rest == "/.":
+            rest = "/"
+        elif rest.startswith("/../") or rest == "/..":
+            rest = "/" + rest[4:]
+            if out:
+                out.pop()
+        elif rest in (".", ".."):
+            rest = ""
+        else:
+            end = rest.find("/", 1 if rest.startswith("/") else 0)
+            segment, rest = (rest, "") if end < 0 else (rest[:end], rest[end:])
+            out.append(segment)
+    return "".join(out)
+
+
 def normalise(url: str) -> str:
-    """scheme://host[:port]/path?query with scheme and host lower-cased; refuses odd URLs."""
+    """scheme://host[:port]/path?query with scheme and host lower-cased and the path's dot
+    segments removed; refuses odd URLs and paths an origin could resolve elsewhere."""
     try:
         parts = urlsplit(url.strip())
         port = parts.port
@@ -37,11 +73,16 @@ def normalise(url: str) -> str:
         raise FetchRefused("only http:// and https:// URLs with a host can be fetched")
     if parts.username is not None or parts.password is not None:
         raise FetchRefused("URLs with user names or passwords are not fetched")
+    if _ENCODED_SEPARATOR.search(parts.path) or "\\" in parts.path:
+        raise FetchRefused("URLs whose path holds an encoded '.', '/' or '\\' (%2e, %2f, %5c) or a backslash are not fetched")
+    path = remove_dot_segments(parts.path or "/")
+    if any(segment.split(";", 1)[0] in (".", "..") for segment in path.split("/")):
+        raise FetchRefused("URLs with a dot segment carrying parameters ('..;') are not fetched")
     host = parts.hostname.lower()
     netloc = f"[{host}]" if ":" in host else host
     if port is not None:
         netloc += f":{port}"
-    return urlunsplit((parts.scheme.lower(), netloc, parts.path or "/", parts.query, ""))
+    return urlunsplit((parts.scheme.lower(), netloc, path or "/", parts.query, ""))
 
 
 def allowed(url: str, prefixes: tuple[str, ...]) -> str:
