@@ -51,6 +51,37 @@ def test_index_search_classify_detect_json(tmp_path: Path, synthetic_catalogue: 
     assert set(lines[0]["garments"][0]) == {"box", "label", "score"}
 
 
+def test_duplicate_rows_are_merged_and_said(tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    for name, seed in (("a", 1), ("b", 2), ("c", 3)):
+        make_image(tmp_path / f"{name}.png", seed)
+    (tmp_path / "c.csv").write_text(
+        "product_id,image,title,price\n"
+        "p0,a.png,Red,1\n"
+        "p0,a.png,Red,1\n"  # the same row again
+        "p0,b.png,Red,1\n"  # a second photo of p0: normal
+        "p1,c.png,Blue,2\n"
+        "p1,c.png,Blue,3\n"  # the same image again, other cells
+        "p2,a.png,Other,4\n"  # another product with p0's photo: not a duplicate row
+    )
+    store = str(tmp_path / "store")
+    caplog.set_level(logging.INFO, logger="shoplens.indexing")
+    code, lines, _ = run(capsys, "index", str(tmp_path / "c.csv"), "--store", store, "--json", "--intent-classifier", "test-other_product")
+    assert code == 0 and lines[0]["rows"] == 6 and lines[0]["products"] == 3 and lines[0]["images_added"] == 4
+    a, c = str(tmp_path.resolve() / "a.png"), str(tmp_path.resolve() / "c.png")
+    assert lines[0]["duplicates"] == [
+        {"origin": "c.csv:3", "product_id": "p0", "image": a, "duplicate_of": "c.csv:2", "cells": "identical"},
+        {"origin": "c.csv:6", "product_id": "p1", "image": c, "duplicate_of": "c.csv:5", "cells": "different (ignored)"},
+    ]
+    logged = [r.getMessage() for r in caplog.records if r.name == "shoplens.indexing"]
+    assert any(m.startswith("c.csv:3: product 'p0' lists image") for m in logged) and any(m.startswith("c.csv:6:") for m in logged)
+    code = main(["index", str(tmp_path / "c.csv"), "--store", store, "--intent-classifier", "test-other_product"])
+    out = capsys.readouterr().out
+    assert code == 0 and "6 row(s), 3 product(s)" in out
+    assert "note: 2 duplicate row(s) merged (the same product and image as an earlier row): c.csv:3 (as c.csv:2), c.csv:6 (as c.csv:5, other cells ignored)\n" in out
+
+
 def test_errors_exit_2_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "search", "x.jpg", "--store", str(tmp_path / "none"))
     assert code == 2 and "no such store" in err

@@ -162,6 +162,11 @@ def cmd_index(args: argparse.Namespace) -> int:
             sys.stdout.write(f"note: {report.categories_predicted} product(s) had no category: shoplens predicted one (category_source 'predicted')\n")
         if report.domains_inferred:
             sys.stdout.write(f"note: {report.domains_inferred} product(s) had no domain: inferred from the intent classifier\n")
+        if report.duplicates:
+            shown = ", ".join(f"{d['origin']} (as {d['duplicate_of']}{'' if d['cells'] == 'identical' else ', other cells ignored'})"
+                              for d in report.duplicates[:10])
+            more = f" and {len(report.duplicates) - 10} more" if len(report.duplicates) > 10 else ""
+            sys.stdout.write(f"note: {len(report.duplicates)} duplicate row(s) merged (the same product and image as an earlier row): {shown}{more}\n")
         for f in report.failed:
             sys.stdout.write(f"  {f['origin']}: {f['error']}\n")
     return EXIT_FAILED_ITEMS if report.failed else EXIT_OK

@@ -47,6 +47,8 @@ class IndexReport:
     categories_predicted: int = 0
     domains_inferred: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)
+    #: Rows naming the same product and image as an earlier row: merged into it (the earlier row is used).
+    duplicates: list[dict[str, str]] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,8 +84,15 @@ def _group(rows: Iterable[CatalogueRow], report: IndexReport) -> OrderedDict[str
             report.failed.append({"origin": row.origin, "product_id": row.product_id, "image": row.image, "error": row.error})
             continue
         listed = products.setdefault(row.product_id, [])
-        if all(r.image != row.image for r in listed):
+        first = next((r for r in listed if r.image == row.image), None)
+        if first is None:
             listed.append(row)
+            continue
+        same = (row.title, row.category, row.domain, row.metadata) == (first.title, first.category, first.domain, first.metadata)
+        cells = "identical" if same else "different (ignored)"
+        report.duplicates.append({"origin": row.origin, "product_id": row.product_id, "image": row.image,
+                                  "duplicate_of": first.origin, "cells": cells})
+        log.info("%s: product %r lists image %s again (as %s; cells %s): merged", row.origin, row.product_id, row.image, first.origin, cells)
     report.products = len(products)
     return products
 
