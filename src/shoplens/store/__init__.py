@@ -424,6 +424,9 @@ __all__ = [
     "EmbeddedStore",
     "FaissIndex",
     "ImageRecord",
+    def category_sizes(self, domain: str) -> dict[str, int]:
+        return self.db.category_sizes(domain)
+
     "MetadataDB",
     "ProductRecord",
     "Projector",

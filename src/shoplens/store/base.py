@@ -132,6 +132,14 @@ class CatalogueStore(abc.ABC):
         records = self.get_products(list(set(products.values())))
         return {i: (p, records[p].category) for i, p in products.items() if p in records}
 
+    def category_sizes(self, domain: str) -> dict[str, int]:
+        """Products per category in ``domain`` ("" for none); an engine that can counts them in one query."""
+        sizes: dict[str, int] = {}
+        for record in self.iter_products():
+            if record.domain == domain:
+                sizes[record.category or ""] = sizes.get(record.category or "", 0) + 1
+        return sizes
+
     @abc.abstractmethod
     def image_source(self, image_id: int) -> str | None: ...
 

@@ -297,6 +297,11 @@ class MetadataDB:
                 out[int(i)] = (p, c)
         return out
 
+    def category_sizes(self, domain: str) -> dict[str, int]:
+        """Products per category in ``domain`` ("" for none)."""
+        sql = "SELECT COALESCE(category, ''), COUNT(*) FROM products WHERE domain=? GROUP BY COALESCE(category, '')"
+        return {str(c): int(n) for c, n in self.query(sql, (domain,))}
+
     def image_source(self, image_id: int) -> str | None:
         rows = self.query("SELECT source FROM images WHERE image_id=?", (image_id,))
         return rows[0][0] if rows else None
