@@ -88,12 +88,17 @@ def test_postprocess_reports_each_step_and_switches() -> None:
     spec += [(f"cup{i}", 0.2 + i * 0.01, "cup") for i in range(8)]
     spec += [(f"toy{i}", 0.05 + i * 0.01, "toy") for i in range(2)]
     spec += [("far", 1.5, "beverage")]
-    cfg = SearchConfig(similar_k=50, top_k=100)
+    cfg = SearchConfig(similar_k=50, top_k=100, order_tolerance=2.0)  # SPEC's plain ordering
     out, steps = postprocess(hits_from(spec), cfg)
     assert steps["similar_set"]["after"] == 31
-    assert steps["rank_filter"] == {"enabled": True, "before": 31, "after": 30, "min_rank": 1.08}
+    assert steps["rank_filter"] == {"enabled": True, "before": 31, "after": 30, "min_rank": 1.08, "calibration": None, "removed": ["far"]}
+    assert steps["entropy_filter"]["removed"] == ["toy0", "toy1"]
     assert steps["entropy_filter"]["after"] == 28 and steps["entropy_filter"]["dropped_categories"] == ["toy"]
     assert [h.category for h in out[:20]] == ["beverage"] * 20
+    # The default tolerance (0.02) breaks near-ties only: each cup lets the beverage that trails it
+    # by 0.01 go first (beverage scores higher), not the one 0.02 behind.
+    near, _ = postprocess(hits_from(spec), SearchConfig(similar_k=50, top_k=100))
+    assert [h.product_id for h in near[:15]] == [f"bev{i}" for i in range(12)] + ["cup0", "bev12", "cup1"]
     # Every step off: rank order, toys first (they are nearest), far one kept.
     off = SearchConfig(similar_k=50, top_k=100, rank_filter=False, entropy_filter=False, category_order=False)
     out, steps = postprocess(hits_from(spec), off)
@@ -101,3 +106,59 @@ def test_postprocess_reports_each_step_and_switches() -> None:
     assert steps["rank_filter"]["enabled"] is False
     out, _ = postprocess(hits_from(spec), cfg, top_k=3)
     assert len(out) == 3
+
+
+def test_entropy_filter_weighs_a_category_against_its_size() -> None:
+    # 40 hits: 30 of category x (30 products), one hit each of y and z, which have one product each
+    # in the catalogue, and 8 of w (of 80 products). SPEC's surprisal drops y, z (5.3 bits) and w
+    # (2.3 bits is kept); against what each category could hold, y and z are complete (0 bits).
+    spec = [(f"x{i}", 0.3 + i * 0.001, "x") for i in range(30)] + [("y0", 0.1, "y"), ("z0", 0.2, "z")]
+    spec += [(f"w{i}", 0.4 + i * 0.001, "w") for i in range(8)]
+    hits = hits_from(spec)
+    sizes = {"x": 30, "y": 1, "z": 1, "w": 80}
+    bits = category_surprisal(hits, sizes)
+    assert bits["y"] == 0.0 and bits["z"] == 0.0
+    assert bits["x"] == pytest.approx(-math.log2(30 / 30))
+    assert bits["w"] == pytest.approx(-math.log2(8 / 40))
+    assert {h.category for h in entropy_filter(hits, max_bits=2.0, sizes=sizes)} == {"x", "y", "z"}
+    assert {h.category for h in entropy_filter(hits, max_bits=2.0)} == {"x"}  # SPEC's formula alone
+
+
+def test_entropy_filter_drops_nothing_when_no_category_is_certain() -> None:
+    # 20 categories of 2 hits each: every one is 3.32 bits, over the 3-bit limit.
+    hits = hits_from([(f"p{c}-{i}", 0.1 + c * 0.01 + i * 0.001, f"c{c}") for c in range(20) for i in range(2)])
+    assert len(entropy_filter(hits, max_bits=3.0)) == 40
+    # One certain category: the uncertain ones go.
+    hits += hits_from([(f"big{i}", 0.5, "big") for i in range(40)])
+    assert {h.category for h in entropy_filter(hits, max_bits=3.0)} == {"big"}
+
+
+def test_category_order_breaks_only_near_ties_in_rank() -> None:
+    # a(x) 1.90, b(y) 1.80, c(y) 1.79, d(y) 1.78: S_y = 1/2 + 1/3 + 1/4 = 1.083 > S_x = 1.
+    hits = hits_from([("a", 0.10, "x"), ("b", 0.20, "y"), ("c", 0.21, "y"), ("d", 0.22, "y")])
+    assert [h.product_id for h in category_order(hits)] == ["b", "c", "d", "a"]  # SPEC's plain ordering
+    assert [h.product_id for h in category_order(hits, tolerance=2.0)] == ["b", "c", "d", "a"]
+    # a is 0.1 better than b: a clear difference, kept.
+    assert [h.product_id for h in category_order(hits, tolerance=0.02)] == ["a", "b", "c", "d"]
+    assert [h.product_id for h in category_order(hits, tolerance=0.0)] == ["a", "b", "c", "d"]
+    # Near-ties: e(z) 1.795 sits between b and c; z (1/3) scores below y (1/2 + 1/4 + 1/5): c and d pass it.
+    near = hits_from([("a", 0.10, "x"), ("b", 0.20, "y"), ("e", 0.205, "z"), ("c", 0.21, "y"), ("d", 0.22, "y")])
+    assert [h.product_id for h in category_order(near, tolerance=0.02)] == ["a", "b", "c", "d", "e"]
+    # S_x = 1 beats S_y = 0.95: a stays first whatever the tolerance.
+    assert [h.product_id for h in category_order(near, tolerance=0.1)][0] == "a"
+
+
+def test_postprocess_calibrates_against_the_background_and_reports_precision() -> None:
+    from shoplens.embed.calibration import Calibration
+
+    # One product stands 0.2 nearer than the 30 others (background 1.0): a margin calibration
+    # that needs 0.1 keeps it alone; its precision comes from the curve.
+    spec = [("hit", 0.8, "x")] + [(f"o{i}", 1.0 + i * 0.001, "x") for i in range(30)]
+    cal = Calibration(0.5, "product", -0.1, kind="margin", curve=[(0.7, 0.9), (0.92, 0.5), (1.0, 0.0)])
+    out, steps = postprocess(hits_from(spec), SearchConfig(top_k=10), calibration=cal)
+    assert [h.product_id for h in out] == ["hit"]
+    background = 1.0 + 0.001 * 19  # median of the 11th to 31st products (o9 … o29)
+    assert out[0].distance == pytest.approx(0.92 + 0.8 - background + 0.1, abs=1e-6)
+    assert out[0].rank == pytest.approx(2 - out[0].distance)
+    assert out[0].precision == pytest.approx(float(__import__("numpy").interp(out[0].distance, [0.7, 0.92, 1.0], [0.9, 0.5, 0.0])), abs=1e-4)
+    assert steps["rank_filter"]["calibration"] == "margin" and steps["rank_filter"]["after"] == 1

@@ -203,12 +203,25 @@ class Shoplens:
         Each product listed gets exactly the images listed for it; unchanged
         images are not embedded again.
         """
+        start = time.perf_counter()
         rows = read_catalogue(catalogue) if isinstance(catalogue, (str, os.PathLike)) else catalogue
         with self._write_lock:
             report = Indexer(self.pipeline, self.store).run(rows, progress=progress)
             self._sync_local(progress=progress)
+            self._calibrate(report)
             self._save_config()
+        report.timings_s["total"] = time.perf_counter() - start  # the whole call: local features and calibration too
         return report
+
+    def _calibrate(self, report: IndexReport) -> None:
+        """Fit the rank filter's calibration anew where the catalogue changed enough (shoplens.calibrate)."""
+        from .calibrate import refresh_calibrations
+
+        start = time.perf_counter()
+        fitted = refresh_calibrations(self.pipeline, self.store)
+        if fitted:
+            report.add_time("calibrate", time.perf_counter() - start)
+            report.calibrated = sorted(fitted)
 
     def _sync_local(self, *, progress: bool = False) -> None:
         """Bring the local-feature index in step with the store (new images extracted, gone ones dropped)."""
@@ -269,6 +282,7 @@ class Shoplens:
             # One chunk: the whole call is one store transaction, all or nothing.
             report = Indexer(self.pipeline, self.store, chunk_size=len(rows) + 1).run(rows, persist=False)
             self._sync_local()
+            self._calibrate(report)
             if not (self.store.root / CONFIG_FILE).exists():
                 self._save_config()
         if report.failed:

@@ -162,6 +162,9 @@ def cmd_index(args: argparse.Namespace) -> int:
             sys.stdout.write(f"note: {report.categories_predicted} product(s) had no category: shoplens predicted one (category_source 'predicted')\n")
         if report.domains_inferred:
             sys.stdout.write(f"note: {report.domains_inferred} product(s) had no domain: inferred from the intent classifier\n")
+        if report.calibrated:
+            sys.stdout.write(f"note: rank filter calibrated on synthetic views of the catalogue photos for {', '.join(report.calibrated)} "
+                             f"({report.timings_s.get('calibrate', 0):.1f} s)\n")
         if report.duplicates:
             shown = ", ".join(f"{d['origin']} (as {d['duplicate_of']}{'' if d['cells'] == 'identical' else ', other cells ignored'})"
                               for d in report.duplicates[:10])

@@ -31,6 +31,12 @@ class IntentConfig:
     #: "trained" (the one ``shoplens train-intent`` saved in the store).
     classifier: str = "auto"
     backbone: str = "efficientnet_lite0"
+    #: A photo is stopped as non_product only when its non_product score is at least this; a photo
+    #: the classifier leans to non_product with less is searched (``steps.intent.uncertain``): a
+    #: false stop loses a sale, a wasted search costs milliseconds. 0.9: the smallest score that keeps
+    #: 98 % of the grocery train photos (98.3 %; 97.3 % at 0.8, 93.6 % by argmax); it stops 69-100 %
+    #: of the generated negatives per kind (docs/decisions.md). 0.5 or less: the classifier's argmax.
+    stop_score: float = 0.9
     #: Decode a large JPEG first only as small as the gate reads it (JPEG
     #: draft mode), and in full only when the gate passes it: a non-product
     #: photo then costs less (640-2,560 px: 1.3-5.7 ms less), a product photo
@@ -89,9 +95,21 @@ class SearchConfig:
     max_distance: float = 2.0
     rank_filter: bool = True
     min_rank: float = 1.08
+    #: How step 4's distances are calibrated: "auto" (the store's calibration: fitted at index time
+    #: on synthetic views of the catalogue photos, or by train-embedder on labelled ones; a default
+    #: margin over the query's background before the first fit) or "off" (SPEC's raw distances).
+    calibration: str = "auto"
+    #: The precision of the returned set that the default min_rank stands for, in the calibration
+    #: fitted at index time (same product; docs/benchmarks.md section 1 gives stated vs measured).
+    target_precision: float = 0.06
     entropy_filter: bool = True
     max_entropy_bits: float = 3.0
     category_order: bool = True
+    #: Step 6 moves a hit before a better-ranked one of a higher-scoring category only when their
+    #: ranks differ by less than this: categories break near-ties, never a clear difference. 0.02
+    #: groups 1.7x as many neighbours by category as rank order at the same R@5 on the grocery
+    #: train photos, where SPEC's plain ordering (2) cost 0.04 of R@5 (docs/decisions.md).
+    order_tolerance: float = 0.02
     #: Cap of each returned result list.
     top_k: int = 10
 
@@ -112,7 +130,7 @@ class LocalFeaturesConfig:
     #: Which images the local features score: "candidates" (the global search's candidates
     #: only: the cost does not grow with the catalogue) or "all" (every indexed image, which
     #: adds up to ``candidates`` images the global search missed; its cost grows linearly with the
-    #: catalogue: 20 ms at 2,000 store photos, 529 ms at 100,000; docs/benchmarks.md, "Stop 19").
+    #: catalogue: 20 ms at 2,000 store photos, 529 ms at 100,000; docs/benchmarks.md, section 5).
     scope: str = "candidates"
     #: With scope "all": images taken from the local index per query (besides the global candidates).
     candidates: int = 100
@@ -126,7 +144,7 @@ class LocalFeaturesConfig:
     #: Longest side a query photo is shrunk to before SIFT (0: ``max_side``; no re-index needed).
     #: 384: SIFT on a large upload 55 -> 39 ms, sharp synthetic labels keep a median of 68 RANSAC
     #: inliers (131 at 512, 24 at 224; 15 verify); photos of 384 px or less are not touched
-    #: (docs/benchmarks.md section 5, stops 17 and 18).
+    #: (docs/benchmarks.md section 5; docs/decisions.md).
     query_max_side: int = 384
     #: Skip the stage when the global distance of the second-closest product exceeds the
     #: closest one's by at least this much (0: never skip). 0.03 skipped 32 % (untrained) and
@@ -137,7 +155,7 @@ class LocalFeaturesConfig:
     #: loose fresh produce (fruit, vegetables, mushrooms; 0: never skip), where local features
     #: barely tell products apart. 0.1 skipped 58-62 % of the grocery store photos (1 package in
     #: 964); R@1 against the catalogue images 0.453 -> 0.443 (val), 0.441 -> 0.442 (train), against
-    #: catalogue + train photos 0.672 -> 0.659 (docs/benchmarks.md, section 5, stop 23).
+    #: catalogue + train photos 0.672 -> 0.659 (docs/benchmarks.md, section 5).
     skip_produce: float = 0.1
 
 
@@ -181,7 +199,7 @@ class RuntimeConfig:
     #: most frequent recent ones): the forward pass without re-planning for
     #: its size, about 1.2 ms less at 224 px, for 27-40 MiB each with
     #: EfficientNet-Lite0 (shoplens.models.openvino_runtime.OpenVinoSession).
-    #: Six: a search stream's recurring shapes, the gate's included (stop 21).
+    #: Six: a search stream's recurring shapes, the gate's included (docs/decisions.md).
     #: 0 = one compilation for every size.
     static_shapes: int = 6
 

@@ -46,6 +46,8 @@ class IndexReport:
     products_written: int = 0
     categories_predicted: int = 0
     domains_inferred: int = 0
+    #: Domains whose rank calibration was fitted anew after this run (shoplens.calibrate).
+    calibrated: list[str] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     #: Rows naming the same product and image as an earlier row: merged into it (the earlier row is used).
     duplicates: list[dict[str, str]] = field(default_factory=list)

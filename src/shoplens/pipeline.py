@@ -23,6 +23,7 @@ from .allocator import keep_freed_memory
 from .config import DOMAINS, INTENTS, Config
 from .detect import Detector, Garment, create_detector
 from .embed import Calibration, Embedder, Head, IdentityHead, Tail, calibration_file, load_head
+from .embed.calibration import default_calibration
 from .errors import ConfigError, StoreError
 from .imaging import Photo, crop
 from .intent import IntentClassifier, create_intent_classifier, list_intent_classifiers, produce_share
@@ -139,8 +140,14 @@ class Pipeline:
         self._intent: IntentClassifier | None = None
         self._detector: Detector | None = None
         self.embedders = {d: self._make_embedder(d) for d in DOMAINS}
-        #: Per-domain rank calibrations saved by ``train-embedder`` (shoplens.embed.calibration).
+        if self.config.search.calibration not in ("auto", "off"):
+            raise ConfigError(f"search.calibration must be 'auto' or 'off', got {self.config.search.calibration!r}")
+        if not 0.0 < self.config.search.target_precision < 1.0:
+            raise ConfigError(f"search.target_precision must be between 0 and 1, got {self.config.search.target_precision}")
+        #: Per-domain rank calibrations: fitted at index time (shoplens.calibrate) or by ``train-embedder``.
         self.calibrations: dict[str, Calibration] = {}
+        #: Products per category of each domain, with the vector count they were counted at.
+        self._category_sizes: dict[str, tuple[int, dict[str, int]]] = {}
         for d in DOMAINS:
             if models_dir is not None and calibration_file(models_dir, d).exists():
                 self.calibrations[d] = Calibration.load(calibration_file(models_dir, d))
@@ -237,6 +244,29 @@ class Pipeline:
             calibration.save(calibration_file(self.models_dir, domain))
         self.calibrations[domain] = calibration
 
+    def calibration(self, domain: str) -> Calibration | None:
+        """The calibration step 4 applies in ``domain``.
+
+        ``None`` (raw distances, rank = 2 − the Euclidean distance) with
+        ``search.calibration = off`` or with the rank filter off: the
+        calibration is the filter's.
+        """
+        if self.config.search.calibration == "off" or not self.config.search.rank_filter:
+            return None
+        return self.calibrations.get(domain) or default_calibration()
+
+    def category_sizes(self, store: CatalogueStore, domain: str) -> dict[str, int]:
+        """Products per category in ``domain``, counted again when the domain's vector count changes.
+
+        (A category edit that adds or removes no image is seen at the next one: the sizes
+        only guard the entropy filter.)
+        """
+        n = store.count_vectors(domain)
+        cached = self._category_sizes.get(domain)
+        if cached is None or cached[0] != n:
+            cached = self._category_sizes[domain] = (n, store.category_sizes(domain))
+        return cached[1]
+
     @property
     def decode_size(self) -> int:
         """The longest side a search reads: search photos may be decoded down to it (JPEG draft mode).
@@ -315,12 +345,18 @@ class Pipeline:
     def intent_of(self, probs: np.ndarray) -> str:
         """The intent a probability row stands for, as configured.
 
-        With the gate switched off, a photo is never stopped: it goes to the
-        likelier product domain.
+        A photo is stopped only when its non_product score reaches
+        ``intent.stop_score`` (:meth:`is_uncertain`); with the gate switched
+        off, never. A photo that is not stopped goes to the likelier product
+        domain.
         """
-        if self.config.intent.enabled:
-            return INTENTS[int(np.argmax(probs))]
+        if self.config.intent.enabled and INTENTS[int(np.argmax(probs))] == "non_product" and not self.is_uncertain(probs):
+            return "non_product"
         return DOMAINS[int(np.argmax(probs[: len(DOMAINS)]))]
+
+    def is_uncertain(self, probs: np.ndarray) -> bool:
+        """Whether the classifier leans to non_product, but not enough to stop the photo."""
+        return bool(INTENTS[int(np.argmax(probs))] == "non_product" and probs[INTENTS.index("non_product")] < self.config.intent.stop_score)
 
     def query(self, photo: Photo, timer: Timer, steps: dict[str, Any], holds: Callable[[str], bool] | None = None) -> Query:
         """Steps 1–2 for one photo: intent, then the vectors to search.
@@ -339,6 +375,10 @@ class Pipeline:
             intent = other if holds(other) else intent
         scores = {k: round(float(v), 4) for k, v in zip(INTENTS, probs)}
         steps["intent"] = {"enabled": self.config.intent.enabled, "classifier": self.intent_classifier.name, "intent": intent}
+        if self.config.intent.enabled and self.is_uncertain(probs):
+            # Searched although the classifier leans to non_product: a false stop would lose a sale.
+            steps["intent"].update(uncertain=True, stop_score=self.config.intent.stop_score)
+            predicted = "non_product"
         if intent != predicted:
             steps["intent"]["predicted"] = predicted
         q = Query(intent, scores, photo=photo)
@@ -460,7 +500,8 @@ class Pipeline:
         """
         cfg = self.config.search
         found = store.image_categories(ids[ids >= 0].tolist()) if ids.size else {}
-        calibration = self.calibrations.get(domain)
+        calibration = self.calibration(domain)
+        sizes = self.category_sizes(store, domain) if cfg.entropy_filter else None
         finals: list[tuple[list[Hit], dict[str, Any]]] = []
         for r in range(len(regions)):
             hits = []
@@ -469,9 +510,8 @@ class Pipeline:
                 if hit is None:
                     continue
                 pid, category = hit
-                dist = d if calibration is None else calibration.distance(category, d)
-                hits.append(Hit(i, pid, dist, category))
-            finals.append(postprocess(hits, cfg, top_k=top_k))
+                hits.append(Hit(i, pid, d, category))
+            finals.append(postprocess(hits, cfg, top_k=top_k, calibration=calibration, category_sizes=sizes))
         records = store.get_products(list({h.product_id for final, _ in finals for h in final}))
         totals: dict[str, dict[str, int]] = {}
         out: list[RegionResult] = []
@@ -497,5 +537,6 @@ class Pipeline:
 
 def _product_hit(hit: Hit, record: ProductRecord) -> ProductHit:
     fields = record.fields()
-    fields.update(product_id=hit.product_id, rank=round(hit.rank, 4), distance=round(hit.distance, 4), category=hit.category)
+    fields.update(product_id=hit.product_id, rank=round(hit.rank, 4), distance=round(hit.distance, 4), category=hit.category,
+                  precision=hit.precision)
     return ProductHit(**fields)

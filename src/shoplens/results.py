@@ -21,6 +21,7 @@ class ProductHit(BaseModel):
     distance: float
     category: str | None = None
     title: str | None = None
+    precision: float | None = Field(None, description="calibrated share of relevant hits at this rank (why it was kept); null: not calibrated")
 
 
 class RegionResult(BaseModel):

@@ -12,6 +12,19 @@ category; a higher ``min_rank`` is stricter, a lower one looser.
 
 "Relevant" is ``relevance``: the same category (default; what a shopper
 browsing similar products sees) or the same product.
+
+Two kinds. ``distance`` compares a hit's distance itself (fitted by
+``train-embedder`` on labelled photos). ``margin`` compares how much nearer
+the hit is than the query's *background*, the median distance of its far
+neighbours (:func:`background`): a shopper's photo lands farther from every
+catalogue image than the catalogue's own photos do (other light, framing,
+clutter), and the margin over the background carries over from synthetic
+queries to real photos where the distance does not (docs/decisions.md). A
+store fits it at index time from synthetic views of its own catalogue
+photos (:mod:`shoplens.calibrate`), without any label.
+
+Both record a precision curve: the share of relevant hits at each
+calibrated distance, which every result reports as its ``precision``.
 """
 
 from __future__ import annotations
@@ -37,6 +50,29 @@ Labels = Sequence[str] | np.ndarray
 REFERENCE_DISTANCE = 0.92
 #: Pseudo-count pulling a category's threshold towards the domain's.
 PRIOR_PAIRS = 20
+#: The background of a similar set: the median distance of its products from this position on
+#: (or from half-way, in a shorter set); the first few are where the query's own product may be.
+BACKGROUND_START = 10
+#: Knots of a precision curve (equal-count bins of the fitted hits).
+CURVE_KNOTS = 24
+KINDS = ("distance", "margin")
+
+
+#: The margin a hit must have over its query's background before a store's first fit (``default_calibration``).
+DEFAULT_MARGIN = 0.05
+
+
+def default_calibration() -> Calibration:
+    """What step 4 applies before a store has a calibration: hits at least ``DEFAULT_MARGIN`` nearer than the background."""
+    return Calibration(0.0, "product", -DEFAULT_MARGIN, kind="margin", info={"source": "default"})
+
+
+def background(distances: Sequence[float] | np.ndarray) -> float | None:
+    """The background level of a similar set (its products' distances, nearest first); ``None`` under 2."""
+    d = np.asarray(distances, np.float64)
+    if len(d) < 2:
+        return None
+    return float(np.median(d[min(BACKGROUND_START, len(d) // 2) :]))
 
 
 @dataclass
@@ -50,13 +86,35 @@ class Calibration:
     thresholds: dict[str, float] = field(default_factory=dict)
     #: How it was made: queries, pairs, head, and precision/recall measured at the thresholds.
     info: dict[str, Any] = field(default_factory=dict)
+    #: "distance" or "margin" (see the module docstring); thresholds are distances or distance − background.
+    kind: str = "distance"
+    #: (calibrated distance, share of relevant hits) knots, precision non-increasing; empty: unknown.
+    curve: list[tuple[float, float]] = field(default_factory=list)
 
     def threshold_of(self, category: str | None) -> float:
         return self.thresholds.get(category or "", self.threshold)
 
-    def distance(self, category: str | None, distance: float) -> float:
-        """The calibrated distance of a hit (what ``rank = 2 − distance`` is computed from)."""
-        return float(distance) * REFERENCE_DISTANCE / max(self.threshold_of(category), 1e-6)
+    def distance(self, category: str | None, distance: float, background: float | None = None) -> float:
+        """The calibrated distance of a hit (what ``rank = 2 − distance`` is computed from), in 0 … 2.
+
+        ``background``: the query's (:func:`background`), for a ``margin``
+        calibration; without one (a similar set of one product) the hit sits
+        exactly at the default threshold.
+        """
+        if self.kind == "margin":
+            if background is None:
+                return REFERENCE_DISTANCE
+            value = REFERENCE_DISTANCE + float(distance) - background - self.threshold_of(category)
+        else:
+            value = float(distance) * REFERENCE_DISTANCE / max(self.threshold_of(category), 1e-6)
+        return min(max(value, 0.0), 2.0)
+
+    def precision(self, calibrated_distance: float) -> float | None:
+        """The share of relevant hits at ``calibrated_distance`` when fitted (``None``: no curve)."""
+        if not self.curve:
+            return None
+        x, p = zip(*self.curve)
+        return float(np.interp(calibrated_distance, x, p))
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(path.suffix + ".tmp")
@@ -67,10 +125,14 @@ class Calibration:
     def load(cls, path: Path) -> Calibration:
         try:
             d = json.loads(path.read_text("utf-8"))
-            return cls(float(d["target_precision"]), str(d["relevance"]), float(d["threshold"]),
-                       {str(k): float(v) for k, v in d.get("thresholds", {}).items()}, dict(d.get("info", {})))
+            cal = cls(float(d["target_precision"]), str(d["relevance"]), float(d["threshold"]),
+                      {str(k): float(v) for k, v in d.get("thresholds", {}).items()}, dict(d.get("info", {})),
+                      str(d.get("kind", "distance")), [(float(x), float(p)) for x, p in d.get("curve", [])])
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise StoreError(f"{path}: unreadable calibration: {err}") from None
+        if cal.kind not in KINDS:
+            raise StoreError(f"{path}: unknown calibration kind {cal.kind!r}")
+        return cal
 
 
 @dataclass
@@ -82,6 +144,15 @@ class Pairs:
     category: np.ndarray  # (n_hits,) the hit's category
     query: np.ndarray  # (n_hits,) the query's row
     n_relevant_total: np.ndarray  # (n_queries,) relevant products in the whole catalogue
+    background: np.ndarray | None = None  # (n_hits,) the hit's query's background (see background())
+
+    def excess(self, kind: str) -> np.ndarray:
+        """What a ``kind`` calibration thresholds: the distance, or the distance over the background."""
+        if kind == "distance":
+            return self.distance
+        if self.background is None:
+            raise ValueError("a margin calibration needs the queries' backgrounds")
+        return self.distance - self.background
 
 
 def similar_sets(
@@ -112,7 +183,7 @@ def similar_sets(
     products, p_index = np.unique(dp, return_inverse=True)
     p_cat = {p: c for p, c in zip(dp, dc)}
     prod_cats = np.array([p_cat[p] for p in products])
-    out_d, out_r, out_c, out_q = [], [], [], []
+    out_d, out_r, out_c, out_q, out_b = [], [], [], [], []
     n_rel = np.zeros(len(qp), np.int64)
     for i in range(len(qp)):
         best = np.full(len(products), np.inf)
@@ -130,7 +201,10 @@ def similar_sets(
         out_r.append(rel)
         out_c.append(cats)
         out_q.append(np.full(len(order), i))
-    return Pairs(np.concatenate(out_d), np.concatenate(out_r), np.concatenate(out_c), np.concatenate(out_q), n_rel)
+        b = background(best[order])
+        out_b.append(np.full(len(order), np.nan if b is None else b))
+    return Pairs(np.concatenate(out_d), np.concatenate(out_r), np.concatenate(out_c), np.concatenate(out_q), n_rel,
+                 np.concatenate(out_b))
 
 
 def _threshold_at(distance: np.ndarray, relevant: np.ndarray, target: float) -> float | None:
@@ -149,32 +223,61 @@ def _threshold_at(distance: np.ndarray, relevant: np.ndarray, target: float) -> 
 
 
 def fit_calibration(pairs: Pairs, *, target_precision: float = 0.9, relevance: str = "category",
-                    prior: float = PRIOR_PAIRS) -> Calibration:
+                    prior: float = PRIOR_PAIRS, kind: str = "distance") -> Calibration:
     """Per-category thresholds at ``target_precision`` from labelled similar sets.
 
     A category's threshold is shrunk towards the domain-wide one by
     ``prior`` pseudo-hits, so a category with few labelled hits keeps the
-    domain's threshold.
+    domain's threshold. ``kind``: see the module docstring.
     """
     if not 0.0 < target_precision < 1.0:
         raise ValueError(f"target precision must be in (0, 1), got {target_precision}")
-    base = _threshold_at(pairs.distance, pairs.relevant, target_precision)
+    if kind not in KINDS:
+        raise ValueError(f"calibration kind must be one of {KINDS}, got {kind!r}")
+    if kind == "margin" and pairs.background is not None:
+        keep = np.isfinite(pairs.background)  # similar sets of one product have no background
+        pairs = Pairs(pairs.distance[keep], pairs.relevant[keep], pairs.category[keep], pairs.query[keep],
+                      pairs.n_relevant_total, pairs.background[keep])
+    x = pairs.excess(kind)
+    base = _threshold_at(x, pairs.relevant, target_precision)
     if base is None:
         # Not even the nearest hits reach the target: keep only the very nearest.
-        base = float(np.min(pairs.distance)) if len(pairs.distance) else REFERENCE_DISTANCE
+        base = float(np.min(x)) if len(x) else (REFERENCE_DISTANCE if kind == "distance" else 0.0)
         logger.warning("calibration: no distance reaches precision %.2f; the threshold is the nearest hit", target_precision)
     per_cat: dict[str, float] = {}
     for cat in np.unique(pairs.category):
         m = pairs.category == cat
-        t = _threshold_at(pairs.distance[m], pairs.relevant[m], target_precision)
+        t = _threshold_at(x[m], pairs.relevant[m], target_precision)
         n = float(np.sum(pairs.relevant[m]))
         own = base if t is None else t
         per_cat[str(cat)] = round((n * own + prior * base) / (n + prior), 5)
-    cal = Calibration(target_precision, relevance, round(base, 5), per_cat)
+    cal = Calibration(target_precision, relevance, round(base, 5), per_cat, kind=kind)
+    cal.curve = _precision_curve(_calibrated(pairs, cal), pairs.relevant)
     p, r = returned_set_quality(pairs, cal)
     cal.info.update(queries=len(pairs.n_relevant_total), hits=len(pairs.distance),
                     fitted_precision=round(p, 4), fitted_recall=round(r, 4))
     return cal
+
+
+def _calibrated(pairs: Pairs, calibration: Calibration) -> np.ndarray:
+    """Every hit's calibrated distance."""
+    if calibration.kind == "margin":
+        assert pairs.background is not None
+        return np.array([calibration.distance(c, d, None if not np.isfinite(b) else float(b))
+                         for c, d, b in zip(pairs.category, pairs.distance, pairs.background)])
+    scale = np.array([REFERENCE_DISTANCE / max(calibration.threshold_of(c), 1e-6) for c in pairs.category])
+    return pairs.distance * scale if len(pairs.distance) else pairs.distance
+
+
+def _precision_curve(calibrated: np.ndarray, relevant: np.ndarray) -> list[tuple[float, float]]:
+    """The share of relevant hits per equal-count bin of calibrated distance, made non-increasing."""
+    if len(calibrated) < CURVE_KNOTS:
+        return []
+    order = np.argsort(calibrated, kind="stable")
+    bins = np.array_split(order, CURVE_KNOTS)
+    x = np.array([float(np.median(calibrated[b])) for b in bins])
+    p = np.minimum.accumulate(np.array([float(relevant[b].mean()) for b in bins]))
+    return [(round(float(a), 4), round(float(b), 4)) for a, b in zip(x, p)]
 
 
 def returned_set_quality(pairs: Pairs, calibration: Calibration | None = None, *, min_rank: float = 2.0 - REFERENCE_DISTANCE) -> tuple[float, float]:
@@ -184,10 +287,7 @@ def returned_set_quality(pairs: Pairs, calibration: Calibration | None = None, *
     average); recall: relevant hits kept over the relevant products of the
     catalogue. Without ``calibration`` the raw distances are compared.
     """
-    d = pairs.distance
-    if calibration is not None:
-        scale = np.array([REFERENCE_DISTANCE / max(calibration.threshold_of(c), 1e-6) for c in pairs.category])
-        d = d * scale if len(d) else d
+    d = pairs.distance if calibration is None else _calibrated(pairs, calibration)
     kept = (2.0 - d) >= min_rank
     n_kept = int(kept.sum())
     precision = float(pairs.relevant[kept].sum() / n_kept) if n_kept else 1.0
