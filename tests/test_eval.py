@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from shoplens.cli import main
 from shoplens.errors import CatalogueError
-from shoplens.eval.metrics import LabelledQuery, QueryOutcome, read_queries, summarise
+from shoplens.eval.metrics import LabelledQuery, QueryOutcome, lost_by, read_queries, summarise
 
 from . import test_engine  # noqa: F401  (registers the test-* intent classifiers)
 
@@ -57,3 +58,21 @@ def test_eval_command_writes_report(tmp_path: Path, synthetic_catalogue: Path, c
     assert report["recall_at"]["1"] == 1.0 and report["queries"] == 6  # each catalogue photo finds itself
     page = (tmp_path / "r.html").read_text()
     assert "Recall@K curve" in page and "data:image/png;base64," in page
+
+
+def region(results: list[tuple[str, float]], removed: dict[str, list[str]]) -> SimpleNamespace:
+    return SimpleNamespace(results=[SimpleNamespace(product_id=p, rank=r) for p, r in results],
+                           steps={step: {"removed": ids} for step, ids in removed.items()})
+
+
+def test_eval_blames_the_step_that_lost_the_expected_product() -> None:
+    assert lost_by("non_product", [], "p") == ["intent"]
+    assert lost_by("other_product", [region([("a", 1.5)], {"rank_filter": ["p"], "entropy_filter": []})], "p") == ["rank_filter"]
+    assert lost_by("other_product", [region([("a", 1.5)], {"rank_filter": [], "entropy_filter": ["p"]})], "p") == ["entropy_filter"]
+    # Ranked first by rank, returned second: the ordering moved it.
+    assert lost_by("other_product", [region([("a", 1.4), ("p", 1.5)], {})], "p") == ["category_order"]
+    # Fourth by rank, returned sixth: moved out of the first five.
+    moved = region([("a", 1.9), ("b", 1.5), ("c", 1.45), ("d", 1.4), ("e", 1.3), ("p", 1.6)], {})
+    assert lost_by("other_product", [moved], "p") == ["category_order_top5"]
+    # Removed from one garment's list but returned by another's: not lost.
+    assert lost_by("apparel", [region([], {"rank_filter": ["p"]}), region([("p", 1.5)], {})], "p") == []

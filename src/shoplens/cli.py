@@ -343,6 +343,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         recall = ", ".join(f"R@{k} {v:.3f}" for k, v in d["recall_at"].items())
         sys.stdout.write(f"{d['queries']} queries ({d['failed']} unreadable): {recall or 'no product labels'}; mAP {d['map']}\n")
         sys.stdout.write(f"returned set: {d['returned']}\n")
+        if d["lost_by_step"]:
+            sys.stdout.write("expected product lost by step (share of queries): "
+                             + ", ".join(f"{k} {v:.3f}" for k, v in d["lost_by_step"].items()) + "\n")
         if d["intent_accuracy"] is not None:
             sys.stdout.write(f"intent accuracy {d['intent_accuracy']:.3f}, confusion (rows true, cols predicted) {d['intent_confusion']}\n")
         sys.stdout.write("time per step (ms, mean/p50/p95): " + ", ".join(f"{k} {v['mean']}/{v['p50']}/{v['p95']}" for k, v in d["timings_ms"].items()) + "\n")

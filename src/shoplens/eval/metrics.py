@@ -81,6 +81,39 @@ class QueryOutcome:
     categories: list[str | None]
     timings_ms: dict[str, float]
     error: str | None = None
+    #: The steps that cost this query its expected product (see :func:`lost_by`).
+    lost: list[str] = field(default_factory=list)
+
+
+#: The steps :func:`lost_by` can blame, in pipeline order.
+LOSING_STEPS = ("intent", "rank_filter", "entropy_filter", "category_order", "category_order_top5")
+
+
+def lost_by(intent: str | None, regions: Sequence[Any], product_id: str | None) -> list[str]:
+    """The steps that removed the expected product, or (the ordering) moved it from first place.
+
+    ``intent``: the query was stopped as non_product; a filter: it was in the
+    ``removed`` list of that step and is returned by no region; the ordering:
+    the best list ranks it first by rank but does not return it first
+    (``category_order``), or among the first 5 by rank but returns it later
+    (``category_order_top5``).
+    """
+    if product_id is None:
+        return []
+    if intent == "non_product":
+        return ["intent"]
+    returned = any(h.product_id == product_id for r in regions for h in r.results)
+    lost = []
+    for step in ("rank_filter", "entropy_filter"):
+        if not returned and any(product_id in (r.steps.get(step) or {}).get("removed", []) for r in regions):
+            lost.append(step)
+    for name, k in (("category_order", 1), ("category_order_top5", 5)):
+        for r in regions:
+            by_rank = [h.product_id for h in sorted(r.results, key=lambda h: (-h.rank, h.product_id != product_id))]
+            if product_id in by_rank[:k] and product_id not in [h.product_id for h in r.results[:k]]:
+                lost.append(name)
+                break
+    return lost
 
 
 def best_list(regions: Sequence[Any], product_id: str | None) -> tuple[list[str], list[str | None]]:
@@ -104,6 +137,8 @@ class EvalReport:
     intent_confusion: list[list[int]] | None = None
     intent_accuracy: float | None = None
     per_category_recall1: dict[str, float] = field(default_factory=dict)
+    #: Share of the product-labelled queries whose expected product each step removed (LOSING_STEPS).
+    lost_by_step: dict[str, float] = field(default_factory=dict)
     timings_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -117,6 +152,7 @@ class EvalReport:
             "intent_confusion": self.intent_confusion,
             "intent_accuracy": None if self.intent_accuracy is None else round(self.intent_accuracy, 4),
             "per_category_recall1": {k: round(v, 4) for k, v in sorted(self.per_category_recall1.items())},
+            "lost_by_step": {k: round(v, 4) for k, v in self.lost_by_step.items()},
             "timings_ms": self.timings_ms,
             "config": self.config,
         }
@@ -136,6 +172,7 @@ def summarise(outcomes: Sequence[QueryOutcome], ks: Sequence[int] = (1, 5, 10)) 
         for o, r in zip(labelled, ranks):
             by_cat[o.query.category or "(none)"].append(r == 1)
         report.per_category_recall1 = {c: float(np.mean(v)) for c, v in by_cat.items()}
+        report.lost_by_step = {step: float(np.mean([step in o.lost for o in labelled])) for step in LOSING_STEPS}
 
     # The returned set: what a user sees after every filter.
     sizes = [len(o.products) for o in ok if o.intent != "non_product"]
@@ -145,6 +182,8 @@ def summarise(outcomes: Sequence[QueryOutcome], ks: Sequence[int] = (1, 5, 10)) 
     report.returned = {
         "mean_size": float(np.mean(sizes)) if sizes else None,
         "empty_fraction": float(np.mean([s == 0 for s in sizes])) if sizes else None,
+        # Product-labelled queries that got no list at all: stopped by the gate or emptied by the filters.
+        "empty_or_stopped": float(np.mean([not o.products for o in labelled])) if labelled else None,
         "recall": float(np.mean([o.query.product_id in o.products for o in labelled])) if labelled else None,
         "precision_product": float(np.mean(prec_product)) if prec_product else None,
         "precision_category": float(np.mean(prec_category)) if prec_category else None,

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from ..api import Shoplens
 from ..results import ErrorResult
-from .metrics import EvalReport, LabelledQuery, QueryOutcome, best_list, summarise
+from .metrics import EvalReport, LabelledQuery, QueryOutcome, best_list, lost_by, summarise
 
 
 def run_eval(lens: Shoplens, queries: Sequence[LabelledQuery], *, ks: Sequence[int] = (1, 5, 10), progress: bool = False) -> tuple[EvalReport, list[QueryOutcome]]:
@@ -28,7 +28,8 @@ def run_eval(lens: Shoplens, queries: Sequence[LabelledQuery], *, ks: Sequence[i
             outcomes.append(QueryOutcome(q, None, [], [], {}, error=result.error))
             continue
         products, categories = best_list(result.regions, q.product_id)
-        outcomes.append(QueryOutcome(q, result.intent, products, categories, dict(result.timings_ms)))
+        outcomes.append(QueryOutcome(q, result.intent, products, categories, dict(result.timings_ms),
+                                     lost=lost_by(result.intent, result.regions, q.product_id)))
     report = summarise(outcomes, ks)
     report.config = lens.config.to_dict()
     return report, outcomes
