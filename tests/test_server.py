@@ -421,7 +421,7 @@ def test_metrics_health_readiness_schema(client: TestClient, lens: Shoplens) -> 
         time.sleep(0.1)
     assert r.json()["status"] == "ready" and r.json()["products"] == lens.count_products() and r.json()["writes_enabled"]
     search(client, photo(1))
-    with Shoplens(lens.store.root, **{"intent.classifier": "test-non_product"}) as other, TestClient(create_app(other, ServerSettings())) as gated:
+    with Shoplens(lens.store.root, read_only=True, **{"intent.classifier": "test-non_product"}) as other, TestClient(create_app(other, ServerSettings())) as gated:
         assert search(gated, photo(1)).json()["regions"] == []
         text = gated.get("/metrics").text
         assert 'shoplens_searches_total{intent="non_product"} 1.0' in text

@@ -67,8 +67,10 @@ def test_reopen_catches_up_unpersisted_changes(tmp_path: Path) -> None:
     more = vecs(2, seed=1)
     store.write(WriteBatch(products=[product("q0"), product("q1")], add_images=[image("q0", 0, more[0]), image("q1", 0, more[1])]))
     store.write(WriteBatch(delete_products=["p1"]))
-    # Simulate a crash: the process dies without persisting the index.
+    # Simulate a crash: the process dies without persisting the index (and the kernel drops its writer lock).
     store.db.close()
+    assert store.writer_lock is not None
+    store.writer_lock.release()
     again = EmbeddedStore(tmp_path / "s", Identity())
     index = again.index("other_product")
     found = set(again.db.image_products(index.ids().tolist()).values())  # type: ignore[attr-defined]

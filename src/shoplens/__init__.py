@@ -23,6 +23,7 @@ from .errors import (
     MissingDependencyError,
     NotFoundError,
     ShoplensError,
+    StoreBusyError,
     StoreError,
     UnknownModelError,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "NotFoundError",
     "Shoplens",
     "ShoplensError",
+    "StoreBusyError",
     "StoreError",
     "UnknownModelError",
     "classify",

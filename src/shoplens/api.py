@@ -132,8 +132,8 @@ def detect(images: Sequence[ImageSource], config: Config | None = None) -> list[
     return detect_photos(Pipeline(config), images)
 
 
-def _open(location: str | Path, create: bool, engine: str) -> CatalogueStore:
-    store = open_catalogue_store(location, create=create)
+def _open(location: str | Path, create: bool, engine: str, read_only: bool) -> CatalogueStore:
+    store = open_catalogue_store(location, create=create, read_only=read_only)
     if engine not in ("auto", store.engine):
         store.close()
         raise StoreError(f"{location}: a {store.engine} store, but the configuration asks for store.engine={engine!r}")
@@ -148,6 +148,15 @@ class Shoplens:
 
     Configuration layers: defaults < the configuration saved in the store <
     ``config_file`` < ``flags`` (dotted names, e.g. ``**{"search.min_rank": 1.2}``).
+
+    One writer per store: by default the store is opened for writing and, for
+    the embedded engine, its writer lock is held until :meth:`close`; opening
+    a store that another writer (a ``shoplens serve``, a ``shoplens index``)
+    holds raises :class:`~shoplens.errors.StoreBusyError` at once.
+    ``read_only=True`` opens an existing store to search and read it beside
+    its writer: no lock, nothing written (not even at close), and searches
+    see what the writer has committed; the write methods raise
+    :class:`~shoplens.errors.StoreError`.
     """
 
     def __init__(
@@ -157,10 +166,14 @@ class Shoplens:
         config: Config | None = None,
         config_file: str | Path | None = None,
         create: bool = True,
+        read_only: bool = False,
         **flags: Any,
     ) -> None:
         requested = resolve_config(config_file, base=config, **flags)
-        self.store = _open(store, create, requested.store.engine)
+        self.read_only = read_only
+        self.store = _open(store, create and not read_only, requested.store.engine, read_only)
+        # Catalogue writes are read-check-write (what is stored decides what to embed): one at a time.
+        self._write_lock = threading.RLock()
         try:
             base = config
             saved = self.store.root / CONFIG_FILE
@@ -169,15 +182,13 @@ class Shoplens:
             self.config = resolve_config(config_file, base=base, **flags)
             self.pipeline = Pipeline(self.config, models_dir=self.store.models_dir)
             self.store.attach(self.pipeline, index=self.config.store.index)
+            if self.config.local.enabled:
+                # Brought in step with the store now: a crash after a store commit left it behind at worst.
+                self.pipeline.local = LocalStage(self.store.root / LOCAL_DIR, self.config.local, read_only=read_only)
+                self._sync_local()
         except BaseException:
-            self.store.close()
+            self.store.close()  # a writer lets the next one in
             raise
-        # Catalogue writes are read-check-write (what is stored decides what to embed): one at a time.
-        self._write_lock = threading.RLock()
-        if self.config.local.enabled:
-            # Brought in step with the store now: a crash after a store commit left it behind at worst.
-            self.pipeline.local = LocalStage(self.store.root / LOCAL_DIR, self.config.local)
-            self._sync_local()
 
     # -- lifecycle ----------------------------------------------------------
     def close(self) -> None:
@@ -188,6 +199,11 @@ class Shoplens:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"{self.store.location}: opened read-only: open it without read_only=True to write "
+                             "(while a server runs, add products through its HTTP API)")
 
     def _save_config(self) -> None:
         path = self.store.root / CONFIG_FILE
@@ -203,6 +219,7 @@ class Shoplens:
         Each product listed gets exactly the images listed for it; unchanged
         images are not embedded again.
         """
+        self._check_writable()
         start = time.perf_counter()
         rows = read_catalogue(catalogue) if isinstance(catalogue, (str, os.PathLike)) else catalogue
         with self._write_lock:
@@ -235,6 +252,7 @@ class Shoplens:
         The file is named by its content (SHA-1), written atomically and
         synced, so it exists before any product refers to it.
         """
+        self._check_writable()
         load_image(data, name=name, max_bytes=max_bytes, max_pixels=max_pixels, target_size=224)
         with Image.open(io.BytesIO(data)) as img:
             suffix = _SUFFIXES.get(img.format or "", ".img")
@@ -261,6 +279,7 @@ class Shoplens:
         Every photo is checked first: a bad one raises :class:`BadImageError`
         (a bad id :class:`CatalogueError`) and nothing is written.
         """
+        self._check_writable()
         rows: list[CatalogueRow] = []
         seen: set[str] = set()
         for item in products:
@@ -291,6 +310,7 @@ class Shoplens:
 
     def set_photos(self, product_id: str, photos: Sequence[bytes | str | Path], **limits: int) -> IndexReport:
         """Replace a product's photos, keeping its title, category and metadata."""
+        self._check_writable()
         with self._write_lock:
             rec = self.get_product(product_id)
             item = ProductInput(
@@ -317,6 +337,7 @@ class Shoplens:
         ``metadata`` is merged key by key (a ``None`` value removes the key),
         or replaces the whole mapping with ``replace_metadata``.
         """
+        self._check_writable()
         with self._write_lock:
             old = self.get_product(product_id)
             meta = {} if replace_metadata else dict(old.metadata)
@@ -340,6 +361,7 @@ class Shoplens:
 
     def delete_products(self, product_ids: Sequence[str]) -> int:
         """Delete products and their images; returns how many existed."""
+        self._check_writable()
         with self._write_lock:
             existing = [p for p in dict.fromkeys(product_ids) if self.store.get_product(p) is not None]
             self.store.write(WriteBatch(delete_products=existing))
@@ -379,6 +401,7 @@ class Shoplens:
         """
         from .intent.trained import train_intent
 
+        self._check_writable()
         report = train_intent(
             labelled,
             self.store.models_dir / INTENT_MODEL_FILE,
@@ -415,6 +438,7 @@ class Shoplens:
         from .config import DOMAINS
         from .training import train_store_embedder
 
+        self._check_writable()
         with self._write_lock:
             reports = dict(train_store_embedder(
                 self.store, self.pipeline, Path(labelled) if labelled is not None else None,
@@ -486,8 +510,10 @@ def migrate(src: str | Path, dst: str | Path) -> MigrationReport:
 
     ``dst`` must be new or empty. The target projects the raw descriptors with
     the source's models (copied first); the counts are verified afterwards.
+    The source is only read (it may be served meanwhile); the target is
+    opened as its writer.
     """
-    with open_store(src) as source:
+    with open_store(src, read_only=True) as source:
         target = open_catalogue_store(dst, create=True)
         try:
             if target.count_products() or target.count_images():
@@ -503,5 +529,5 @@ def migrate(src: str | Path, dst: str | Path) -> MigrationReport:
 
 
 def open_store(store: str | Path, **kwargs: Any) -> Shoplens:
-    """Open an existing store (raises StoreError when there is none)."""
+    """Open an existing store (raises StoreError when there is none); ``read_only=True`` to search it beside its writer."""
     return Shoplens(store, create=False, **kwargs)

@@ -176,7 +176,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    with open_store(args.store, config_file=args.config, **_flags(args)) as lens:
+    # A reader: needs no writer lock, so it works beside a running server or indexing run.
+    with open_store(args.store, read_only=True, config_file=args.config, **_flags(args)) as lens:
         results = lens.search(args.images, top_k=args.top_k, filters=args.filter)
     return _emit(results, args.json, _human_search)
 
@@ -184,7 +185,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def _standalone_pipeline(args: argparse.Namespace) -> Pipeline:
     """classify/detect run without an index, but use a store's trained models when --store is given."""
     if args.store:
-        lens = open_store(args.store, config_file=args.config, **_flags(args))
+        lens = open_store(args.store, read_only=True, config_file=args.config, **_flags(args))
         return lens.pipeline
     return Pipeline(_config(args))
 
@@ -221,7 +222,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     if args.store:
-        with open_store(args.store, config_file=args.config, **_flags(args)) as lens:
+        with open_store(args.store, read_only=True, config_file=args.config, **_flags(args)) as lens:
             config = lens.config
     else:
         config = _config(args)
@@ -330,7 +331,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.only and any("=" not in item for item in args.only):
         raise ShoplensError("--only expects COLUMN=VALUE")
     queries = read_queries(args.queries, only)
-    with Shoplens(args.store, create=bool(args.catalogue), config_file=args.config, **_flags(args)) as lens:
+    # A writer only when it indexes a catalogue first.
+    with Shoplens(args.store, create=bool(args.catalogue), read_only=not args.catalogue, config_file=args.config, **_flags(args)) as lens:
         if args.catalogue:
             lens.index(args.catalogue, progress=sys.stderr.isatty())
         report, outcomes = run_eval(lens, queries, ks=args.k, progress=sys.stderr.isatty())

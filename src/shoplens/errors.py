@@ -31,6 +31,15 @@ class StoreError(ShoplensError):
     """The store is missing, unavailable, locked or inconsistent."""
 
 
+class StoreBusyError(StoreError):
+    """Another writer holds the store (one writer per store: see :mod:`shoplens.store.lock`)."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        #: The process holding the store, when it could be told.
+        self.pid = pid
+
+
 class MissingDependencyError(ShoplensError):
     """An optional dependency is needed; the message names the ``pip install``."""
 

@@ -6,6 +6,10 @@ forgets the ones the store no longer has and extracts the new ones from their
 stored source files, then saves the index atomically. Running it after every
 catalogue write and when a store is opened means a crash between the store's
 commit and the local index's save costs a re-extraction, never a wrong answer.
+A stage opened ``read_only`` (a reader beside the store's writer) never
+writes: it reads the index the writer last saved, forgets the images the
+store no longer has, and leaves new ones to the writer (they are found by the
+global embedding alone until then).
 
 :meth:`LocalStage.refine` is the search step: the global candidates, the local
 index's own candidates, one distance for each
@@ -95,15 +99,18 @@ def product_margin(store: StoredImages, distances: np.ndarray, ids: np.ndarray, 
 class LocalStage:
     """A store's local-feature index under ``directory``, with its settings."""
 
-    def __init__(self, directory: Path, config: LocalFeaturesConfig) -> None:
+    def __init__(self, directory: Path, config: LocalFeaturesConfig, *, read_only: bool = False) -> None:
         if config.scope not in SCOPES:
             raise ConfigError(f"local.scope must be one of {', '.join(SCOPES)}, got {config.scope!r}")
         self.directory = Path(directory)
         self.config = config
+        self.read_only = read_only
         wanted = replace(LocalConfig(), max_side=config.max_side, max_keypoints=config.max_keypoints,
                          query_max_side=config.query_max_side, min_inliers=config.min_inliers)
         self.index: LocalIndex | None = None
-        if (self.directory / MANIFEST).exists():
+        if read_only:
+            self.index = self._load_for_reading(wanted)
+        elif (self.directory / MANIFEST).exists():
             try:
                 self.index = LocalIndex.load(self.directory)
             except (ShoplensError, OSError, ValueError, KeyError) as err:
@@ -132,6 +139,27 @@ class LocalStage:
         # Searches read the index while writes change it; feature extraction runs outside the lock.
         self._lock = threading.RLock()
 
+    def _load_for_reading(self, wanted: LocalConfig) -> LocalIndex:
+        """The index the writer last saved, as it is on disk (an empty one when there is none to use)."""
+        for attempt in range(3):
+            if not (self.directory / MANIFEST).exists():
+                break
+            try:
+                index = LocalIndex.load(self.directory)
+            except (ShoplensError, OSError, ValueError, KeyError) as err:
+                if attempt < 2:  # the writer may have replaced a segment between the manifest and its files
+                    time.sleep(0.05)
+                    continue
+                log.warning("local-feature index in %s is unreadable (%s): searching without local features", self.directory, err)
+                break
+            built = {name: getattr(index.config, name) for name in LocalConfig.BUILD_FIELDS}
+            if built != {name: getattr(wanted, name) for name in LocalConfig.BUILD_FIELDS}:
+                log.warning("local-feature index was built with %s, not the configured settings: searching without local features", built)
+                break
+            index.reconfigure(wanted)
+            return index
+        return LocalIndex(None, wanted)
+
     def __len__(self) -> int:
         return len(self.index) if self.index is not None else 0
 
@@ -143,7 +171,10 @@ class LocalStage:
 
     # -- keeping in step with the store ---------------------------------------
     def sync(self, store: StoredImages, *, progress: bool = False, workers: int = 2) -> tuple[int, int]:
-        """Add the store's new ``other_product`` images, drop the gone ones, save. Returns (added, removed)."""
+        """Add the store's new ``other_product`` images, drop the gone ones, save. Returns (added, removed).
+
+        Read-only: the gone ones are dropped in memory, nothing is added or saved.
+        """
         assert self.index is not None
         stored = store.image_ids(DOMAIN)
         held = self.index.ids() if len(self.index) else np.zeros(0, np.int64)
@@ -151,6 +182,8 @@ class LocalStage:
         new = [int(i) for i in np.setdiff1d(stored, held) if int(i) not in self.unreadable]
         with self._lock:
             removed = self.index.remove(gone) if len(gone) else 0
+        if self.read_only:
+            return 0, removed
         added = 0
         if new:
             t0 = time.perf_counter()

@@ -8,6 +8,7 @@ DIR/index/<domain>.vidx   FAISS index per domain partition (derived; rebuilt whe
                           exact (flat) while small, approximate (IVF) when large or when configured
 DIR/models/               heads and classifiers trained for this catalogue
 DIR/config.json           the resolved configuration the index was built with
+DIR/writer.lock           held (flock) by the one process that writes the store (see lock.py)
 ```
 
 The store knows no model: turning raw descriptors into vectors is the job of
@@ -31,6 +32,7 @@ from ..errors import StoreError
 from ..filters import Filter
 from ..registry import Registry
 from .base import CatalogueStore, Projector, WriteBatch
+from .lock import WriterLock
 from .metadata import Change, ImageRecord, MetadataDB, ProductRecord
 from .vectors import AUTO_ANN_KIND, INDEX_KINDS, FaissIndex, VectorIndex, ann_params, ann_threshold
 
@@ -40,7 +42,18 @@ DB_NAME = "shoplens.sqlite"
 
 
 class EmbeddedStore(CatalogueStore):
-    """SQLite + FAISS in one folder; safe for one writer process at a time.
+    """SQLite + FAISS in one folder: one writer process at a time, any number of readers.
+
+    A writer (the default) holds the store's writer lock from open to
+    :meth:`close`; opening a store another writer holds raises
+    :class:`~shoplens.errors.StoreBusyError` at once. ``read_only=True``
+    opens an existing store for searching and reading: no lock, a read-only
+    SQLite connection, nothing saved at close; each search catches up on what
+    the writer committed since.
+
+    At open, and at :meth:`persist`, each vector index is checked against the
+    image rows of its domain; vectors missing are added from the stored
+    descriptors and vectors no row holds are removed, with a warning.
 
     ``index``: ``"auto"`` (exact below ``ann_threshold`` vectors per domain,
     by default :func:`~shoplens.store.vectors.ann_threshold` of the vectors'
@@ -63,6 +76,7 @@ class EmbeddedStore(CatalogueStore):
         index: str = "auto",
         ann_threshold: int | None = None,
         ann: dict[str, int] | None = None,
+        read_only: bool = False,
     ) -> None:
         if index not in INDEX_KINDS:
             raise StoreError(f"unknown vector index kind {index!r}; known: {', '.join(INDEX_KINDS)}")
@@ -70,20 +84,33 @@ class EmbeddedStore(CatalogueStore):
         self.ann_threshold = ann_threshold
         self.ann = dict(ann or {})
         self.root = Path(root)
+        self.read_only = read_only
+        create = create and not read_only
         if not self.root.exists():
             if not create:
                 raise StoreError(f"{self.root}: no such store (run 'shoplens index ... --store {self.root}' first)")
-            self.root.mkdir(parents=True)
+            self.root.mkdir(parents=True, exist_ok=True)
         elif not self.root.is_dir():
             raise StoreError(f"{self.root}: not a folder")
         elif not create and not (self.root / DB_NAME).exists():
             raise StoreError(f"{self.root}: not a shoplens store (no {DB_NAME})")
-        (self.root / "index").mkdir(exist_ok=True)
-        (self.root / "models").mkdir(exist_ok=True)
-        self.db = MetadataDB(self.root / DB_NAME)
+        self.writer_lock: WriterLock | None = None
+        if not read_only:
+            self.writer_lock = WriterLock(self.root)
+            self.writer_lock.acquire()  # before anything is read: what a writer reads, it may save
+        try:
+            if not read_only:
+                (self.root / "index").mkdir(exist_ok=True)
+                (self.root / "models").mkdir(exist_ok=True)
+            self.db = MetadataDB(self.root / DB_NAME, readonly=read_only)
+        except BaseException:
+            if self.writer_lock is not None:
+                self.writer_lock.release()
+            raise
         self.projector = projector  # type: ignore[assignment]
         self._indexes: dict[str, VectorIndex] = {}
         self._lock = threading.RLock()
+        self._closed = False
 
     @property
     def models_dir(self) -> Path:  # type: ignore[override]
@@ -106,9 +133,21 @@ class EmbeddedStore(CatalogueStore):
             super().attach(projector, index=index)
 
     def close(self) -> None:
+        """Persist (a writer), close the database, and let the next writer in."""
         with self._lock:
-            self.persist()
-            self.db.close()
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self.persist()
+            finally:
+                self.db.close()
+                if self.writer_lock is not None:
+                    self.writer_lock.release()
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"{self.root}: opened read-only: writes go through the store's writer")
 
     # -- writes -------------------------------------------------------------
     def write(self, batch: WriteBatch) -> list[int]:
@@ -117,6 +156,7 @@ class EmbeddedStore(CatalogueStore):
         When this returns, the change is durable (committed) and visible to
         searches in this process.
         """
+        self._check_writable()
         if not batch:
             return []
         with self._lock:
@@ -190,17 +230,53 @@ class EmbeddedStore(CatalogueStore):
         if self.index_kind != "auto" and index.kind != self.index_kind and len(index):
             log.info("vector index %s is %s, configured %s: rebuilding it", path, index.kind, self.index_kind)
             return self.rebuild(domain)
-        first = self.db.first_seq()
-        if first is not None and index.applied_seq < first - 1 and index.applied_seq < self.db.last_seq():
-            log.warning("vector index %s is older than the change log: rebuilding it", path)
-            return self.rebuild(domain)
-        if first is None and index.applied_seq < self.db.last_seq():
+        if self._log_gap(index):
             log.warning("vector index %s is older than the change log: rebuilding it", path)
             return self.rebuild(domain)
         self._catch_up(domain, index)
+        # The change log tells what happened since the index was saved, not whether the
+        # saved index held everything then: the rows decide.
+        self._reconcile(domain, index)
         return index
 
+    def _log_gap(self, index: VectorIndex) -> bool:
+        """Whether the change log was compacted past what ``index`` has applied (it cannot be replayed)."""
+        first = self.db.first_seq()
+        if first is not None:
+            return index.applied_seq < first - 1 and index.applied_seq < self.db.last_seq()
+        return index.applied_seq < self.db.last_seq()
+
+    def _reconcile(self, domain: str, index: VectorIndex, *, by_count: bool = False) -> int:
+        """Make ``index`` hold exactly the domain's stored images; returns how many vectors changed.
+
+        Vectors missing are projected from the stored descriptors, vectors of
+        images no row holds are removed. ``by_count``: compare the ids only
+        when the counts differ (the cheap check of :meth:`persist`).
+        """
+        if by_count and len(index) == self.db.count_images(domain):
+            return 0
+        stored = self.db.image_ids(domain)
+        held = np.unique(index.ids())
+        missing = np.setdiff1d(stored, held, assume_unique=True)
+        extra = np.setdiff1d(held, stored, assume_unique=True)
+        if not len(missing) and not len(extra):
+            return 0
+        log.warning(
+            "vector index %s: %d stored image(s) had no vector and %d vector(s) no stored image: "
+            "repaired from the stored descriptors", domain, len(missing), len(extra),
+        )
+        index.remove(extra)
+        for ids, raw in self.db.iter_raw(image_ids=missing.tolist()):
+            index.add(ids, self._projector.project(domain, raw))
+        return len(missing) + len(extra)
+
     def _catch_up(self, domain: str, index: VectorIndex) -> None:
+        if self.read_only and self._log_gap(index):
+            # The writer persisted and compacted the log past this reader's index: compare the ids instead.
+            last = self.db.last_seq()
+            self._reconcile(domain, index)
+            index.applied_seq = last
+            return
         changes: list[Change] = self.db.changes_after(index.applied_seq, domain)
         if not changes:
             index.applied_seq = max(index.applied_seq, self.db.last_seq())
@@ -288,13 +364,18 @@ class EmbeddedStore(CatalogueStore):
 
     def reproject(self, domain: str) -> None:
         """Re-project every stored descriptor (after the domain's head changed)."""
+        self._check_writable()
         self.rebuild(domain)
         self.persist()
 
     def persist(self) -> None:
-        """Save every loaded index and forget the changes they all hold."""
+        """Save every loaded index and forget the changes they all hold (a reader saves nothing)."""
+        if self.read_only:
+            return
         with self._lock:
             for domain in list(self._indexes):
+                self._catch_up(domain, self._indexes[domain])
+                self._reconcile(domain, self._indexes[domain], by_count=True)
                 self._retune(domain, self._indexes[domain])
             for domain, index in self._indexes.items():
                 index.head_id = self._projector.version(domain)
@@ -343,6 +424,9 @@ class EmbeddedStore(CatalogueStore):
     def image_categories(self, image_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
         return self.db.image_categories(image_ids)
 
+    def category_sizes(self, domain: str) -> dict[str, int]:
+        return self.db.category_sizes(domain)
+
     def image_source(self, image_id: int) -> str | None:
         return self.db.image_source(image_id)
 
@@ -379,6 +463,7 @@ def _embedded_scheme(location: str, projector: Projector | None = None, **kwargs
 def _milvus(location: str, projector: Projector | None = None, **kwargs: Any) -> CatalogueStore:
     from .milvus import MilvusStore
 
+    kwargs.pop("read_only", None)  # no writer lock on Milvus (see open_catalogue_store)
     m = re.fullmatch(r"//([^/]+)/([A-Za-z_][A-Za-z0-9_]*)/?", location)
     if not m:
         raise StoreError(f"milvus:{location}: expected milvus://HOST:PORT/NAME")
@@ -390,6 +475,7 @@ def _milvus(location: str, projector: Projector | None = None, **kwargs: Any) ->
 def _milvus_lite(location: str, projector: Projector | None = None, **kwargs: Any) -> CatalogueStore:
     from .milvus import MilvusStore
 
+    kwargs.pop("read_only", None)
     path, _, name = location.partition("#")
     if not path.endswith(".db"):
         raise StoreError(f"milvus-lite:{location}: the Milvus Lite file name must end in .db")
@@ -401,22 +487,28 @@ def list_stores() -> list[str]:
     return STORES.names()
 
 
-def open_catalogue_store(location: str | Path, projector: Projector | None = None, *, create: bool = True, **kwargs: Any) -> CatalogueStore:
+def open_catalogue_store(
+    location: str | Path, projector: Projector | None = None, *, create: bool = True, read_only: bool = False, **kwargs: Any
+) -> CatalogueStore:
     """Open the catalogue store at ``location``; the location picks the engine.
 
     - a folder path (or ``embedded:PATH``): :class:`EmbeddedStore`;
     - ``milvus://HOST:PORT/NAME``: Milvus (collections ``NAME_*``);
     - ``milvus-lite:PATH.db[#NAME]``: Milvus Lite, the same client API in a local file.
 
-    ``kwargs`` go to the engine (``index=`` for both).
+    ``read_only``: open an existing store to search and read it. Otherwise an
+    embedded store is opened as its one writer and holds its writer lock
+    until closed (:class:`~shoplens.errors.StoreBusyError` if another writer
+    has it). The Milvus engine takes no writer lock: there, one writer at a
+    time is the operator's rule. ``kwargs`` go to the engine (``index=`` for both).
     """
     text = str(location)
     scheme, sep, rest = text.partition(":")
     if sep and len(scheme) > 1 and f"{scheme}:" in STORES.names():
-        return STORES.create(text, projector=projector, create=create, **kwargs)
+        return STORES.create(text, projector=projector, create=create, read_only=read_only, **kwargs)
     if sep and len(scheme) > 1 and re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme) and rest.startswith("//"):
         raise StoreError(f"unknown store location {text!r}; known schemes: {', '.join(n for n in STORES.names() if n.endswith(':'))}")
-    return STORES.create("embedded", location=text, projector=projector, create=create, **kwargs)
+    return STORES.create("embedded", location=text, projector=projector, create=create, read_only=read_only, **kwargs)
 
 
 __all__ = [
@@ -424,9 +516,6 @@ __all__ = [
     "EmbeddedStore",
     "FaissIndex",
     "ImageRecord",
-    def category_sizes(self, domain: str) -> dict[str, int]:
-        return self.db.category_sizes(domain)
-
     "MetadataDB",
     "ProductRecord",
     "Projector",

@@ -58,6 +58,10 @@ class VectorIndex(abc.ABC):
     def __len__(self) -> int: ...
 
     @abc.abstractmethod
+    def ids(self) -> np.ndarray:
+        """Every id in the index (int64, in no particular order)."""
+
+    @abc.abstractmethod
     def save(self, path: Path) -> None:
         """Persist atomically (a crash leaves the old file or the new one)."""
 
