@@ -215,7 +215,7 @@ def load_heads(path: Path | None = None) -> list[GarmentHead]:
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ShoplensError(f"garment detector weights not found: {path or _SHIPPED}") from None
-    except Exception as err:  # torch raises many types on a corrupt file
+    except Exception as err:  # noqa: BLE001 - torch raises many types on a corrupt file
         raise ShoplensError(f"cannot read garment detector weights {path or _SHIPPED}: {err}") from None
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ShoplensError(f"{path or _SHIPPED} is not a shoplens garment head file")
