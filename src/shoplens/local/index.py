@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 FORMAT = "shoplens-local/1"
 MANIFEST = "MANIFEST.json"
 
-PhotoOrFeatures = Union[Photo, LocalFeatures]
+PhotoOrFeatures = Photo | LocalFeatures
 
 
 @dataclass(frozen=True)
