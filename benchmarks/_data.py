@@ -1,4 +1,4 @@
-"""Where benchmarks find the real photos (SHOPLENS_DATA, default ../shared/data), and larger copies of them."""
+"""Where benchmarks find the real photos (SHOPLENS_DATA, default ../shared/data) and keep their caches; larger copies of the photos."""
 
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ def data_root() -> Path:
     if not (root / "grocery" / "catalog.csv").exists():
         sys.exit(f"real photos not found at {root}: set SHOPLENS_DATA to the shared data folder")
     return root
+
+
+def bench_cache(name: str) -> Path:
+    """Where a benchmark keeps what it computes once: ``$SHOPLENS_CACHE/bench/NAME`` (default ``~/.cache/shoplens/bench/NAME``)."""
+    return Path(os.environ.get("SHOPLENS_CACHE") or Path.home() / ".cache" / "shoplens") / "bench" / name
 
 
 def rows(path: Path) -> list[dict[str, str]]:

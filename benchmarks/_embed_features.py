@@ -3,8 +3,9 @@
 Each (dataset, backbone, input size, resize mode) is encoded once with the
 engine's own backbone code and pooled with every registered pooling; the
 result is cached as ``{dataset}_{backbone}_{resize}{size}.npz`` under
-SHOPLENS_EMBED_CACHE (default: ``CACHE`` below), so a rerun of a benchmark
-only computes what is missing.
+SHOPLENS_EMBED_CACHE (default ``$SHOPLENS_CACHE/bench/embed``, that is
+``~/.cache/shoplens/bench/embed``), so a rerun of a benchmark only computes
+what is missing.
 
     PYTHONPATH=src python benchmarks/_embed_features.py grocery efficientnet_lite0 224 letterbox
 """
@@ -23,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _data import data_root, rows
+from _data import bench_cache, data_root, rows
 
 from shoplens.embed.pooling import get_pooling, list_poolings
 from shoplens.imaging import load_image
@@ -31,7 +32,7 @@ from shoplens.models import create_model
 
 log = logging.getLogger("embed_features")
 
-CACHE = Path(os.environ.get("SHOPLENS_EMBED_CACHE", "/work/cache/embedq/ablation"))
+CACHE = Path(os.environ.get("SHOPLENS_EMBED_CACHE") or bench_cache("embed"))
 #: Clothing labels that are not a garment category.
 CLOTHING_SKIP = ("Not sure", "Skip", "Other")
 

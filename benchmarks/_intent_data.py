@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from _data import bench_cache
 
 from shoplens.eval.negatives import KINDS, SKIMAGE_PHOTOS, generate_negatives, skimage_photo
 from shoplens.intent.trained import encode_paths
@@ -32,7 +33,8 @@ def data_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SHOPLENS_INTENT_CACHE", "/work/cache/intent"))
+    """SHOPLENS_INTENT_CACHE, default ``$SHOPLENS_CACHE/bench/intent`` (``~/.cache/shoplens/bench/intent``)."""
+    return Path(os.environ.get("SHOPLENS_INTENT_CACHE") or bench_cache("intent"))
 
 
 @dataclass

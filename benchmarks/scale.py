@@ -18,7 +18,7 @@ directly, for comparison.
     PYTHONPATH=src python benchmarks/scale.py --n 1000000 --dim 256 --kinds ivfsq8,ivfflat,hnsw
     PYTHONPATH=src python benchmarks/scale.py --n 1000000 --dim 1280 --kinds ivfsq8
 
-Results are appended as JSON lines to ``$SHOPLENS_CACHE/scale/results.jsonl``.
+Results are appended as JSON lines to ``$SHOPLENS_CACHE/bench/scale/results.jsonl``.
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from _data import bench_cache
 
 from shoplens.store.vectors import FaissIndex
 
-CACHE = Path(os.environ.get("SHOPLENS_CACHE") or "/work/cache") / "scale"
+CACHE = bench_cache("scale")
 SEEDS = CACHE / "real_lite0_gem.npz"
 log = logging.getLogger("scale")
 

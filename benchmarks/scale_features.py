@@ -3,7 +3,7 @@
 Embeds every grocery photo (store photos + catalogue images) and every
 clothing photo with ``efficientnet_lite0`` + GeM (the default recognition
 model, 1280-d raw descriptors) and caches them, with a cluster label per
-photo, in ``$SHOPLENS_CACHE/scale/real_lite0_gem.npz``. ``benchmarks/scale.py``
+photo, in ``$SHOPLENS_CACHE/bench/scale/real_lite0_gem.npz``. ``benchmarks/scale.py``
 perturbs them into a million vectors.
 
     PYTHONPATH=src python benchmarks/scale_features.py [EVERY]
@@ -22,10 +22,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _data import bench_cache
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SHOPLENS_DATA") or REPO.parent / "shared" / "data")
-CACHE = Path(os.environ.get("SHOPLENS_CACHE") or "/work/cache") / "scale"
+CACHE = bench_cache("scale")
 OUT = CACHE / "real_lite0_gem.npz"
 
 log = logging.getLogger("scale_features")
