@@ -222,6 +222,11 @@ def clothing(epochs: int, seed: int) -> list[dict]:
     return rows
 
 
+def _pr(r: dict, k: str) -> str:
+    """A (precision, recall) pair of row ``r``, or a dash where it was not measured."""
+    return "–" if k not in r else f"{r[k][0]:.3f} / {r[k][1]:.3f}"
+
+
 def fmt_r(r: dict | None) -> str:
     return "–" if r is None else f"{r[1]:.3f} / {r[5]:.3f}"
 
@@ -273,9 +278,9 @@ def report_md(g_rows: list[dict], returned: dict, c_rows: list[dict], timing: di
         if r.get("missing"):
             out.append(f"| {r['variant']} | not measured (descriptors not cached) | | | | |")
             continue
-        pr = lambda k: "–" if k not in r else f"{r[k][0]:.3f} / {r[k][1]:.3f}"
         out.append(f"| {r['variant']} | {r['p10']:.3f} | {r['p10_white']:.3f} | {r['p10_trained']:.3f} | "
-                   f"{pr('returned_untrained_raw')} → {pr('returned_untrained_calibrated')} | {pr('returned_trained_raw')} → {pr('returned_trained_calibrated')} |")
+                   f"{_pr(r, 'returned_untrained_raw')} → {_pr(r, 'returned_untrained_calibrated')} | "
+                   f"{_pr(r, 'returned_trained_raw')} → {_pr(r, 'returned_trained_calibrated')} |")
     if c_rows and "queries" in c_rows[-1]:
         out += ["", f"{c_rows[-1]['queries']} queries, {c_rows[-1]['catalogue']} catalogue photos."]
     return "\n".join(out) + "\n"

@@ -73,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         t_det.append(t2 - t1)
         t_cmp.append(t3 - t2)
         encodings.extend(enc)
-    med = lambda xs: 1000 * statistics.median(xs)
+
+    def med(xs: list[float]) -> float:
+        return 1000 * statistics.median(xs)
+
     speed = {
         "torch_threads": torch.get_num_threads(),
         "input_size": detector.input_size,

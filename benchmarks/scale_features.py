@@ -14,7 +14,6 @@ the run short on a shared 2-core machine.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import sys
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _data import bench_cache
+from _data import bench_cache, rows
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SHOPLENS_DATA") or REPO.parent / "shared" / "data")
@@ -36,12 +35,12 @@ def photo_list() -> list[tuple[Path, str]]:
     """(path, cluster label) of every photo used: grocery products and clothing labels."""
     out: list[tuple[Path, str]] = []
     g = DATA / "grocery"
-    for row in csv.DictReader(open(g / "photos.csv")):
+    for row in rows(g / "photos.csv"):
         out.append((g / row["image"], f"grocery:{row['product_id']}"))
-    for row in csv.DictReader(open(g / "catalog.csv")):
+    for row in rows(g / "catalog.csv"):
         out.append((g / row["image"], f"grocery:{row['product_id']}"))
     c = DATA / "clothing"
-    for row in csv.DictReader(open(c / "labels.csv")):
+    for row in rows(c / "labels.csv"):
         out.append((c / row["image"], f"clothing:{row['label']}"))
     return out
 
@@ -67,7 +66,7 @@ def main(every: int = 5) -> int:
         log.info("%d/%d photos, %.0f s", start + len(chunk), len(photos), time.perf_counter() - t0)
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = OUT.with_name(OUT.stem + ".tmp.npz")
-    np.savez(tmp, vecs=np.concatenate(vecs).astype(np.float32), labels=np.array([l for _, l in photos]),
+    np.savez(tmp, vecs=np.concatenate(vecs).astype(np.float32), labels=np.array([label for _, label in photos]),
              paths=np.array([str(p.relative_to(DATA)) for p, _ in photos]), signature=emb.signature)
     tmp.replace(OUT)
     log.info("wrote %s: %d descriptors in %.0f s", OUT, len(photos), time.perf_counter() - t0)

@@ -155,7 +155,7 @@ def main() -> None:
             kinds = {
                 "non_product": [root / "nonproduct" / r["image"] for r in rows(root / "nonproduct" / "images.csv")],
                 "other_product": [root / "grocery" / r["image"] for r in rows(root / "grocery" / "photos.csv") if r["split"] == "val"],
-                "apparel": [root / "outfits" / json.loads(l)["image"] for l in (root / "outfits" / "garments.jsonl").read_text().splitlines()],
+                "apparel": [root / "outfits" / json.loads(line)["image"] for line in (root / "outfits" / "garments.jsonl").read_text().splitlines()],
             }
             picked: dict[str, list] = {k: rng.sample(v, min(args.queries, len(v))) for k, v in kinds.items()}
             if args.enlarge > 1:  # phone-sized uploads: the shared photos are 320-640 px
