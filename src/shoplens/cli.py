@@ -75,7 +75,10 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
     """Dotted configuration flags from the parsed options (None = not given)."""
-    get = lambda name: getattr(args, name, None)
+
+    def get(name: str) -> Any:
+        return getattr(args, name, None)
+
     # The dedicated options override --set; one not given leaves --set (and the store's saved value) alone.
     options: dict[str, Any] = (
         {

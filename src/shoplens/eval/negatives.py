@@ -250,11 +250,11 @@ def _chart(rng: np.random.Generator) -> Image.Image:
         groups = int(rng.integers(1, 4))
         bw = (x1 - x0) / n / (groups + 1)
         for g in range(groups):
-            for i, x in enumerate(xs):
+            for x in xs:
                 v = rng.random()
                 d.rectangle((x + g * bw - bw * groups / 2, y1 - v * (y1 - y0), x + (g + 1) * bw - bw * groups / 2, y1),
                             fill=palette[g])
-        for i, x in enumerate(xs[:: max(1, n // 8)]):
+        for x in xs[:: max(1, n // 8)]:
             d.text((x, y1 + 8), _words(rng, 1, False)[:6], font=font, fill=fg, anchor="mt")
     elif style in (1, 4):  # lines / filled areas
         for g in range(int(rng.integers(1, 5))):

@@ -71,7 +71,10 @@ def target_shape(h: int, w: int, cfg: PreprocessCfg) -> tuple[int, int]:
     st = cfg.stride
     s = max(st, round(cfg.input_size / st) * st)
     scale = s / max(h, w)
-    snap = lambda n: int(min(s, max(st, round(n * scale / st) * st)))
+
+    def snap(n: int) -> int:
+        return int(min(s, max(st, round(n * scale / st) * st)))
+
     return snap(h), snap(w)
 
 
