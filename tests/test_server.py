@@ -185,6 +185,30 @@ def test_batch_add_and_delete(client: TestClient) -> None:
     assert client.get("/products/b1").status_code == 404
 
 
+def test_refused_uploads_write_no_photo_and_deletes_remove_them(client: TestClient, lens: Shoplens) -> None:
+    photos = lens.store.root / "photos"
+
+    def kept() -> set[str]:
+        return {p.name for p in photos.rglob("*") if p.is_file()} if photos.exists() else set()
+
+    before = kept()
+    good = photo(500)
+    truncated = dict(bad_photos())["truncated.png"]
+    form = {"product": json.dumps({"product_id": "files/1"})}
+    files = [("photos", ("good.png", good, "image/png")), ("photos", ("truncated.png", truncated, "image/png"))]
+    assert_error(client.post("/products", data=form, files=files, headers=AUTH), 422, "bad_image")
+    batch = [{"product_id": "files/2", "photos": ["good.png"]}, {"product_id": "files/3", "photos": ["truncated.png"]}]
+    assert_error(client.post("/products/batch", data={"products": json.dumps(batch)}, files=files, headers=AUTH), 422, "bad_image")
+    assert kept() == before  # the good photo was checked, never written
+
+    r = client.post("/products", data=form, files=files[:1], headers=AUTH)
+    assert r.status_code == 201 and len(kept()) == len(before) + 1
+    r = client.put("/products/files/1/photos", files=[("photos", ("other.png", photo(501), "image/png"))], headers=AUTH)
+    assert r.status_code == 200 and len(kept()) == len(before) + 1  # the replaced photo went
+    assert client.delete("/products/files/1", headers=AUTH).status_code == 204
+    assert kept() == before
+
+
 def test_writes_need_the_key(lens: Shoplens, client: TestClient) -> None:
     form = {"product": json.dumps({"product_id": "k1"})}
     files = [("photos", ("a.png", photo(300), "image/png"))]

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -62,6 +63,27 @@ class ProductInput:
 
 
 _SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
+#: A photo kept under ``<store>/photos/``: its content's SHA-1 and a suffix; and one being written.
+_PHOTO_FILE = re.compile(r"[0-9a-f]{40}\.[a-z]+")
+_PHOTO_TMP = re.compile(r"\.[0-9a-f]{40}\.\d+\.\d+\.tmp")
+
+
+def _check_photo(data: bytes, *, name: str, max_bytes: int, max_pixels: int) -> str:
+    """Decode ``data`` as a search would (a :class:`BadImageError` if it cannot be used); its file suffix."""
+    load_image(data, name=name, max_bytes=max_bytes, max_pixels=max_pixels, target_size=224)
+    with Image.open(io.BytesIO(data)) as img:
+        return _SUFFIXES.get(img.format or "", ".img")
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        log.warning("cannot remove %s: %s", path, err.strerror or err)
+        return False
 
 
 def _fsync_dir(path: Path) -> None:
@@ -186,6 +208,10 @@ class Shoplens:
                 # Brought in step with the store now: a crash after a store commit left it behind at worst.
                 self.pipeline.local = LocalStage(self.store.root / LOCAL_DIR, self.config.local, read_only=read_only)
                 self._sync_local()
+            if self.store.exclusive:
+                # Photos a crash left behind: written for a write that never committed, or of a
+                # committed delete whose files were not removed yet. Only the one writer may judge.
+                self._collect_photos()
         except BaseException:
             self.store.close()  # a writer lets the next one in
             raise
@@ -250,12 +276,17 @@ class Shoplens:
         """Check that ``data`` is a usable image, then keep it under ``<store>/photos/``.
 
         The file is named by its content (SHA-1), written atomically and
-        synced, so it exists before any product refers to it.
+        synced, so it exists before any product refers to it. A photo no
+        stored image refers to is removed when the store is next opened for
+        writing: :meth:`put_products` is the way to add one for good.
         """
         self._check_writable()
-        load_image(data, name=name, max_bytes=max_bytes, max_pixels=max_pixels, target_size=224)
-        with Image.open(io.BytesIO(data)) as img:
-            suffix = _SUFFIXES.get(img.format or "", ".img")
+        suffix = _check_photo(data, name=name, max_bytes=max_bytes, max_pixels=max_pixels)
+        with self._write_lock:
+            return self._keep_photo(data, suffix)
+
+    def _keep_photo(self, data: bytes, suffix: str) -> Path:
+        """Write a checked photo under ``<store>/photos/`` (under the write lock: see :meth:`_collect_photos`)."""
         digest = hashlib.sha1(data).hexdigest()
         folder = self.store.root / PHOTOS_DIR / digest[:2]
         path = folder / f"{digest}{suffix}"
@@ -271,6 +302,52 @@ class Shoplens:
         _fsync_dir(folder)
         return path
 
+    def _photo_digests(self, product_ids: Iterable[str]) -> set[str]:
+        """Content hashes of the products' photos kept under ``<store>/photos/``."""
+        out: set[str] = set()
+        for pid in product_ids:
+            for _, _, source in self.store.product_images(pid):
+                path = Path(source)
+                if path.parent.parent.name == PHOTOS_DIR and _PHOTO_FILE.fullmatch(path.name):
+                    out.add(path.name.split(".", 1)[0])
+        return out
+
+    def _collect_photos(self, digests: Iterable[str] | None = None) -> int:
+        """Remove the photo files of ``digests`` (``None``: every file under ``<store>/photos/``) no stored image has.
+
+        Called under the write lock, after the metadata change has committed
+        (or failed): a photo is written under the same lock before the write
+        that refers to it, so a file is never removed between the two. An
+        image refers to its file by content (the SHA-1 the file is named by),
+        whatever spelling of the store's path its source has. Returns how
+        many files went.
+        """
+        root = self.store.root / PHOTOS_DIR
+        if not root.is_dir():
+            return 0
+        files: dict[str, list[Path]] = {}
+        if digests is None:
+            for path in root.glob("*/*"):
+                if _PHOTO_FILE.fullmatch(path.name):
+                    files.setdefault(path.name.split(".", 1)[0], []).append(path)
+                elif _PHOTO_TMP.fullmatch(path.name):
+                    _unlink(path)  # an upload cut short by a crash (only the one writer writes here)
+        else:
+            for digest in set(digests):
+                found = list((root / digest[:2]).glob(f"{digest}.*"))
+                if found:
+                    files[digest] = found
+        if not files:
+            return 0
+        in_use = self.store.sha1s_in_use(sorted(files))
+        removed = 0
+        for digest, paths in files.items():
+            if digest not in in_use:
+                removed += sum(_unlink(p) for p in paths if _PHOTO_FILE.fullmatch(p.name))
+        if removed:
+            log.info("%s: removed %d photo file(s) no product refers to any more", root, removed)
+        return removed
+
     def put_products(
         self, products: Sequence[ProductInput], *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS
     ) -> IndexReport:
@@ -280,7 +357,7 @@ class Shoplens:
         (a bad id :class:`CatalogueError`) and nothing is written.
         """
         self._check_writable()
-        rows: list[CatalogueRow] = []
+        checked: list[tuple[ProductInput, list[tuple[str, bytes, str]]]] = []
         seen: set[str] = set()
         for item in products:
             pid = item.product_id
@@ -292,14 +369,27 @@ class Shoplens:
             seen.add(pid)
             if not item.photos:
                 raise CatalogueError(f"product {pid!r}: at least one photo is needed")
+            photos = []
             for n, photo in enumerate(item.photos, 1):
                 label = f"product {pid!r}, photo {n}"
                 data = photo if isinstance(photo, bytes) else read_image_file(photo, max_bytes=max_bytes, name=label)
-                path = self.save_photo(data, name=label, max_bytes=max_bytes, max_pixels=max_pixels)
-                rows.append(CatalogueRow(pid, str(path), item.title or None, item.category or None, item.domain or None, dict(item.metadata), origin=label))
+                photos.append((label, data, _check_photo(data, name=label, max_bytes=max_bytes, max_pixels=max_pixels)))
+            checked.append((item, photos))
+        # Every photo is usable: only now is a file written.
         with self._write_lock:
-            # One chunk: the whole call is one store transaction, all or nothing.
-            report = Indexer(self.pipeline, self.store, chunk_size=len(rows) + 1).run(rows, persist=False)
+            digests = self._photo_digests(seen)  # the photos these products had: replaced ones may go
+            try:
+                rows: list[CatalogueRow] = []
+                for item, photos in checked:
+                    for label, data, suffix in photos:
+                        path = self._keep_photo(data, suffix)
+                        digests.add(path.name.split(".", 1)[0])
+                        rows.append(CatalogueRow(item.product_id, str(path), item.title or None, item.category or None,
+                                                 item.domain or None, dict(item.metadata), origin=label))
+                # One chunk: the whole call is one store transaction, all or nothing.
+                report = Indexer(self.pipeline, self.store, chunk_size=len(rows) + 1).run(rows, persist=False)
+            finally:
+                self._collect_photos(digests)  # committed or not, what no image refers to goes
             self._sync_local()
             self._calibrate(report)
             if not (self.store.root / CONFIG_FILE).exists():
@@ -364,7 +454,9 @@ class Shoplens:
         self._check_writable()
         with self._write_lock:
             existing = [p for p in dict.fromkeys(product_ids) if self.store.get_product(p) is not None]
+            digests = self._photo_digests(existing)
             self.store.write(WriteBatch(delete_products=existing))
+            self._collect_photos(digests)  # only once the delete has committed
             self._sync_local()
         return len(existing)
 

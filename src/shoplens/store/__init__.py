@@ -98,6 +98,7 @@ class EmbeddedStore(CatalogueStore):
         if not read_only:
             self.writer_lock = WriterLock(self.root)
             self.writer_lock.acquire()  # before anything is read: what a writer reads, it may save
+            self.exclusive = True
         try:
             if not read_only:
                 (self.root / "index").mkdir(exist_ok=True)
@@ -429,6 +430,9 @@ class EmbeddedStore(CatalogueStore):
 
     def image_source(self, image_id: int) -> str | None:
         return self.db.image_source(image_id)
+
+    def sha1s_in_use(self, sha1s: Sequence[str]) -> set[str]:
+        return self.db.sha1s_in_use(sha1s)
 
     def count_images(self, domain: str | None = None) -> int:
         return self.db.count_images(domain)

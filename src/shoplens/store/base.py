@@ -55,6 +55,8 @@ class CatalogueStore(abc.ABC):
     #: Turns raw descriptors into vectors; may be attached after opening.
     projector: Projector | None = None
     index_kind: str = "auto"
+    #: Whether this process is the store's only writer (it holds the store's writer lock).
+    exclusive: bool = False
 
     def attach(self, projector: Projector, *, index: str | None = None) -> None:
         """Use ``projector`` (and the configured index kind) from now on."""
@@ -145,6 +147,11 @@ class CatalogueStore(abc.ABC):
 
     @abc.abstractmethod
     def count_images(self, domain: str | None = None) -> int: ...
+
+    def sha1s_in_use(self, sha1s: Sequence[str]) -> set[str]:
+        """Which of these content hashes some stored image has (an engine that can answers it from an index)."""
+        wanted = set(sha1s)
+        return {im.sha1 for im in self.iter_images() if im.sha1 in wanted} if wanted else set()
 
     def image_ids(self, domain: str) -> np.ndarray:
         """Ids of the domain's stored images, ascending (int64)."""

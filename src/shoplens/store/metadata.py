@@ -57,6 +57,7 @@ CREATE INDEX IF NOT EXISTS images_domain ON images(domain, image_id);
 CREATE INDEX IF NOT EXISTS products_category ON products(category);
 CREATE INDEX IF NOT EXISTS images_owner ON images(image_id, product_id);
 CREATE INDEX IF NOT EXISTS products_owner ON products(product_id, category);
+CREATE INDEX IF NOT EXISTS images_sha1 ON images(sha1);
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     image_id INTEGER NOT NULL,
@@ -305,6 +306,16 @@ class MetadataDB:
     def image_source(self, image_id: int) -> str | None:
         rows = self.query("SELECT source FROM images WHERE image_id=?", (image_id,))
         return rows[0][0] if rows else None
+
+    def sha1s_in_use(self, sha1s: Sequence[str]) -> set[str]:
+        """Which of these content hashes some stored image has."""
+        out: set[str] = set()
+        wanted = sorted(set(sha1s))
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            out.update(r[0] for r in self.query(f"SELECT DISTINCT sha1 FROM images WHERE sha1 IN ({marks})", chunk))
+        return out
 
     def iter_raw(self, domain: str | None = None, batch: int = 4096, image_ids: Sequence[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(image_ids, raw descriptors) in batches, by image id."""

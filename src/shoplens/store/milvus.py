@@ -582,6 +582,13 @@ class MilvusStore(CatalogueStore):
         rows = self.client.get(self._images, ids=[int(image_id)], output_fields=["source"])
         return rows[0]["source"] if rows else None
 
+    def sha1s_in_use(self, sha1s: Sequence[str]) -> set[str]:
+        wanted = sorted(set(sha1s))
+        out: set[str] = set()
+        for start in range(0, len(wanted), _BATCH):
+            out.update(r["sha1"] for r in self._query(self._images, _in("sha1", wanted[start : start + _BATCH]), ["sha1"]))
+        return out
+
     def count_images(self, domain: str | None = None) -> int:
         return self._count(self._images, "" if domain is None else f"domain == {_quote(domain)}")
 
