@@ -45,7 +45,11 @@ def margin_pairs(rng: np.random.Generator, n_queries: int = 200, k: int = 30) ->
         order = np.argsort(hits)
         hits, rel = [hits[j] for j in order], [rel[j] for j in order]
         bg = background(hits)
-        d += hits; r += rel; c += ["a" if i % 2 else "b"] * k; q += [i] * k; b += [bg] * k
+        d += hits
+        r += rel
+        c += ["a" if i % 2 else "b"] * k
+        q += [i] * k
+        b += [bg] * k
     return Pairs(np.array(d), np.array(r), np.array(c), np.array(q), np.ones(n_queries, np.int64), np.array(b))
 
 

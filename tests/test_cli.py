@@ -18,7 +18,7 @@ from .conftest import make_image
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[dict], str]:
     code = main(list(argv))
     out = capsys.readouterr()
-    lines = [json.loads(l) for l in out.out.splitlines() if l.startswith("{")]
+    lines = [json.loads(line) for line in out.out.splitlines() if line.startswith("{")]
     return code, lines, out.err
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.server
 import threading
@@ -44,7 +45,7 @@ def upstream_zip(tmp_path: Path) -> Path:
 def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     root = tmp_path / "www"
     root.mkdir()
-    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(root), **k)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -145,7 +146,7 @@ def test_demo_adapt_on_the_shared_grocery_copy(
         if split == "train" and pid not in seen:
             seen.add(pid)
             keep.append(line)
-    keep += [l for l in lines[1:] if l.startswith("val,")][:: 70]
+    keep += [line for line in lines[1:] if line.startswith("val,")][:: 70]
     (small / "photos.csv").write_text("\n".join(keep) + "\n")
     monkeypatch.setenv("SHOPLENS_CACHE", str(tmp_path / "cache"))
     code = main(["demo", "--from", str(small), "--store", str(tmp_path / "store"), "--adapt"])

@@ -89,7 +89,7 @@ def test_update_replaces_vectors_and_listing_defines_images(tmp_path: Path, synt
         # p1's photo changes content; p0 is now listed with one photo only.
         make_image(synthetic_catalogue.parent / "img" / "p1.png", seed=999)
         text = synthetic_catalogue.read_text().splitlines()
-        synthetic_catalogue.write_text("\n".join(l for l in text if "p0b.png" not in l) + "\n")
+        synthetic_catalogue.write_text("\n".join(line for line in text if "p0b.png" not in line) + "\n")
         report = lens.index(synthetic_catalogue)
         assert (report.images_replaced, report.images_removed, report.images_unchanged) == (1, 1, 5)
         assert lens.store.db.count_images() == 6

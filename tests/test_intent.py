@@ -159,7 +159,10 @@ def test_generate_negatives_is_deterministic(tmp_path: Path) -> None:
     first = generate_negatives(tmp_path / "a", 3, seed=7, kinds=kinds)
     again = generate_negatives(tmp_path / "b", 3, seed=7, kinds=kinds)
     other = generate_negatives(tmp_path / "c", 3, seed=8, kinds=kinds)
-    digest = lambda paths: [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+
+    def digest(paths: list[Path]) -> list[str]:
+        return [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+
     assert len(first) == 9 and [p.name for p in first] == [p.name for p in again]
     assert digest(first) == digest(again)
     assert digest(first) != digest(other)

@@ -247,10 +247,10 @@ def test_openvino_compiles_recurring_single_photo_shapes_on_their_own(
     inputs = {s: rng.standard_normal(s).astype(np.float32) for s in shapes}
     expected = {s: plain.run(None, {"pixels": x}) for s, x in inputs.items()}
     for _ in range(PROMOTE_AFTER - 1):
-        for s, x in inputs.items():
+        for x in inputs.values():
             session.run(None, {"pixels": x})
     assert session.wait_fixed() == []  # not yet: each shape seen PROMOTE_AFTER - 1 times
-    for s, x in inputs.items():
+    for x in inputs.values():
         session.run(None, {"pixels": x})
     fixed = session.wait_fixed()
     # The first two single-photo shapes to recur, no more; batches never (indexing's sizes vary).
