@@ -231,6 +231,68 @@ def test_writes_need_the_key(lens: Shoplens, client: TestClient) -> None:
         ServerSettings(api_key="secret")
 
 
+READ_KEY = "read-key-0123456789abcdef"
+
+
+def test_a_read_key_protects_search_products_photos_and_metrics(lens: Shoplens) -> None:
+    settings = ServerSettings(api_key=KEY, read_key=READ_KEY)
+    reader, writer, wrong = {"X-API-Key": READ_KEY}, AUTH, {"X-API-Key": "wrong-key-wrong-key"}
+    image = f"/images/{lens.product_images('p1')[0][0]}"
+    reads = [("GET", "/products"), ("GET", "/products/p1"), ("GET", "/images/of-product/p1"), ("GET", image), ("GET", "/metrics")]
+    with TestClient(create_app(lens, settings)) as c:
+        for method, path in reads:
+            body = assert_error(c.request(method, path), 401, "unauthorized")
+            assert "read key" in body["error"], path
+            assert_error(c.request(method, path, headers=wrong), 401, "unauthorized")
+            assert c.request(method, path, headers=reader).status_code == 200, path
+            assert c.request(method, path, headers=writer).status_code == 200, path  # the write key grants reads
+        assert c.get(image, headers={"Authorization": f"Bearer {READ_KEY}"}).headers["cache-control"].startswith("private")
+        assert_error(search(c, photo(1)), 401, "unauthorized")
+        assert_error(c.post("/search/url", json={"url": "http://127.0.0.1:9/x.png"}), 401, "unauthorized")
+        r = c.post("/search", files={"photo": ("q.png", photo(1), "image/png")}, headers=reader)
+        assert r.status_code == 200 and r.json()["regions"][0]["results"][0]["product_id"] == "p1"
+        # the read key writes nothing
+        form, files = {"product": json.dumps({"product_id": "r1"})}, [("photos", ("a.png", photo(600), "image/png"))]
+        assert_error(c.post("/products", data=form, files=files, headers=reader), 401, "unauthorized")
+        assert_error(c.delete("/products/p1", headers=reader), 401, "unauthorized")
+        assert c.get("/products/p1", headers=reader).status_code == 200
+        # open: liveness, readiness (without the catalogue's size), the page, its files, the schema
+        for path in ("/healthz", "/", "/static/app.js", "/openapi.json"):
+            assert c.get(path).status_code == 200, path
+        deadline = time.monotonic() + 60
+        while (ready := c.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ready.json()["reads_need_key"] is True and ready.json()["products"] is None
+        assert c.get("/readyz", headers=reader).json()["products"] == lens.count_products()
+    with TestClient(create_app(lens, ServerSettings(api_key=KEY))) as c:  # no read key: reads stay open
+        assert all(c.request(m, p).status_code == 200 for m, p in reads)
+        assert c.get("/readyz").json()["reads_need_key"] is False
+    with pytest.raises(ConfigError, match="too short"):
+        ServerSettings(read_key="secret")
+    with pytest.raises(ConfigError, match="two different keys"):
+        ServerSettings(api_key=KEY, read_key=KEY)
+
+
+def test_a_search_without_the_read_key_is_refused_before_its_body_is_read(lens: Shoplens) -> None:
+    with LiveServer(create_app(lens, ServerSettings(read_key=READ_KEY))) as server, socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 5000000000\r\n\r\n")
+        status, body = _read_response(s)
+    assert status == 401 and json.loads(body)["code"] == "unauthorized"
+
+
+def test_the_read_key_comes_from_the_environment_or_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOPLENS_READ_KEY", READ_KEY)
+    monkeypatch.delenv("SHOPLENS_API_KEY", raising=False)
+    assert ServerSettings.from_env().read_key == READ_KEY and ServerSettings.from_env().api_key is None
+    key_file = tmp_path / "read.key"
+    key_file.write_text("file-read-key-0123456789\n")
+    assert ServerSettings.from_env(read_key_file=key_file).read_key == "file-read-key-0123456789"
+    monkeypatch.delenv("SHOPLENS_READ_KEY")
+    assert ServerSettings.from_env().read_key is None
+    with pytest.raises(ConfigError, match="cannot read the read key file"):
+        ServerSettings.from_env(read_key_file=tmp_path / "missing.key")
+
+
 def test_bad_photos_are_clear_4xx_and_the_server_goes_on(client: TestClient) -> None:
     for name, data in bad_photos():
         body = assert_error(search(client, data, name=name), 422, "bad_image")

@@ -254,3 +254,35 @@ def test_a_file_that_is_not_a_photo_shows_the_server_message(browser: Any, nonpr
     page.wait_for_selector(".status.error", timeout=30_000)
     assert "not an image" in page.inner_text("#status")
     page.close()
+
+
+def test_a_private_catalogue_asks_for_its_key_and_sends_it(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """With a read key, the page asks for it, then searches and loads the thumbnails with it."""
+    folder = tmp_path_factory.mktemp("web-private")
+    lines = ["product_id,image,title,category,domain"]
+    for i in range(3):
+        (folder / f"k{i}.png").write_bytes(encode(picture(60 + i, (200, 160))))
+        lines.append(f"k{i},k{i}.png,Private {i},Red,other_product")
+    (folder / "catalog.csv").write_text("\n".join(lines) + "\n")
+    key = "page-read-key-0123456789"
+    with Shoplens(folder / "store", **{"intent.classifier": "test-other_product", "search.rank_filter": False}) as lens:
+        lens.index(folder / "catalog.csv")
+        with LiveServer(create_app(lens, ServerSettings(read_key=key))) as server:
+            server.wait_ready()
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            refused: list[str] = []
+            page.on("response", lambda r: refused.append(r.url) if r.status == 401 else None)
+            page.goto(server.url)
+            page.wait_for_selector("#key-form:not([hidden])", timeout=30_000)
+            assert "private" in page.inner_text("#key-message")
+            page.fill("#key", key)
+            page.click("#key-form button")
+            _wait_until(page, "document.getElementById('store-info').textContent.includes('3 products')")
+            page.set_input_files("#pick", str(folder / "k1.png"))
+            page.wait_for_selector(".card", timeout=60_000)
+            assert page.query_selector(".card").get_attribute("data-product-id") == "k1"
+            _wait_until(page, "(() => { const i = document.querySelector('.card img'); return i.complete && i.naturalWidth > 0; })()")
+            assert page.evaluate("document.querySelector('.card img').src").startswith("blob:")
+            assert refused == []  # every search and photo request carried the key
+            _shot(page, "private-catalogue")
+            page.close()

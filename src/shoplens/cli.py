@@ -364,6 +364,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = ServerSettings.from_env(
         api_key_file=args.api_key_file,
+        read_key_file=args.read_key_file,
         cors_origins=args.cors_origin or None,
         url_allowlist=args.allow_url or None,
         max_upload_bytes=None if args.max_upload_mb is None else int(args.max_upload_mb * 1024 * 1024),
@@ -373,7 +374,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     with Shoplens(args.store, config_file=args.config, create=args.create, **_flags(args)) as lens:
         writes = "enabled (API key set)" if settings.writes_enabled else "disabled: no API key (set SHOPLENS_API_KEY or --api-key-file)"
-        sys.stderr.write(f"shoplens: serving {args.store} ({lens.count_products()} products) at http://{args.host}:{args.port}/ ; writes {writes}\n")
+        reads = "need the read key (or the write key)" if settings.reads_need_key else "open to anyone (set SHOPLENS_READ_KEY or --read-key-file to protect them)"
+        sys.stderr.write(f"shoplens: serving {args.store} ({lens.count_products()} products) at http://{args.host}:{args.port}/ ; writes {writes}; "
+                         f"search and reads {reads}\n")
         serve(lens, settings, host=args.host, port=args.port, log_level="debug" if args.verbose > 1 else "info" if args.verbose else "warning")
     return EXIT_OK
 
@@ -545,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--api-key-file", metavar="FILE", help="file holding the API key for write endpoints (default: $SHOPLENS_API_KEY; with neither, writes answer 403)")
+    p.add_argument("--read-key-file", metavar="FILE", help=(
+        "file holding a key that search, product reads, photos and /metrics then need, or the write key "
+        "(default: $SHOPLENS_READ_KEY; with neither, they are open; health, readiness and the web page always are)"))
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", help="allow browser calls from this origin, e.g. https://shop.example (repeatable)")
     p.add_argument("--allow-url", action="append", default=[], metavar="PREFIX", help="let POST /search/url fetch photos under this URL prefix (repeatable; default: never fetch)")
     p.add_argument("--max-upload-mb", type=float, metavar="MB", help="largest photo accepted (default 20)")

@@ -49,7 +49,7 @@ from ..indexing import IndexReport
 from ..pipeline import EncodingCache
 from ..results import SearchResult
 from .fetch import FetchFailed, FetchRefused, FetchTooLarge, fetch
-from .guard import Guard, auth_problem
+from .guard import Guard, auth_problem, presented_key, read_problem
 from .metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from .models import (
     BatchProduct,
@@ -82,6 +82,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorBody, "description": "upload over the size or pixel limit"},
     415: {"model": ErrorBody, "description": "wrong content type"},
     422: {"model": ErrorBody, "description": "invalid request or unreadable photo"},
+}
+READ_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    401: {"model": ErrorBody, "description": "the server has a read key: missing or wrong key"},
 }
 WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,
@@ -204,6 +208,8 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
             "category entropy filter → category-aware ordering), with metadata filters applied inside the index search; "
             "add, update and delete products with their photos. Write endpoints need the API key "
             "(X-API-Key header or Authorization: Bearer); with no key configured on the server they answer 403. "
+            "A server started with a read key (SHOPLENS_READ_KEY) also wants a key for search, products, photos and "
+            "metrics: the read key or the write key; health, readiness, the web page and this schema stay open. "
             "Every error is JSON: {\"error\": message, \"code\": code}."
         ),
         docs_url=None,  # Swagger UI would load from a CDN; the schema is at /openapi.json
@@ -215,7 +221,7 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
     # -- errors -----------------------------------------------------------------
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+        codes = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
         message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = f"no such endpoint: {request.method} {request.url.path} (see /openapi.json)"
@@ -246,8 +252,8 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
         return error(500, "internal", "internal server error (logged on the server)")
 
     # -- auth (documented in the schema; enforced before the body is read by Guard) --
-    key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the write API key")
-    bearer = HTTPBearer(auto_error=False, description="the write API key as a bearer token")
+    key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the write API key (or, for reads, the read key)")
+    bearer = HTTPBearer(auto_error=False, description="the write API key (or, for reads, the read key) as a bearer token")
 
     def write_key(
         key: Annotated[str | None, Security(key_header)] = None,
@@ -259,6 +265,17 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
             raise HTTPException(status, message)
 
     writer = [Depends(write_key)]
+
+    def read_key(
+        key: Annotated[str | None, Security(key_header)] = None,
+        token: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None,
+    ) -> None:
+        problem = read_problem(settings, key if key is not None else (token.credentials if token else None))
+        if problem is not None:
+            status, _, message = problem
+            raise HTTPException(status, message)
+
+    reader = [Depends(read_key)]
 
     # -- search -----------------------------------------------------------------
     def run_search(data: bytes, name: str, top_k: int | None, filters: Sequence[str]) -> SearchResult:
@@ -282,7 +299,8 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
         response_model=SearchResult,
         tags=["search"],
         summary="Search the catalogue with a photo",
-        responses=ERRORS,
+        dependencies=reader,
+        responses=READ_ERRORS,
         description=(
             "Upload one photo (multipart/form-data, part `photo`). The answer is SPEC.md's search object, the same as "
             "`shoplens search --json`: the intent, and for product photos one result list per region (each garment, "
@@ -302,7 +320,8 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
         response_model=SearchResult,
         tags=["search"],
         summary="Search with a photo the server fetches from an allow-listed URL",
-        responses={**ERRORS, 403: {"model": ErrorBody, "description": "URL fetching disabled or URL not allowed"}},
+        dependencies=reader,
+        responses={**READ_ERRORS, 403: {"model": ErrorBody, "description": "URL fetching disabled or URL not allowed"}},
         description="Disabled (403) unless the server was started with an allow-list (--allow-url PREFIX). Redirects are not followed.",
     )
     def search_url(body: UrlSearch) -> SearchResult:
@@ -324,7 +343,8 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
             images=images,
         )
 
-    @app.get("/products", response_model=ProductPage, tags=["products"], summary="List products (by id), a page at a time", responses=ERRORS)
+    @app.get("/products", response_model=ProductPage, tags=["products"], summary="List products (by id), a page at a time",
+             dependencies=reader, responses=READ_ERRORS)
     def list_products(
         offset: Annotated[int, Query(ge=0, le=2**62, description="products to skip")] = 0,
         limit: Annotated[int, Query(ge=1, le=settings.max_page, description="products in this page")] = 100,
@@ -449,7 +469,8 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
         response_model=Product,
         tags=["products"],
         summary="Get one product",
-        responses={404: {"model": ErrorBody, "description": "no such product"}},
+        dependencies=reader,
+        responses={**READ_ERRORS, 404: {"model": ErrorBody, "description": "no such product"}},
     )
     def get_product(product_id: Annotated[str, PathParam(description="the product's id")]) -> Product:
         return product_out(product_id)
@@ -496,18 +517,22 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
         media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         if not media.startswith("image/"):
             media = "application/octet-stream"
-        return FileResponse(path, media_type=media, headers={"Cache-Control": "public, max-age=3600"})
+        cache = "private, max-age=3600" if settings.reads_need_key else "public, max-age=3600"  # no shared cache keeps a private photo
+        return FileResponse(path, media_type=media, headers={"Cache-Control": cache})
 
     photo_doc: dict[int | str, dict[str, Any]] = {
+        **READ_ERRORS,
         200: {"content": {"image/*": {}}, "description": "the photo"},
         404: {"model": ErrorBody, "description": "no such image"},
     }
 
-    @app.get("/images/{image_id}", tags=["photos"], summary="A product photo, by image id", response_class=FileResponse, responses=photo_doc)
+    @app.get("/images/{image_id}", tags=["photos"], summary="A product photo, by image id", response_class=FileResponse,
+             dependencies=reader, responses=photo_doc)
     def get_image(image_id: Annotated[int, PathParam(ge=0, le=2**62, description="an image id from a product's `images`")]) -> FileResponse:
         return photo_response(image_id)
 
-    @app.get("/images/of-product/{product_id:path}", tags=["photos"], summary="A product's first photo", response_class=FileResponse, responses=photo_doc)
+    @app.get("/images/of-product/{product_id:path}", tags=["photos"], summary="A product's first photo", response_class=FileResponse,
+             dependencies=reader, responses=photo_doc)
     def get_product_image(product_id: Annotated[str, PathParam(description="the product's id")]) -> FileResponse:
         images = lens.product_images(product_id)
         if not images:
@@ -526,19 +551,25 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
         summary="Readiness: models and indexes loaded, store readable",
         responses={503: {"model": Ready, "description": "starting, or the store is unavailable"}},
     )
-    def readyz() -> JSONResponse:
-        writes = settings.writes_enabled
+    def readyz(request: Request) -> JSONResponse:
+        def answer(status: Any, code: int = 200, **fields: Any) -> JSONResponse:
+            ready = Ready(status=status, writes_enabled=settings.writes_enabled, reads_need_key=settings.reads_need_key, **fields)
+            return JSONResponse(ready.model_dump(), status_code=code)
+
         if state.warm_error is not None:
-            return JSONResponse(Ready(status="unavailable", detail=state.warm_error, writes_enabled=writes).model_dump(), status_code=503)
+            return answer("unavailable", 503, detail=state.warm_error)
         if not state.ready.is_set():
-            return JSONResponse(Ready(status="starting", detail="loading models and indexes", writes_enabled=writes).model_dump(), status_code=503)
+            return answer("starting", 503, detail="loading models and indexes")
         try:
             products, images = state.counts()
         except ShoplensError as err:
-            return JSONResponse(Ready(status="unavailable", detail=str(err), writes_enabled=writes).model_dump(), status_code=503)
-        return JSONResponse(Ready(status="ready", products=products, images=images, writes_enabled=writes).model_dump())
+            return answer("unavailable", 503, detail=str(err))
+        if read_problem(settings, presented_key(dict(request.headers.raw))) is not None:
+            return answer("ready")  # the catalogue's size is for key holders
+        return answer("ready", products=products, images=images)
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response,
+             dependencies=reader, responses={**READ_ERRORS, 200: {"content": {CONTENT_TYPE: {}}}})
     def metrics() -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
@@ -549,13 +580,20 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
-    # -- middleware: metrics (outermost) > CORS > guard (key, body limit) > routes --
-    write_routes = [r for r in app.router.routes if any(getattr(d, "call", None) is write_key for d in getattr(getattr(r, "dependant", None), "dependencies", []))]
+    # -- middleware: metrics (outermost) > CORS > guard (keys, body limit) > routes --
+    def routes_needing(dependency: Any) -> list[Any]:
+        return [r for r in app.router.routes if any(getattr(d, "call", None) is dependency for d in getattr(getattr(r, "dependant", None), "dependencies", []))]
 
-    def needs_key(scope: dict[str, Any]) -> bool:
-        return any(r.matches(scope)[0] == Match.FULL for r in write_routes)
+    write_routes, read_routes = routes_needing(write_key), routes_needing(read_key)
 
-    app.add_middleware(Guard, settings=settings, needs_key=needs_key)
+    def access(scope: dict[str, Any]) -> str | None:
+        if any(r.matches(scope)[0] == Match.FULL for r in write_routes):
+            return "write"
+        if any(r.matches(scope)[0] == Match.FULL for r in read_routes):
+            return "read"
+        return None
+
+    app.add_middleware(Guard, settings=settings, access=access)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

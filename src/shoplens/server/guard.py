@@ -1,6 +1,7 @@
-"""The ASGI guard in front of every route: write key, body size, security headers.
+"""The ASGI guard in front of every route: write and read keys, body size, security headers.
 
-It acts before any byte of the body is read: a write without the right key is
+It acts before any byte of the body is read: a write without the write key
+(or, when the server has a read key, a search or read without a key) is
 refused at once, a declared ``Content-Length`` over the limit gets 413 at
 once, and a body that streams past the limit (chunked uploads) is cut off at
 the limit with 413. Nothing over the limit is ever buffered.
@@ -56,10 +57,32 @@ def presented_key(headers: dict[bytes, bytes]) -> str | None:
     return None if key is None else key.decode("latin-1")
 
 
+def _same(key: str, expected: str | None) -> bool:
+    return expected is not None and hmac.compare_digest(key.encode("utf-8", "replace"), expected.encode("utf-8"))
+
+
 def key_matches(settings: ServerSettings, key: str | None) -> bool:
     if settings.api_key is None or key is None:
         return False
-    return hmac.compare_digest(key.encode("utf-8", "replace"), settings.api_key.encode("utf-8"))
+    return _same(key, settings.api_key)
+
+
+def read_problem(settings: ServerSettings, key: str | None) -> tuple[int, str, str] | None:
+    """(status, code, message) when a read must be refused (the server has a read key), else None.
+
+    The write key grants reads too.
+    """
+    if settings.read_key is None:
+        return None
+    if key is None:
+        return 401, "unauthorized", (
+            "this server's catalogue is private: send the read key (or the write key) in the X-API-Key header "
+            "(or Authorization: Bearer KEY)"
+        )
+    as_reader, as_writer = _same(key, settings.read_key), _same(key, settings.api_key)  # both compared, always
+    if not (as_reader or as_writer):
+        return 401, "unauthorized", "wrong key"
+    return None
 
 
 def auth_problem(settings: ServerSettings, key: str | None) -> tuple[int, str, str] | None:
@@ -79,11 +102,12 @@ def auth_problem(settings: ServerSettings, key: str | None) -> tuple[int, str, s
 class Guard:
     """ASGI middleware: see the module doc."""
 
-    def __init__(self, app: ASGIApp, settings: ServerSettings, needs_key: Callable[[Scope], bool] | None = None) -> None:
+    def __init__(self, app: ASGIApp, settings: ServerSettings, access: Callable[[Scope], str | None] | None = None) -> None:
         self.app = app
         self.settings = settings
-        #: Whether a request goes to a write route (default: by method and path alone).
-        self.needs_key = needs_key or (lambda scope: is_write(scope["method"], scope["path"]))
+        #: Which key a request's route needs: "write", "read" or None (open); by default
+        #: writes by method and path alone, and every other request a read.
+        self.access = access or (lambda scope: "write" if is_write(scope["method"], scope["path"]) else "read")
 
     def limit_for(self, path: str) -> int:
         if path in PHOTO_ROUTES:
@@ -97,8 +121,10 @@ class Guard:
         headers = dict(scope.get("headers") or [])
         send = _with_headers(send)
         path = scope["path"]
-        if self.needs_key(scope):
-            problem = auth_problem(self.settings, presented_key(headers))
+        access = self.access(scope)
+        if access is not None:
+            check = auth_problem if access == "write" else read_problem
+            problem = check(self.settings, presented_key(headers))
             if problem is not None:
                 status, code, message = problem
                 extra = [(b"www-authenticate", b'Bearer realm="shoplens"')] if status == 401 else []

@@ -177,3 +177,5 @@ class Ready(BaseModel):
     products: int | None = None
     images: dict[str, int] | None = None
     writes_enabled: bool
+    #: Whether search and reads need a key (the server has a read key); the counts are then given only with one.
+    reads_need_key: bool = False

@@ -1,4 +1,4 @@
-"""Server settings: limits, the write API key, CORS, the URL allow-list."""
+"""Server settings: limits, the write and read keys, CORS, the URL allow-list."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 from ..errors import ConfigError
 
 API_KEY_ENV = "SHOPLENS_API_KEY"
-#: Shorter keys are refused: a write key must not be guessable.
+READ_KEY_ENV = "SHOPLENS_READ_KEY"
+#: Shorter keys are refused: a key must not be guessable.
 MIN_API_KEY_LENGTH = 16
 MiB = 1024 * 1024
 
@@ -20,10 +21,15 @@ class ServerSettings:
     """How ``shoplens serve`` guards and limits its endpoints.
 
     With no ``api_key``, write endpoints answer 403 (reads and search work).
+    With a ``read_key``, search, product reads, photos and metrics need it
+    (or the write key, which grants reads too); health, readiness, the web
+    page and the OpenAPI schema stay open.
     """
 
     #: Key for write endpoints (header ``X-API-Key`` or ``Authorization: Bearer``).
     api_key: str | None = None
+    #: Key for reads (search, products, photos, metrics), sent the same way; none: reads are open.
+    read_key: str | None = None
     #: Largest photo accepted, in bytes; a bigger upload is cut off at this size with 413.
     max_upload_bytes: int = 20 * MiB
     #: Largest request body of a write (a batch of products with photos).
@@ -49,6 +55,10 @@ class ServerSettings:
     def __post_init__(self) -> None:
         if self.api_key is not None and len(self.api_key) < MIN_API_KEY_LENGTH:
             raise ConfigError(f"the API key is too short to be safe: use at least {MIN_API_KEY_LENGTH} random characters (e.g. 'openssl rand -hex 24')")
+        if self.read_key is not None and len(self.read_key) < MIN_API_KEY_LENGTH:
+            raise ConfigError(f"the read key is too short to be safe: use at least {MIN_API_KEY_LENGTH} random characters (e.g. 'openssl rand -hex 24')")
+        if self.read_key is not None and self.read_key == self.api_key:
+            raise ConfigError("the read key is the write key: whoever may search could change the catalogue; use two different keys")
         for name in ("max_upload_bytes", "max_request_bytes", "max_pixels", "search_concurrency", "max_top_k", "max_batch_products", "max_page"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"server setting {name} must be positive")
@@ -60,24 +70,34 @@ class ServerSettings:
     def writes_enabled(self) -> bool:
         return self.api_key is not None
 
+    @property
+    def reads_need_key(self) -> bool:
+        return self.read_key is not None
+
     @classmethod
-    def from_env(cls, *, api_key_file: str | Path | None = None, **overrides: Any) -> ServerSettings:
-        """Settings with the API key from ``api_key_file`` or ``$SHOPLENS_API_KEY``.
+    def from_env(
+        cls, *, api_key_file: str | Path | None = None, read_key_file: str | Path | None = None, **overrides: Any
+    ) -> ServerSettings:
+        """Settings with the write key from ``api_key_file`` or ``$SHOPLENS_API_KEY``, the read key
+        from ``read_key_file`` or ``$SHOPLENS_READ_KEY``.
 
         ``overrides`` set other fields; ``None`` values are ignored.
         """
-        key: str | None = None
-        if api_key_file is not None:
-            try:
-                key = Path(api_key_file).read_text("utf-8").strip()
-            except OSError as err:
-                raise ConfigError(f"{api_key_file}: cannot read the API key file: {err.strerror or err}") from None
-            if not key:
-                raise ConfigError(f"{api_key_file}: the API key file is empty")
-        elif os.environ.get(API_KEY_ENV):
-            key = os.environ[API_KEY_ENV].strip()
         values = {k: v for k, v in overrides.items() if v is not None}
         for name in ("cors_origins", "url_allowlist"):
             if name in values:
                 values[name] = tuple(values[name])
-        return replace(cls(), api_key=key, **values)
+        return replace(cls(), api_key=_key(api_key_file, API_KEY_ENV, "API key"), read_key=_key(read_key_file, READ_KEY_ENV, "read key"), **values)
+
+
+def _key(path: str | Path | None, env: str, what: str) -> str | None:
+    """A key from its file, else from the environment variable ``env``, else none."""
+    if path is not None:
+        try:
+            key = Path(path).read_text("utf-8").strip()
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read the {what} file: {err.strerror or err}") from None
+        if not key:
+            raise ConfigError(f"{path}: the {what} file is empty")
+        return key
+    return os.environ[env].strip() if os.environ.get(env) else None

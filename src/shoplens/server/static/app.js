@@ -8,6 +8,26 @@
   const $ = (id) => document.getElementById(id);
   const drop = $("drop"), statusBox = $("status"), result = $("result");
   let current = null; // object URL of the photo shown
+  // A server with a read key wants it (or the write key) on every search and photo: asked for once,
+  // kept for this tab only, sent as X-API-Key.
+  const KEY_ITEM = "shoplens-key";
+  let needsKey = false;
+  let memoryKey = ""; // where sessionStorage is refused (private mode): for as long as the page lives
+
+  function accessKey() {
+    try { return sessionStorage.getItem(KEY_ITEM) || memoryKey; } catch (err) { return memoryKey; }
+  }
+
+  function authHeaders() {
+    const key = accessKey();
+    return key ? { "X-API-Key": key } : {};
+  }
+
+  function askForKey(message) {
+    $("key-form").hidden = false;
+    $("key-message").textContent = message;
+    $("key").focus();
+  }
 
   function el(tag, cls, text) {
     const node = document.createElement(tag);
@@ -55,7 +75,7 @@
     const started = performance.now();
     let response, body;
     try {
-      response = await fetch("/search", { method: "POST", body: form });
+      response = await fetch("/search", { method: "POST", body: form, headers: authHeaders() });
       body = await response.json();
     } catch (err) {
       showStatus("error", "The server could not be reached (" + err.message + ").");
@@ -64,6 +84,7 @@
     const roundTrip = performance.now() - started;
     if (!response.ok) {
       showStatus("error", (body && body.error) || "The search failed (HTTP " + response.status + ").");
+      if (response.status === 401) askForKey(accessKey() ? "That key was refused: enter the right one." : "This catalogue is private: enter its access key.");
       return;
     }
     hideStatus();
@@ -179,7 +200,7 @@
     const img = el("img");
     img.loading = "lazy";
     img.alt = hit.title || hit.product_id;
-    img.src = "/images/of-product/" + encodeURIComponent(hit.product_id);
+    showPhoto(img, "/images/of-product/" + encodeURIComponent(hit.product_id));
     thumb.append(img);
     c.append(thumb, el("span", "pos", "#" + position));
     const body = el("div", "body");
@@ -189,6 +210,17 @@
     body.append(meta);
     c.append(body);
     return c;
+  }
+
+  // An <img src> cannot send the key: with one, the photo is fetched and shown from memory.
+  function showPhoto(img, url) {
+    if (!needsKey) { img.src = url; return; }
+    fetch(url, { headers: authHeaders() }).then((r) => (r.ok ? r.blob() : null)).then((blob) => {
+      if (!blob) return;
+      const local = URL.createObjectURL(blob);
+      img.addEventListener("load", () => URL.revokeObjectURL(local), { once: true });
+      img.src = local;
+    }).catch(() => {});
   }
 
   function formatMs(ms) {
@@ -227,11 +259,25 @@
   });
   $("filters").addEventListener("keydown", (e) => { if (e.key === "Enter") e.preventDefault(); });
 
+  $("key-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const key = $("key").value.trim();
+    if (!key) return;
+    memoryKey = key;
+    try { sessionStorage.setItem(KEY_ITEM, key); } catch (err) { /* kept in memoryKey only */ }
+    $("key").value = "";
+    $("key-form").hidden = true;
+    hideStatus();
+    storeInfo();
+  });
+
   // The store's size; while the server is still loading its models, ask again each second.
-  const storeInfo = () => fetch("/readyz").then((r) => r.json()).then((s) => {
+  const storeInfo = () => fetch("/readyz", { headers: authHeaders() }).then((r) => r.json()).then((s) => {
+    needsKey = Boolean(s.reads_need_key);
     if (typeof s.products === "number") $("store-info").textContent = s.products.toLocaleString() + " products";
     else if (s.detail) $("store-info").textContent = s.detail;
     if (s.status === "starting") setTimeout(storeInfo, 1000);
+    else if (needsKey && !accessKey()) askForKey("This catalogue is private: enter its access key.");
   }).catch(() => {});
   storeInfo();
 })();
