@@ -43,11 +43,13 @@ readers.
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from ..config import DOMAINS
-from ..errors import MissingDependencyError, StoreError
+from ..errors import MissingDependencyError, StoreBusyError, StoreError
 from ..filters import Filter, matches
 from .base import CatalogueStore, Projector, WriteBatch
 from .metadata import ImageRecord, ProductRecord, decode_raw, encode_raw
@@ -75,6 +77,10 @@ _SEARCH_PARAMS = {"IVF_FLAT": {"nprobe": 32}, "IVF_SQ8": {"nprobe": 32}, "IVF_PQ
 _VARCHAR = 65535
 _CHUNK = 60000
 _BATCH = 1000
+#: How long opening a Milvus Lite file waits for another process to let go of it. A killed
+#: writer's Milvus Lite 2.x server (a child process) notices its parent is gone and holds
+#: the file for some 20 s more while it shuts down.
+LITE_WAIT_S = 60.0
 
 
 class _LiteNoise(logging.Filter):
@@ -117,6 +123,72 @@ def _in(field: str, values: Sequence[Any]) -> str:
     return f"{field} in [{', '.join(_quote(v) if isinstance(v, str) else str(int(v)) for v in values)}]"
 
 
+def _lite_holder(path: Path) -> tuple[Path, int | None] | None:
+    """(lock file, holder's PID when known) of the Milvus Lite file at ``path``, while another process holds it.
+
+    Milvus Lite 2.x locks ``.NAME.db.lock`` beside the file (``lockf``, held
+    by its server process); 3.x locks ``NAME.db/LOCK`` (``flock``, held by
+    the process that serves it). Each lock is tried and let go at once.
+    """
+    for lock, posix in ((path.parent / f".{path.name}.lock", True), (path / "LOCK", False)):
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue  # no such lock file: not held that way
+        try:
+            if posix:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(fd, fcntl.LOCK_UN)
+            else:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError:
+            return lock, _lock_pid(lock)
+        finally:
+            os.close(fd)
+    return None
+
+
+def _lock_pid(lock: Path) -> int | None:
+    """The process holding a lock on ``lock``, from /proc/locks (Linux); None elsewhere or when gone."""
+    try:
+        inode = os.stat(lock).st_ino
+        with open("/proc/locks") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 6 and fields[1] != "->" and fields[5].rsplit(":", 1)[-1] == str(inode):
+                    return int(fields[4])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _wait_for_lite(path: str, timeout: float) -> None:
+    """Return once no other process holds the Milvus Lite file at ``path``, saying so while waiting.
+
+    A store this process already serves is not probed: its own lock would
+    look held (and a POSIX lock would be dropped by the probe's close).
+    """
+    if path in MilvusStore._lite_users:
+        return
+    deadline = time.monotonic() + timeout
+    waited = False
+    while (held := _lite_holder(Path(path))) is not None:
+        lock, pid = held
+        who = f"PID {pid}" if pid is not None else "another process"
+        if time.monotonic() >= deadline:
+            raise StoreBusyError(
+                f"milvus-lite:{path}: the Milvus Lite file is still held by {who} ({lock}) after {timeout:.0f} s: "
+                "stop that process (a second writer, or the Milvus Lite server a killed one left behind) and run again", pid)
+        if not waited:
+            log.warning("milvus-lite:%s: the Milvus Lite file is held by %s (%s), e.g. the Milvus Lite server of a writer "
+                        "that was killed, which outlives it for a while: waiting up to %.0f s for it to let go", path, who, lock, timeout)
+            waited = True
+        time.sleep(0.2)
+    if waited:
+        log.warning("milvus-lite:%s: let go; opening it", path)
+
+
 class MilvusStore(CatalogueStore):
     """A catalogue store in Milvus: a cluster (``http://host:19530``) or Milvus Lite (a local file).
 
@@ -124,6 +196,9 @@ class MilvusStore(CatalogueStore):
     copy of the models and configuration stored in Milvus (the models
     pipeline code loads from files); defaults to ``<lite file>.shoplens`` for
     Milvus Lite, else ``~/.cache/shoplens/milvus/<host>_<name>``.
+    ``lite_wait_s``: how long opening a Milvus Lite file another process
+    holds waits for it (with a warning in the log) before
+    :class:`~shoplens.errors.StoreBusyError`.
     """
 
     engine = "milvus"
@@ -140,6 +215,7 @@ class MilvusStore(CatalogueStore):
         index: str = "auto",
         token: str | None = None,
         cache_dir: str | Path | None = None,
+        lite_wait_s: float = LITE_WAIT_S,
     ) -> None:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,200}", name):
             raise StoreError(f"Milvus collection name {name!r}: use letters, digits and underscores")
@@ -151,6 +227,7 @@ class MilvusStore(CatalogueStore):
         if lite:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
             logging.getLogger("grpc._server").addFilter(_LiteNoise())
+            _wait_for_lite(str(Path(uri).absolute()), lite_wait_s)
         self.client = _client(uri, token)
         self._lite_path = str(Path(uri).absolute()) if lite else None
         if self._lite_path:
