@@ -28,6 +28,7 @@ from shoplens.embed import (
 )
 from shoplens.embed.calibration import REFERENCE_DISTANCE, fit_calibration
 from shoplens.embed.pooling import rmac_regions
+from shoplens.embed.training import TARGET_PRECISION
 from shoplens.models import Encoding
 
 from .conftest import write_grocery_catalogue
@@ -137,8 +138,11 @@ def test_train_embedder_reports_a_heldout_check_and_a_calibration() -> None:
     assert report.heldout is not None and report.heldout["queries"] > 0
     assert report.heldout["r1_trained"] > report.heldout["r1_untrained"]
     cal = report.calibration
-    assert cal is not None and cal.relevance == "category" and set(cal.thresholds) == set(cats)
-    assert 0 < cal.threshold < 2
+    # Fitted on the held-out photos, as the index-time calibration is on synthetic ones: the margin of the
+    # same product over the query's background, at the store's default target precision.
+    assert cal is not None and cal.kind == "margin" and cal.relevance == "product" and set(cal.thresholds) == set(cats)
+    assert cal.target_precision == TARGET_PRECISION and cal.info["fitted_on"] == "held-out labelled photos"
+    assert -2 < cal.threshold < 2 and cal.curve
     assert head.apply(x).shape == (len(x), 32)
 
 
@@ -227,6 +231,60 @@ def test_train_embedder_on_a_store_with_labelled_photos(tmp_path: Path) -> None:
         assert hit.regions[0].results, "a labelled photo of a catalogue product finds something with the default min_rank"
 
 
+def test_fit_stop_score_keeps_the_shops_own_photos_searched() -> None:
+    from shoplens.training import MAX_STOP_SCORE, fit_stop_score
+
+    assert fit_stop_score([], 0.9) is None
+    low = [0.01 * i for i in range(80)]  # every photo below the stop score: nothing to change
+    assert fit_stop_score(low, 0.9) == {"photos": 80, "stop_score_before": 0.9, "stop_score": 0.9,
+                                        "searched_before": 1.0, "searched": 1.0}
+    some = [0.1] * 190 + [0.93, 0.95, 0.96, 0.97, 0.975, 0.978, 0.98, 0.981, 0.982, 0.983]
+    gate = fit_stop_score(some, 0.9)
+    assert gate is not None and gate["stop_score"] == 0.983  # their 99.5th percentile, rounded up
+    assert gate["searched_before"] == 0.95 and gate["searched"] >= 0.995 - 1e-9
+    assert fit_stop_score([0.5] * 10 + [0.999] * 10, 0.9)["stop_score"] == MAX_STOP_SCORE  # type: ignore[index]
+    assert fit_stop_score(some, 0.99)["stop_score"] == 0.99  # type: ignore[index]  # never lowered
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_train_embedder_raises_the_stop_score_its_labelled_photos_need(tmp_path: Path) -> None:
+    """Store photos of produce the default gate stops (non_product >= 0.9), given as labelled photos,
+    are searched after train-embedder, and the store keeps the fitted stop score."""
+    root = _data_root() / "grocery"
+    if not (root / "catalog.csv").exists():
+        pytest.skip(f"grocery photos not found at {root} (set SHOPLENS_DATA)")
+    from shoplens import Shoplens
+
+    stopped = ["Vegetables/Carrots/Carrots_001.jpg", "Vegetables/Carrots/Carrots_002.jpg", "Vegetables/Cucumber/Cucumber_001.jpg"]
+    with open(root / "catalog.csv", newline="", encoding="utf-8") as f:
+        cat = [r for r in csv.DictReader(f) if r["title"] in ("Carrots", "Cucumber", "Zucchini", "Golden Delicious")]
+    with open(root / "photos.csv", newline="", encoding="utf-8") as f:
+        photos = list(csv.DictReader(f))
+    ids = {r["product_id"] for r in cat}
+    extra = [r for pid in sorted(ids) for r in [x for x in photos if x["product_id"] == pid and x["split"] == "train"][:4]]
+    extra += [r for r in photos if r["image"].removeprefix("photos/val/") in stopped]
+    assert len(extra) == 4 * len(ids) + len(stopped) and len(cat) == 4
+    labelled = tmp_path / "labelled.csv"
+    with open(labelled, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "product_id"])
+        w.writerows([str(root / r["image"]), r["product_id"]] for r in extra)
+    probe = root / "photos" / "val" / stopped[0]
+    with Shoplens(tmp_path / "store") as lens:
+        lens.index(write_grocery_catalogue(tmp_path / "catalogue.csv", root, cat))
+        assert lens.search([probe])[0].intent == "non_product", "the photo this test is about is no longer stopped"
+        gate = lens.train_embedder(labelled, tune_backbone=False)["other_product"].extra["gate"]
+        assert gate["photos"] == len(extra) and gate["searched_before"] < 1.0
+        assert gate["stop_score"] > gate["stop_score_before"] == 0.9
+        assert lens.config.intent.stop_score == gate["stop_score"]
+        assert lens.search([probe])[0].intent == "other_product"
+    with Shoplens(tmp_path / "store", read_only=True) as lens:  # saved with the store
+        assert lens.config.intent.stop_score == gate["stop_score"]
+        assert lens.search([probe])[0].intent == "other_product"
+
+
+@pytest.mark.slow
 def test_cli_train_embedder_with_labelled_photos(tmp_path: Path, synthetic_catalogue: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 

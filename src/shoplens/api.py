@@ -512,7 +512,7 @@ class Shoplens:
         domains: Sequence[str] | None = None,
         holdout: float = 0.15,
         seed: int = 0,
-        target_precision: float = 0.9,
+        target_precision: float | None = None,
         tune_backbone: bool = True,
         progress: bool = False,
     ) -> dict[str, Any]:
@@ -524,9 +524,15 @@ class Shoplens:
         catalogue photos (read again from their sources) and re-encodes the
         stored images through it (``tail_<domain>.pt``). Then trains the head
         on the stored raw descriptors, saves ``head_<domain>.pt`` and a rank
-        calibration in the store, and re-projects the stored vectors.
-        Returns an :class:`~shoplens.embed.EmbedderReport` per domain trained.
+        calibration in the store (fitted on held-out labelled photos at
+        ``target_precision``, default ``search.target_precision``; on
+        synthetic views where there are none), and re-projects the stored
+        vectors. The labelled photos also raise the store's
+        ``intent.stop_score`` where the gate would stop more than 1 in 200
+        of them (``extra["gate"]``). Returns an
+        :class:`~shoplens.embed.EmbedderReport` per domain trained.
         """
+        from .calibrate import refresh_calibrations
         from .config import DOMAINS
         from .training import train_store_embedder
 
@@ -537,6 +543,11 @@ class Shoplens:
                 domains=tuple(domains or DOMAINS), holdout=holdout, seed=seed,
                 target_precision=target_precision, tune_backbone=tune_backbone, progress=progress))
             self._sync_local(progress=progress)  # re-encoded images have new ids
+            refresh_calibrations(self.pipeline, self.store)  # a domain with no labelled calibration: its views, embedded anew
+            gate = next((r.extra["gate"] for r in reports.values() if "gate" in r.extra), None)
+            if gate is not None and gate["stop_score"] != self.config.intent.stop_score:
+                self.config = self.pipeline.config = self.config.with_flags(**{"intent.stop_score": gate["stop_score"]})
+            self._save_config()
         return reports
 
     # -- queries ------------------------------------------------------------

@@ -300,9 +300,20 @@ def cmd_train_embedder(args: argparse.Namespace) -> int:
             c = r.calibration
             sys.stdout.write(f"  rank calibrated: the default min_rank keeps hits of the same {c.relevance} with precision "
                              f"{c.target_precision:.2f} (measured {c.info.get('fitted_precision')}, recall {c.info.get('fitted_recall')})\n")
+        elif r.labels is not None:
+            sys.stdout.write("  rank calibrated on synthetic views of the catalogue photos (no held-out labelled photo)\n")
         skipped = {k: v for k, v in r.extra.items() if k in ("unknown_product", "unreadable") and v}
         if skipped:
             sys.stdout.write(f"  skipped labelled photos: {skipped}\n")
+    gate = next((r.extra["gate"] for r in reports.values() if "gate" in r.extra), None)
+    if gate is not None:
+        if gate["stop_score"] != gate["stop_score_before"]:
+            sys.stdout.write(f"intent gate: stop_score {gate['stop_score_before']} -> {gate['stop_score']}, so that "
+                             f"{gate['searched']:.1%} of the {gate['photos']} labelled photos are searched "
+                             f"(was {gate['searched_before']:.1%})\n")
+        else:
+            sys.stdout.write(f"intent gate: stop_score {gate['stop_score']} kept ({gate['searched']:.1%} of the "
+                             f"{gate['photos']} labelled photos are searched)\n")
     sys.stdout.write(f"saved in {args.store}; its vectors were re-projected\n")
     return EXIT_OK
 
@@ -497,13 +508,15 @@ def build_parser() -> argparse.ArgumentParser:
         "Tunes each domain's backbone stage (the stride-32 blocks) on the catalogue photos, read again from their sources, "
         "and re-encodes the stored images through it; then trains the domain's projection head on the stored raw "
         "descriptors. Both learn the catalogue's own labels: product ids where a product has several photos (add them "
-        "with --labelled), else categories. Reports a held-out check, calibrates the rank filter per category, saves "
-        "the models in the store and re-projects its vectors."))
+        "with --labelled), else categories. Reports a held-out check, calibrates the rank filter on the held-out labelled "
+        "photos (on synthetic views of the catalogue without them), raises the intent gate's stop_score where it would stop "
+        "more than 1 in 200 labelled photos, saves the models in the store and re-projects its vectors."))
     p.add_argument("--store", required=True, metavar="DIR", help="indexed store to adapt")
     p.add_argument("--labelled", metavar="CSV", help="extra photos of catalogue products: CSV with columns image, product_id")
     p.add_argument("--domain", action="append", choices=["apparel", "other_product"], help="train only this domain (repeatable)")
     p.add_argument("--holdout", type=float, default=0.15, help="share of the labelled photos held out for the check and calibration (default 0.15; 0: none)")
-    p.add_argument("--precision", type=float, default=0.9, help="precision of the returned set the default min_rank stands for (default 0.9)")
+    p.add_argument("--precision", type=float, default=None, help=(
+        "precision of the returned set (same product) the default min_rank stands for (default: the store's search.target_precision)"))
     p.add_argument("--seed", type=int, default=0, help="random seed of the training")
     p.add_argument("--no-tune-backbone", action="store_true", help=(
         "train the head only, on the stored descriptors (seconds instead of minutes; no catalogue photo is read)"))

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from .catalog import read_labelled_csv
-from .config import DOMAINS
+from .config import DOMAINS, INTENTS
 from .embed.calibration import calibration_file
 from .embed.tail import supports_tail, tune_tail
 from .embed.training import CATEGORY_CFG, EmbedderReport, ProjectionCfg, holdout_mask, train_embedder, training_labels
@@ -68,12 +68,14 @@ def _stored(store: CatalogueStore, domain: str) -> tuple[np.ndarray, np.ndarray,
 
 
 def _describe_labelled(
-    pipeline: Pipeline, domain: str, todo: list[tuple[Path, str, str]], skipped: dict[str, int]
+    pipeline: Pipeline, domain: str, todo: list[tuple[Path, str, str]], skipped: dict[str, int], gate_scores: list[float]
 ) -> tuple[list[np.ndarray], list[str], list[str]]:
     """Raw descriptors (in batches of 32), product ids and categories of the readable labelled photos.
 
     Decoded as the indexer decodes the catalogue (in parallel, to the
     pipeline's decode size); an unreadable photo is logged and counted.
+    Each photo's non_product score from the store's intent gate is added
+    to ``gate_scores`` (:func:`fit_stop_score`).
     """
     from .indexing import decode_all
     from .pipeline import EncodingCache
@@ -94,7 +96,9 @@ def _describe_labelled(
                     photos.append(result)
                     keep.append((pid, cat))
             if photos:
-                x_raw.append(pipeline.describe(domain, EncodingCache(pipeline, photos)))
+                cache = EncodingCache(pipeline, photos)
+                x_raw.append(pipeline.describe(domain, cache))
+                gate_scores += pipeline.classify(cache)[:, INTENTS.index("non_product")].tolist()
                 x_pid += [p for p, _ in keep]
                 x_cat += [c for _, c in keep]
     return x_raw, x_pid, x_cat
@@ -221,7 +225,7 @@ def train_store_embedder(
     domains: tuple[str, ...] = DOMAINS,
     holdout: float = 0.15,
     seed: int = 0,
-    target_precision: float = 0.9,
+    target_precision: float | None = None,
     tune_backbone: bool = True,
     progress: bool = False,
 ) -> dict[str, EmbedderReport]:
@@ -231,7 +235,13 @@ def train_store_embedder(
     (:func:`_tune_tail`) and its stored images re-encoded through it.
     Domains with no stored image are skipped. Labelled photos of products
     not in the store are skipped (counted in the report); unreadable ones too.
+    ``target_precision``: the rank calibration's (default: the store's
+    ``search.target_precision``). What the intent gate makes of the labelled
+    photos is in each report's ``extra["gate"]`` (:func:`fit_stop_score`).
     """
+    if target_precision is None:
+        target_precision = pipeline.config.search.target_precision
+    gate_scores: list[float] = []
     extras: dict[str, list[Any]] = {d: [] for d in domains}
     skipped = {"unknown_product": 0, "unreadable": 0}
     if labelled is not None:
@@ -253,7 +263,7 @@ def train_store_embedder(
         raw, pids, cats = _stored(store, domain)
         if not len(raw):
             continue
-        x_raw, x_pid, x_cat = _describe_labelled(pipeline, domain, extras[domain], skipped)
+        x_raw, x_pid, x_cat = _describe_labelled(pipeline, domain, extras[domain], skipped, gate_scores)
         if x_raw:
             extra = np.concatenate(x_raw)
             if extra.shape[1] != raw.shape[1]:
@@ -281,4 +291,36 @@ def train_store_embedder(
         reports[domain] = report
     if not reports:
         raise StoreError("the store holds no catalogue image: index a catalogue before train-embedder")
+    gate = fit_stop_score(gate_scores, pipeline.config.intent.stop_score)
+    if gate is not None:
+        for report in reports.values():
+            report.extra["gate"] = gate
     return reports
+
+
+#: The share of a shop's own labelled product photos its gate may stop at most (the stop score is
+#: raised to their 99.5th percentile); and the highest stop score that may be fitted, so that a
+#: photo the gate is all but certain of is still stopped (docs/decisions.md).
+KEEP_LABELLED = 0.995
+MAX_STOP_SCORE = 0.99
+
+
+def fit_stop_score(non_product_scores: list[float], stop_score: float) -> dict[str, Any] | None:
+    """The ``intent.stop_score`` a store's labelled product photos call for, or None without any.
+
+    Every labelled photo shows one of the shop's products: a stop is a lost
+    sale, so the score is raised (never lowered) until at most 1 − KEEP_LABELLED
+    of them would be stopped, and no higher than MAX_STOP_SCORE.
+    """
+    if not non_product_scores:
+        return None
+    scores = np.asarray(non_product_scores, np.float64)
+    needed = float(np.ceil(np.quantile(scores, KEEP_LABELLED) * 1000.0) / 1000.0)
+    fitted = max(stop_score, min(MAX_STOP_SCORE, needed))
+    return {
+        "photos": int(len(scores)),
+        "stop_score_before": stop_score,
+        "stop_score": round(fitted, 3),
+        "searched_before": round(float(np.mean(scores < stop_score)), 4),
+        "searched": round(float(np.mean(scores < fitted)), 4),
+    }

@@ -22,11 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import SearchConfig
 from .calibration import Calibration, Labels, fit_calibration, similar_sets
 from .heads import Head, IdentityHead, LinearHead, MLPHead, l2_normalize
 from .whitening import default_head
 
 logger = logging.getLogger(__name__)
+
+#: The returned-set precision a calibration fitted here stands for, unless asked otherwise: the
+#: one the index-time calibration uses (``search.target_precision``), so training changes which
+#: products come first, not how many a search returns.
+TARGET_PRECISION = SearchConfig().target_precision
 
 
 @dataclass(frozen=True)
@@ -262,8 +268,9 @@ def calibrate_head(
     *,
     queries: np.ndarray | None = None,
     database: np.ndarray | None = None,
-    target_precision: float = 0.9,
-    relevance: str = "category",
+    target_precision: float = TARGET_PRECISION,
+    relevance: str = "product",
+    kind: str = "margin",
 ) -> Calibration | None:
     """Fit a :class:`~shoplens.embed.calibration.Calibration` for ``head``.
 
@@ -281,7 +288,7 @@ def calibrate_head(
         pairs = similar_sets(vec[queries], pid[queries], cat[queries], vec[db], pid[db], cat[db], relevance=relevance)
     if not pairs.relevant.any():
         return None
-    cal = fit_calibration(pairs, target_precision=target_precision, relevance=relevance)
+    cal = fit_calibration(pairs, target_precision=target_precision, relevance=relevance, kind=kind)
     cal.info["head"] = head.kind
     cal.info["fitted_on"] = "leave-one-out over the catalogue" if queries is None else "held-out labelled photos"
     return cal
@@ -310,8 +317,9 @@ def train_embedder(
     dim: int = 256,
     epochs: int = 60,
     cfg: ProjectionCfg | None = None,
-    target_precision: float = 0.9,
-    relevance: str = "category",
+    target_precision: float = TARGET_PRECISION,
+    relevance: str = "product",
+    kind: str = "margin",
     progress: bool = False,
 ) -> tuple[Head, EmbedderReport]:
     """Adapt a domain's recognition head to a catalogue (SPEC step 8, ``train-embedder``).
@@ -326,10 +334,11 @@ def train_embedder(
     With ``holdout`` > 0, that share of the extra photos (of every row when
     there are none) is first held out: a head trained on the rest is
     measured on them (R@1 against the catalogue, before and after) and the
-    rank :class:`Calibration` is fitted on their distances to the catalogue.
-    The head returned is then trained on every row. When nothing can be
-    learned (one row per label), the head is the untrained default and the
-    calibration comes from the catalogue alone.
+    rank :class:`Calibration` (``kind``, ``relevance``) is fitted on their
+    distances to the catalogue. The head returned is then trained on every
+    row. Without held-out photos the calibration comes from the catalogue
+    alone (leave-one-out), and is None where no product has two photos: the
+    store then fits one on synthetic views (shoplens.calibrate).
     """
     raw = np.asarray(descriptors, dtype=np.float32)
     ids = np.asarray(labels).astype(str)
@@ -350,7 +359,8 @@ def train_embedder(
     else:
         head = default_head(raw[is_cat], dim=dim)
         report.method, report.reason = head.kind, "no label has two photos: nothing to learn from"
-        report.calibration = calibrate_head(head, raw[is_cat], ids[is_cat], cats[is_cat], target_precision=target_precision, relevance=relevance)
+        report.calibration = calibrate_head(head, raw[is_cat], ids[is_cat], cats[is_cat], target_precision=target_precision,
+                                            relevance=relevance, kind=kind)
         logger.info("train-embedder %s: %s", domain, report.reason)
         return head, report
 
@@ -371,10 +381,11 @@ def train_embedder(
         logger.info("train-embedder %s held-out R@1 %.3f -> %.3f on %d photos", domain,
                     report.heldout["r1_untrained"], report.heldout["r1_trained"], int(held.sum()))
         report.calibration = calibrate_head(check, raw, ids, cats, queries=held, database=db,
-                                            target_precision=target_precision, relevance=relevance)
+                                            target_precision=target_precision, relevance=relevance, kind=kind)
     head = train_projection(raw, train_labels, dim=dim, epochs=epochs, seed=seed, cfg=cfg, progress=progress)
     if report.calibration is None:
-        report.calibration = calibrate_head(head, raw[is_cat], ids[is_cat], cats[is_cat], target_precision=target_precision, relevance=relevance)
+        report.calibration = calibrate_head(head, raw[is_cat], ids[is_cat], cats[is_cat], target_precision=target_precision,
+                                            relevance=relevance, kind=kind)
     info = head.info if isinstance(head, LinearHead) else {}
     report.method = str(info.get("method", head.kind))
     report.classes = int(info.get("classes", 0))
