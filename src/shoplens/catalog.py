@@ -138,7 +138,7 @@ def _read_csv(path: Path) -> Iterator[CatalogueRow]:
     return _csv_rows(reader, path, base)
 
 
-def _csv_rows(reader: csv.DictReader, path: Path, base: Path) -> Iterator[CatalogueRow]:
+def _csv_rows(reader: csv.DictReader[str], path: Path, base: Path) -> Iterator[CatalogueRow]:
     records = iter(reader)
     line = 1
     while True:

@@ -43,7 +43,10 @@ def shopper_view(image: np.ndarray, backgrounds: Sequence[np.ndarray], rng: np.r
     ok, buf = cv2.imencode(".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.uniform(40, 90))])
     if not ok:  # pragma: no cover - OpenCV always encodes a uint8 RGB array
         return out
-    return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
+    decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if decoded is None:  # pragma: no cover - it decodes the JPEG it has just written
+        return out
+    return np.ascontiguousarray(decoded[..., ::-1])
 
 
 def _crop(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -59,8 +62,8 @@ def _crop(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def _perspective(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Each corner moved by up to 12 % of the side: the product seen at a slant."""
     h, w = image.shape[:2]
-    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
-    dst = src + rng.uniform(-0.12, 0.12, (4, 2)).astype(np.float32) * np.float32([w, h])
+    src = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
+    dst = src + rng.uniform(-0.12, 0.12, (4, 2)).astype(np.float32) * np.array([w, h], np.float32)
     dst -= dst.min(axis=0)
     size = (int(dst[:, 0].max()) + 1, int(dst[:, 1].max()) + 1)
     return cv2.warpPerspective(image, cv2.getPerspectiveTransform(src, dst), size, borderMode=cv2.BORDER_REPLICATE)
