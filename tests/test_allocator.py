@@ -51,6 +51,7 @@ def _faults_per_extraction(mode: str, env: dict[str, str] | None = None) -> tupl
 
 
 @glibc_only
+@pytest.mark.slow
 def test_kept_memory_spares_sift_the_page_faults() -> None:
     plain, n_plain = _faults_per_extraction("plain")
     tuned, n_tuned = _faults_per_extraction("tuned")

@@ -94,6 +94,7 @@ def test_errors_exit_2_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixt
     assert code == 2 and "unknown garment detector 'nope'" in err
 
 
+@pytest.mark.slow
 def test_human_output_and_entry_point(tmp_path: Path, synthetic_catalogue: Path) -> None:
     store = str(tmp_path / "store")
     exe = [sys.executable, "-m", "shoplens.cli"]
@@ -107,6 +108,7 @@ def test_human_output_and_entry_point(tmp_path: Path, synthetic_catalogue: Path)
     assert out.returncode == 0 and str(tmp_path / "q.png") in out.stdout
 
 
+@pytest.mark.slow
 def test_train_intent_then_the_store_uses_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for k, intent in enumerate(("apparel", "other_product", "non_product")):
         for i in range(4):

@@ -125,6 +125,7 @@ def test_labelled_train_photos_of_the_sample(tmp_path: Path, server: tuple[str, 
 
 
 @pytest.mark.data
+@pytest.mark.slow
 def test_demo_adapt_on_the_shared_grocery_copy(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -171,6 +171,7 @@ def _synthetic_outfits(root: Path, n: int) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_train_detector_quick_run_is_deterministic(tmp_path: Path) -> None:
     root = _synthetic_outfits(tmp_path / "data", 8)
     train, val = split_outfits(read_outfits(root / "garments.jsonl", root), 0.5)

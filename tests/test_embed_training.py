@@ -194,6 +194,7 @@ def _data_root() -> Path:
 
 
 @pytest.mark.data
+@pytest.mark.slow
 def test_train_embedder_on_a_store_with_labelled_photos(tmp_path: Path) -> None:
     """A small grocery store: 6 products, labelled store photos, the CLI path end to end."""
     root = _data_root() / "grocery"

@@ -132,6 +132,7 @@ def test_uncertainty_rule_only_acts_on_flat_predictions() -> None:
 
 
 @pytest.mark.data
+@pytest.mark.slow
 def test_default_classifier_on_real_photos(backbone, photos_root: Path) -> None:
     with open(photos_root / "grocery" / "photos.csv", newline="") as f:
         grocery = [photos_root / "grocery" / r["image"] for r in csv.DictReader(f)][::245]
@@ -193,6 +194,7 @@ def test_screenshots_rendered_by_chromium(tmp_path: Path) -> None:
     assert min(photo.size) >= 400 and photo.pixels.std() > 5  # a page was drawn, not a blank window
 
 
+@pytest.mark.slow
 def test_generated_negatives_classify_as_non_product(backbone, negatives: list[Path]) -> None:
     labels = _classify(backbone, ImageNetIntent(), negatives)
     assert sum(label == "non_product" for label in labels) / len(labels) >= 0.75, labels
@@ -257,6 +259,7 @@ def test_read_labelled_folder_errors(tmp_path: Path, negatives: list[Path]) -> N
 
 # ---------------------------------------------------------------- train_intent and TrainedIntent
 
+@pytest.mark.slow
 def test_train_intent_trains_reports_saves_and_reloads(tmp_path: Path, backbone, negatives: list[Path]) -> None:
     root = _folder(tmp_path / "lab", {"apparel": 4, "other_product": 4, "non_product": 4}, negatives)
     (root / "non_product" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")

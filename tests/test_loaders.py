@@ -333,6 +333,10 @@ _OFFLINE_TINY = {
 }
 
 
+#: Bundled backbones with real weights other than the default: seconds each, so in the slow lane only.
+_SLOW_OFFLINE = {"efficientnet_lite1", "efficientnet_lite2"}
+
+
 def _offline_names() -> list[Any]:
     names: list[Any] = []
     for name in list_models():
@@ -340,6 +344,8 @@ def _offline_names() -> list[Any]:
         marks = []
         if "hub" in entry.tags:
             marks.append(pytest.mark.skip(reason=f"{name} downloads its weights from the hub"))
+        elif name in _SLOW_OFFLINE:
+            marks.append(pytest.mark.slow)
         names.append(pytest.param(name, id=name, marks=marks))
     for template, family in _OFFLINE_TINY.items():
         mark = needs_open_clip if family == "open_clip" else needs_hf

@@ -417,6 +417,7 @@ def _grocery() -> Path:
 
 @pytest.mark.data
 @pytest.mark.parametrize("query_max_side", [0, 224])
+@pytest.mark.slow
 def test_grocery_packages_found_by_local_index(query_max_side: int) -> None:
     root = _grocery()
     with open(root / "catalog.csv", newline="") as f:

@@ -119,6 +119,7 @@ def test_lost_local_index_is_rebuilt_on_open(tmp_path: Path, synthetic_catalogue
     assert any("unreadable" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_switched_off_and_missing_photo(tmp_path: Path) -> None:
     rows = ["product_id,image,title,category,domain"]
     for i in range(3):
@@ -137,6 +138,7 @@ def test_switched_off_and_missing_photo(tmp_path: Path) -> None:
 
 
 @pytest.mark.data
+@pytest.mark.slow
 def test_local_features_pay_off_on_packages(tmp_path: Path, data_dir: Path) -> None:
     """Grocery Packages (cartons, pots): val store photos against the 81 catalogue images, local features on vs off."""
     root = data_dir / "grocery"
@@ -186,6 +188,7 @@ def test_product_margin_is_measured_between_products() -> None:
     assert product_margin(store, d[:0], np.array([], np.int64)) == 0.0  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_confident_global_match_skips_the_local_stage(tmp_path: Path, synthetic_catalogue: Path) -> None:
     store = tmp_path / "store"
     with Shoplens(store, **_flags()) as lens:
@@ -215,6 +218,7 @@ def test_produce_share_reads_the_produce_classes() -> None:
 
 
 @pytest.mark.data
+@pytest.mark.slow
 def test_loose_produce_skips_the_local_stage(tmp_path: Path, data_dir: Path) -> None:
     """Store photos of fruit skip the local step (it barely helps there); packages never do."""
     root = data_dir / "grocery"

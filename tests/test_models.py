@@ -35,7 +35,7 @@ def test_same_padding_matches_tensorflow_rule() -> None:
     assert y[0, 0, 0, 0] == 9 and y[0, 0, 0, -1] == 6
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite2"])
+@pytest.mark.parametrize("name", ["efficientnet_lite0", pytest.param("efficientnet_lite2", marks=pytest.mark.slow)])
 def test_every_bundled_backbone_encodes(name: str) -> None:
     backbone = create_model(name)
     rng = np.random.default_rng(0)

@@ -194,6 +194,7 @@ def test_onnx_matches_torch_on_real_photos(data_dir: Path, backbones: tuple[Torc
 
 
 @pytest.mark.data
+@pytest.mark.slow
 def test_openvino_matches_torch_and_onnx_runtime_on_real_photos(data_dir: Path, onnx_cache: Path,
                                                                 backbones: tuple[TorchConvBackbone, TorchConvBackbone]) -> None:
     """OpenVINO runs in f32 (not its bf16 default on AMX CPUs): the same maps, so stores need no re-embedding."""
@@ -427,6 +428,7 @@ def test_nchw_batch_for_onnx_equals_the_torch_batch() -> None:
     np.testing.assert_allclose(nchw, to_tensor(resized, cfg).numpy(), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_latency_first_setup_runs_one_backbone_pass_per_other_product_search(tmp_path: Path, data_dir: Path) -> None:
     """docs/configuration.md's latency-first settings: saved with the store; a search's descriptor comes from the gate's pass."""
     import csv

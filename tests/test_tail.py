@@ -62,6 +62,7 @@ def _r1(tail: Tail, maps: list[torch.Tensor], labels: np.ndarray) -> float:
     return float(np.mean(labels[np.argmax(s, 1)] == labels))
 
 
+@pytest.mark.slow
 def test_tune_tail_pulls_views_of_a_label_together_and_is_deterministic(lite0: torch.nn.Module) -> None:
     maps, labels = _maps()
     before = _r1(Tail("efficientnet_lite0", lite0.tail()), maps, labels)
@@ -77,6 +78,7 @@ def test_tune_tail_pulls_views_of_a_label_together_and_is_deterministic(lite0: t
 
 
 @pytest.mark.parametrize("runtime", ["torch", "onnx", "openvino"])
+@pytest.mark.slow
 def test_tuned_backbone_has_the_tuned_stage(tmp_path: Path, lite0: torch.nn.Module, runtime: str,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHOPLENS_CACHE", str(tmp_path / "cache"))
@@ -149,6 +151,7 @@ def _labelled(tmp_path: Path, n: int = 6, views: int = 3) -> Path:
 SMALL = ["--set", "embed.other_product.input_size=64", "--set", "embed.other_product.extra_sizes=96", "--set", "local.enabled=false"]
 
 
+@pytest.mark.slow
 def test_cli_train_embedder_tunes_the_stage_and_reencodes_the_store(tmp_path: Path, synthetic_catalogue: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     from shoplens import Shoplens
@@ -197,6 +200,7 @@ def test_cli_train_embedder_tunes_the_stage_and_reencodes_the_store(tmp_path: Pa
         assert {im.signature for im in lens.store.iter_images()} == {lens.pipeline.embedders["other_product"].signature}
 
 
+@pytest.mark.slow
 def test_train_embedder_leaves_the_stage_alone_when_a_catalogue_photo_is_gone(tmp_path: Path, synthetic_catalogue: Path) -> None:
     from shoplens import Shoplens
 
@@ -218,6 +222,7 @@ def test_train_embedder_leaves_the_stage_alone_when_a_catalogue_photo_is_gone(tm
 
 
 @pytest.mark.data
+@pytest.mark.slow
 def test_tuned_stage_on_grocery_products(tmp_path: Path, data_dir: Path) -> None:
     """Real photos: 8 grocery products, their catalogue image and 6 train photos each; val photos as queries."""
     from shoplens import Shoplens
@@ -266,6 +271,7 @@ def test_tuned_stage_on_grocery_products(tmp_path: Path, data_dir: Path) -> None
         np.testing.assert_allclose(staged, whole, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_tuning_reencodes_a_milvus_store(tmp_path: Path, synthetic_catalogue: Path) -> None:
     """Re-encoding goes through the store interface only: the same on Milvus (Lite) as on the embedded store."""
     pytest.importorskip("milvus_lite", reason="pymilvus/milvus-lite not installed (pip install 'shoplens[milvus]')")

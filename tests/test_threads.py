@@ -90,6 +90,7 @@ def test_several_queries_in_a_large_partition_search_on_faiss_own_threads(two_th
     assert faiss.omp_get_max_threads() == 2
 
 
+@pytest.mark.slow
 def test_an_outfit_search_in_a_large_partition_uses_faiss_own_threads(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import csv
 
