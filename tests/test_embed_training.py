@@ -66,7 +66,7 @@ def test_rmac_is_the_sum_of_normalised_region_maxima() -> None:
     r = torch.from_numpy(get_pooling("rmac-s32")(fmap.numpy()))
     regions = rmac_regions(7, 7)
     expect = torch.zeros(4)
-    for y0, x0, y1, x1 in regions:
+    for y0, x0, _y1, _x1 in regions:
         v = torch.tensor([1.0, 1.0, 3.0 if (y0, x0) == (0, 0) else 1.0, 1.0])
         expect += v / v.norm()
     torch.testing.assert_close(r, expect)
@@ -87,7 +87,10 @@ def test_multiscale_describe_concatenates_normalised_parts() -> None:
     emb = Embedder("other_product", "efficientnet_lite0", 224, pooling="gem3-s32", extra_sizes=[320])
     assert emb.input_sizes == (224, 320) and emb.pooling == "gem3-s32+ms320"
     rng = np.random.default_rng(0)
-    enc = lambda h: Encoding(photo=None, input_hw=(h * 32, h * 32), features={"s32": torch.from_numpy(rng.random((16, h, h), dtype=np.float32))})  # type: ignore[arg-type]
+
+    def enc(h: int) -> Encoding:
+        return Encoding(photo=None, input_hw=(h * 32, h * 32), features={"s32": torch.from_numpy(rng.random((16, h, h), dtype=np.float32))})  # type: ignore[arg-type]
+
     raw = emb.describe([enc(7), enc(7)], [enc(10), enc(10)])
     assert raw.shape == (2, 32)
     np.testing.assert_allclose(np.linalg.norm(raw[:, :16], axis=1), 1.0, rtol=1e-5)
@@ -126,7 +129,10 @@ def test_trained_projection_beats_the_raw_descriptor_and_is_deterministic() -> N
     np.testing.assert_array_equal(head.apply(x), again.apply(x))
     test = ~train
     q_raw, q_head = l2_normalize(x), head.apply(x)
-    r1 = lambda v: float(np.mean(labels[train][np.argmax(v[test] @ v[train].T, 1)] == labels[test]))
+
+    def r1(v: np.ndarray) -> float:
+        return float(np.mean(labels[train][np.argmax(v[test] @ v[train].T, 1)] == labels[test]))
+
     assert r1(q_head) > r1(q_raw) + 0.15, (r1(q_raw), r1(q_head))
 
 
