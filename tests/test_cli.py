@@ -147,3 +147,26 @@ def test_models_lists_every_registry_with_descriptions(capsys: pytest.CaptureFix
     assert out["intent_classifiers"] == describe_intent_classifiers()
     assert sorted(out["intent_classifiers"]) == list_intent_classifiers()
     assert "efficientnet_lite0" in out["backbones"] and out["detectors"]["default"]
+
+
+def test_the_parser_imports_no_engine() -> None:
+    """`shoplens --help` answers at once: importing the CLI and building its parser loads no torch, store or model."""
+    code = ("import sys, shoplens.cli; shoplens.cli.build_parser(); "
+            "print(sorted(m for m in ('torch', 'faiss', 'openvino', 'shoplens.api', 'shoplens.pipeline') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    out = subprocess.run([sys.executable, "-m", "shoplens.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "search" in out.stdout and "classify" in out.stdout
+
+
+def test_the_first_export_of_a_model_is_announced_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SHOPLENS_CACHE", str(tmp_path / "cache"))  # an empty cache: the backbone is exported now
+    image = str(make_image(tmp_path / "q.png", 1))
+    code, lines, err = run(capsys, "classify", image, "--json")
+    assert code == 0 and lines[0]["image"] == image
+    assert "preparing the model (once): efficientnet_lite0" in err and "ready" in err
+    assert list((tmp_path / "cache" / "onnx").glob("efficientnet_lite0-*.onnx"))
+    code, lines, err = run(capsys, "classify", image, "--json")
+    assert code == 0 and "preparing the model" not in err
+

@@ -14,14 +14,17 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .api import Shoplens, classify_photos, detect_photos, migrate, open_store
 from .config import Config, resolve_config
 from .errors import ShoplensError
-from .pipeline import Pipeline
-from .results import ErrorResult
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+
+# The engine (torch, the models, the stores) is imported by the commands that use it, not here:
+# ``shoplens --help`` and a mistyped option answer at once.
 
 log = logging.getLogger("shoplens")
 
@@ -109,6 +112,8 @@ def _config(args: argparse.Namespace) -> Config:
 
 # -- output -------------------------------------------------------------------
 def _emit(results: Sequence[Any], as_json: bool, human: Callable[[Any], str]) -> int:
+    from .results import ErrorResult
+
     failed = 0
     for r in results:
         if isinstance(r, ErrorResult):
@@ -150,6 +155,8 @@ def _human_detect(r: Any) -> str:
 
 # -- commands -----------------------------------------------------------------
 def cmd_index(args: argparse.Namespace) -> int:
+    from .api import Shoplens
+
     with Shoplens(args.store, config_file=args.config, **_flags(args)) as lens:
         report = lens.index(args.catalogue, progress=sys.stderr.isatty() and not args.no_progress)
         total = lens.count_products()
@@ -179,6 +186,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from .api import open_store
+
     # A reader: needs no writer lock, so it works beside a running server or indexing run.
     with open_store(args.store, read_only=True, config_file=args.config, **_flags(args)) as lens:
         results = lens.search(args.images, top_k=args.top_k, filters=args.filter)
@@ -187,6 +196,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def _standalone_pipeline(args: argparse.Namespace) -> Pipeline:
     """classify/detect run without an index, but use a store's trained models when --store is given."""
+    from .api import open_store
+    from .pipeline import Pipeline
+
     if args.store:
         lens = open_store(args.store, read_only=True, config_file=args.config, **_flags(args))
         return lens.pipeline
@@ -194,10 +206,14 @@ def _standalone_pipeline(args: argparse.Namespace) -> Pipeline:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    from .api import classify_photos
+
     return _emit(classify_photos(_standalone_pipeline(args), args.images), args.json, _human_classify)
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    from .api import detect_photos
+
     return _emit(detect_photos(_standalone_pipeline(args), args.images), args.json, _human_detect)
 
 
@@ -225,6 +241,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     if args.store:
+        from .api import open_store
+
         with open_store(args.store, read_only=True, config_file=args.config, **_flags(args)) as lens:
             config = lens.config
     else:
@@ -234,6 +252,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .api import Shoplens
     from .demo import cache_dir, sample_catalogue, sample_labelled, sample_root
 
     progress = sys.stderr.isatty()
@@ -258,6 +277,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train_intent(args: argparse.Namespace) -> int:
+    from .api import Shoplens
+
     with Shoplens(args.store, config_file=args.config, **_flags(args)) as lens:
         report = lens.train_intent(args.labelled, holdout=args.holdout, seed=args.seed, progress=sys.stderr.isatty())
     d = report.to_dict()
@@ -273,6 +294,8 @@ def cmd_train_intent(args: argparse.Namespace) -> int:
 
 
 def cmd_train_embedder(args: argparse.Namespace) -> int:
+    from .api import Shoplens
+
     with Shoplens(args.store, create=False, config_file=args.config, **_flags(args)) as lens:
         reports = lens.train_embedder(args.labelled, domains=args.domain, holdout=args.holdout, seed=args.seed,
                                       target_precision=args.precision, tune_backbone=not args.no_tune_backbone,
@@ -337,6 +360,7 @@ def cmd_train_detector(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .api import Shoplens
     from .eval.metrics import read_queries
     from .eval.report import write_html
     from .eval.runner import run_eval
@@ -371,6 +395,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .api import Shoplens
     from .server import ServerSettings, serve
 
     settings = ServerSettings.from_env(
@@ -393,6 +418,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from .api import migrate
+
     report = migrate(args.source, args.target)
     if args.json:
         sys.stdout.write(json.dumps(report.to_dict()) + "\n")
@@ -586,6 +613,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # A model's first export takes seconds: say so whatever the verbosity (shoplens.models.onnx_runtime).
+    prepare = logging.getLogger("shoplens.prepare")
+    notice = logging.StreamHandler(sys.stderr)
+    notice.setFormatter(logging.Formatter("shoplens: %(message)s"))
+    prepare.addHandler(notice)
+    prepare.setLevel(logging.INFO)
+    prepare.propagate = False
     try:
         return int(args.func(args))
     except ShoplensError as err:
@@ -594,6 +628,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("shoplens: interrupted\n")
         return 130
+    finally:
+        prepare.removeHandler(notice)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,9 @@ from .efficientnet_lite import Conv2dSame
 from .preprocess import PreprocessCfg, resize_photo, to_nchw, to_tensor
 
 log = logging.getLogger(__name__)
+#: Says when a model is prepared for its runtime, a few seconds that happen once per model and
+#: cache folder: the command line shows this logger's records on stderr at every verbosity.
+prepare_log = logging.getLogger("shoplens.prepare")
 
 #: Bump when the exported graph changes, so cached exports are redone.
 EXPORT_VERSION = 1
@@ -111,6 +115,9 @@ def export_graph(
 ) -> Path:
     """``torch.onnx.export`` of ``module`` written atomically to ``path`` (opset 17, the TorchScript exporter)."""
     path = Path(path)
+    name = path.stem.rsplit("-", 1)[0]  # the file's name less the weights' fingerprint
+    prepare_log.info("preparing the model (once): %s, cached in %s …", name, path.parent)
+    start = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.part")
     os.close(fd)
@@ -123,6 +130,7 @@ def export_graph(
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    prepare_log.info("model %s ready (%.1f s; later runs reuse it)", name, time.perf_counter() - start)
     return path
 
 
