@@ -103,7 +103,7 @@ def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
     store = EmbeddedStore(tmp_path / "s", Identity())
     fill(store, 2)
     bad = ImageRecord("nobody", "x.jpg", "sha", "other_product", "sig", vecs(1)[0])  # no such product: FK fails
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - sqlite3's IntegrityError; what counts is what is left
         store.write(WriteBatch(products=[product("new")], add_images=[bad]))
     assert store.db.get_product("new") is None and store.db.count_images() == 2
 

@@ -23,7 +23,7 @@ for _module, _package in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("pyth
     except ImportError:
         raise MissingDependencyError(_package, "server", "the HTTP server") from None
 
-from .app import create_app
+from .app import create_app  # noqa: E402 - after the check above, so a missing extra names its pip install
 
 
 def serve(lens: Any, settings: ServerSettings | None = None, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:

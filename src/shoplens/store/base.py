@@ -76,7 +76,7 @@ class CatalogueStore(abc.ABC):
     def reproject(self, domain: str) -> None:
         """Re-project every stored raw descriptor (after the domain's head changed)."""
 
-    def persist(self) -> None:
+    def persist(self) -> None:  # noqa: B027 - optional: a no-op where there is nothing to save
         """Save derived state (indexes) so the next open is fast."""
 
     @abc.abstractmethod
@@ -87,7 +87,7 @@ class CatalogueStore(abc.ABC):
     def search(self, domain: str, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(distances, image ids), each (n, k'), k' <= k; −1 ids are empty slots."""
 
-    def warm_up(self) -> None:
+    def warm_up(self) -> None:  # noqa: B027 - optional: a no-op for an engine that loads eagerly
         """Load what the first search needs (an engine that loads lazily overrides this)."""
 
     def filter_image_ids(self, domain: str, filters: Sequence[Filter]) -> np.ndarray:
