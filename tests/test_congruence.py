@@ -267,6 +267,7 @@ def test_auto_threshold_scales_with_the_dimension(tmp_path: Path) -> None:
     given.close()
 
 
+@pytest.mark.slow
 def test_migrate_embedded_to_milvus_and_back(tmp_path: Path) -> None:
     v = clustered(150, seed=7)
     src = EmbeddedStore(tmp_path / "src", Identity())
@@ -298,6 +299,7 @@ def test_migrate_embedded_to_milvus_and_back(tmp_path: Path) -> None:
 
 
 @needs_milvus
+@pytest.mark.slow
 def test_shoplens_migrate_command_end_to_end(tmp_path: Path, synthetic_catalogue: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`shoplens migrate` moves an indexed catalogue to Milvus Lite; searches give the same products and ranks."""
     import json

@@ -53,6 +53,7 @@ def db(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_opening_waits_while_another_process_still_holds_the_file(db: Path, caplog: pytest.LogCaptureFixture) -> None:
     holder = _hold(db, 2.0)
     try:

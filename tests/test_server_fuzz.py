@@ -21,6 +21,7 @@ from . import test_engine  # noqa: F401
 from .fuzzing import fuzz_api, fuzz_decoder
 
 
+@pytest.mark.slow
 def test_api_fuzzed_from_its_schema(tmp_path: Path) -> None:
     pytest.importorskip("schemathesis", reason="needs schemathesis (in the [dev] extra)")
     with Shoplens(tmp_path / "store", **{"intent.classifier": "test-other_product"}) as lens:

@@ -129,6 +129,7 @@ def test_a_killed_writer_leaves_no_lock(tmp_path: Path) -> None:
     EmbeddedStore(store, None).close()  # the kernel dropped the dead writer's lock: no stale lock to clear
 
 
+@pytest.mark.slow
 def test_every_writing_command_takes_the_lock(tmp_path: Path) -> None:
     """serve, index, train-*, demo, eval --catalogue and migrate's target refuse a held store before any work."""
     store = tmp_path / "store"
@@ -158,6 +159,7 @@ def test_every_writing_command_takes_the_lock(tmp_path: Path) -> None:
 
 
 # -- readers ----------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_reader_searches_next_to_a_writer_and_writes_nothing(tmp_path: Path, synthetic_catalogue: Path) -> None:
     store = tmp_path / "store"
     late = make_image(tmp_path / "late.png", seed=900)
