@@ -32,7 +32,8 @@ def test_index_search_classify_detect_json(tmp_path: Path, synthetic_catalogue: 
     good = synthetic_catalogue.parent / "img" / "p2.png"
     code, lines, _ = run(capsys, "search", str(good), str(bad), "--store", store, "--json", "--top-k", "3", "--no-rank-filter", "--no-entropy-filter")
     assert code == 1  # one image failed
-    assert set(lines[0]) == {"image", "intent", "intent_scores", "regions", "timings_ms", "steps"}
+    assert set(lines[0]) == {"image", "intent", "intent_scores", "regions", "timings_ms", "steps",
+                             "predicted_intent", "domain", "reason"}  # SPEC's keys, then shoplens's optional ones
     assert lines[0]["image"] == str(good) and lines[0]["intent"] == "other_product"
     assert set(lines[0]["intent_scores"]) == {"apparel", "other_product", "non_product"}
     region = lines[0]["regions"][0]
@@ -124,6 +125,33 @@ def test_train_intent_then_the_store_uses_it(tmp_path: Path, capsys: pytest.Capt
 
     with open_store(store) as lens:
         assert lens.pipeline.intent_classifier.name != "imagenet-map"  # "auto" picked the trained one
+
+
+def test_search_anyway_and_empty_lists_explained(tmp_path: Path, synthetic_catalogue: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = str(tmp_path / "store")
+    assert run(capsys, "index", str(synthetic_catalogue), "--store", store, "--intent-classifier", "test-other_product")[0] == 0
+    image = str(synthetic_catalogue.parent / "img" / "p2.png")
+    gate = ["--intent-classifier", "test-non_product", "--set", "intent.stop_score=0.8"]
+    code = main(["search", image, "--store", store, *gate])
+    out = capsys.readouterr().out
+    assert code == 0 and "nothing searched: stopped as non_product (score 0.90 ≥ stop_score 0.8)" in out
+    assert "--domain apparel or --domain other_product" in out
+
+    code, lines, _ = run(capsys, "search", image, "--store", store, "--json", "--domain", "other_product", *gate)
+    assert code == 0 and (lines[0]["intent"], lines[0]["domain"], lines[0]["predicted_intent"]) == ("other_product", "other_product", "non_product")
+    assert lines[0]["regions"][0]["results"][0]["product_id"] == "p2"
+    code = main(["search", image, "--store", store, "--domain", "other_product", *gate])
+    out = capsys.readouterr().out
+    assert "looked like non_product (0.90); searched as other_product: as asked (--domain)" in out
+
+    code = main(["search", image, "--store", store, "--intent-classifier", "test-other_product", "--set", "search.calibration=off",
+                 "--min-rank", "2.5"])
+    out = capsys.readouterr().out
+    assert code == 0 and "whole photo: 0 result(s): 6 candidates, 0 at or above min_rank 2.5 (best rank 2.00)" in out
+    assert "try: lower search.min_rank (--min-rank)" in out
+    with pytest.raises(SystemExit):
+        main(["search", image, "--store", store, "--domain", "non_product"])
+    assert "invalid choice: 'non_product'" in capsys.readouterr().err
 
 
 def test_set_is_kept_for_keys_that_also_have_an_option() -> None:

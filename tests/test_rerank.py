@@ -91,7 +91,8 @@ def test_postprocess_reports_each_step_and_switches() -> None:
     cfg = SearchConfig(similar_k=50, top_k=100, order_tolerance=2.0)  # SPEC's plain ordering
     out, steps = postprocess(hits_from(spec), cfg)
     assert steps["similar_set"]["after"] == 31
-    assert steps["rank_filter"] == {"enabled": True, "before": 31, "after": 30, "min_rank": 1.08, "calibration": None, "removed": ["far"]}
+    assert steps["rank_filter"] == {"enabled": True, "before": 31, "after": 30, "min_rank": 1.08, "calibration": None, "removed": ["far"],
+                                     "best_rank": 1.95}
     assert steps["entropy_filter"]["removed"] == ["toy0", "toy1"]
     assert steps["entropy_filter"]["after"] == 28 and steps["entropy_filter"]["dropped_categories"] == ["toy"]
     assert [h.category for h in out[:20]] == ["beverage"] * 20

@@ -26,6 +26,8 @@ from shoplens.server import ServerSettings, create_app
 from . import test_engine  # noqa: F401  (registers the test-* classifiers and detector)
 
 SPEC_KEYS = {"image", "intent", "intent_scores", "regions", "timings_ms", "steps"}
+#: SPEC's keys and the optional ones shoplens adds (docs/decisions.md: the predicted intent beside the domain searched).
+SEARCH_KEYS = SPEC_KEYS | {"predicted_intent", "domain", "reason"}
 LOOSE = {"search.rank_filter": False, "search.entropy_filter": False, "search.category_order": False}
 
 
@@ -70,7 +72,7 @@ def test_search_answers_the_spec_object(client: TestClient, lens: Shoplens) -> N
     r = search(client, photo(2), top_k="3")
     assert r.status_code == 200
     body = r.json()
-    assert set(body) == SPEC_KEYS and body["image"] == "q.png" and body["intent"] == "other_product"
+    assert set(body) == SEARCH_KEYS and body["image"] == "q.png" and body["intent"] == "other_product"
     hits = body["regions"][0]["results"]
     assert hits[0]["product_id"] == "p2" and len(hits) == 3
     assert hits[0]["price"] == 12.5 and hits[0]["sku"] == "002" and hits[0]["title"] == "Product 2"
@@ -96,6 +98,32 @@ def test_filters_over_http(client: TestClient) -> None:
     body = assert_error(search(client, photo(0), filter=["price<<3"]), 400, "bad_filter")
     assert "price<<3" in body["error"]
     assert_error(search(client, photo(0), filter=["nothing here"]), 400, "bad_filter")
+
+
+def test_a_stopped_photo_is_searched_anyway_with_domain(lens: Shoplens) -> None:
+    """`domain` on POST /search and /search/url: the gate's non_product stop is overridden, its verdict kept."""
+    from shoplens import open_store
+
+    gate = {"intent.classifier": "test-non_product", "intent.stop_score": 0.8}
+    with open_store(lens.store.location, read_only=True, **gate) as stopping, TestClient(create_app(stopping, ServerSettings())) as c:
+        body = search(c, photo(2)).json()
+        assert body["intent"] == "non_product" and body["regions"] == [] and body["domain"] is None
+        assert body["reason"]["step"] == "intent" and "stop_score 0.8" in body["reason"]["message"]
+        r = search(c, photo(2), domain="other_product")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (body["intent"], body["domain"], body["predicted_intent"]) == ("other_product", "other_product", "non_product")
+        assert body["regions"][0]["results"][0]["product_id"] == "p2" and body["reason"] is None
+        assert_error(search(c, photo(2), domain="non_product"), 422, "invalid_request")
+        assert_error(c.post("/search/url", json={"url": "http://example.invalid/a.png", "domain": "shoes"}), 422, "invalid_request")
+
+
+def test_an_empty_list_says_why_over_http(client: TestClient) -> None:
+    region = search(client, photo(0), filter=["category=green"]).json()["regions"][0]
+    assert region["results"] == [] and region["reason"]["step"] == "filters"
+    assert region["reason"]["message"] == "no other_product product passes the filters" and region["reason"]["hint"]
+    region = search(client, photo(0)).json()["regions"][0]
+    assert region["results"] and region["reason"] is None
 
 
 def test_numbers_beyond_the_store_are_a_bad_filter_and_the_connection_stays(lens: Shoplens) -> None:
@@ -522,7 +550,7 @@ def test_metrics_health_readiness_schema(client: TestClient, lens: Shoplens) -> 
     paths = schema["paths"]
     for path in ("/search", "/search/url", "/products", "/products/batch", "/products/batch-delete", "/products/{product_id}", "/products/{product_id}/photos", "/images/{image_id}", "/healthz", "/readyz", "/metrics"):
         assert path in paths, path
-    assert set(schema["components"]["schemas"]["SearchResult"]["properties"]) == SPEC_KEYS
+    assert set(schema["components"]["schemas"]["SearchResult"]["properties"]) == SEARCH_KEYS
     assert all(op.get("summary") for p in paths.values() for op in p.values())
     assert {"APIKeyHeader", "HTTPBearer"} <= set(schema["components"]["securitySchemes"])
 

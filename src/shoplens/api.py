@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image
 
 from .catalog import CatalogueRow, read_catalogue, validate_row
-from .config import INTENTS, Config, load_store_config, resolve_config
-from .errors import BadImageError, CatalogueError, NotFoundError, ShoplensError, StoreError
+from .config import DOMAINS, INTENTS, Config, load_store_config, resolve_config
+from .errors import BadImageError, CatalogueError, ConfigError, NotFoundError, ShoplensError, StoreError
 from .filters import FilterLike, parse_filters
 from .imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, Photo, load_image, read_image_file
 from .indexing import Indexer, IndexReport
@@ -558,26 +558,34 @@ class Shoplens:
         top_k: int | None = None,
         allowed: Allowed | None = None,
         filters: FilterLike | Iterable[FilterLike] | None = None,
+        domain: str | None = None,
     ) -> list[SearchResult | ErrorResult]:
         """SPEC steps 1–6 for each image; unreadable images give an ErrorResult.
 
         ``filters`` (e.g. ``["category=Juice", "price<=20"]``, see
         :mod:`shoplens.filters`) restrict the index search itself.
+        ``domain`` (``"apparel"`` / ``"other_product"``) searches every image
+        in that domain whatever the intent gate says, a photo it would stop
+        too; the result keeps the classifier's ``predicted_intent``.
         """
         _ = self.pipeline.intent_classifier, self.pipeline.detector  # fail on bad configuration first
+        _check_search_domain(domain)
         allowed = self._allowed(filters, allowed)
         return _each(
             images,
-            lambda photo, ms: self.pipeline.search(photo, self.store, top_k=top_k, allowed=allowed, decode_ms=ms),
+            lambda photo, ms: self.pipeline.search(photo, self.store, top_k=top_k, allowed=allowed, decode_ms=ms, domain=domain),
             target_size=self.pipeline.decode_size,
             preview=self.pipeline.preview,
         )
 
     def search_photo(
-        self, photo: Photo, *, top_k: int | None = None, filters: FilterLike | Iterable[FilterLike] | None = None, decode_ms: float = 0.0
+        self, photo: Photo, *, top_k: int | None = None, filters: FilterLike | Iterable[FilterLike] | None = None, decode_ms: float = 0.0,
+        domain: str | None = None,
     ) -> SearchResult:
-        """SPEC steps 1–6 for a photo the caller decoded (with its own limits)."""
-        return self.pipeline.search(photo, self.store, top_k=top_k, allowed=self._allowed(filters, None), decode_ms=decode_ms)
+        """SPEC steps 1–6 for a photo the caller decoded (with its own limits); ``domain`` as in :meth:`search`."""
+        _check_search_domain(domain)
+        return self.pipeline.search(photo, self.store, top_k=top_k, allowed=self._allowed(filters, None), decode_ms=decode_ms,
+                                    domain=domain)
 
     def _allowed(self, filters: FilterLike | Iterable[FilterLike] | None, allowed: Allowed | None) -> Allowed | None:
         """The allowed-ids function of ``filters`` (parsed now: bad syntax fails before any image)."""
@@ -606,6 +614,12 @@ class Shoplens:
 
     def detect(self, images: Sequence[ImageSource]) -> list[DetectResult | ErrorResult]:
         return detect_photos(self.pipeline, images)
+
+
+def _check_search_domain(domain: str | None) -> None:
+    """A search's domain override is a product domain (checked before any image is read)."""
+    if domain is not None and domain not in DOMAINS:
+        raise ConfigError(f"domain must be one of {', '.join(DOMAINS)} (or none: the intent gate decides), got {domain!r}")
 
 
 def migrate(src: str | Path, dst: str | Path) -> MigrationReport:

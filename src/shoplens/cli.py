@@ -128,13 +128,33 @@ def _emit(results: Sequence[Any], as_json: bool, human: Callable[[Any], str]) ->
     return EXIT_FAILED_ITEMS if failed else EXIT_OK
 
 
+def _searched_as(r: Any) -> str | None:
+    """Why a photo was searched in another domain than the classifier's most likely class (None: it was not)."""
+    predicted = r.predicted_intent
+    if predicted is None or predicted == r.intent:
+        return None
+    gate = r.steps.get("intent", {})
+    why = ("as asked (--domain)" if gate.get("override") else
+           f"the gate stops only at non_product {gate.get('stop_score')} or more" if gate.get("uncertain") else
+           f"the store has no {predicted} products")
+    return f"  looked like {predicted} ({r.intent_scores[predicted]:.2f}); searched as {r.intent}: {why}"
+
+
 def _human_search(r: Any) -> str:
     lines = [f"{r.image}: {r.intent} ({r.intent_scores[r.intent]:.2f}), {r.timings_ms.get('total', 0):.0f} ms"]
+    searched_as = _searched_as(r)
+    if searched_as:
+        lines.append(searched_as)
     if r.intent == "non_product":
-        lines.append("  not a product photo: nothing searched")
+        why = f": {r.reason.message}" if r.reason else ""
+        lines.append(f"  not a product photo, nothing searched{why}")
+        lines.append("  to search it anyway: --domain apparel or --domain other_product")
     for region in r.regions:
         where = "whole photo" if region.box is None else f"{region.label} at {[round(v) for v in region.box]}"
-        lines.append(f"  {where}: {len(region.results)} result(s)")
+        why = f": {region.reason.message}" if region.reason else ""
+        lines.append(f"  {where}: {len(region.results)} result(s){why}")
+        if region.reason and region.reason.hint:
+            lines.append(f"    try: {region.reason.hint}")
         for i, hit in enumerate(region.results, 1):
             title = f" {hit.title}" if hit.title else ""
             lines.append(f"    {i:2d}. {hit.product_id}{title} [{hit.category or '-'}] rank {hit.rank:.3f}")
@@ -190,7 +210,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     # A reader: needs no writer lock, so it works beside a running server or indexing run.
     with open_store(args.store, read_only=True, config_file=args.config, **_flags(args)) as lens:
-        results = lens.search(args.images, top_k=args.top_k, filters=args.filter)
+        results = lens.search(args.images, top_k=args.top_k, filters=args.filter, domain=args.domain)
     return _emit(results, args.json, _human_search)
 
 
@@ -461,6 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", action="append", default=[], metavar="FIELD_OP_VALUE", help=(
         "only products whose metadata pass (repeatable; all must hold), applied inside the index search: "
         "category=Juice, category=Juice|Milk, brand!=Acme, price<=20, price>5, title~apple (contains)"))
+    p.add_argument("--domain", choices=["apparel", "other_product"], help=(
+        "search every photo in this product domain, whatever the intent gate says (a photo it would stop as "
+        "non_product too); the result keeps the classifier's predicted_intent"))
     _add_config_options(p)
     _add_model_options(p)
     _add_search_options(p)

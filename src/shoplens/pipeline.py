@@ -30,6 +30,7 @@ from .intent import IntentClassifier, create_intent_classifier, list_intent_clas
 from .local.stage import LocalStage
 from .models import Backbone, Encoding, create_model, create_tuned_model
 from .models.preprocess import source_size
+from .reasons import empty_region, stopped
 from .rerank import Hit, postprocess
 from .results import ProductHit, RegionResult, SearchResult
 from .store.base import CatalogueStore
@@ -125,6 +126,8 @@ class Query:
     regions: list[tuple[Garment | None, np.ndarray]] = field(default_factory=list)  # (garment, vector)
     #: The probability the gate's ImageNet classes put on loose fresh produce (None: not known).
     produce: float | None = None
+    #: The intent classifier's most likely class (what ``intent`` was before an override or a fallback).
+    predicted: str | None = None
 
 
 class Pipeline:
@@ -358,23 +361,34 @@ class Pipeline:
         """Whether the classifier leans to non_product, but not enough to stop the photo."""
         return bool(INTENTS[int(np.argmax(probs))] == "non_product" and probs[INTENTS.index("non_product")] < self.config.intent.stop_score)
 
-    def query(self, photo: Photo, timer: Timer, steps: dict[str, Any], holds: Callable[[str], bool] | None = None) -> Query:
+    def query(
+        self, photo: Photo, timer: Timer, steps: dict[str, Any], holds: Callable[[str], bool] | None = None, domain: str | None = None
+    ) -> Query:
         """Steps 1–2 for one photo: intent, then the vectors to search.
 
         ``holds(domain)`` says whether the catalogue has anything in a
         product domain: a product photo of a domain the shop does not sell
         is searched in the other product domain (a grocery-only shop, a
         photo the gate takes for apparel) rather than in an empty index.
+        ``domain`` (``apparel`` / ``other_product``) searches the photo in
+        that domain whatever the gate says ("search anyway"); the
+        classifier still runs, for ``intent_scores`` and ``predicted``.
         """
+        if domain is not None and domain not in DOMAINS:
+            raise ConfigError(f"domain must be one of {', '.join(DOMAINS)}, got {domain!r}")
         cache = EncodingCache(self, [photo])
         with timer.step("intent"):
             probs = self.classify(cache)[0]
         intent = predicted = self.intent_of(probs)
-        if holds is not None and intent in DOMAINS and not holds(intent):
+        if domain is not None:
+            intent = domain
+        elif holds is not None and intent in DOMAINS and not holds(intent):
             other = next(d for d in DOMAINS if d != intent)
             intent = other if holds(other) else intent
         scores = {k: round(float(v), 4) for k, v in zip(INTENTS, probs)}
         steps["intent"] = {"enabled": self.config.intent.enabled, "classifier": self.intent_classifier.name, "intent": intent}
+        if domain is not None:
+            steps["intent"]["override"] = domain
         if self.config.intent.enabled and self.is_uncertain(probs):
             # Searched although the classifier leans to non_product: a false stop would lose a sale.
             steps["intent"].update(uncertain=True, stop_score=self.config.intent.stop_score)
@@ -382,6 +396,7 @@ class Pipeline:
         if intent != predicted:
             steps["intent"]["predicted"] = predicted
         q = Query(intent, scores, photo=photo)
+        q.predicted = INTENTS[int(np.argmax(probs))]
         if intent == "non_product":
             return q
         if photo.is_preview:  # the gate read a preview: the later steps read the photo in full
@@ -428,14 +443,17 @@ class Pipeline:
         top_k: int | None = None,
         allowed: Callable[[str], np.ndarray | None] | None = None,
         decode_ms: float = 0.0,
+        domain: str | None = None,
     ) -> SearchResult:
         """SPEC steps 1–6 for one decoded photo against ``store``.
 
         ``allowed(domain)`` returns the image ids a metadata filter admits
         (``None``: no filter); the filter runs inside the index search.
+        ``domain`` searches the photo in that product domain whatever the
+        intent gate says (:meth:`query`).
         """
         with blas_threads():  # numpy's products here are small; idle BLAS threads would slow the next pass
-            return self._search(photo, store, top_k=top_k, allowed=allowed, decode_ms=decode_ms)
+            return self._search(photo, store, top_k=top_k, allowed=allowed, decode_ms=decode_ms, domain=domain)
 
     def _search(
         self,
@@ -445,13 +463,14 @@ class Pipeline:
         top_k: int | None,
         allowed: Callable[[str], np.ndarray | None] | None,
         decode_ms: float,
+        domain: str | None = None,
     ) -> SearchResult:
         timer = Timer()
         if decode_ms:
             timer.ms["decode"] = decode_ms
         steps: dict[str, Any] = {}
         start = time.perf_counter()
-        q = self.query(photo, timer, steps, holds=lambda domain: store.count_vectors(domain) > 0)
+        q = self.query(photo, timer, steps, holds=lambda d: store.count_vectors(d) > 0, domain=domain)
         region_results: list[RegionResult] = []
         if q.regions:
             domain = q.intent
@@ -471,15 +490,18 @@ class Pipeline:
                         dists, ids = refined.distances[None, :], refined.ids[None, :]
                     steps["local"] = refined.steps
                 with timer.step("rerank"):
-                    region_results = self._rerank(store, domain, q.regions, dists, ids, top_k, steps)
+                    region_results = self._rerank(store, domain, q.regions, dists, ids, top_k, steps, filtered=ids_allowed is not None)
         timer.ms["total"] = (time.perf_counter() - start) * 1000.0 + decode_ms
         return SearchResult(
             image=photo.name,
             intent=q.intent,
             intent_scores=q.intent_scores,
+            predicted_intent=q.predicted,
+            domain=None if q.intent == "non_product" else q.intent,
             regions=region_results,
             timings_ms=timer.rounded(),
             steps=steps,
+            reason=stopped(q.intent_scores, self.config.intent.stop_score) if q.intent == "non_product" else None,
         )
 
     def _rerank(
@@ -491,8 +513,12 @@ class Pipeline:
         ids: np.ndarray,
         top_k: int | None,
         steps: dict[str, Any],
+        *,
+        filtered: bool = False,
     ) -> list[RegionResult]:
         """Steps 3–6 for each region's candidates; ``steps`` gets the counts summed over regions.
+
+        A region left with no result says why (``reason``; ``filtered``: a metadata filter was given).
 
         The store is asked twice per search, whatever the number of regions:
         product and category of every candidate image (what steps 3–6 read),
@@ -520,14 +546,18 @@ class Pipeline:
                 t = totals.setdefault(name, {"before": 0, "after": 0})
                 t["before"] += s["before"]
                 t["after"] += s["after"]
+            # A product deleted since the first question is left out.
+            found_products = [_product_hit(h, records[h.product_id]) for h in final if h.product_id in records]
+            reason = None if found_products else empty_region(region_steps, domain=domain, indexed=store.count_vectors(domain),
+                                                    filtered=filtered, kept=len(final))
             out.append(
                 RegionResult(
                     box=None if garment is None else [round(v, 1) for v in garment.box],
                     label=None if garment is None else garment.label,
                     score=None if garment is None else round(garment.score, 4),
-                    # A product deleted since the first question is left out.
-                    results=[_product_hit(h, records[h.product_id]) for h in final if h.product_id in records],
+                    results=found_products,
                     steps=region_steps,
+                    reason=reason,
                 )
             )
         for name, t in totals.items():

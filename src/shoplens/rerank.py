@@ -176,7 +176,8 @@ def postprocess(
     if config.rank_filter:
         current = rank_filter(current, min_rank=config.min_rank)
     steps["rank_filter"] = {"enabled": config.rank_filter, "before": len(before), "after": len(current), "min_rank": config.min_rank,
-                            "calibration": None if calibration is None else calibration.kind, "removed": _removed(before, current)}
+                            "calibration": None if calibration is None else calibration.kind, "removed": _removed(before, current),
+                            "best_rank": round(max(h.rank for h in before), 4) if before else None}
 
     before = current
     dropped: list[str] = []

@@ -24,21 +24,35 @@ class ProductHit(BaseModel):
     precision: float | None = Field(None, description="calibrated share of relevant hits at this rank (why it was kept); null: not calibrated")
 
 
+class Reason(BaseModel):
+    """Why a list is empty (or nothing was searched), and what would change it."""
+
+    step: str = Field(description="the step that left nothing: intent, store, filters, similar_set, rank_filter, entropy_filter")
+    message: str = Field(description="what happened, with the step's figures, e.g. '50 candidates, 0 at or above min_rank 1.08'")
+    hint: str | None = Field(None, description="the option that would change it")
+
+
 class RegionResult(BaseModel):
     box: list[float] | None = Field(None, description="[x0, y0, x1, y1] in pixels of the input image; null = whole photo")
     label: str | None = Field(None, description="garment label, null for the whole photo")
     score: float | None = Field(None, description="detector confidence of the box")
     results: list[ProductHit] = Field(default_factory=list)
     steps: dict[str, Any] = Field(default_factory=dict, description="per-step counts for this region's list")
+    reason: Reason | None = Field(None, description="why `results` is empty; null when it is not")
 
 
 class SearchResult(BaseModel):
     image: str
-    intent: str
+    intent: str = Field(description=(
+        "how the search treated the photo: non_product (stopped, nothing searched) or the product domain searched"))
     intent_scores: dict[str, float]
+    predicted_intent: str | None = Field(None, description=(
+        "the intent classifier's most likely class, whatever was searched (an override, a domain the store lacks, an unsure gate)"))
+    domain: str | None = Field(None, description="the product domain searched (its index partition); null when nothing was")
     regions: list[RegionResult] = Field(default_factory=list)
     timings_ms: dict[str, float] = Field(default_factory=dict)
     steps: dict[str, Any] = Field(default_factory=dict)
+    reason: Reason | None = Field(None, description="why nothing was searched (the gate stopped the photo); null otherwise")
 
 
 class IntentResult(BaseModel):

@@ -52,6 +52,7 @@ from .fetch import FetchFailed, FetchRefused, FetchTooLarge, fetch
 from .guard import Guard, auth_problem, presented_key, read_problem
 from .metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from .models import (
+    DOMAIN_HELP,
     BatchProduct,
     BatchWritten,
     DeleteRequest,
@@ -65,6 +66,7 @@ from .models import (
     ProductPatch,
     ProductWritten,
     Ready,
+    SearchDomain,
     UrlSearch,
     WriteReport,
 )
@@ -278,7 +280,7 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
     reader = [Depends(read_key)]
 
     # -- search -----------------------------------------------------------------
-    def run_search(data: bytes, name: str, top_k: int | None, filters: Sequence[str]) -> SearchResult:
+    def run_search(data: bytes, name: str, top_k: int | None, filters: Sequence[str], domain: str | None = None) -> SearchResult:
         if top_k is not None and top_k > settings.max_top_k:
             raise RequestValidationError([{"type": "less_than_equal", "loc": ("body", "top_k"), "msg": f"top_k is at most {settings.max_top_k}"}])
         start = time.perf_counter()
@@ -290,7 +292,7 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
             raise
         decode_ms = (time.perf_counter() - start) * 1000.0
         with state.search_slots:
-            result = lens.search_photo(photo, top_k=top_k, filters=list(filters), decode_ms=decode_ms)
+            result = lens.search_photo(photo, top_k=top_k, filters=list(filters), decode_ms=decode_ms, domain=domain)
         state.metrics.observe_search(result)
         return result
 
@@ -304,16 +306,18 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
         description=(
             "Upload one photo (multipart/form-data, part `photo`). The answer is SPEC.md's search object, the same as "
             "`shoplens search --json`: the intent, and for product photos one result list per region (each garment, "
-            "or the whole photo). A non_product photo stops after the intent step: `regions` is empty."
+            "or the whole photo). A non_product photo stops after the intent step: `regions` is empty and `reason` says "
+            "why; send `domain` to search it anyway. An empty result list carries its `reason`."
         ),
     )
     def search(
         photo: Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, GIF …)")],
         top_k: Annotated[int | None, Form(ge=1, le=settings.max_top_k, description="cap of each result list (default: the store's search.top_k)")] = None,
         filters: Annotated[list[str] | None, Form(alias="filter", description=FILTER_HELP)] = None,
+        domain: Annotated[SearchDomain | None, Form(description=DOMAIN_HELP)] = None,
     ) -> SearchResult:
         data = _read_upload(photo, settings.max_upload_bytes)
-        return run_search(data, _upload_name(photo), top_k, filters or [])
+        return run_search(data, _upload_name(photo), top_k, filters or [], domain)
 
     @app.post(
         "/search/url",
@@ -326,7 +330,7 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
     )
     def search_url(body: UrlSearch) -> SearchResult:
         data = fetch(body.url, settings.url_allowlist, max_bytes=settings.max_upload_bytes, timeout=settings.url_timeout_s)
-        return run_search(data, body.url, body.top_k, body.filters)
+        return run_search(data, body.url, body.top_k, body.filters, body.domain)
 
     # -- products: reads --------------------------------------------------------
     def product_out(product_id: str) -> Product:

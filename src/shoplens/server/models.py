@@ -157,6 +157,12 @@ class DeleteResult(BaseModel):
     missing: list[str] = Field(description="ids that were not in the catalogue")
 
 
+#: A search's domain override ("search anyway").
+SearchDomain = Literal["apparel", "other_product"]
+DOMAIN_HELP = ("search the photo in this product domain whatever the intent gate says (a photo it stops as non_product "
+               "too); the answer keeps the classifier's `predicted_intent`. Default: the gate decides")
+
+
 class UrlSearch(BaseModel):
     """``POST /search/url``: search with a photo the server fetches (allow-listed prefixes only)."""
 
@@ -165,6 +171,7 @@ class UrlSearch(BaseModel):
     url: Annotated[Text, StringConstraints(min_length=1, max_length=4096)]
     top_k: int | None = Field(None, ge=1, description="cap of each result list")
     filters: list[Annotated[Text, StringConstraints(max_length=1024)]] = Field(default_factory=list, max_length=64)
+    domain: SearchDomain | None = Field(None, description=DOMAIN_HELP)
 
 
 class Health(BaseModel):
