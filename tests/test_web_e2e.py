@@ -245,6 +245,52 @@ def test_garment_boxes_are_drawn_on_the_photo(browser: Any, apparel_server: str,
     page.close()
 
 
+@pytest.fixture(scope="module")
+def stopping_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A gate that stops every photo as non_product, over 4 generated products: what "Search anyway" is for."""
+    folder = tmp_path_factory.mktemp("web-stop")
+    lines = ["product_id,image,title,category,domain"]
+    for i in range(4):
+        (folder / f"s{i}.png").write_bytes(encode(picture(30 + i, (200, 160))))
+        lines.append(f"s{i},s{i}.png,Stopped {i},Blue,other_product")
+    (folder / "catalog.csv").write_text("\n".join(lines) + "\n")
+    flags = {"intent.classifier": "test-non_product", "intent.stop_score": 0.8, "search.rank_filter": False}
+    with Shoplens(folder / "store", **flags) as lens:
+        lens.index(folder / "catalog.csv")
+        with LiveServer(create_app(lens, ServerSettings())) as server:
+            yield server.wait_ready().url, folder / "s1.png"
+
+
+def test_a_stopped_photo_can_be_searched_anyway_and_an_empty_list_says_why(browser: Any, stopping_server: tuple[str, Path]) -> None:
+    url, query = stopping_server
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    page.set_input_files("#pick", str(query))
+    page.wait_for_selector("#nonproduct", timeout=60_000)
+    assert "stopped as non_product (score 0.90 ≥ stop_score 0.8)" in page.inner_text("#nonproduct")
+    page.click("#anyway-other_product")
+    page.wait_for_selector(".card", timeout=60_000)
+    assert page.inner_text("#intent") == "Product" and page.query_selector("#nonproduct") is None
+    assert page.inner_text("#searched-as") == "Looked like Not a product; searched as Product (as asked)."
+    assert page.query_selector(".card").get_attribute("data-product-id") == "s1"
+    _shot(page, "searched-anyway")
+
+    # A filter no product passes: the list is empty, and says why.
+    page.click("summary")
+    page.fill("#filters", "category=Green")
+    page.set_input_files("#pick", str(query))
+    page.wait_for_selector("#anyway-other_product", timeout=60_000)
+    page.click("#anyway-other_product")
+    page.wait_for_selector(".region .empty", timeout=60_000)
+    assert page.inner_text(".region .empty .reason") == "No results: no other_product product passes the filters."
+    assert page.inner_text(".region .empty .hint") == "To find more: loosen or drop the filters."
+    assert page.query_selector_all(".card") == [] and errors == []
+    _shot(page, "empty-list-reason")
+    page.close()
+
+
 def test_a_file_that_is_not_a_photo_shows_the_server_message(browser: Any, nonproduct_server: str, tmp_path: Path) -> None:
     notes = tmp_path / "notes.png"
     notes.write_text("not really a photo")

@@ -8,6 +8,7 @@
   const $ = (id) => document.getElementById(id);
   const drop = $("drop"), statusBox = $("status"), result = $("result");
   let current = null; // object URL of the photo shown
+  let lastFile = null; // the photo searched last: "Search anyway" sends it again with a domain
   // A server with a read key wants it (or the write key) on every search and photo: asked for once,
   // kept for this tab only, sent as X-API-Key.
   const KEY_ITEM = "shoplens-key";
@@ -50,11 +51,13 @@
     return $("filters").value.split(/[;\n]/).map((s) => s.trim()).filter(Boolean);
   }
 
-  async function search(file) {
+  // domain: "apparel" or "other_product" searches the photo there whatever the intent gate says.
+  async function search(file, domain) {
     if (!file || !(file.type || "").startsWith("image/") && file.type !== "") {
       showStatus("error", "That is not an image file: choose a photo (JPEG, PNG, WebP …).");
       return;
     }
+    lastFile = file;
     if (current) URL.revokeObjectURL(current);
     current = URL.createObjectURL(file);
     const img = $("query-img");
@@ -71,6 +74,7 @@
     const k = parseInt($("topk").value, 10);
     if (k > 0) form.append("top_k", String(Math.min(k, 100)));
     for (const f of filters()) form.append("filter", f);
+    if (domain) form.append("domain", domain);
 
     const started = performance.now();
     let response, body;
@@ -120,9 +124,29 @@
       const card = el("div", "nonproduct");
       card.id = "nonproduct";
       card.append(el("h2", null, "This doesn't look like a product photo"));
-      card.append(el("p", null, "shoplens did not search the catalogue for it. Try a photo of a garment, an outfit or a product."));
+      const why = r.reason ? " (" + r.reason.message + ")" : "";
+      card.append(el("p", null, "shoplens did not search the catalogue for it" + why + ". Try a photo of a garment, an outfit or a product, or search it anyway:"));
+      const buttons = el("div", "anyway");
+      for (const [domain, label] of [["apparel", "Search anyway as clothing"], ["other_product", "Search anyway as a product"]]) {
+        const button = el("button", "btn" + (domain === likelierDomain(r) ? " primary" : ""), label);
+        button.type = "button";
+        button.id = "anyway-" + domain;
+        button.addEventListener("click", () => search(lastFile, domain));
+        buttons.append(button);
+      }
+      card.append(buttons);
       summary.append(card);
       return;
+    }
+    if (r.predicted_intent && r.predicted_intent !== r.intent) {
+      const note = el("p", "searched-as");
+      note.id = "searched-as";
+      const gate = (r.steps && r.steps.intent) || {};
+      const predicted = INTENT_NAMES[r.predicted_intent] || r.predicted_intent;
+      const why = gate.override ? "as asked" : gate.uncertain ? "not sure enough to stop it"
+        : "the catalogue has no " + predicted.toLowerCase() + " products";
+      note.textContent = "Looked like " + predicted + "; searched as " + (INTENT_NAMES[r.intent] || r.intent) + " (" + why + ").";
+      summary.append(note);
     }
 
     const regions = r.regions || [];
@@ -144,6 +168,11 @@
     });
     if (chips.childElementCount) summary.append(chips);
     if (!regions.length) $("regions").append(el("p", "empty", "Nothing to search in this photo."));
+  }
+
+  function likelierDomain(r) {
+    const s = r.intent_scores || {};
+    return (s.apparel || 0) >= (s.other_product || 0) ? "apparel" : "other_product";
   }
 
   function regionName(region) {
@@ -184,7 +213,10 @@
     section.addEventListener("mouseenter", () => highlight(i, true));
     section.addEventListener("mouseleave", () => highlight(i, false));
     if (!n) {
-      section.append(el("p", "empty", "No similar products in the catalogue."));
+      const empty = el("div", "empty");
+      empty.append(el("p", "reason", region.reason ? "No results: " + region.reason.message + "." : "No similar products in the catalogue."));
+      if (region.reason && region.reason.hint) empty.append(el("p", "hint", "To find more: " + region.reason.hint + "."));
+      section.append(empty);
       return section;
     }
     const grid = el("div", "grid");
