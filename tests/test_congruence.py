@@ -332,6 +332,7 @@ def test_shoplens_migrate_command_end_to_end(tmp_path: Path, synthetic_catalogue
 
 
 @needs_milvus
+@pytest.mark.slow
 def test_milvus_recovers_interrupted_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A write that dies before its commit point leaves nothing; one that dies after it is completed on open."""
     from shoplens.store.milvus import MilvusStore

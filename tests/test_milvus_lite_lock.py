@@ -73,6 +73,7 @@ def test_opening_waits_while_another_process_still_holds_the_file(db: Path, capl
     assert f"PID {holder.pid}" in message and str(db) in message
 
 
+@pytest.mark.slow
 def test_opening_gives_up_naming_the_holder(db: Path) -> None:
     holder = _hold(db, 60.0)
     try:

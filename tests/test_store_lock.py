@@ -96,6 +96,7 @@ def change_log(root: Path) -> list[int]:
 
 
 # -- one writer -------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_second_writer_is_refused_at_once_and_the_first_keeps_its_data(tmp_path: Path, synthetic_catalogue: Path) -> None:
     store = tmp_path / "store"
     more = more_products(tmp_path)
