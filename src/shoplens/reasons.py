@@ -49,11 +49,12 @@ def empty_region(steps: Mapping[str, Any], *, domain: str, indexed: int, filtere
                       hint="raise search.max_distance (--max-distance)")
     rank = steps.get("rank_filter", {})
     if rank.get("enabled") and not rank.get("after", 0):
-        best = rank.get("best_rank")
-        calibrated = f", calibrated ({rank['calibration']})" if rank.get("calibration") else ""
-        best_text = "" if best is None else f" (best rank {best:.2f})"
+        notes = [] if rank.get("best_rank") is None else [f"best rank {rank['best_rank']:.2f}"]
+        if rank.get("calibration"):
+            notes.append(f"ranks calibrated: {rank['calibration']}")
+        detail = f" ({'; '.join(notes)})" if notes else ""
         return Reason(step="rank_filter",
-                      message=f"{rank['before']} candidates, 0 at or above min_rank {rank['min_rank']:g}{calibrated}{best_text}",
+                      message=f"{rank['before']} candidates, 0 at or above min_rank {rank['min_rank']:g}{detail}",
                       hint="lower search.min_rank (--min-rank), or switch the rank filter off (--no-rank-filter)")
     entropy = steps.get("entropy_filter", {})
     if entropy.get("enabled") and not entropy.get("after", 0):
