@@ -187,6 +187,7 @@ def test_the_parser_imports_no_engine() -> None:
     assert "search" in out.stdout and "classify" in out.stdout
 
 
+@pytest.mark.slow
 def test_the_first_export_of_a_model_is_announced_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("SHOPLENS_CACHE", str(tmp_path / "cache"))  # an empty cache: the backbone is exported now

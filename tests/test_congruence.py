@@ -108,7 +108,8 @@ def test_every_registered_engine_has_a_test_location() -> None:
     assert set(list_stores()) == set(LOCATIONS), "register a test location for each store engine"
 
 
-@pytest.fixture(params=sorted(VARIANTS))
+# Milvus Lite starts a server for each test (about 3 s): its variant runs in the slow lane.
+@pytest.fixture(params=[pytest.param(v, marks=pytest.mark.slow) if v.startswith("milvus-lite") else v for v in sorted(VARIANTS)])
 def location(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, object]]:
     engine, kwargs = VARIANTS[request.param]
     return LOCATIONS[engine](tmp_path), kwargs
@@ -182,6 +183,7 @@ def test_unknown_locations_are_errors(tmp_path: Path) -> None:
 
 # -- congruence ----------------------------------------------------------------
 @needs_milvus
+@pytest.mark.slow
 def test_embedded_and_milvus_give_the_same_results(tmp_path: Path) -> None:
     v = clustered(400, seed=2)
     queries = clustered(25, seed=3)

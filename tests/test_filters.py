@@ -181,6 +181,7 @@ def test_python_matcher_agrees_with_sql(store: EmbeddedStore, text: str) -> None
     assert got == expected, text
 
 
+@pytest.mark.slow
 def test_milvus_filters_match_the_embedded_store(tmp_path: Path, store: EmbeddedStore) -> None:
     pytest.importorskip("pymilvus")
     pytest.importorskip("milvus_lite")
