@@ -245,3 +245,65 @@ def test_loose_produce_skips_the_local_stage(tmp_path: Path, data_dir: Path) -> 
     assert len(skipped) >= 9 and all(s["produce"] >= 0.1 for s in skipped), steps["Fruit"]  # measured: 12 of 12
     with Shoplens(store, **flags, **{"local.skip_produce": 0}) as lens:  # switched off: the step runs
         assert "skipped" not in lens.search_one(root / queries["Fruit"][0]["image"]).steps["local"]
+
+
+def test_scope_auto_scores_every_image_of_a_small_index(tmp_path: Path, synthetic_catalogue: Path) -> None:
+    store = tmp_path / "store"
+    query = synthetic_catalogue.parent / "img" / "p3.png"
+    flags = {**_flags(), "local.skip_margin": 0}
+    with Shoplens(store, **flags) as lens:
+        lens.index(synthetic_catalogue)
+        assert lens.config.local.scope == "auto"
+        assert lens.search_one(query, top_k=5).steps["local"]["scope"] == "all"  # 7 images, under all_up_to
+    with Shoplens(store, **flags, **{"local.all_up_to": 6}) as lens:
+        assert lens.search_one(query, top_k=5).steps["local"]["scope"] == "candidates"
+    with pytest.raises(ConfigError, match="all_up_to"):
+        Shoplens(store, **flags, **{"local.all_up_to": -1})
+
+
+def test_verified_candidates_take_their_distances_by_inlier_count() -> None:
+    import numpy as np
+
+    from shoplens.local.stage import _shortlist, _verified_first
+
+    fused = np.array([0.50, 0.52, 0.54, 0.60, 0.70])
+    # Position 0 and 1 are look-alikes of the query's label (20 and 30 inliers), 2 is the label (90), 3 unverified.
+    out, n = _verified_first(fused, np.array([0, 1, 2, 3]), np.array([20, 30, 90, 5]), 15, 0.3)
+    assert n == 3
+    np.testing.assert_allclose(sorted(out[:3]), sorted(fused[:3] * 0.7))  # the same distances, held by others
+    assert out[2] < out[1] < out[0] and out[3] == 0.60 and out[4] == 0.70
+    # Nothing verified: nothing moves.
+    same, n = _verified_first(fused, np.array([0, 1]), np.array([3, 14]), 15, 0.3)
+    assert n == 0 and np.array_equal(same, fused)
+    # The shortlist: the best fused, then the best by local score alone (never a candidate with none).
+    score = np.array([0.0, 0.01, 0.0, 0.0, 0.05])
+    assert _shortlist(fused, score, 2, 2) == [0, 1, 4]
+    assert _shortlist(fused, score, 2, 0) == [0, 1]
+
+
+@pytest.mark.slow
+def test_a_label_is_found_among_look_alikes(tmp_path: Path) -> None:
+    """300 generated labels (brands in families of three variants: same band, emblem and layout) that the
+    global embedding cannot tell apart, and phone-like photos of ten of them (curved, tilted, glare, blur,
+    JPEG): each finds its own label first, which takes the local index over every image (more labels than
+    the global search's 200 candidates) and verification ordered by inliers (its variants verify too)."""
+    from shoplens.eval.labels import label, photo
+
+    rows, queries = [], []
+    for i in range(300):
+        img, title, style = label(7, i)
+        path = tmp_path / f"label{i}.png"
+        img.save(path)
+        rows.append([f"label{i}", title, style, str(path)])
+        if i % 30 == 0:
+            shot = tmp_path / f"photo{i}.jpg"
+            photo(img, 7, i, 0, []).save(shot)
+            queries.append((shot, f"label{i}"))
+    catalogue = tmp_path / "labels.csv"
+    with open(catalogue, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["product_id", "title", "category", "image"], *rows])
+    with Shoplens(tmp_path / "store", **_flags()) as lens:
+        lens.index(catalogue)
+        results = lens.search([q for q, _ in queries], top_k=3)
+    firsts = [r.regions[0].results[0].product_id if r.regions[0].results else None for r in results]
+    assert firsts == [pid for _, pid in queries]

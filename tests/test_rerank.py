@@ -86,13 +86,13 @@ def test_missing_category_counts_as_its_own() -> None:
 def test_postprocess_reports_each_step_and_switches() -> None:
     spec = [(f"bev{i}", 0.1 + i * 0.01, "beverage") for i in range(20)]
     spec += [(f"cup{i}", 0.2 + i * 0.01, "cup") for i in range(8)]
-    spec += [(f"toy{i}", 0.05 + i * 0.01, "toy") for i in range(2)]
+    spec += [(f"toy{i}", 0.15 + i * 0.01, "toy") for i in range(2)]  # SPEC's worked example
     spec += [("far", 1.5, "beverage")]
     cfg = SearchConfig(similar_k=50, top_k=100, order_tolerance=2.0)  # SPEC's plain ordering
     out, steps = postprocess(hits_from(spec), cfg)
     assert steps["similar_set"]["after"] == 31
     assert steps["rank_filter"] == {"enabled": True, "before": 31, "after": 30, "min_rank": 1.08, "calibration": None, "removed": ["far"],
-                                     "best_rank": 1.95}
+                                     "best_rank": 1.9}
     assert steps["entropy_filter"]["removed"] == ["toy0", "toy1"]
     assert steps["entropy_filter"]["after"] == 28 and steps["entropy_filter"]["dropped_categories"] == ["toy"]
     assert [h.category for h in out[:20]] == ["beverage"] * 20
@@ -100,10 +100,10 @@ def test_postprocess_reports_each_step_and_switches() -> None:
     # by 0.01 go first (beverage scores higher), not the one 0.02 behind.
     near, _ = postprocess(hits_from(spec), SearchConfig(similar_k=50, top_k=100))
     assert [h.product_id for h in near[:15]] == [f"bev{i}" for i in range(12)] + ["cup0", "bev12", "cup1"]
-    # Every step off: rank order, toys first (they are nearest), far one kept.
+    # Every step off: rank order (toys among the beverages), far one kept.
     off = SearchConfig(similar_k=50, top_k=100, rank_filter=False, entropy_filter=False, category_order=False)
     out, steps = postprocess(hits_from(spec), off)
-    assert len(out) == 31 and out[0].product_id == "toy0" and out[-1].product_id == "far"
+    assert len(out) == 31 and [h.product_id for h in out[5:8]] == ["bev5", "toy0", "bev6"] and out[-1].product_id == "far"
     assert steps["rank_filter"]["enabled"] is False
     out, _ = postprocess(hits_from(spec), cfg, top_k=3)
     assert len(out) == 3
@@ -122,16 +122,28 @@ def test_entropy_filter_weighs_a_category_against_its_size() -> None:
     assert bits["x"] == pytest.approx(-math.log2(30 / 30))
     assert bits["w"] == pytest.approx(-math.log2(8 / 40))
     assert {h.category for h in entropy_filter(hits, max_bits=2.0, sizes=sizes)} == {"x", "y", "z"}
-    assert {h.category for h in entropy_filter(hits, max_bits=2.0)} == {"x"}  # SPEC's formula alone
+    # SPEC's formula alone drops z; y holds the best hit and stays.
+    assert {h.category for h in entropy_filter(hits, max_bits=2.0)} == {"x", "y"}
 
 
 def test_entropy_filter_drops_nothing_when_no_category_is_certain() -> None:
     # 20 categories of 2 hits each: every one is 3.32 bits, over the 3-bit limit.
     hits = hits_from([(f"p{c}-{i}", 0.1 + c * 0.01 + i * 0.001, f"c{c}") for c in range(20) for i in range(2)])
     assert len(entropy_filter(hits, max_bits=3.0)) == 40
-    # One certain category: the uncertain ones go.
+    # One certain category: the uncertain ones go, but for the best hit's (p0-0, category c0).
     hits += hits_from([(f"big{i}", 0.5, "big") for i in range(40)])
-    assert {h.category for h in entropy_filter(hits, max_bits=3.0)} == {"big"}
+    assert {h.category for h in entropy_filter(hits, max_bits=3.0)} == {"big", "c0"}
+
+
+def test_entropy_filter_keeps_the_best_hits_category() -> None:
+    # A verified label of a rare style at the top of neighbours of one common style.
+    hits = hits_from([("label", 0.2, "stout")] + [(f"lager{i}", 0.5 + i * 0.001, "lager") for i in range(30)])
+    assert category_surprisal(hits)["stout"] > 3.0
+    kept = entropy_filter(hits, max_bits=3.0)
+    assert [h.product_id for h in kept][:1] == ["label"] and len(kept) == 31
+    # The same rare style below the top goes.
+    hits = hits_from([("label", 0.6, "stout")] + [(f"lager{i}", 0.5 + i * 0.001, "lager") for i in range(30)])
+    assert "label" not in {h.product_id for h in entropy_filter(hits, max_bits=3.0)}
 
 
 def test_category_order_breaks_only_near_ties_in_rank() -> None:

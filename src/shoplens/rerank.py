@@ -104,12 +104,16 @@ def entropy_filter(hits: list[Hit], *, max_bits: float, sizes: Mapping[str, int]
 
     With a single category nothing is uncertain and nothing is dropped; when
     every category exceeds ``max_bits`` there is no certain one to prefer,
-    and nothing is dropped either.
+    and nothing is dropped either. The best-ranked hit's category is always
+    kept: a rare category is noise among the neighbours, not when it holds
+    the closest match (a label verified by its printed text, among
+    neighbours of other styles that only look alike).
     """
     bits = category_surprisal(hits, sizes)
     if len(bits) <= 1 or min(bits.values()) > max_bits:
         return list(hits)
-    return [h for h in hits if bits[h.category_key] <= max_bits]
+    best = max(hits, key=lambda h: (h.rank, -h.distance)).category_key
+    return [h for h in hits if bits[h.category_key] <= max_bits or h.category_key == best]
 
 
 def category_scores(hits: list[Hit]) -> dict[str, float]:

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 #: The domain local features serve.
 DOMAIN = "other_product"
 #: What ``local.scope`` may say: the images the local features score.
-SCOPES = ("candidates", "all")
+SCOPES = ("auto", "candidates", "all")
 
 
 class StoredImages(Protocol):
@@ -102,6 +102,8 @@ class LocalStage:
     def __init__(self, directory: Path, config: LocalFeaturesConfig, *, read_only: bool = False) -> None:
         if config.scope not in SCOPES:
             raise ConfigError(f"local.scope must be one of {', '.join(SCOPES)}, got {config.scope!r}")
+        if config.local_shortlist < 0 or config.all_up_to < 0:
+            raise ConfigError(f"local.local_shortlist and local.all_up_to must be 0 or more, got {config.local_shortlist}, {config.all_up_to}")
         self.directory = Path(directory)
         self.config = config
         self.read_only = read_only
@@ -257,7 +259,8 @@ class LocalStage:
         feats = self.index.extract_query(photo)
         valid = ids >= 0
         with self._lock:
-            if cfg.scope == "all":
+            scope = "all" if cfg.scope == "all" or (cfg.scope == "auto" and len(self.index) <= cfg.all_up_to) else "candidates"
+            if scope == "all":
                 l_ids, l_scores = self.index.query(feats, cfg.candidates)
             else:
                 l_ids, l_scores = self.index.query(feats, int(valid.sum()), among=ids[valid])
@@ -281,24 +284,23 @@ class LocalStage:
                 score[j] = float(s)
         fused = g_d * np.exp(-cfg.weight * score)
         order = np.argsort(fused, kind="stable")
-        g_ids, fused = g_ids[order], fused[order]
+        g_ids, fused, score = g_ids[order], fused[order], score[order]
         verified = 0
         verify_ms = 0.0
         if cfg.verify and cfg.shortlist > 0 and len(g_ids):
             t = time.perf_counter()
+            head = _shortlist(fused, score, cfg.shortlist, cfg.local_shortlist)
             with self._lock:
-                head = [j for j in range(min(cfg.shortlist, len(g_ids))) if int(g_ids[j]) in self.index]
+                head = [j for j in head if int(g_ids[j]) in self.index]
                 inliers = self.index.verify(feats, g_ids[head]) if head else np.zeros(0, np.int64)
             if head:
-                for j, n in zip(head, inliers):
-                    if n >= cfg.min_inliers:
-                        fused[j] *= 1.0 - cfg.verified_bonus
-                        verified += 1
+                fused, verified = _verified_first(fused, np.array(head, np.int64), inliers, cfg.min_inliers, cfg.verified_bonus)
                 order = np.argsort(fused, kind="stable")
                 g_ids, fused = g_ids[order], fused[order]
             verify_ms = (time.perf_counter() - t) * 1000
         steps = {
             "enabled": True,
+            "scope": scope,
             "keypoints": len(feats),
             "local_candidates": len(l_ids),
             "added": len(missing),
@@ -307,3 +309,43 @@ class LocalStage:
             "verify_ms": round(verify_ms, 2),
         }
         return Refined(fused.astype(np.float32), g_ids, steps)
+
+
+def _shortlist(fused: np.ndarray, score: np.ndarray, length: int, by_local: int) -> list[int]:
+    """Positions to verify: the ``length`` best fused candidates, then the ``by_local`` best by local score alone.
+
+    The second list is for photos the global embedding cannot place (printed
+    labels of one design in many variants look alike to it): their fused
+    order follows the global distance, while the local index still ranks
+    the right label high.
+    """
+    head = list(range(min(length, len(fused))))
+    if by_local > 0:
+        seen = set(head)
+        for j in np.argsort(-score, kind="stable")[:by_local].tolist():
+            if score[j] > 0 and j not in seen:
+                head.append(j)
+                seen.add(j)
+    return head
+
+
+def _verified_first(fused: np.ndarray, head: np.ndarray, inliers: np.ndarray, min_inliers: int, bonus: float) -> tuple[np.ndarray, int]:
+    """Distances after verification, and how many candidates were verified.
+
+    A verified candidate (``min_inliers`` or more) comes closer by ``bonus``;
+    then the verified ones take their distances in order of inlier count, most
+    first: a label that shares its brand's band and emblem with its variants
+    gets tens of inliers from each of them, but the most from itself. The
+    distances themselves are kept (only who holds which changes), so the
+    rank filter keeps as many.
+    """
+    fused = fused.copy()
+    ok = inliers >= min_inliers
+    rows = head[ok]
+    if not len(rows):
+        return fused, 0
+    fused[rows] *= 1.0 - bonus
+    slots = np.sort(fused[rows])
+    by_inliers = rows[np.lexsort((fused[rows], -inliers[ok]))]
+    fused[by_inliers] = slots
+    return fused, int(len(rows))
