@@ -95,3 +95,15 @@ def test_a_cell_that_cannot_be_converted_fails_its_row_only(tmp_path: Path) -> N
     assert "outside the range of integers" in (rows[2].error or "")
     assert "malformed CSV row" in (rows[3].error or "") and "field limit" in (rows[3].error or "")
     assert rows[4].metadata == {"price": "", "note": ""} and rows[5].metadata == {"price": 3, "note": "ok"}
+
+
+def test_a_default_domain_fills_rows_that_name_none(tmp_path: Path) -> None:
+    (tmp_path / "c.csv").write_text("product_id,image,domain\na,a.jpg,\nb,b.jpg,other_product\n")
+    rows = list(read_catalogue(tmp_path / "c.csv", domain="apparel"))
+    assert [(r.product_id, r.domain) for r in rows] == [("a", "apparel"), ("b", "other_product")]  # a row's own cell wins
+    (tmp_path / "hats").mkdir()
+    (tmp_path / "hats" / "h.jpg").write_bytes(b"x")
+    assert [r.domain for r in read_catalogue(tmp_path / "hats", domain="other_product")] == ["other_product"]
+    assert [r.domain for r in read_catalogue(tmp_path / "hats")] == [None]
+    with pytest.raises(CatalogueError, match="'shoes' is not one of apparel, other_product"):
+        read_catalogue(tmp_path / "hats", domain="shoes")

@@ -199,3 +199,14 @@ def test_the_first_export_of_a_model_is_announced_once(tmp_path: Path, monkeypat
     code, lines, err = run(capsys, "classify", image, "--json")
     assert code == 0 and "preparing the model" not in err
 
+
+def test_index_domain_option_and_the_note_on_inferred_domains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = test_engine._split_folder(tmp_path / "catalogue")
+    store = str(tmp_path / "store")
+    code, lines, _ = run(capsys, "index", str(folder), "--store", store, "--json", "--intent-classifier", "test-colour", "--domain", "apparel")
+    assert code == 0 and lines[0]["domains_inferred"] == 0 and lines[0]["domains_by_category"] == {}
+    code = main(["index", str(folder), "--store", str(tmp_path / "inferred"), "--intent-classifier", "test-colour"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert ("note: 9 product(s) had no domain: inferred from the intent classifier, by category (majority of its photos): "
+            "cups other_product (3 of 4), hats apparel (3 of 5); 3 moved to their category's domain (--domain to say it)\n") in out

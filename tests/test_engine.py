@@ -320,3 +320,161 @@ def test_no_preview_decode_when_switched_off_or_without_the_gate(
         tmp_path, synthetic_catalogue, monkeypatch, {"intent.classifier": "test-seen-non_product", **flags})
     assert result.intent == intent
     assert SEEN == [("intent", full_shape)] and full_decodes == []  # decoded once, in full
+
+
+# ----------------------------------------------------------------------------- domains of a catalogue
+
+
+class ColourIntent(FixedIntent):
+    """other_product for reddish photos, apparel for the rest; ``FLIP`` swaps them (a new classifier)."""
+
+    FLIP = False
+
+    def __init__(self, product_share: float = 0.8) -> None:
+        super().__init__("apparel")
+        self.name = "test-colour"
+        self.product_share = product_share
+
+    def predict(self, encodings: Sequence[Encoding]) -> np.ndarray:
+        probs = np.zeros((len(encodings), 3), dtype=np.float32)
+        for row, e in zip(probs, encodings):
+            px = e.photo.pixels.reshape(-1, 3).mean(0)
+            red = (px[0] > px[2]) != ColourIntent.FLIP
+            row[:] = (1 - self.product_share, self.product_share, 0.0) if red else (self.product_share, 1 - self.product_share, 0.0)
+        return probs
+
+
+register_intent_classifier("test-colour")(lambda **_: ColourIntent())
+register_intent_classifier("test-colour-unsure")(lambda **_: ColourIntent(product_share=0.7))
+register_intent_classifier("test-colour-sure")(lambda **_: ColourIntent(product_share=0.95))
+
+
+def _solid(path: Path, rgb: tuple[int, int, int], seed: int) -> Path:
+    """A photo of one colour with a little noise (distinct products, same vote)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    px = np.clip(np.array(rgb)[None, None] + rng.integers(-20, 20, (64, 64, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(px).save(path)
+    return path
+
+
+RED, BLUE = (200, 40, 40), (40, 40, 200)
+
+
+def _split_folder(root: Path) -> Path:
+    """hats/: 3 blue (apparel) photos and 2 red; cups/: 3 red (other_product) and 1 blue."""
+    for i, rgb in enumerate([BLUE, BLUE, BLUE, RED, RED]):
+        _solid(root / "hats" / f"hat{i}.png", rgb, i)
+    for i, rgb in enumerate([RED, RED, RED, BLUE]):
+        _solid(root / "cups" / f"cup{i}.png", rgb, 10 + i)
+    return root
+
+
+def _domains(lens: Shoplens) -> dict[str, str]:
+    return {r.product_id: r.domain for r in lens.store.iter_products()}
+
+
+def test_a_folder_category_goes_where_most_of_its_photos_point(tmp_path: Path) -> None:
+    folder = _split_folder(tmp_path / "catalogue")
+    with Shoplens(tmp_path / "store", **{"intent.classifier": "test-colour"}) as lens:
+        report = lens.index(folder)
+        domains = _domains(lens)
+        assert {p: d for p, d in domains.items() if p.startswith("hat")} == {f"hat{i}": "apparel" for i in range(5)}
+        assert {p: d for p, d in domains.items() if p.startswith("cup")} == {f"cup{i}": "other_product" for i in range(4)}
+        assert report.domains_inferred == 9 and report.domains_reassigned == 3
+        assert report.domains_by_category == {"hats": {"domain": "apparel", "apparel": 3, "other_product": 2},
+                                              "cups": {"domain": "other_product", "apparel": 1, "other_product": 3}}
+        # Every image is in its product's partition, and only there.
+        assert lens.store.count_vectors("apparel") == 5 and lens.store.count_vectors("other_product") == 4
+        assert all(d == domains[pid] for pid in domains for _, d, _ in lens.product_images(pid))
+        assert lens.get_product("hat3").domain_source == "inferred"
+        again = lens.index(folder)
+    assert again.images_unchanged == 9 and again.images_added == again.images_replaced == again.domains_reassigned == 0
+
+
+def test_a_csv_without_domains_is_decided_per_category_and_domain_sets_them(tmp_path: Path) -> None:
+    folder = _split_folder(tmp_path / "catalogue")
+    lines = ["product_id,image,category"] + [f"{p.stem},{p},{p.parent.name}" for p in sorted(folder.rglob("*.png"))]
+    (tmp_path / "c.csv").write_text("\n".join(lines) + "\n")
+    with Shoplens(tmp_path / "store", **{"intent.classifier": "test-colour"}) as lens:
+        lens.index(tmp_path / "c.csv")
+        assert set(_domains(lens)[f"hat{i}"] for i in range(5)) == {"apparel"}
+        assert set(_domains(lens)[f"cup{i}"] for i in range(4)) == {"other_product"}
+    with Shoplens(tmp_path / "given", **{"intent.classifier": "test-colour"}) as lens:
+        report = lens.index(folder, domain="apparel")
+        assert set(_domains(lens).values()) == {"apparel"} and report.domains_inferred == 0
+        assert lens.get_product("cup0").domain_source == "catalogue"
+        with pytest.raises(shoplens.api.CatalogueError, match="not one of"):
+            lens.index(folder, domain="shoes")
+
+
+def test_train_intent_moves_products_where_the_new_classifier_puts_their_category(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shoplens.intent import trained
+
+    folder = _split_folder(tmp_path / "catalogue")
+
+    def flip(*_: Any, **__: Any) -> trained.IntentTrainReport:
+        ColourIntent.FLIP = True
+        return trained.IntentTrainReport(accuracy=None, confusion=[], n_train=0, n_test=0, recall={})
+
+    monkeypatch.setattr(trained, "train_intent", flip)
+    monkeypatch.setattr(ColourIntent, "FLIP", False)
+    with Shoplens(tmp_path / "store", **{"intent.classifier": "test-colour"}) as lens:
+        lens.index(folder)
+        lens.index([shoplens.api.CatalogueRow("mug", str(_solid(tmp_path / "mug.png", RED, 99)), domain="other_product")])
+        report = lens.train_intent(tmp_path / "labelled")
+        domains = _domains(lens)
+        vectors = {d: lens.store.count_vectors(d) for d in ("apparel", "other_product")}
+    assert report.domains is not None and report.domains["domains_reassigned"] == 9
+    assert {domains[f"hat{i}"] for i in range(5)} == {"other_product"} and {domains[f"cup{i}"] for i in range(4)} == {"apparel"}
+    assert domains["mug"] == "other_product"  # the catalogue said so: not the classifier's to change
+    assert vectors == {"apparel": 4, "other_product": 6}
+
+
+def test_an_unsure_gate_searches_the_other_partition_too(tmp_path: Path) -> None:
+    rows = [shoplens.api.CatalogueRow(f"a{i}", str(_solid(tmp_path / f"a{i}.png", BLUE, i)), domain="apparel") for i in range(3)]
+    rows += [shoplens.api.CatalogueRow(f"o{i}", str(_solid(tmp_path / f"o{i}.png", RED, 10 + i)), domain="other_product")
+             for i in range(3)]
+    query = _solid(tmp_path / "q.png", BLUE, 50)
+    flags = {"detect.detector": "none", **LOOSE}
+    with Shoplens(tmp_path / "store", **{"intent.classifier": "test-colour-unsure"}, **flags) as lens:
+        lens.index(rows)
+        unsure = lens.search_one(query)
+    with Shoplens(tmp_path / "store", **{"intent.classifier": "test-colour-sure"}, **flags) as lens:
+        sure = lens.search_one(query)
+    # apparel 0.7 / other_product 0.3: the other domain's 0.3 share is over intent.second_domain_share (0.1)
+    assert unsure.intent == "apparel"
+    assert [r.domain for r in unsure.regions] == ["apparel", "other_product"]
+    assert {h.product_id for h in unsure.regions[1].results} == {"o0", "o1", "o2"}
+    assert unsure.steps["second_domain"]["domain"] == "other_product"
+    assert [r.domain for r in sure.regions] == ["apparel"] and "second_domain" not in sure.steps  # 0.95 / 0.05: sure
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_a_folder_of_real_garment_photos_lands_in_the_apparel_partition(tmp_path: Path) -> None:
+    """160 clothing photos in 8 category folders: per photo, 15 point to other_product; all are indexed as apparel."""
+    import csv
+    from collections import Counter
+
+    from .conftest import data_root
+
+    clothing = data_root() / "clothing"
+    if not (clothing / "labels.csv").exists():
+        pytest.skip(f"clothing photos not found under {clothing} (set SHOPLENS_DATA)")
+    taken: Counter[str] = Counter()
+    with open(clothing / "labels.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            if r["label"] in ("T-Shirt", "Longsleeve", "Pants", "Shoes", "Outwear", "Dress", "Hat", "Skirt") and taken[r["label"]] < 20:
+                (tmp_path / "clothes" / r["label"]).mkdir(parents=True, exist_ok=True)
+                (tmp_path / "clothes" / r["label"] / Path(r["image"]).name).symlink_to(clothing / r["image"])
+                taken[r["label"]] += 1
+    with Shoplens(tmp_path / "store") as lens:
+        report = lens.index(tmp_path / "clothes")
+        domains = Counter(r.domain for r in lens.store.iter_products())
+    assert report.domains_inferred == 160 and report.domains_reassigned > 0
+    assert domains == {"apparel": 160}, report.domains_by_category

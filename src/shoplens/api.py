@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from .catalog import CatalogueRow, read_catalogue, validate_row
+from .catalog import CatalogueRow, check_domain, read_catalogue, validate_row, with_default_domain
 from .config import DOMAINS, INTENTS, Config, load_store_config, resolve_config
 from .errors import BadImageError, CatalogueError, ConfigError, NotFoundError, ShoplensError, StoreError
 from .filters import FilterLike, parse_filters
@@ -239,15 +239,24 @@ class Shoplens:
         tmp.replace(path)
 
     # -- catalogue ----------------------------------------------------------
-    def index(self, catalogue: str | Path | Iterable[CatalogueRow], *, progress: bool = False) -> IndexReport:
+    def index(
+        self, catalogue: str | Path | Iterable[CatalogueRow], *, domain: str | None = None, progress: bool = False
+    ) -> IndexReport:
         """Add or update the products of a catalogue CSV, folder or rows.
 
         Each product listed gets exactly the images listed for it; unchanged
-        images are not embedded again.
+        images are not embedded again. ``domain`` (``apparel`` /
+        ``other_product``) is the domain of every row that names none; without
+        it, such a product's domain is inferred: a category's products all go
+        where the majority of their photos' predicted intents point.
         """
         self._check_writable()
         start = time.perf_counter()
-        rows = read_catalogue(catalogue) if isinstance(catalogue, (str, os.PathLike)) else catalogue
+        check_domain(domain)
+        if isinstance(catalogue, (str, os.PathLike)):
+            rows: Iterable[CatalogueRow] = read_catalogue(catalogue, domain=domain)
+        else:
+            rows = catalogue if domain is None else with_default_domain(catalogue, domain)
         with self._write_lock:
             report = Indexer(self.pipeline, self.store).run(rows, progress=progress)
             self._sync_local(progress=progress)
@@ -489,7 +498,9 @@ class Shoplens:
         """SPEC step 7: train the intent classifier from labelled folders or a CSV.
 
         Reports accuracy on a held-out part and saves the classifier in the
-        store, which uses it from now on (``intent.classifier = auto``).
+        store, which uses it from now on (``intent.classifier = auto``). The
+        products whose domain was inferred are classified again with it, by
+        category, and moved where it now points (``report.domains``).
         """
         from .intent.trained import train_intent
 
@@ -502,7 +513,14 @@ class Shoplens:
             seed=seed,
             progress=progress,
         )
-        self.pipeline.reset_intent()
+        with self._write_lock:
+            self.pipeline.reset_intent()
+            # With the classifier the store's searches now use (the new one, unless the configuration names another).
+            domains = Indexer(self.pipeline, self.store).reassign(progress=progress)
+            if domains.domains_reassigned:
+                self._sync_local(progress=progress)
+                self._calibrate(domains)
+            report.domains = domains.to_dict()
         return report
 
     def train_embedder(

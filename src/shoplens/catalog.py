@@ -4,7 +4,10 @@ CSV (SPEC "Catalogue CSV"): required columns ``product_id`` and ``image`` (a
 path relative to the CSV's folder, or absolute); optional ``title``,
 ``category``, ``domain`` (``apparel`` / ``other_product``); every other column
 is kept as metadata. A folder: every image file below it, ``product_id`` = file
-stem, ``category`` = parent folder name.
+stem, ``category`` = parent folder name. ``read_catalogue(..., domain=...)``
+gives every row without a domain of its own that domain (``shoplens index
+--domain``); where neither says, the indexer infers one per category
+(:mod:`shoplens.indexing`).
 
 Structural problems (missing file, missing columns) raise
 :class:`CatalogueError` at once; problems of one row are reported on that row
@@ -17,8 +20,8 @@ import csv
 import io
 import math
 import re
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -103,14 +106,30 @@ def validate_row(product_id: str, image: str, domain: str | None) -> str | None:
     return None
 
 
-def read_catalogue(source: str | Path) -> Iterator[CatalogueRow]:
-    """Rows of a catalogue CSV or folder (see module doc), lazily."""
+def read_catalogue(source: str | Path, *, domain: str | None = None) -> Iterator[CatalogueRow]:
+    """Rows of a catalogue CSV or folder (see module doc), lazily.
+
+    ``domain``: the domain of every row that does not name one (a CSV's
+    ``domain`` cell wins); ``None`` leaves those rows to the indexer's inference.
+    """
+    check_domain(domain)
     path = Path(source)
     if not path.exists():
         raise CatalogueError(f"{path}: no such catalogue file or folder")
-    if path.is_dir():
-        return _read_folder(path)
-    return _read_csv(path)
+    rows = _read_folder(path) if path.is_dir() else _read_csv(path)
+    return rows if domain is None else with_default_domain(rows, domain)
+
+
+def check_domain(domain: str | None) -> None:
+    """Raise :class:`CatalogueError` unless ``domain`` is ``None`` or one of :data:`~shoplens.config.DOMAINS`."""
+    if domain is not None and domain not in DOMAINS:
+        raise CatalogueError(f"domain {domain!r} is not one of {', '.join(DOMAINS)}")
+
+
+def with_default_domain(rows: Iterable[CatalogueRow], domain: str) -> Iterator[CatalogueRow]:
+    """``rows``, each without a domain given ``domain``."""
+    for row in rows:
+        yield row if row.domain else replace(row, domain=domain)
 
 
 def _read_csv(path: Path) -> Iterator[CatalogueRow]:

@@ -178,7 +178,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     from .api import Shoplens
 
     with Shoplens(args.store, config_file=args.config, **_flags(args)) as lens:
-        report = lens.index(args.catalogue, progress=sys.stderr.isatty() and not args.no_progress)
+        report = lens.index(args.catalogue, domain=args.domain, progress=sys.stderr.isatty() and not args.no_progress)
         total = lens.count_products()
     if args.json:
         sys.stdout.write(json.dumps({**report.to_dict(), "products_in_store": total}) + "\n")
@@ -191,7 +191,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         if report.categories_predicted:
             sys.stdout.write(f"note: {report.categories_predicted} product(s) had no category: shoplens predicted one (category_source 'predicted')\n")
         if report.domains_inferred:
-            sys.stdout.write(f"note: {report.domains_inferred} product(s) had no domain: inferred from the intent classifier\n")
+            sys.stdout.write(f"note: {report.domains_inferred} product(s) had no domain: inferred from the intent classifier"
+                             f"{_by_category(report.domains_by_category, report.domains_reassigned)} (--domain to say it)\n")
         if report.calibrated:
             sys.stdout.write(f"note: rank filter calibrated on synthetic views of the catalogue photos for {', '.join(report.calibrated)} "
                              f"({report.timings_s.get('calibrate', 0):.1f} s)\n")
@@ -203,6 +204,16 @@ def cmd_index(args: argparse.Namespace) -> int:
         for f in report.failed:
             sys.stdout.write(f"  {f['origin']}: {f['error']}\n")
     return EXIT_FAILED_ITEMS if report.failed else EXIT_OK
+
+
+def _by_category(categories: dict[str, dict[str, Any]], moved: int) -> str:
+    """", by category (majority of its photos): Hat apparel (13 of 20), …; N moved to their category's domain"."""
+    if not categories:
+        return ""
+    parts = [f"{c} {v['domain']} ({v[v['domain']]} of {sum(n for k, n in v.items() if k != 'domain')})"
+             for c, v in sorted(categories.items())]
+    shown = ", ".join(parts[:12]) + (f" and {len(parts) - 12} more" if len(parts) > 12 else "")
+    return f", by category (majority of its photos): {shown}; {moved} moved to their category's domain"
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -310,6 +321,10 @@ def cmd_train_intent(args: argparse.Namespace) -> int:
         if d.get("confusion") is not None and d["accuracy"] is not None:
             sys.stdout.write(f"confusion (rows true, cols predicted; apparel, other_product, non_product): {d['confusion']}\n")
         sys.stdout.write(f"saved to {d['path']}; searches in {args.store} now use it\n")
+        if d.get("domains") and d["domains"]["products"]:
+            dom = d["domains"]
+            sys.stdout.write(f"products whose domain was inferred: {dom['products']} classified again, "
+                             f"{dom['domains_reassigned']} moved to the domain it now gives their category\n")
     return EXIT_OK
 
 
@@ -468,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, metavar="DIR", help="store folder (created if absent), or milvus://HOST:PORT/NAME, milvus-lite:PATH.db")
     p.add_argument("--json", action="store_true", help="print the indexing report as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    p.add_argument("--domain", choices=["apparel", "other_product"], help=(
+        "domain of every product whose row names none (default: inferred; a category's products all go "
+        "where the majority of their photos' predicted intents point)"))
     _add_config_options(p)
     _add_model_options(p)
     p.set_defaults(func=cmd_index)

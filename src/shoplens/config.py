@@ -37,6 +37,13 @@ class IntentConfig:
     #: 98 % of the grocery train photos (98.3 %; 97.3 % at 0.8, 93.6 % by argmax); it stops 69-100 %
     #: of the generated negatives per kind (docs/decisions.md). 0.5 or less: the classifier's argmax.
     stop_score: float = 0.9
+    #: Also search the other product domain's partition (the whole photo, global embedding) when that
+    #: domain has at least this share of the two product scores, or the photo is searched although
+    #: the classifier leans to non_product: a product filed under the other domain is still found.
+    #: 0.1: 10 % of clothing photos, 18 % of outfits and 4 % of grocery photos cost a second search,
+    #: which reaches 47 % of the clothing photos the gate sends to other_product (docs/decisions.md).
+    #: Above 0.5 (with the gate off): never.
+    second_domain_share: float = 0.1
     #: Decode a large JPEG first only as small as the gate reads it (JPEG
     #: draft mode), and in full only when the gate passes it: a non-product
     #: photo then costs less (640-2,560 px: 1.3-5.7 ms less), a product photo

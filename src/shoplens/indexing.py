@@ -7,6 +7,14 @@ catalogue changes nothing. Each chunk of products is written in one
 transaction: a crash loses at most the chunk being written, never half of it.
 A row that cannot be used (missing file, corrupt image, bad id) is reported and
 the others go on.
+
+A product whose domain neither the catalogue nor the store gives is inferred:
+the products of one catalogue category (a folder catalogue's category folder)
+all go where the majority of their photos' predicted intents say, so that one
+category never straddles both partitions (an apparel search never reads
+``other_product``). Each product is first written where its own photo points;
+once the whole catalogue is read, those outvoted in their category are moved.
+A product without a category keeps its own prediction.
 """
 
 from __future__ import annotations
@@ -46,6 +54,10 @@ class IndexReport:
     products_written: int = 0
     categories_predicted: int = 0
     domains_inferred: int = 0
+    #: Products moved to their category's majority domain (or by a new intent classifier).
+    domains_reassigned: int = 0
+    #: Per catalogue category whose products' domain was inferred: the votes and the domain chosen.
+    domains_by_category: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Domains whose rank calibration was fitted anew after this run (shoplens.calibrate).
     calibrated: list[str] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
@@ -121,6 +133,10 @@ class Indexer:
         self.chunk_size = chunk_size
         self.workers = workers
         self._names = imagenet_class_names()
+        #: Domains decided for products whatever the stored one (a category's majority).
+        self._assigned: dict[str, str] = {}
+        #: Per product whose domain is inferred, this run: (category, domain now, vote weights).
+        self._votes: dict[str, tuple[str, str, np.ndarray]] = {}
 
     def run(self, rows: Iterable[CatalogueRow], *, progress: bool = False, persist: bool = True) -> IndexReport:
         """Index ``rows``; ``persist=False`` leaves saving the indexes to the caller
@@ -129,8 +145,19 @@ class Indexer:
         t0 = time.perf_counter()
         products = _group(rows, report)
         report.add_time("read", time.perf_counter() - t0)
+        self._votes = {}
+        self._write_all(products, report, progress=progress, desc="indexing")
+        moves = self._majorities(report)
+        if moves:
+            self._move(OrderedDict((pid, products[pid]) for pid in moves), moves, report, progress=progress)
+        if persist:
+            self.store.persist()
+        report.add_time("total", time.perf_counter() - t0)
+        return report
+
+    def _write_all(self, products: OrderedDict[str, list[CatalogueRow]], report: IndexReport, *, progress: bool, desc: str) -> None:
         total = sum(len(r) for r in products.values())
-        bar = tqdm(total=total, unit="img", desc="indexing", disable=not progress, leave=False)
+        bar = tqdm(total=total, unit="img", desc=desc, disable=not progress, leave=False)
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="shoplens-decode") as pool:
             chunks = list(_chunks(products, self.chunk_size))
             # Prefetch: the next chunk is read and decoded while this one is embedded. The first
@@ -142,8 +169,81 @@ class Indexer:
                 self._embed_and_write(plan, report)
                 bar.update(sum(len(rows) for _, rows in chunks[i]))
         bar.close()
-        if persist:
+
+    # -- domains ------------------------------------------------------------
+    def _majorities(self, report: IndexReport) -> dict[str, str]:
+        """Each voting category's majority domain (``report.domains_by_category``); the products it moves."""
+        by_category: dict[str, list[str]] = {}
+        for pid, (category, _, _) in self._votes.items():
+            by_category.setdefault(category, []).append(pid)
+        moves: dict[str, str] = {}
+        for category, pids in by_category.items():
+            weights = np.stack([self._votes[p][2] for p in pids])
+            domain = majority(weights)
+            counts = np.bincount(weights.argmax(1), minlength=len(DOMAINS))
+            report.domains_by_category[category] = {"domain": domain, **{d: int(n) for d, n in zip(DOMAINS, counts)}}
+            moves.update({p: domain for p in pids if self._votes[p][1] != domain})
+        return moves
+
+    def _move(self, products: OrderedDict[str, list[CatalogueRow]], moves: dict[str, str], report: IndexReport, *, progress: bool) -> None:
+        """Write ``products`` again, each in the domain ``moves`` gives it (their images re-embedded there)."""
+        moved = IndexReport()
+        self._assigned, self._votes = moves, {}
+        try:
+            self._write_all(products, moved, progress=progress, desc="moving")
+        finally:
+            self._assigned = {}
+        report.domains_reassigned += sum(1 for pid, domain in moves.items()
+                                         if (rec := self.store.get_product(pid)) is not None and rec.domain == domain)
+        report.failed.extend(moved.failed)
+        for stage, seconds in moved.timings_s.items():
+            report.add_time(stage, seconds)
+
+    def reassign(self, *, progress: bool = False, batch: int = 32) -> IndexReport:
+        """Decide anew the domain of every stored product whose domain was inferred (a new intent classifier).
+
+        Each such product's first photo is read again from its source and
+        classified; a catalogue category goes where the majority of its
+        products' photos point, a product without one where its own photo
+        does; products whose domain changes are moved (their photos
+        re-embedded in the new domain). A product whose photo cannot be read
+        again stays where it is (reported in ``failed``).
+        """
+        report = IndexReport()
+        t0 = time.perf_counter()
+        todo: list[tuple[ProductRecord, str]] = []
+        for rec in self.store.iter_products():
+            if rec.domain_source == "inferred":
+                images = self.store.product_images(rec.product_id)
+                if images:
+                    todo.append((rec, images[0][2]))
+        weights: dict[str, np.ndarray] = {}
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="shoplens-decode") as pool:
+            for i in tqdm(range(0, len(todo), batch), desc="classifying", disable=not progress, leave=False):
+                part = todo[i : i + batch]
+                decoded = decode_all([(source, source) for _, source in part], pool, self.pipeline.decode_size)
+                ok = [(rec, photo) for (rec, _), photo in zip(part, decoded) if not isinstance(photo, BadImageError)]
+                for (rec, source), photo in zip(part, decoded):
+                    if isinstance(photo, BadImageError):
+                        report.failed.append({"origin": source, "product_id": rec.product_id, "image": source, "error": str(photo)})
+                if ok:
+                    probs = self.pipeline.classify(EncodingCache(self.pipeline, [photo for _, photo in ok]))
+                    weights.update({rec.product_id: vote_weights(pr) for (rec, _), pr in zip(ok, probs)})
+        records = {rec.product_id: rec for rec, _ in todo}
+        self._votes = {pid: (_vote_group(records[pid]) or f"\0{pid}", records[pid].domain, w) for pid, w in weights.items()}
+        moves = self._majorities(report)
+        report.domains_by_category = {c: v for c, v in report.domains_by_category.items() if not c.startswith("\0")}
+        report.add_time("classify", time.perf_counter() - t0)
+        if moves:
+            rows: OrderedDict[str, list[CatalogueRow]] = OrderedDict()
+            for pid in moves:
+                rec = records[pid]
+                category = rec.category if rec.category_source == "catalogue" else None
+                rows[pid] = [CatalogueRow(pid, source, rec.title, category, None, dict(rec.metadata), origin=source)
+                             for _, _, source in self.store.product_images(pid)]
+            self._move(rows, moves, report, progress=progress)
             self.store.persist()
+        report.products = len(todo)
         report.add_time("total", time.perf_counter() - t0)
         return report
 
@@ -153,9 +253,9 @@ class Indexer:
         db = self.store
         plan: list[_Product] = []
         for pid, rows in chunk:
-            item = _Product(pid, rows, db.get_product(pid))
+            item = _Product(pid, rows, db.get_product(pid), assigned=self._assigned.get(pid))
             listed = {r.image for r in rows}
-            want = item.explicit_domain or (item.stored.domain if item.stored else None)
+            want = item.domain
             for row in rows:
                 try:
                     data, sha1 = _read(row)
@@ -210,6 +310,14 @@ class Indexer:
             if category is None and first is not None and logits is not None:
                 category, category_source = self._predict_category(logits[first], domain), "predicted"
                 report.categories_predicted += 1
+            group = _vote_group(item) if domain_source == "inferred" and not self._assigned else None
+            if group is not None:
+                if item.domain is None:  # inferred now, from the product's first photo
+                    assert probs is not None and first is not None
+                    weights = vote_weights(probs[first])
+                else:  # inferred at an earlier run: it votes for where it is
+                    weights = np.eye(len(DOMAINS), dtype=np.float32)[DOMAINS.index(domain)]
+                self._votes[item.pid] = (group, domain, weights)
             record = ProductRecord(item.pid, item.title, category, category_source, domain, domain_source, item.metadata)
             if record != item.stored:
                 batch.products.append(record)
@@ -263,6 +371,8 @@ class _Product:
     pending: list[_Pending] = field(default_factory=list)
     unchanged: list[int] = field(default_factory=list)
     stale: list[tuple[int, str]] = field(default_factory=list)
+    #: The domain decided for it by its category's majority (or a new intent classifier).
+    assigned: str | None = None
 
     @property
     def explicit_domain(self) -> str | None:
@@ -270,13 +380,17 @@ class _Product:
 
     @property
     def domain(self) -> str | None:
-        """The catalogue's domain, else the stored one, else None (to infer)."""
-        return self.explicit_domain or (self.stored.domain if self.stored else None)
+        """The catalogue's domain, else the one assigned, else the stored one, else None (to infer)."""
+        return self.explicit_domain or self.assigned or (self.stored.domain if self.stored else None)
 
     @property
     def domain_source(self) -> str:
-        if self.explicit_domain or self.stored is None:
+        if self.explicit_domain:
             return "catalogue"
+        if self.assigned:
+            return "inferred"
+        if self.stored is None:
+            return "catalogue"  # not used: a product with no domain is inferred
         return self.stored.domain_source
 
     @property
@@ -284,8 +398,9 @@ class _Product:
         explicit = next((r.category for r in self.rows if r.category), None)
         if explicit:
             return explicit
-        if self.stored is not None and self.stored.category_source == "predicted":
-            return self.stored.category  # keep a prediction stable across re-runs
+        stored = self.stored
+        if stored is not None and stored.category_source == "predicted" and self.domain == stored.domain:
+            return stored.category  # keep a prediction stable across re-runs (a new domain needs a new one)
         return None
 
     @property
@@ -303,6 +418,24 @@ class _Product:
         for r in self.rows:
             out.update(r.metadata)
         return out
+
+
+def vote_weights(probs: np.ndarray) -> np.ndarray:
+    """A photo's vote for a product domain: its intent scores over the product domains, summing to 1."""
+    p = np.asarray(probs[: len(DOMAINS)], dtype=np.float32)
+    return p / p.sum() if p.sum() > 0 else np.full(len(DOMAINS), 1.0 / len(DOMAINS), np.float32)
+
+
+def majority(weights: np.ndarray) -> str:
+    """The domain most of ``weights``' rows (votes) prefer; a tie goes to the larger summed score."""
+    counts = np.bincount(weights.argmax(1), minlength=len(DOMAINS))
+    best = np.flatnonzero(counts == counts.max())
+    return DOMAINS[int(best[np.argmax(weights.sum(0)[best])])]
+
+
+def _vote_group(item: _Product | ProductRecord) -> str | None:
+    """The catalogue category a product votes in for its domain; ``None``: it decides alone."""
+    return item.category if item.category_source == "catalogue" and item.category else None
 
 
 def decode_all(items: Sequence[tuple[ImageSource, str]], pool: Executor, target_size: int | None) -> list[Photo | BadImageError]:

@@ -128,6 +128,10 @@ class Query:
     produce: float | None = None
     #: The intent classifier's most likely class (what ``intent`` was before an override or a fallback).
     predicted: str | None = None
+    #: The other product domain, searched too with the whole photo when the gate is unsure (:meth:`Pipeline.second_domain`).
+    also: str | None = None
+    #: The photo's encodings (the later steps reuse them).
+    cache: EncodingCache | None = None
 
 
 class Pipeline:
@@ -361,6 +365,16 @@ class Pipeline:
         """Whether the classifier leans to non_product, but not enough to stop the photo."""
         return bool(INTENTS[int(np.argmax(probs))] == "non_product" and probs[INTENTS.index("non_product")] < self.config.intent.stop_score)
 
+    def second_domain(self, probs: np.ndarray, domain: str) -> str | None:
+        """The other product domain when the gate is unsure of ``domain`` (``intent.second_domain_share``), else None."""
+        if domain not in DOMAINS:
+            return None
+        other = next(d for d in DOMAINS if d != domain)
+        product = probs[: len(DOMAINS)]
+        share = float(product[DOMAINS.index(other)] / max(float(product.sum()), 1e-12))
+        unsure = self.config.intent.enabled and self.is_uncertain(probs)
+        return other if unsure or share >= self.config.intent.second_domain_share else None
+
     def query(
         self, photo: Photo, timer: Timer, steps: dict[str, Any], holds: Callable[[str], bool] | None = None, domain: str | None = None
     ) -> Query:
@@ -395,7 +409,8 @@ class Pipeline:
             predicted = "non_product"
         if intent != predicted:
             steps["intent"]["predicted"] = predicted
-        q = Query(intent, scores, photo=photo)
+        also = self.second_domain(probs, intent) if domain is None else None  # an override is searched alone
+        q = Query(intent, scores, photo=photo, also=also, cache=cache)
         q.predicted = INTENTS[int(np.argmax(probs))]
         if intent == "non_product":
             return q
@@ -491,6 +506,8 @@ class Pipeline:
                     steps["local"] = refined.steps
                 with timer.step("rerank"):
                     region_results = self._rerank(store, domain, q.regions, dists, ids, top_k, steps, filtered=ids_allowed is not None)
+                if q.also is not None and store.count_vectors(q.also) > 0:
+                    region_results += self._search_also(q, q.also, store, top_k, allowed, timer, steps)
         timer.ms["total"] = (time.perf_counter() - start) * 1000.0 + decode_ms
         return SearchResult(
             image=photo.name,
@@ -503,6 +520,31 @@ class Pipeline:
             steps=steps,
             reason=stopped(q.intent_scores, self.config.intent.stop_score) if q.intent == "non_product" else None,
         )
+
+    def _search_also(
+        self,
+        q: Query,
+        domain: str,
+        store: CatalogueStore,
+        top_k: int | None,
+        allowed: Callable[[str], np.ndarray | None] | None,
+        timer: Timer,
+        steps: dict[str, Any],
+    ) -> list[RegionResult]:
+        """The whole photo searched in ``domain`` too (global embedding): one more region, ``steps["second_domain"]``."""
+        assert q.cache is not None
+        cfg = self.config.search
+        with timer.step("embed"):
+            vectors = self.project(domain, self.describe(domain, q.cache))
+        with timer.step("search"):
+            self._notify("search")
+            ids_allowed = allowed(domain) if allowed is not None else None
+            dists, ids = store.search(domain, vectors, max(cfg.similar_k * 4, cfg.similar_k + 16), ids_allowed)
+        sub: dict[str, Any] = {}
+        with timer.step("rerank"):
+            out = self._rerank(store, domain, [(None, vectors[0])], dists, ids, top_k, sub, filtered=ids_allowed is not None)
+        steps["second_domain"] = {"domain": domain, "score": q.intent_scores[domain], **sub}
+        return out
 
     def _rerank(
         self,
@@ -558,6 +600,7 @@ class Pipeline:
                     results=found_products,
                     steps=region_steps,
                     reason=reason,
+                    domain=domain,
                 )
             )
         for name, t in totals.items():

@@ -39,6 +39,7 @@ class RegionResult(BaseModel):
     results: list[ProductHit] = Field(default_factory=list)
     steps: dict[str, Any] = Field(default_factory=dict, description="per-step counts for this region's list")
     reason: Reason | None = Field(None, description="why `results` is empty; null when it is not")
+    domain: str | None = Field(None, description="the index partition searched (apparel / other_product)")
 
 
 class SearchResult(BaseModel):

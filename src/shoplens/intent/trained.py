@@ -218,6 +218,9 @@ class IntentTrainReport:
     #: Photos per intent that were used (train + test).
     counts: dict[str, int] = field(default_factory=dict)
     path: str = ""
+    #: What became of the store's products whose domain was inferred (an indexing report's
+    #: ``to_dict()``: ``domains_reassigned``, ``domains_by_category``); ``None``: not looked at.
+    domains: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
