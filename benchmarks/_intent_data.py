@@ -17,13 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from _data import bench_cache
 
+from shoplens.errors import BadImageError
 from shoplens.eval.negatives import KINDS, SKIMAGE_PHOTOS, generate_negatives, skimage_photo
+from shoplens.imaging import load_image
 from shoplens.intent.trained import encode_paths
 from shoplens.models import create_model
 
 logger = logging.getLogger(__name__)
+
+#: The kinds the first benchmark generated (their cached folders keep their names).
+OLD_KINDS = ("document", "chart", "screenshot", "noise", "meme", "photo")
+#: The kinds added for the shipped gate (cartoons, fractals, abstract art, captioned pictures).
+NEW_KINDS = tuple(k for k in KINDS if k not in OLD_KINDS)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,11 +72,14 @@ def shared_samples(root: Path) -> list[Sample]:
     return out
 
 
-def negative_samples(n_per_kind: int, seed: int) -> list[Sample]:
-    folder = cache_dir() / f"negatives-s{seed}-n{n_per_kind}"
+def negative_samples(n_per_kind: int, seed: int, kinds: tuple[str, ...] = OLD_KINDS, photos: list[Path] | None = None,
+                     tag: str = "") -> list[Sample]:
+    """Generated negatives, cached per (seed, count, kinds, tag); ``photos`` are pictures the captioned kind uses."""
+    suffix = "" if kinds == OLD_KINDS else "-" + "+".join(kinds)
+    folder = cache_dir() / f"negatives-s{seed}-n{n_per_kind}{suffix}{tag}"
     manifest = folder / "negatives.csv"
     if not manifest.exists():
-        generate_negatives(folder, n_per_kind, seed)
+        generate_negatives(folder, n_per_kind, seed, kinds=kinds, photos=photos or ())
     with open(manifest, newline="") as f:
         return [Sample(folder / r["image"], r["intent"], r["kind"]) for r in csv.DictReader(f)]
 
@@ -116,5 +127,62 @@ def encoded(samples: list[Sample], backbone: str = "efficientnet_lite0", progres
     return {"logits": lg.astype(np.float32), "pooled": pl.astype(np.float32), "ok": ok}
 
 
-__all__ = ["KINDS", "Sample", "cache_dir", "data_dir", "encoded", "negative_samples", "shared_samples",
+__all__ = ["KINDS", "NEW_KINDS", "OLD_KINDS", "Sample", "cache_dir", "data_dir", "encoded", "negative_samples", "shared_samples",
            "skimage_other_samples"]
+
+
+def _map_stats(s32: torch.Tensor) -> np.ndarray:
+    """(5, C): mean, max, top-third mean, bottom-third mean, centre mean of one photo's (C, h, w) s32 map."""
+    m = s32.float()
+    h = m.shape[1]
+    k = max(1, h // 3)
+    centre = m[:, k : max(k + 1, h - k)]
+    return torch.stack([m.mean((1, 2)), m.amax((1, 2)), m[:, :k].mean((1, 2)), m[:, h - k :].mean((1, 2)),
+                        centre.mean((1, 2))]).numpy()
+
+
+def encoded_maps(samples: list[Sample], backbone: str = "efficientnet_lite0", progress: bool = True,
+                 batch_size: int = 64) -> dict[str, np.ndarray]:
+    """``logits`` (N, 1000), ``stats`` (N, 5, C) (see :func:`_map_stats`) and ``ok`` (N,), cached as float16."""
+    cache = cache_dir() / f"maps-{backbone}.npz"
+    known: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if cache.exists():
+        z = np.load(cache, allow_pickle=False)
+        for key, lg, st in zip(z["keys"], z["logits"], z["stats"]):
+            known[str(key)] = (lg, st)
+    keys = [f"{s.path}|{s.path.stat().st_mtime_ns}" if s.path.exists() else str(s.path) for s in samples]
+    todo = [keys.index(k) for k in dict.fromkeys(keys) if k not in known]
+    if todo:
+        logger.info("encoding %d photos with %s", len(todo), backbone)
+        model = create_model(backbone)
+        size = model.preprocess.input_size
+
+        def save() -> None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            all_keys = sorted(known)
+            tmp = cache.with_suffix(".tmp.npz")
+            np.savez(tmp, keys=np.array(all_keys), logits=np.stack([known[k][0] for k in all_keys]),
+                     stats=np.stack([known[k][1] for k in all_keys]))
+            os.replace(tmp, cache)
+
+        for n, start in enumerate(range(0, len(todo), batch_size)):
+            chunk = todo[start : start + batch_size]
+            photos, idx = [], []
+            for i in chunk:
+                try:
+                    photos.append(load_image(samples[i].path, target_size=size))
+                    idx.append(i)
+                except BadImageError as err:
+                    logger.warning("skipping unreadable photo: %s", err)
+            for i, e in zip(idx, model.encode(photos)):
+                known[keys[i]] = (e.logits.float().numpy().astype(np.float16),  # type: ignore[union-attr]
+                                  _map_stats(e.features["s32"]).astype(np.float16))
+            if progress:
+                logger.info("encoded %d / %d", min(len(todo), start + batch_size), len(todo))
+            if n % 20 == 19:
+                save()
+        save()
+    ok = np.array([k in known for k in keys])
+    lg = np.stack([known[k][0] if k in known else np.zeros(1000, np.float16) for k in keys])
+    st = np.stack([known[k][1] if k in known else np.zeros((5, 1280), np.float16) for k in keys])
+    return {"logits": lg.astype(np.float32), "stats": st.astype(np.float32), "ok": ok}

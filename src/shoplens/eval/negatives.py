@@ -11,7 +11,17 @@ images deterministically from a seed, kind by kind:
 ``noise``      noise, gradients, flat colours, stripes and checkerboards;
 ``meme``       a non-product photo (or a flat background) with big caption text;
 ``photo``      the photos and pictures scikit-image ships (a dev dependency),
-               only those that show no product: see :data:`SKIMAGE_PHOTOS`.
+               only those that show no product: see :data:`SKIMAGE_PHOTOS`;
+``cartoon``    flat-coloured and line-drawn cartoons: outlined shapes, stick
+               figures, round characters, speech bubbles, strips of panels;
+``fractal``    Mandelbrot and Julia set renders;
+``abstract``   abstract art and wallpaper-like images (shapes, Mondrian grids,
+               low-poly, bokeh, waves, Voronoi cells, brush strokes, nebulae,
+               plasma, mountain silhouettes, spirals);
+``captioned``  memes in the common layouts (outlined top/bottom caption in a
+               heavy sans, a post's text band, demotivational poster, a dark
+               strip, two stacked panels) over photos, cartoons, abstract art
+               or fractals; ``photos=`` adds your own photos as pictures.
 
 Each image is written to ``out_dir`` and listed in ``out_dir/negatives.csv``
 (``image,intent,kind,source``; the CSV ``shoplens train-intent`` reads).
@@ -38,7 +48,9 @@ from ..errors import MissingDependencyError
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("document", "chart", "screenshot", "noise", "meme", "photo")
+KINDS = ("document", "chart", "screenshot", "noise", "meme", "photo", "cartoon", "fractal", "abstract", "captioned")
+#: Kinds made by drawing alone (no scikit-image, no Chromium, no photos).
+DRAWN_KINDS = ("document", "chart", "noise", "cartoon", "fractal", "abstract")
 
 #: scikit-image's bundled pictures and the intent a person would give each.
 #: ``None`` marks a picture that is honestly ambiguous: it is neither used as a
@@ -418,6 +430,435 @@ def _meme(rng: np.random.Generator) -> Image.Image:
     return img
 
 
+# ---------------------------------------------------------------- heavy fonts (captions)
+
+#: Heavy sans (and a few serif) fonts of Debian's fonts-dejavu and fonts-liberation packages: what
+#: meme captions are set in (Impact is not packaged; these are the nearest free faces).
+_HEAVY_FONTS = (
+    "dejavu/DejaVuSans-Bold.ttf", "dejavu/DejaVuSansCondensed-Bold.ttf", "liberation/LiberationSans-Bold.ttf",
+    "liberation/LiberationSansNarrow-Bold.ttf", "dejavu/DejaVuSerif-Bold.ttf", "liberation/LiberationSerif-Bold.ttf",
+)
+
+
+def _heavy_font(rng: np.random.Generator, size: int, sans: bool = True) -> ImageFont.ImageFont:
+    names = _HEAVY_FONTS[:4] if sans else _HEAVY_FONTS
+    for root in ("/usr/share/fonts/truetype", "/usr/share/fonts"):
+        found = [os.path.join(root, n) for n in names if os.path.exists(os.path.join(root, n))]
+        if found:
+            return ImageFont.truetype(found[int(rng.integers(0, len(found)))], size)  # type: ignore[return-value]
+    return _font(size, bold=True)
+
+
+# ---------------------------------------------------------------- cartoons and line drawings
+
+def _outline(rng: np.random.Generator) -> tuple[int, int, int]:
+    return (0, 0, 0) if rng.random() < 0.8 else _color(rng, 0, 80)
+
+
+def _stick_figure(d: ImageDraw.ImageDraw, rng: np.random.Generator, x: float, y: float, s: float,
+                  ink: tuple[int, int, int], width: int) -> None:
+    """A stick figure standing with its feet at (x, y), ``s`` pixels tall."""
+    head = s * 0.13
+    neck, hip = y - s + 2 * head, y - s * 0.42
+    d.ellipse((x - head, y - s, x + head, y - s + 2 * head), outline=ink, width=width,
+              fill=_color(rng, 200, 256) if rng.random() < 0.5 else None)
+    d.line((x, neck, x, hip), fill=ink, width=width)
+    for side in (-1, 1):
+        d.line((x, neck + s * 0.1, x + side * s * rng.uniform(0.15, 0.3), neck + s * rng.uniform(0.05, 0.35)),
+               fill=ink, width=width)
+        d.line((x, hip, x + side * s * rng.uniform(0.1, 0.22), y), fill=ink, width=width)
+    eye = max(1.5, head * 0.15)
+    for side in (-1, 1):
+        d.ellipse((x + side * head * 0.4 - eye, y - s + head * 0.8 - eye, x + side * head * 0.4 + eye,
+                   y - s + head * 0.8 + eye), fill=ink)
+    d.arc((x - head * 0.5, y - s + head * 0.9, x + head * 0.5, y - s + head * 1.5), 20, 160, fill=ink, width=max(1, width // 2))
+
+
+def _blob_character(d: ImageDraw.ImageDraw, rng: np.random.Generator, x: float, y: float, s: float,
+                    ink: tuple[int, int, int], width: int) -> None:
+    """A round flat-coloured character (body, head, eyes, a mouth), centred at (x, y)."""
+    body = _color(rng, 40, 256)
+    d.ellipse((x - s * 0.45, y - s * 0.2, x + s * 0.45, y + s * 0.6), fill=body, outline=ink, width=width)
+    d.ellipse((x - s * 0.35, y - s * 0.75, x + s * 0.35, y - s * 0.05), fill=_color(rng, 150, 256), outline=ink, width=width)
+    if rng.random() < 0.5:  # ears
+        for side in (-1, 1):
+            d.polygon([(x + side * s * 0.3, y - s * 0.6), (x + side * s * 0.15, y - s * 0.95),
+                       (x + side * s * 0.05, y - s * 0.7)], fill=body, outline=ink)
+    for side in (-1, 1):
+        cx, cy, r = x + side * s * 0.13, y - s * 0.45, s * 0.08
+        d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(255, 255, 255), outline=ink, width=max(1, width // 2))
+        d.ellipse((cx - r * 0.45, cy - r * 0.3, cx + r * 0.45, cy + r * 0.6), fill=ink)
+    d.arc((x - s * 0.15, y - s * 0.35, x + s * 0.15, y - s * 0.15), 10, 170, fill=ink, width=width)
+
+
+def _speech_bubble(d: ImageDraw.ImageDraw, rng: np.random.Generator, box: tuple[float, float, float, float],
+                   tail: tuple[float, float], ink: tuple[int, int, int]) -> None:
+    x0, y0, x1, y1 = box
+    cx = (x0 + x1) / 2
+    d.polygon([(cx - 10, y1 - 4), (cx + 10, y1 - 4), tail], fill=(255, 255, 255), outline=ink)
+    d.rounded_rectangle(box, radius=int(min(x1 - x0, y1 - y0) / 3), fill=(255, 255, 255), outline=ink, width=2)
+    font = _font(int(rng.integers(12, 20)), bold=rng.random() < 0.5)
+    lines = _wrap(d, _words(rng, int(rng.integers(2, 9))).upper(), font, int(x1 - x0 - 16))
+    for k, line in enumerate(lines[:3]):
+        d.text((cx, y0 + 10 + k * (font.size + 3)), line, font=font, fill=ink, anchor="ma")  # type: ignore[attr-defined]
+
+
+def _scene(img: Image.Image, rng: np.random.Generator, line_art: bool) -> None:
+    """Draw a cartoon scene over the whole of ``img``: sky, ground, sun, clouds, houses, trees, characters."""
+    w, h = img.size
+    d = ImageDraw.Draw(img)
+    ink = _outline(rng)
+    width = int(rng.integers(2, 6))
+    white = (255, 255, 255)
+
+    def fill(lo: int = 60, hi: int = 256) -> tuple[int, int, int] | None:
+        return None if line_art else _color(rng, lo, hi)
+
+    ground = h * rng.uniform(0.6, 0.85)
+    if not line_art:
+        d.rectangle((0, 0, w, ground), fill=_color(rng, 120, 256))
+        d.rectangle((0, ground, w, h), fill=_color(rng, 40, 200))
+    d.line((0, ground, w, ground), fill=ink, width=width)
+    if rng.random() < 0.6:  # sun with rays
+        r = min(w, h) * rng.uniform(0.05, 0.1)
+        cx, cy = w * rng.uniform(0.1, 0.9), h * rng.uniform(0.08, 0.25)
+        for a in np.linspace(0, 2 * np.pi, 12, endpoint=False):
+            d.line((cx + np.cos(a) * r * 1.3, cy + np.sin(a) * r * 1.3, cx + np.cos(a) * r * 1.8,
+                    cy + np.sin(a) * r * 1.8), fill=ink, width=width)
+        d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=None if line_art else (255, 220, 40), outline=ink, width=width)
+    for _ in range(int(rng.integers(0, 4))):  # clouds
+        cx, cy, r = w * rng.random(), h * rng.uniform(0.05, 0.35), min(w, h) * rng.uniform(0.03, 0.07)
+        for dx in (-1.2, 0, 1.2):
+            d.ellipse((cx + dx * r - r, cy - r, cx + dx * r + r, cy + r), fill=white, outline=ink, width=max(1, width - 1))
+    for _ in range(int(rng.integers(0, 3))):  # houses
+        x, s = w * rng.uniform(0.05, 0.85), min(w, h) * rng.uniform(0.15, 0.3)
+        d.rectangle((x, ground - s, x + s, ground), fill=fill(), outline=ink, width=width)
+        d.polygon([(x - s * 0.1, ground - s), (x + s / 2, ground - s * 1.6), (x + s * 1.1, ground - s)],
+                  fill=fill(), outline=ink)
+        d.rectangle((x + s * 0.4, ground - s * 0.45, x + s * 0.6, ground), fill=fill(), outline=ink, width=width)
+    for _ in range(int(rng.integers(0, 4))):  # trees
+        x, s = w * rng.random(), min(w, h) * rng.uniform(0.15, 0.35)
+        d.rectangle((x - s * 0.06, ground - s * 0.5, x + s * 0.06, ground), fill=fill(60, 140), outline=ink, width=width)
+        d.ellipse((x - s * 0.3, ground - s, x + s * 0.3, ground - s * 0.4), fill=None if line_art else _color(rng, 20, 160),
+                  outline=ink, width=width)
+    people = int(rng.integers(1, 4))
+    for k in range(people):
+        x = w * (k + 1) / (people + 1) + rng.normal(0, w * 0.03)
+        s = h * rng.uniform(0.3, 0.55)
+        if rng.random() < 0.5:
+            _stick_figure(d, rng, x, ground + h * 0.05, s, ink, width)
+        else:
+            _blob_character(d, rng, x, ground - s * 0.3, s * 0.8, ink, width)
+        if rng.random() < 0.6:
+            bw, bh = w * rng.uniform(0.2, 0.35), h * rng.uniform(0.12, 0.2)
+            bx = float(np.clip(x - bw / 2 + rng.normal(0, w * 0.05), 4, w - bw - 4))
+            _speech_bubble(d, rng, (bx, 6, bx + bw, 6 + bh), (x, ground - s * 0.9), ink)
+
+
+def _cartoon(rng: np.random.Generator) -> Image.Image:
+    """A flat-coloured or line-drawn cartoon: one scene or a strip of panels, outlined shapes and speech bubbles."""
+    line_art = rng.random() < 0.3
+    panels = int(rng.choice([1, 1, 2, 3, 4]))
+    pw, ph = int(rng.integers(300, 520)), int(rng.integers(280, 460))
+    cols = panels if panels < 4 else 2
+    rows = 1 if panels < 4 else 2
+    gap = 12
+    img = Image.new("RGB", (cols * pw + (cols + 1) * gap, rows * ph + (rows + 1) * gap),
+                    (255, 255, 255) if rng.random() < 0.8 else _color(rng, 200, 256))
+    for k in range(panels):
+        r, c = divmod(k, cols)
+        panel = Image.new("RGB", (pw, ph), (255, 255, 255) if line_art else _color(rng, 180, 256))
+        _scene(panel, rng, line_art)
+        pd = ImageDraw.Draw(panel)
+        pd.rectangle((0, 0, pw - 1, ph - 1), outline=(0, 0, 0), width=3)
+        img.paste(panel, (gap + c * (pw + gap), gap + r * (ph + gap)))
+    return img
+
+
+# ---------------------------------------------------------------- fractals
+
+def _palette(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
+    phase = rng.random(3) * 2 * np.pi
+    freq = rng.uniform(2, 12, 3)
+
+    def colour(t: np.ndarray) -> np.ndarray:
+        return 127.5 + 127.5 * np.cos(freq * t[..., None] + phase)
+
+    return colour
+
+
+def _fractal(rng: np.random.Generator) -> Image.Image:
+    """A Mandelbrot or Julia set render (smooth escape-time colouring), zoomed at a random place."""
+    w, h = int(rng.integers(320, 640)), int(rng.integers(240, 480))
+    julia = rng.random() < 0.5
+    if julia:
+        a = rng.uniform(0, 2 * np.pi)
+        c = 0.7885 * np.exp(1j * a) * rng.uniform(0.95, 1.02)
+        centre, span = complex(rng.normal(0, 0.2), rng.normal(0, 0.2)), rng.uniform(1.2, 3.2)
+    else:
+        spots = (-0.745 + 0.113j, -0.1011 + 0.9563j, -1.25066 + 0.02012j, 0.2549 + 0.0005j, -0.75 + 0j, -0.16 + 1.0405j)
+        centre = spots[int(rng.integers(0, len(spots)))]
+        span = 3.0 if centre == -0.75 else 10 ** rng.uniform(-3, -0.7)
+    ys, xs = np.mgrid[0:h, 0:w]
+    z = centre + ((xs - w / 2) + 1j * (ys - h / 2)) * (span / w)
+    c_arr = np.full_like(z, c) if julia else z.copy()
+    if not julia:
+        z = np.zeros_like(z)
+    iters = int(rng.integers(60, 160))
+    escaped = np.full(z.shape, float(iters))
+    alive = np.ones(z.shape, dtype=bool)
+    for k in range(iters):
+        z[alive] = z[alive] ** 2 + c_arr[alive]
+        out = alive & (np.abs(z) > 4)
+        escaped[out] = k + 1 - np.log2(np.log(np.abs(z[out])) + 1e-9)
+        alive &= ~out
+    t = escaped / iters
+    rgb = _palette(rng)(t ** rng.uniform(0.3, 1.0))
+    rgb[alive] = 0 if rng.random() < 0.7 else _color(rng)
+    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+
+
+# ---------------------------------------------------------------- abstract art and wallpapers
+
+def _abstract(rng: np.random.Generator) -> Image.Image:
+    """Abstract art and desktop-wallpaper-like images (eleven styles)."""
+    w, h = (int(rng.choice([640, 800, 960])), int(rng.choice([360, 450, 600]))) if rng.random() < 0.7 else \
+        (int(rng.integers(300, 700)), int(rng.integers(300, 700)))
+    style = int(rng.integers(0, 11))
+    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
+    if style == 0:  # overlapping translucent shapes (Kandinsky-like)
+        img = Image.new("RGBA", (w, h), (*_color(rng, 180, 256), 255))
+        for _ in range(int(rng.integers(8, 30))):
+            layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
+            ld = ImageDraw.Draw(layer)
+            x, y, s = rng.random() * w, rng.random() * h, rng.uniform(0.03, 0.3) * max(w, h)
+            col = (*_color(rng), int(rng.integers(90, 230)))
+            shape = int(rng.integers(0, 4))
+            if shape == 0:
+                ld.ellipse((x - s, y - s, x + s, y + s), fill=col, outline=(0, 0, 0, 255) if rng.random() < 0.3 else None)
+            elif shape == 1:
+                ld.rectangle((x - s, y - s / 2, x + s, y + s / 2), fill=col)
+            elif shape == 2:
+                ld.polygon([(x + s * np.cos(a), y + s * np.sin(a)) for a in rng.random(3) * 2 * np.pi], fill=col)
+            else:
+                ld.line((x, y, rng.random() * w, rng.random() * h), fill=col, width=int(rng.integers(2, 14)))
+            img = Image.alpha_composite(img, layer)
+        return img.convert("RGB")
+    if style == 1:  # Mondrian grid
+        img = Image.new("RGB", (w, h), (245, 242, 230))
+        d = ImageDraw.Draw(img)
+        cells = [(0, 0, w, h)]
+        for _ in range(int(rng.integers(4, 10))):
+            x0, y0, x1, y1 = cells.pop(int(rng.integers(0, len(cells))))
+            if (x1 - x0) > (y1 - y0):
+                cut = int(rng.uniform(x0 + (x1 - x0) * 0.25, x1 - (x1 - x0) * 0.25))
+                cells += [(x0, y0, cut, y1), (cut, y0, x1, y1)]
+            else:
+                cut = int(rng.uniform(y0 + (y1 - y0) * 0.25, y1 - (y1 - y0) * 0.25))
+                cells += [(x0, y0, x1, cut), (x0, cut, x1, y1)]
+        for cell in cells:
+            paint = [(220, 30, 30), (30, 60, 170), (250, 210, 20), (245, 242, 230), (245, 242, 230)][int(rng.integers(0, 5))]
+            d.rectangle(cell, fill=paint, outline=(10, 10, 10), width=int(rng.integers(6, 14)))
+        return img
+    if style == 2:  # low-poly triangles over a gradient
+        a, b = np.array(_color(rng)), np.array(_color(rng))
+        img = Image.new("RGB", (w, h))
+        d = ImageDraw.Draw(img)
+        nx, ny = int(rng.integers(5, 14)), int(rng.integers(4, 10))
+        pts = np.stack(np.meshgrid(np.linspace(0, w, nx), np.linspace(0, h, ny)), -1)
+        pts[1:-1, 1:-1] += rng.normal(0, 0.25, pts[1:-1, 1:-1].shape) * [w / nx, h / ny]
+        for i in range(ny - 1):
+            for j in range(nx - 1):
+                p00, p01, p10, p11 = pts[i, j], pts[i, j + 1], pts[i + 1, j], pts[i + 1, j + 1]
+                for tri in ((p00, p01, p11), (p00, p10, p11)):
+                    t = float(np.clip(np.mean([q[0] / w * 0.6 + q[1] / h * 0.4 for q in tri]) + rng.normal(0, 0.06), 0, 1))
+                    shade = tuple(int(v) for v in a * (1 - t) + b * t)
+                    d.polygon([tuple(q) for q in tri], fill=shade)  # type: ignore[misc]
+        return img
+    if style == 3:  # bokeh: blurred light discs on a dark gradient
+        base = np.array(_color(rng, 0, 60)) * (1 - yy[..., None]) + np.array(_color(rng, 0, 90)) * yy[..., None]
+        img = Image.fromarray(base.astype(np.uint8))
+        layer = Image.new("RGB", (w, h), (0, 0, 0))
+        ld = ImageDraw.Draw(layer)
+        for _ in range(int(rng.integers(15, 60))):
+            x, y, r = rng.random() * w, rng.random() * h, rng.uniform(0.01, 0.08) * max(w, h)
+            ld.ellipse((x - r, y - r, x + r, y + r), fill=_color(rng, 60, 256))
+        layer = layer.filter(ImageFilter.GaussianBlur(float(rng.uniform(3, 12))))
+        return Image.fromarray(np.clip(np.asarray(img, float) + np.asarray(layer, float) * 0.8, 0, 255).astype(np.uint8))
+    if style == 4:  # flowing waves / ribbons
+        arr = np.zeros((h, w, 3))
+        bands = int(rng.integers(3, 9))
+        cols = [np.array(_color(rng)) for _ in range(bands + 1)]
+        level = yy * 0 + 0.0
+        for k in range(bands):
+            edge = (k + 1) / (bands + 1) + 0.08 * np.sin(xx * rng.uniform(3, 12) + rng.random() * 6) * rng.uniform(0.3, 1.5)
+            level = level + (yy * max(w, h) / h > edge)
+        for k in range(bands + 1):
+            arr[level == k] = cols[k]
+        return Image.fromarray(arr.astype(np.uint8)).filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 3))))
+    if style == 5:  # Voronoi cells
+        n = int(rng.integers(8, 60))
+        seeds = rng.random((n, 2)) * [w / max(w, h), h / max(w, h)]
+        dist = (xx[..., None] - seeds[:, 0]) ** 2 + (yy[..., None] - seeds[:, 1]) ** 2
+        label = dist.argmin(-1)
+        palette = rng.integers(0, 256, (n, 3))
+        arr = palette[label].astype(np.uint8)
+        img = Image.fromarray(arr)
+        if rng.random() < 0.6:
+            edges = Image.fromarray(((np.diff(label, axis=0, prepend=label[:1]) != 0) |
+                                     (np.diff(label, axis=1, prepend=label[:, :1]) != 0)).astype(np.uint8) * 255)
+            img.paste((20, 20, 20), mask=edges.filter(ImageFilter.MaxFilter(3)))
+        return img
+    if style == 6:  # brush strokes
+        img = Image.new("RGB", (w, h), _color(rng, 150, 256))
+        d = ImageDraw.Draw(img)
+        for _ in range(int(rng.integers(20, 80))):
+            pts = np.cumsum(rng.normal(0, 0.05, (6, 2)), 0) + rng.random(2)
+            d.line([(float(p[0] * w), float(p[1] * h)) for p in pts], fill=_color(rng), width=int(rng.integers(4, 30)),
+                   joint="curve")
+        return img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 2))))
+    if style == 7:  # nebula / starfield
+        k = int(rng.integers(3, 10))
+        cloud = np.asarray(Image.fromarray((rng.random((k, k, 3)) * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BICUBIC), float)
+        arr = cloud * rng.uniform(0.2, 0.7) * (rng.random(3) + 0.2)
+        stars = rng.random((h, w)) < rng.uniform(0.001, 0.006)
+        arr[stars] = 255
+        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.6))
+    if style == 8:  # plasma: sums of sines
+        f = rng.uniform(2, 20, 4)
+        t = (np.sin(xx * f[0] + rng.random() * 6) + np.sin(yy * f[1]) + np.sin((xx + yy) * f[2])
+             + np.sin(np.hypot(xx - rng.random(), yy - rng.random()) * f[3]))
+        return Image.fromarray(np.clip(_palette(rng)((t + 4) / 8), 0, 255).astype(np.uint8))
+    if style == 9:  # layered mountain silhouettes under a gradient sky (a flat "landscape" wallpaper)
+        top, bottom = np.array(_color(rng)), np.array(_color(rng))
+        arr = top * (1 - yy[..., None] * max(w, h) / h) + bottom * (yy[..., None] * max(w, h) / h)
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+        d = ImageDraw.Draw(img)
+        if rng.random() < 0.6:
+            r, cx, cy = rng.uniform(0.04, 0.1) * w, rng.random() * w, rng.uniform(0.15, 0.45) * h
+            d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=_color(rng, 180, 256))
+        layers = int(rng.integers(2, 6))
+        dark = np.array(_color(rng, 0, 120))
+        for k in range(layers):
+            base = h * (0.45 + 0.5 * k / layers)
+            xs = np.linspace(0, w, 40)
+            ys = base - np.abs(np.cumsum(rng.normal(0, h * 0.03, 40))) * rng.uniform(0.5, 1.5)
+            tone = tuple(int(v) for v in dark * (k + 1) / layers + top * (1 - (k + 1) / layers) * 0.5)
+            d.polygon([(0, h), *zip(xs.tolist(), ys.tolist()), (w, h)], fill=tone)  # type: ignore[arg-type]
+        return img
+    # style 10: concentric or spiral patterns
+    cx, cy = rng.random() * w / max(w, h), rng.random() * h / max(w, h)
+    r, a = np.hypot(xx - cx, yy - cy), np.arctan2(yy - cy, xx - cx)
+    t = np.sin(r * rng.uniform(20, 80) + a * int(rng.integers(0, 8)))
+    return Image.fromarray(np.clip(_palette(rng)((t + 1) / 2 * rng.uniform(0.5, 2)), 0, 255).astype(np.uint8))
+
+
+# ---------------------------------------------------------------- captioned pictures (memes, second kind)
+
+def _caption_base(rng: np.random.Generator, photos: Sequence[Path]) -> Image.Image:
+    """A picture to caption: a supplied photo, a scikit-image non-product picture, a cartoon, abstract art or a fractal."""
+    pick = rng.random()
+    if photos and pick < 0.4:
+        with Image.open(photos[int(rng.integers(0, len(photos)))]) as im:
+            return _jitter(im.convert("RGB"), rng)
+    if pick < 0.65:
+        names = _negative_photo_names()
+        return _jitter(skimage_photo(names[int(rng.integers(0, len(names)))]), rng)
+    if pick < 0.8:
+        return _cartoon(rng)
+    if pick < 0.9:
+        return _abstract(rng)
+    return _fractal(rng)
+
+
+def _outlined_lines(d: ImageDraw.ImageDraw, lines: list[str], font: ImageFont.ImageFont, x: float, y: float,
+                    step: int, rng: np.random.Generator) -> None:
+    fill, stroke = ((255, 255, 255), (0, 0, 0)) if rng.random() < 0.85 else ((0, 0, 0), (255, 255, 255))
+    for k, line in enumerate(lines):
+        d.text((x, y + k * step), line, font=font, fill=fill, anchor="ma",
+               stroke_width=max(2, step // 12), stroke_fill=stroke)
+
+
+def _captioned(rng: np.random.Generator, photos: Sequence[Path] = ()) -> Image.Image:
+    """A picture with a caption, in one of the common meme layouts.
+
+    Top/bottom outlined caption in a heavy sans; a white band above (a post's text); a demotivational
+    poster (black frame, title below); a dark strip across the picture; two stacked pictures each
+    with its caption.
+    """
+    base = _caption_base(rng, photos)
+    scale = float(rng.integers(360, 720)) / max(base.size)
+    base = base.resize((max(1, round(base.width * scale)), max(1, round(base.height * scale))))
+    layout = int(rng.choice([0, 0, 0, 1, 1, 2, 3, 4]))
+    caps = rng.random() < 0.8
+    text = _words(rng, int(rng.integers(2, 9)))
+    text = text.upper() if caps else text
+    if layout == 0:  # classic: outlined caption at the top and/or bottom
+        img = base.copy()
+        d = ImageDraw.Draw(img)
+        size = int(img.width * rng.uniform(0.07, 0.12))
+        font = _heavy_font(rng, size)
+        where = int(rng.integers(0, 3))  # top, bottom, both
+        for top in (True, False):
+            if (where == 0 and not top) or (where == 1 and top):
+                continue
+            words = _words(rng, int(rng.integers(2, 9)))
+            lines = _wrap(d, words.upper() if caps else words, font, img.width - 20)[:3]
+            y = 8 if top else img.height - len(lines) * (size + 4) - 12
+            _outlined_lines(d, lines, font, img.width / 2, y, size + 4, rng)
+        return img
+    if layout == 1:  # a white (or dark) band above with the post's text
+        font = _heavy_font(rng, int(rng.integers(22, 40)), sans=rng.random() < 0.7) if rng.random() < 0.5 else \
+            _font(int(rng.integers(22, 36)))
+        probe = ImageDraw.Draw(base)
+        lines = _wrap(probe, _words(rng, int(rng.integers(5, 25))), font, base.width - 40)[:5]
+        step = int(font.size * 1.3)  # type: ignore[attr-defined]
+        band = 24 + step * len(lines)
+        dark = rng.random() < 0.2
+        img = Image.new("RGB", (base.width, base.height + band), (20, 20, 24) if dark else (255, 255, 255))
+        img.paste(base, (0, band))
+        d = ImageDraw.Draw(img)
+        for k, line in enumerate(lines):
+            d.text((20, 12 + step * k), line, font=font, fill=(240, 240, 240) if dark else (0, 0, 0))
+        return img
+    if layout == 2:  # demotivational poster
+        pad = int(base.width * 0.1)
+        title = _heavy_font(rng, int(base.width * 0.09), sans=False)
+        img = Image.new("RGB", (base.width + 2 * pad, base.height + pad + int(base.width * 0.3)), (0, 0, 0))
+        img.paste(base, (pad, pad))
+        d = ImageDraw.Draw(img)
+        d.rectangle((pad - 4, pad - 4, pad + base.width + 3, pad + base.height + 3), outline=(255, 255, 255), width=2)
+        y = pad + base.height + int(base.width * 0.04)
+        d.text((img.width / 2, y), _words(rng, int(rng.integers(1, 3))).upper(), font=title, fill=(255, 255, 255), anchor="ma")
+        d.text((img.width / 2, y + int(base.width * 0.13)), _words(rng, int(rng.integers(5, 12))),
+               font=_font(max(12, int(base.width * 0.035))), fill=(230, 230, 230), anchor="ma")
+        return img
+    if layout == 3:  # a dark strip across the picture with the caption
+        img = base.copy()
+        d = ImageDraw.Draw(img, "RGBA")
+        size = int(img.width * rng.uniform(0.05, 0.08))
+        font = _heavy_font(rng, size)
+        lines = _wrap(d, text, font, img.width - 30)[:2]
+        y0 = int(img.height * rng.uniform(0.55, 0.8))
+        d.rectangle((0, y0, img.width, y0 + len(lines) * (size + 6) + 16), fill=(0, 0, 0, int(rng.integers(140, 230))))
+        for k, line in enumerate(lines):
+            d.text((img.width / 2, y0 + 8 + k * (size + 6)), line, font=font, fill=(255, 255, 255), anchor="ma")
+        return img
+    # two stacked pictures, each with a caption beside it
+    other = _caption_base(rng, photos).resize(base.size)
+    img = Image.new("RGB", (base.width * 2, base.height * 2), (255, 255, 255))
+    img.paste(base, (base.width, 0))
+    img.paste(other, (base.width, base.height))
+    d = ImageDraw.Draw(img)
+    font = _heavy_font(rng, int(base.width * 0.09))
+    for k in range(2):
+        lines = _wrap(d, _words(rng, int(rng.integers(2, 7))), font, base.width - 30)[:4]
+        for j, line in enumerate(lines):
+            d.text((base.width / 2, base.height * k + base.height / 3 + j * (font.size + 6)), line,  # type: ignore[attr-defined]
+                   font=font, fill=(0, 0, 0), anchor="ma")
+    return img
+
+
 # ---------------------------------------------------------------- screenshots (Chromium)
 
 _CHROMIUM_FLAGS = (
@@ -527,13 +968,15 @@ def generate_negatives(
     seed: int = 0,
     *,
     kinds: Sequence[str] = KINDS,
+    photos: Sequence[str | Path] = (),
 ) -> list[Path]:
     """Write ``n_per_kind`` non-product images of each kind to ``out_dir``.
 
     Returns the paths written, kind by kind, and writes ``negatives.csv``
     beside them. The ``screenshot`` kind is skipped (with a warning) when no
-    Chromium is installed, the ``photo`` and ``meme`` kinds when scikit-image
-    is missing.
+    Chromium is installed, the ``photo``, ``meme`` and ``captioned`` kinds
+    when scikit-image is missing. ``photos``: extra pictures the ``captioned``
+    kind may caption (a caption makes any photo a meme: a non-product).
     """
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
@@ -545,7 +988,7 @@ def generate_negatives(
     rows: list[tuple[str, str, str]] = []
     paths: list[Path] = []
     for kind in kinds:
-        made = _generate_kind(kind, out, n_per_kind, seed)
+        made = _generate_kind(kind, out, n_per_kind, seed, [Path(p) for p in photos])
         for path, source in made:
             rows.append((path.name, kind, source))
             paths.append(path)
@@ -558,11 +1001,11 @@ def generate_negatives(
     return paths
 
 
-def _generate_kind(kind: str, out: Path, n: int, seed: int) -> list[tuple[Path, str]]:
+def _generate_kind(kind: str, out: Path, n: int, seed: int, photos: Sequence[Path] = ()) -> list[tuple[Path, str]]:
     made: list[tuple[Path, str]] = []
     if n == 0:
         return made
-    if kind in ("photo", "meme"):
+    if kind in ("photo", "meme", "captioned"):
         try:
             _skimage_data()
         except MissingDependencyError as err:
@@ -574,6 +1017,10 @@ def _generate_kind(kind: str, out: Path, n: int, seed: int) -> list[tuple[Path, 
         "noise": lambda r, i: _noise(r),
         "meme": lambda r, i: _meme(r),
         "photo": _photo,
+        "cartoon": lambda r, i: _cartoon(r),
+        "fractal": lambda r, i: _fractal(r),
+        "abstract": lambda r, i: _abstract(r),
+        "captioned": lambda r, i: _captioned(r, photos),
     }
     if kind == "screenshot":
         chromium = find_chromium()
@@ -595,7 +1042,7 @@ def _generate_kind(kind: str, out: Path, n: int, seed: int) -> list[tuple[Path, 
 
 def _save(img: Image.Image, out: Path, kind: str, index: int) -> Path:
     # Photos as JPEG like real uploads; drawings as PNG (sharp edges, no artefacts).
-    if kind in ("photo", "meme"):
+    if kind in ("photo", "meme", "captioned", "fractal", "abstract"):
         path = out / f"{kind}_{index:04d}.jpg"
         img.save(path, quality=90)
     else:
@@ -604,4 +1051,4 @@ def _save(img: Image.Image, out: Path, kind: str, index: int) -> Path:
     return path
 
 
-__all__ = ["KINDS", "SKIMAGE_PHOTOS", "find_chromium", "generate_negatives", "skimage_photo"]
+__all__ = ["DRAWN_KINDS", "KINDS", "SKIMAGE_PHOTOS", "find_chromium", "generate_negatives", "skimage_photo"]
