@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import struct
+import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -210,3 +213,141 @@ def test_no_preview_where_it_would_not_be_smaller(image: bytes, target: int) -> 
     photo = load_image(image, target_size=target, preview=_gate)
     assert not photo.is_preview
     np.testing.assert_array_equal(photo.pixels, load_image(image, target_size=target).pixels)
+
+
+def _png_of_one_colour(side: int, bit_depth: int, colour_type: int, channels: int = 1) -> bytes:
+    """A side x side PNG of zeros, written row by row (never held decoded): 4.9 KB for 6300 px at 1 bit."""
+    row = b"\x00" + bytes((side * bit_depth * channels + 7) // 8)
+    z = zlib.compressobj(9)
+    data = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    header = struct.pack(">IIBBBBB", side, side, bit_depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
+
+
+_BOMB_CHILD = r"""
+import json, sys, threading
+from shoplens.allocator import keep_freed_memory
+from shoplens.imaging import load_image
+
+def status():
+    out = {}
+    for line in open("/proc/self/status"):
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "VmRSS"):
+            out[key] = int(value.split()[0]) * 1024
+    return out
+
+bomb, small = open(sys.argv[1], "rb").read(), open(sys.argv[2], "rb").read()
+keep_freed_memory(64)  # as a searching process (the server) sets its allocator
+load_image(small, target_size=384)  # the decoders' own first-use memory, outside the figures
+before = status()
+open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
+photo = load_image(bomb, max_pixels=40_000_000, target_size=384)
+one = status()
+workers = [threading.Thread(target=load_image, args=(bomb,), kwargs={"max_pixels": 40_000_000, "target_size": 384}) for _ in range(4)]
+for w in workers:
+    w.start()
+for w in workers:
+    w.join()
+print(json.dumps({"shape": photo.pixels.shape, "size": photo.size, "peak_one": one["VmHWM"] - before["VmRSS"],
+                  "after_workers": status()["VmRSS"] - before["VmRSS"]}))
+"""
+
+
+@pytest.fixture(scope="module")
+def bomb_decode(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """A 4.9 KB 6300 x 6300 1-bit PNG (39.7 M pixels, within a 40 M limit) decoded in a fresh process."""
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux's /proc/self/status and clear_refs")
+    folder = tmp_path_factory.mktemp("bomb")
+    (folder / "bomb.png").write_bytes(_png_of_one_colour(6300, 1, 0))
+    (folder / "small.png").write_bytes(_png_of_one_colour(64, 1, 0))
+    out = subprocess.run([sys.executable, "-c", _BOMB_CHILD, str(folder / "bomb.png"), str(folder / "small.png")],
+                         capture_output=True, text=True, check=True, timeout=300)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+MiB = 2**20
+
+
+def test_a_tiny_bomb_is_decoded_reduced_without_the_full_size_rgb_image(bomb_decode: dict[str, object]) -> None:
+    """The 1-bit image as decoded is 40 MB (1 byte a pixel in Pillow); in RGB it would be 119 MB more (159 MB in Pillow)."""
+    assert bomb_decode["size"] == [6300, 6300] and bomb_decode["shape"] == [394, 394, 3]  # 6300 / 16: both sides >= 384
+    assert isinstance(bomb_decode["peak_one"], int) and bomb_decode["peak_one"] < 64 * MiB, bomb_decode
+
+
+def test_memory_of_large_decodes_goes_back_to_the_kernel(bomb_decode: dict[str, object]) -> None:
+    """Four worker threads decoding it at once, then RSS: their heaps must not keep the decoded images."""
+    assert isinstance(bomb_decode["after_workers"], int) and bomb_decode["after_workers"] < 48 * MiB, bomb_decode
+
+
+def test_decoded_bytes_are_bounded_before_any_pixel_is_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import ImageFile
+
+    from shoplens.imaging import decoded_bytes
+
+    def no_decoding(self: ImageFile.ImageFile) -> None:
+        raise AssertionError("the image was decoded")
+
+    rgb = _png_of_one_colour(6300, 8, 2, channels=3)  # 116 KB, 6300 x 6300 RGB: 159 MB in Pillow
+    assert decoded_bytes((6300, 6300), "RGB", 16) == 6300 * 6300 * 4 + 394 * 394 * 3
+    with monkeypatch.context() as m:
+        m.setattr(ImageFile.ImageFile, "load", no_decoding)
+        with pytest.raises(BadImageError, match=r"6300x6300 RGB image decodes to 159225708 bytes, over the limit of 134217728"):
+            load_image(rgb, max_pixels=40_000_000, max_decoded_bytes=128 * MiB, target_size=384)
+    grey = _png(Image.new("L", (1000, 1000)))  # 1 MB decoded, 3 MB as RGB
+    with pytest.raises(BadImageError, match="decodes to 4000000 bytes"):
+        load_image(grey, max_decoded_bytes=3_999_999)
+    assert load_image(grey, max_decoded_bytes=4_000_000).pixels.shape == (1000, 1000, 3)
+    assert load_image(grey, max_decoded_bytes=1_030_000, target_size=100).pixels.shape == (100, 100, 3)  # 10x reduced: 1.03 MB
+
+
+def _varied(w: int, h: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "P", "P-transparent", "LA", "RGBA", "RGB", "I;16", "F"])
+def test_reduced_decode_is_the_whole_image_converted_then_reduced(mode: str) -> None:
+    """Converted in strips (3000 px wide: several strips), each reduced on its own: the same pixels as in one piece."""
+    from shoplens.imaging import STRIP_PIXELS, _to_rgb
+
+    w, h, target = 3000, 1000, 140  # factor 7: 429 x 143, the last strip and column partial
+    assert STRIP_PIXELS // w < h
+    base = Image.fromarray(_varied(w, h))
+    if mode == "I;16":
+        img = Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 200)
+    elif mode == "F":
+        img = Image.fromarray(np.asarray(base.convert("L"), dtype=np.float32) * 3.5 - 100.0)
+    elif mode == "P-transparent":
+        img = base.convert("P")
+        img.info["transparency"] = 7
+    else:
+        img = base.convert("RGBA" if mode in ("LA", "RGBA") else "RGB").convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, "TIFF" if mode in ("I;16", "F") else "PNG")
+    with Image.open(io.BytesIO(buf.getvalue())) as again:
+        again.load()
+        expected = np.asarray(_to_rgb(again).reduce(7))
+    photo = load_image(buf.getvalue(), target_size=target)
+    assert photo.size == (w, h) and photo.pixels.shape == (143, 429, 3)
+    np.testing.assert_array_equal(photo.pixels, expected)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_of_a_reduced_png(orientation: int) -> None:
+    """A PNG's eXIf is read after its checks (its getexif() decodes the image); turned as Pillow turns it."""
+    pixels = _varied(1200, 800)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG", exif=exif.tobytes())
+    photo = load_image(buf.getvalue(), target_size=200)  # factor 4
+    expected = Image.fromarray(pixels).reduce(4)
+    ops = {2: [Image.Transpose.FLIP_LEFT_RIGHT], 3: [Image.Transpose.ROTATE_180], 4: [Image.Transpose.FLIP_TOP_BOTTOM],
+           5: [Image.Transpose.TRANSPOSE], 6: [Image.Transpose.ROTATE_270], 7: [Image.Transpose.TRANSVERSE],
+           8: [Image.Transpose.ROTATE_90]}
+    for op in ops.get(orientation, []):
+        expected = expected.transpose(op)
+    assert photo.size == ((800, 1200) if orientation >= 5 else (1200, 800))
+    np.testing.assert_array_equal(photo.pixels, np.asarray(expected))

@@ -19,6 +19,11 @@ allocator alone. Other C libraries (musl, macOS) have no such thresholds:
 nothing is done there. A malloc setting in the environment (``GLIBC_TUNABLES``,
 ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``) is the user's choice
 and wins.
+
+:func:`give_back` hands the freed heap back to the kernel at once (glibc's
+``malloc_trim``): for after a decode far larger than any search's buffers (a
+photo declaring tens of millions of pixels), whose freed blocks the kept heap
+above, and the heaps of the server's other threads, would otherwise hold.
 """
 
 from __future__ import annotations
@@ -48,16 +53,29 @@ _lock = threading.Lock()
 applied: tuple[int, int] | None = None
 
 
-def _mallopt() -> Any:
+def _glibc(function: str) -> Any:
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(None)
         if not hasattr(libc, "gnu_get_libc_version"):  # musl has a mallopt that does nothing
             return None
-        return libc.mallopt
+        return getattr(libc, function)
     except (OSError, AttributeError):
         return None
+
+
+def _mallopt() -> Any:
+    return _glibc("mallopt")
+
+
+def give_back() -> bool:
+    """Return the freed memory of every heap of the process to the kernel (glibc only); whether it could."""
+    trim = _glibc("malloc_trim")
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def user_set() -> bool:

@@ -4,6 +4,13 @@ Photos come from users (uploads, catalogues) and may be truncated, corrupt,
 not images at all, decompression bombs, CMYK, 16-bit, with alpha, animated or
 EXIF-rotated. :func:`load_image` turns any of them into an RGB ``Photo`` in the
 orientation a person sees, or raises :class:`BadImageError` with a clear message.
+
+A few KB can declare tens of millions of pixels (a 6300 x 6300 1-bit PNG of
+one colour is 4.9 KB). What a decode holds is bounded before any pixel is
+decoded (``max_decoded_bytes``), a photo larger than the caller needs is
+reduced as it is converted to RGB, a strip at a time, so the full-size RGB
+image never exists, and after a large decode the freed memory is handed back
+to the kernel.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from . import allocator
 from .errors import BadImageError
 
 ImageSource = Union[str, "os.PathLike[str]", bytes, BinaryIO]
@@ -28,10 +36,29 @@ ImageSource = Union[str, "os.PathLike[str]", bytes, BinaryIO]
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 #: Largest decoded image accepted, in pixels (width x height as declared).
 DEFAULT_MAX_PIXELS = 64_000_000
+#: Largest decode accepted, in bytes (see :func:`decoded_bytes`). The default is what the pixel limit
+#: allows at worst (4-byte pixels decoded, 3-byte RGB kept): by default only the pixel limit refuses.
+DEFAULT_MAX_DECODED_BYTES = DEFAULT_MAX_PIXELS * (4 + 3)
+#: After a decode that held more than this, the freed heap goes back to the kernel: Pillow holds a
+#: decoded image in 16 MiB blocks, which the allocator serves from its heap and would otherwise keep
+#: (see :mod:`shoplens.allocator`).
+GIVE_BACK_BYTES = 32 * 2**20
+#: Pixels converted to RGB at a time when a photo is converted (and reduced) in strips.
+STRIP_PIXELS = 2**20
+#: Bytes per pixel of Pillow's storage of a mode (4 for the others, RGB included).
+_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 
 # We check the declared size ourselves (with our own limit); PIL's global guard
 # would otherwise warn or raise with its own message and threshold.
 Image.MAX_IMAGE_PIXELS = None
+
+#: Pillow's largest block of image memory (its default: 16 MiB). One block per image instead:
+#: C's malloc maps a block of 32 MiB or more afresh and unmaps it when the image is freed, while
+#: 16 MiB blocks come from the heap of the thread that decoded, where a worker thread's heap
+#: keeps them (``malloc_trim`` does not shrink it). ``PILLOW_BLOCK_SIZE`` in the environment wins.
+PILLOW_BLOCK_BYTES = 2**30
+if "PILLOW_BLOCK_SIZE" not in os.environ:
+    Image.core.set_block_size(PILLOW_BLOCK_BYTES)
 
 
 @dataclass(frozen=True)
@@ -127,18 +154,41 @@ def _open_source(source: ImageSource, max_bytes: int) -> tuple[io.BytesIO, str]:
     raise BadImageError(f"cannot read an image from {type(source).__name__}")
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB; transparent pixels become white."""
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _levels(img: Image.Image, rows: int) -> tuple[float, float] | None:
+    """The range a 16-bit, 32-bit or float image is scaled from to 0-255 (``None`` for the other modes).
+
+    Taken over the whole image, ``rows`` rows at a time, so that strips converted on their own agree.
+    """
+    if img.mode not in _WIDE_MODES and img.mode != "F":
+        return None
+    lo, hi = np.inf, -np.inf
+    for y in range(0, img.height, rows):
+        arr = np.asarray(img.crop((0, y, img.width, min(img.height, y + rows))), dtype=np.float64)
+        if img.mode == "F":
+            arr = np.nan_to_num(arr)
+        if arr.size:
+            lo, hi = min(lo, float(arr.min())), max(hi, float(arr.max()))
+    return (0.0, 0.0) if lo > hi else (lo, hi)
+
+
+def _to_rgb(img: Image.Image, levels: tuple[float, float] | None = None) -> Image.Image:
+    """Convert any PIL mode to RGB; transparent pixels become white.
+
+    ``levels``: the whole image's range (:func:`_levels`) when ``img`` is a strip of it.
+    """
     if img.mode == "RGB":
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if img.mode in _WIDE_MODES:
         arr = np.asarray(img, dtype=np.float64)
-        hi = float(arr.max()) if arr.size else 0.0
+        hi = levels[1] if levels is not None else float(arr.max()) if arr.size else 0.0
         arr = (arr / (65535.0 if hi > 255 else 255.0) * 255.0).clip(0, 255).astype(np.uint8)
         return Image.fromarray(arr, "L").convert("RGB")
     if img.mode == "F":
         arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
-        lo, hi = float(arr.min()), float(arr.max())
+        lo, hi = levels if levels is not None else (float(arr.min()), float(arr.max()))
         arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
         return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
@@ -158,20 +208,67 @@ def _draft_factor(size: tuple[int, int], request: tuple[int, int] | None) -> int
     return next(s for s in (8, 4, 2, 1) if scale >= s)
 
 
+def reduce_factor(size: tuple[int, int], target_size: int | None) -> int:
+    """The integer reduction a (width, height) image is decoded at for ``target_size`` (1: none).
+
+    As JPEG draft mode does: the largest that keeps both sides at least ``target_size``.
+    """
+    if not target_size:
+        return 1
+    return max(1, min(size[0] // target_size, size[1] // target_size))
+
+
+def decoded_bytes(size: tuple[int, int], mode: str, factor: int = 1) -> int:
+    """The bytes a decode holds: the image at ``size`` as Pillow stores ``mode``, plus the RGB photo it
+    becomes, reduced by ``factor``."""
+    w, h = size
+    return w * h * _PIXEL_BYTES.get(mode, 4) + -(-w // factor) * -(-h // factor) * 3
+
+
+def _rgb_pixels(img: Image.Image, factor: int) -> np.ndarray:
+    """``img`` as (H, W, 3) uint8 RGB pixels, reduced by ``factor`` (box average).
+
+    A large image is converted a strip of rows at a time, each reduced as it is
+    converted: the full-size RGB image (4 bytes a pixel in Pillow, 3 in numpy)
+    never exists. Strips are a multiple of ``factor`` rows high, so the result
+    is the same as reducing the whole converted image.
+    """
+    w, h = img.size
+    rows = max(1, STRIP_PIXELS // max(1, w)) // factor * factor or factor
+    if rows >= h:
+        rgb = _to_rgb(img)
+        return np.asarray(rgb.reduce(factor) if factor > 1 else rgb, dtype=np.uint8)
+    levels = _levels(img, rows)
+    out = np.empty((-(-h // factor), -(-w // factor), 3), dtype=np.uint8)
+    for y in range(0, h, rows):
+        strip = _to_rgb(img.crop((0, y, w, min(h, y + rows))), levels)
+        if factor > 1:
+            strip = strip.reduce(factor)
+        out[y // factor : y // factor + strip.height] = np.asarray(strip, dtype=np.uint8)
+    return out
+
+
 def load_image(
     source: ImageSource,
     *,
     name: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
     target_size: int | None = None,
     preview: Callable[[int, int], tuple[int, int]] | None = None,
 ) -> Photo:
     """Decode ``source`` (path, bytes or file object) into an RGB :class:`Photo`.
 
-    ``target_size``: the longest side the caller will use; JPEGs larger than
-    twice that are decoded at a reduced scale (draft mode), which is much
-    faster and gives the same pixels after resizing.
+    ``target_size``: the longest side the caller will use; an image larger
+    than twice that on both sides is decoded reduced by the largest integer
+    factor that keeps both sides at least ``target_size`` (JPEGs by draft
+    mode, which is much faster; other formats as they are converted to RGB):
+    the same pixels after resizing.
+
+    ``max_decoded_bytes``: the most a decode may hold, checked before any
+    pixel is decoded (:func:`decoded_bytes`: the image as decoded, after any
+    draft-mode reduction, plus the RGB photo it becomes).
 
     ``preview(width, height)``: the smallest (width, height) the caller's
     first step reads a photo of that size at (the intent gate). A JPEG that
@@ -182,74 +279,107 @@ def load_image(
     """
     stream, default_name = _open_source(source, max_bytes)
     label = name or default_name
+    held = [0]
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            img: Image.Image = Image.open(stream)
-            width, height = img.size
-            if width <= 0 or height <= 0:
-                raise BadImageError(f"{label}: image has no pixels ({width}x{height})")
-            if width * height > max_pixels:
-                raise BadImageError(
-                    f"{label}: image declares {width}x{height} pixels, over the limit of "
-                    f"{max_pixels} (a decompression bomb or a photo too large)"
-                )
-            if getattr(img, "is_animated", False):
-                img.seek(0)
-            orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
-            redecode: Callable[[], Photo] | None = None
-            if img.format == "JPEG":
-                request = (target_size, target_size) if target_size and min(width, height) > 2 * target_size else None
-                if preview is not None:
-                    turned = orientation in (5, 6, 7, 8)  # preview sizes are for the photo as seen
-                    pw, ph = preview(*((height, width) if turned else (width, height)))
-                    small = (ph, pw) if turned else (pw, ph)
-                    if _draft_factor((width, height), small) > _draft_factor((width, height), request):
-                        request = small
-                        redecode = partial(load_image, stream.getvalue(), name=label, max_bytes=max_bytes,
-                                           max_pixels=max_pixels, target_size=target_size)
-                if request is not None:
-                    img.draft("RGB", request)
-            img.load()
-            img = _to_rgb(img)
-            if orientation != 1:
-                img = _apply_orientation(img, orientation)
+        return _decode(stream, label, max_bytes, max_pixels, max_decoded_bytes, target_size, preview, held)
     except BadImageError:
         raise
     except Image.DecompressionBombError as err:
-        raise BadImageError(f"{label}: decompression bomb refused ({err})") from None
+        problem = f"decompression bomb refused ({err})"
     except UnidentifiedImageError:
-        raise BadImageError(f"{label}: not an image, or an image format that cannot be read") from None
+        problem = "not an image, or an image format that cannot be read"
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as err:
-        raise BadImageError(f"{label}: corrupt or truncated image ({err})") from None
+        problem = f"corrupt or truncated image ({err})"
     except MemoryError:
-        raise BadImageError(f"{label}: image too large to decode in memory") from None
+        problem = "image too large to decode in memory"
+    finally:
+        # Here the decode's images are freed (the error, and the frames it held, too): hand their memory back.
+        if held[0] > GIVE_BACK_BYTES:
+            allocator.give_back()
+    raise BadImageError(f"{label}: {problem}")
 
-    pixels = np.asarray(img, dtype=np.uint8)
+
+def _decode(
+    stream: io.BytesIO,
+    label: str,
+    max_bytes: int,
+    max_pixels: int,
+    max_decoded_bytes: int,
+    target_size: int | None,
+    preview: Callable[[int, int], tuple[int, int]] | None,
+    held: list[int],
+) -> Photo:
+    """:func:`load_image`'s work; ``held[0]`` is set to the bytes the decode holds before it allocates them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        img: Image.Image = Image.open(stream)
+        width, height = img.size
+        if width <= 0 or height <= 0:
+            raise BadImageError(f"{label}: image has no pixels ({width}x{height})")
+        if width * height > max_pixels:
+            raise BadImageError(
+                f"{label}: image declares {width}x{height} pixels, over the limit of "
+                f"{max_pixels} (a decompression bomb or a photo too large)"
+            )
+        if getattr(img, "is_animated", False):
+            img.seek(0)
+        redecode: Callable[[], Photo] | None = None
+        jpeg = img.format == "JPEG"
+        # A PNG's getexif() decodes the whole image (its eXIf chunk may follow the pixels): read it after the checks.
+        orientation = _orientation(img) if jpeg else 1
+        if jpeg:
+            request = (target_size, target_size) if target_size and min(width, height) > 2 * target_size else None
+            if preview is not None:
+                turned = orientation in (5, 6, 7, 8)  # preview sizes are for the photo as seen
+                pw, ph = preview(*((height, width) if turned else (width, height)))
+                small = (ph, pw) if turned else (pw, ph)
+                if _draft_factor((width, height), small) > _draft_factor((width, height), request):
+                    request = small
+                    redecode = partial(load_image, stream.getvalue(), name=label, max_bytes=max_bytes,
+                                       max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes, target_size=target_size)
+            if request is not None:
+                img.draft("RGB", request)
+        # The size and mode as decoded (draft mode has set them); a preview is not reduced further.
+        factor = reduce_factor(img.size, None if redecode is not None else target_size)
+        held[0] = decoded_bytes(img.size, img.mode, factor)
+        if held[0] > max_decoded_bytes:
+            raise BadImageError(
+                f"{label}: a {width}x{height} {img.mode} image decodes to {held[0]} bytes, over the limit of "
+                f"{max_decoded_bytes} (a decompression bomb or a photo too large)"
+            )
+        img.load()
+        if not jpeg:
+            orientation = _orientation(img)
+        pixels = _rgb_pixels(img, factor)
+    del img
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
         raise BadImageError(f"{label}: decoded to an unusable shape {pixels.shape}")
-    if orientation in (5, 6, 7, 8):
-        size = (height, width)
-    else:
-        size = (width, height)
+    pixels = _orient(pixels, orientation)
+    size = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
     return Photo(pixels=np.ascontiguousarray(pixels), size=size, name=label, redecode=redecode)
 
 
-_TRANSPOSE = {
-    2: [Image.Transpose.FLIP_LEFT_RIGHT],
-    3: [Image.Transpose.ROTATE_180],
-    4: [Image.Transpose.FLIP_TOP_BOTTOM],
-    5: [Image.Transpose.TRANSPOSE],
-    6: [Image.Transpose.ROTATE_270],
-    7: [Image.Transpose.TRANSVERSE],
-    8: [Image.Transpose.ROTATE_90],
-}
+def _orientation(img: Image.Image) -> int:
+    return int(img.getexif().get(0x0112, 1)) if hasattr(img, "getexif") else 1
 
 
-def _apply_orientation(img: Image.Image, orientation: int) -> Image.Image:
-    for op in _TRANSPOSE.get(orientation, []):
-        img = img.transpose(op)
-    return img
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """(H, W, 3) pixels turned as EXIF ``orientation`` says, to the photo as a person sees it (a view)."""
+    if orientation == 2:
+        return pixels[:, ::-1]
+    if orientation == 3:
+        return pixels[::-1, ::-1]
+    if orientation == 4:
+        return pixels[::-1]
+    if orientation == 5:
+        return pixels.transpose(1, 0, 2)
+    if orientation == 6:
+        return np.rot90(pixels, -1)
+    if orientation == 7:
+        return pixels.transpose(1, 0, 2)[::-1, ::-1]
+    if orientation == 8:
+        return np.rot90(pixels, 1)
+    return pixels
 
 
 def photo_from_array(pixels: np.ndarray, name: str = "") -> Photo:
