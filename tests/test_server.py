@@ -336,6 +336,43 @@ def bad_photos_named(name: str) -> bytes:
     return dict(bad_photos())[name]
 
 
+def test_photos_are_decoded_inside_the_search_slots(lens: Shoplens, monkeypatch: pytest.MonkeyPatch) -> None:
+    """However many uploads arrive at once, at most search_concurrency decodes are in flight."""
+    from shoplens.server import app as app_module
+
+    app = create_app(lens, ServerSettings(search_concurrency=1))
+    slots = app.state.shoplens.search_slots
+    free_slot_seen: list[bool] = []
+
+    def load_image(*args: Any, **kwargs: Any) -> Any:
+        free = slots.acquire(blocking=False)  # with one slot, held by this very search if it decodes inside it
+        if free:
+            slots.release()
+        free_slot_seen.append(free)
+        return real(*args, **kwargs)
+
+    real = app_module.load_image
+    monkeypatch.setattr(app_module, "load_image", load_image)
+    with TestClient(app) as c:
+        assert search(c, photo(1)).status_code == 200
+    assert free_slot_seen == [False]
+
+
+def test_decoded_bytes_are_bounded(lens: Shoplens) -> None:
+    """--max-decoded-mb: a photo whose decode would hold more is refused before decoding; the tiny 1-bit bomb passes, reduced."""
+    from .test_imaging import _png_of_one_colour
+
+    rgb = encode(picture(1).resize((1000, 1000)), "PNG")  # 4 MB decoded + 0.75 MB RGB, halved for the 384-px models
+    with TestClient(create_app(lens, ServerSettings(max_decoded_bytes=4_700_000))) as c:
+        body = assert_error(search(c, rgb, name="big.png"), 422, "bad_image")
+        assert "decodes to 4750000 bytes, over the limit of 4700000" in body["error"], body
+        assert search(c, photo(1)).status_code == 200
+    with TestClient(create_app(lens, ServerSettings())) as c:  # the defaults: 40 M pixels, 128 MiB
+        assert search(c, _png_of_one_colour(6300, 1, 0), name="bomb.png").status_code == 200
+    with pytest.raises(ConfigError, match="max_decoded_bytes must be positive"):
+        ServerSettings(max_decoded_bytes=0)
+
+
 def test_exif_rotated_boxes_are_in_the_photo_as_seen(tmp_path: Path) -> None:
     from .serverutil import exif_rotated_jpeg
 

@@ -440,6 +440,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         url_allowlist=args.allow_url or None,
         max_upload_bytes=None if args.max_upload_mb is None else int(args.max_upload_mb * 1024 * 1024),
         max_pixels=args.max_pixels,
+        max_decoded_bytes=None if args.max_decoded_mb is None else int(args.max_decoded_mb * 1024 * 1024),
         search_concurrency=args.search_concurrency,
         persist_interval_s=args.persist_interval,
     )
@@ -636,6 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-url", action="append", default=[], metavar="PREFIX", help="let POST /search/url fetch photos under this URL prefix (repeatable; default: never fetch)")
     p.add_argument("--max-upload-mb", type=float, metavar="MB", help="largest photo accepted (default 20)")
     p.add_argument("--max-pixels", type=int, metavar="N", help="largest decoded photo in pixels (default 40000000)")
+    p.add_argument("--max-decoded-mb", type=float, metavar="MB", help=(
+        "the most one photo's decode may hold: the image as decoded plus the RGB photo it becomes (default 128)"))
     p.add_argument("--search-concurrency", type=int, metavar="N", help="searches run at once; more wait their turn (default 2)")
     p.add_argument("--persist-interval", type=float, metavar="S", help=(
         "save the vector indexes this often, in seconds, when the catalogue changed (default 300; and at shutdown). "

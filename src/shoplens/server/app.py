@@ -283,15 +283,18 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
     def run_search(data: bytes, name: str, top_k: int | None, filters: Sequence[str], domain: str | None = None) -> SearchResult:
         if top_k is not None and top_k > settings.max_top_k:
             raise RequestValidationError([{"type": "less_than_equal", "loc": ("body", "top_k"), "msg": f"top_k is at most {settings.max_top_k}"}])
-        start = time.perf_counter()
-        try:
-            photo = load_image(data, name=name, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
-                               target_size=lens.pipeline.decode_size, preview=lens.pipeline.preview)
-        except BadImageError:
-            state.metrics.bad_images.inc()
-            raise
-        decode_ms = (time.perf_counter() - start) * 1000.0
+        # The decode takes a search slot too: a photo of a few KB can decode to tens of MB, so at most
+        # search_concurrency decodes are in flight, however many uploads arrive at once.
         with state.search_slots:
+            start = time.perf_counter()
+            try:
+                photo = load_image(data, name=name, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
+                                   max_decoded_bytes=settings.max_decoded_bytes, target_size=lens.pipeline.decode_size,
+                                   preview=lens.pipeline.preview)
+            except BadImageError:
+                state.metrics.bad_images.inc()
+                raise
+            decode_ms = (time.perf_counter() - start) * 1000.0
             result = lens.search_photo(photo, top_k=top_k, filters=list(filters), decode_ms=decode_ms, domain=domain)
         state.metrics.observe_search(result)
         return result

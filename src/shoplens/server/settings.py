@@ -36,6 +36,10 @@ class ServerSettings:
     max_request_bytes: int = 200 * MiB
     #: Largest decoded photo, in pixels (width x height as declared).
     max_pixels: int = 40_000_000
+    #: The most one photo's decode may hold, in bytes (``shoplens.imaging.decoded_bytes``: the image as
+    #: decoded plus the RGB photo it becomes): RGB PNGs up to about 33 M pixels, 1-byte modes up to the
+    #: pixel limit; with ``search_concurrency`` decodes at once, decoding holds at most that many times this.
+    max_decoded_bytes: int = 128 * MiB
     #: Origins allowed to call the API from a browser (CORS); empty: same origin only.
     cors_origins: tuple[str, ...] = ()
     #: URL prefixes the server may fetch photos from (``POST /search/url``); empty: never.
@@ -59,7 +63,7 @@ class ServerSettings:
             raise ConfigError(f"the read key is too short to be safe: use at least {MIN_API_KEY_LENGTH} random characters (e.g. 'openssl rand -hex 24')")
         if self.read_key is not None and self.read_key == self.api_key:
             raise ConfigError("the read key is the write key: whoever may search could change the catalogue; use two different keys")
-        for name in ("max_upload_bytes", "max_request_bytes", "max_pixels", "search_concurrency", "max_top_k", "max_batch_products", "max_page"):
+        for name in ("max_upload_bytes", "max_request_bytes", "max_pixels", "max_decoded_bytes", "search_concurrency", "max_top_k", "max_batch_products", "max_page"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"server setting {name} must be positive")
         for prefix in self.url_allowlist:
