@@ -23,6 +23,7 @@ from shoplens.detect.head import (
     save_head,
 )
 from shoplens.detect.metrics import DetectionScores, iou_matrix, match
+from shoplens.detect.regions import search_regions, suppress_across_labels
 from shoplens.detect.train import MAIN_LABELS, is_validation, read_outfits, split_outfits, train_detector
 from shoplens.errors import ShoplensError, UnknownModelError
 from shoplens.imaging import load_image, photo_from_array
@@ -336,3 +337,81 @@ def test_cli_train_detector_needs_an_outfits_folder(tmp_path: Path, capsys: pyte
     assert main(["train-detector", str(tmp_path), "--out", str(tmp_path / "h.pt")]) != 0
     assert "garments.jsonl" in capsys.readouterr().err
     assert not (tmp_path / "h.pt").exists()
+
+
+# ----------------------------------------------------------------------------- regions a search reads
+
+
+#: What the detector gives for a skirt laid flat: one garment, boxes of seven labels over it.
+SKIRT = [
+    Garment((40, 30, 280, 300), "bottom", 0.35),
+    Garment((45, 35, 275, 290), "bag", 0.22),
+    Garment((38, 25, 282, 305), "top", 0.18),
+    Garment((42, 28, 279, 302), "dress", 0.12),
+    Garment((120, 200, 200, 280), "bag", 0.09),
+    Garment((41, 31, 281, 299), "outerwear", 0.07),
+    Garment((200, 260, 260, 310), "shoes", 0.05),
+]
+#: An outfit: top, bottom and two shoes, a weak bag, each a different part of a 200 x 400 photo.
+OUTFIT = [
+    Garment((50, 60, 150, 180), "top", 0.6),
+    Garment((55, 170, 145, 320), "bottom", 0.5),
+    Garment((50, 330, 95, 370), "shoes", 0.4),
+    Garment((105, 330, 150, 370), "shoes", 0.35),
+    Garment((140, 150, 190, 220), "bag", 0.1),
+]
+
+
+def test_boxes_of_other_labels_over_the_same_garment_are_one_region() -> None:
+    kept = suppress_across_labels(SKIRT, 0.8)
+    assert [g.label for g in kept] == ["bottom", "bag", "shoes"]  # the small bag and the shoes are elsewhere
+    assert suppress_across_labels(OUTFIT, 0.8) == OUTFIT
+
+
+def test_a_search_reads_confident_distinct_boxes_and_a_dominant_garment_as_the_whole_photo() -> None:
+    rule = {"min_score": 0.15, "iou": 0.8, "whole_photo_area": 0.3}
+    assert search_regions(SKIRT, (320, 320), **rule) == [Garment((0.0, 0.0, 320.0, 320.0), "bottom", 0.35)]
+    # Not dominant (a third of a larger photo is more): the confident, distinct boxes.
+    assert search_regions(SKIRT, (640, 640), **rule) == [SKIRT[0]]
+    assert search_regions(OUTFIT, (200, 400), **rule) == OUTFIT[:4]  # the 0.1 bag is under the search threshold
+    weak = [Garment((0, 0, 10, 10), "hat", 0.08), Garment((20, 20, 30, 30), "bag", 0.06)]
+    assert search_regions(weak, (200, 400), **rule) == weak[:1]  # none passes: the best one is still searched
+    assert search_regions([], (200, 400), **rule) == []
+    # A top over half the photo, with shoes outside it: two garments, not one dominant.
+    half = [Garment((0, 0, 200, 150), "top", 0.9), Garment((0, 150, 100, 300), "shoes", 0.8)]
+    assert search_regions(half, (200, 300), **rule) == half
+
+
+@pytest.mark.data
+@pytest.mark.slow
+@needs_outfits
+def test_searched_regions_still_cover_the_outfits_garments_and_not_flood_single_garments(backbone) -> None:  # type: ignore[no-untyped-def]
+    """The default thresholds on real photos: held-out outfits keep >= 0.80 of their garments covered; single garments ~1 region."""
+    import csv
+
+    from shoplens.config import Config
+
+    d = Config().detect
+    det = create_detector("default")
+    rule = {"min_score": d.search_min_score, "iou": d.region_iou, "whole_photo_area": d.whole_photo_area}
+    _, val = split_outfits(read_outfits(OUTFITS / "garments.jsonl", OUTFITS), 0.25)
+    covered = total = regions = 0
+    for p in val:
+        photo = load_image(p.image)
+        found = det.detect(backbone.encode([photo], input_size=det.input_size))[0]
+        chosen = search_regions(found, photo.size, **rule)
+        regions += len(chosen)
+        main = [b for b, lab in zip(p.boxes, p.labels) if lab in MAIN_LABELS]
+        if main and chosen:
+            covered += int((iou_matrix(np.array([g.box for g in chosen]), np.array(main)) >= 0.5).any(0).sum())
+        total += len(main)
+    assert covered / total >= 0.80 and regions / len(val) <= 5.5, (covered / total, regions / len(val))
+    with open(DATA / "clothing" / "labels.csv", newline="") as f:
+        skirts_and_tees = [r for r in csv.DictReader(f) if r["label"] in ("Skirt", "T-Shirt")][:40]
+    counts = []
+    for r in skirts_and_tees:
+        photo = load_image(DATA / "clothing" / r["image"])
+        found = det.detect(backbone.encode([photo], input_size=det.input_size))[0]
+        assert len(found) >= 1
+        counts.append(len(search_regions(found, photo.size, **rule)))
+    assert np.mean(counts) <= 1.5, counts

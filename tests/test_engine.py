@@ -277,6 +277,36 @@ def test_apparel_searches_each_garment(tmp_path: Path, synthetic_catalogue: Path
     assert result.steps["detect"]["garments"] == 2
 
 
+class Flood(Detector):
+    """What the detector gives for a skirt laid flat: boxes of five labels over the one garment, and a weak shoe."""
+
+    name = "test-flood"
+    backbone = "efficientnet_lite0"
+
+    def detect(self, encodings: Sequence[Encoding]) -> list[list[Garment]]:
+        out = []
+        for e in encodings:
+            w, h = e.photo.size
+            box = (0.1 * w, 0.1 * h, 0.9 * w, 0.9 * h)
+            out.append([Garment(box, lab, s) for lab, s in (("bottom", 0.35), ("bag", 0.25), ("top", 0.2), ("dress", 0.12), ("outerwear", 0.07))]
+                       + [Garment((0.7 * w, 0.8 * h, 0.9 * w, h), "shoes", 0.05)])
+        return out
+
+
+register_detector("test-flood")(lambda **_: Flood())
+
+
+def test_a_single_garment_photo_is_searched_as_one_region(tmp_path: Path, synthetic_catalogue: Path) -> None:
+    synthetic_catalogue.write_text(synthetic_catalogue.read_text().replace("other_product", "apparel"))
+    with Shoplens(tmp_path / "store", **{"intent.classifier": "test-apparel", "detect.detector": "test-flood"}, **LOOSE) as lens:
+        lens.index(synthetic_catalogue)
+        result = lens.search_one(make_image(tmp_path / "skirt.png", 7, size=(200, 300)))
+        detected = lens.detect([tmp_path / "skirt.png"])[0]
+    assert [(r.box, r.label) for r in result.regions] == [([0, 0, 200, 300], "bottom")]
+    assert result.steps["detect"]["garments"] == 6 and result.steps["detect"]["regions"] == 1
+    assert len(detected.garments) == 6  # type: ignore[union-attr]  # shoplens detect still reports every box
+
+
 def test_search_reports_errors_per_image_and_goes_on(tmp_path: Path, synthetic_catalogue: Path) -> None:
     (tmp_path / "text.jpg").write_text("not an image")
     with Shoplens(tmp_path / "store", **{"intent.classifier": "test-other_product"}) as lens:

@@ -62,6 +62,16 @@ class DetectConfig:
     #: The head's scores are averaged heat: 0.05 gives recall 0.80 at 7.7 boxes per photo.
     min_score: float = 0.05
     max_garments: int = 8
+    #: A search embeds only boxes of at least this score (``shoplens detect`` reports all above
+    #: ``min_score``): with ``region_iou`` and ``whole_photo_area``, 7.8 -> 5.1 regions per held-out
+    #: outfit photo at 0.83 of the garments covered (0.85 before), 6.0 -> 1.5 per single-garment
+    #: photo (docs/benchmarks.md section 3, docs/decisions.md).
+    search_min_score: float = 0.15
+    #: A searched box overlapping a better one of any label with IoU at least this is not searched.
+    region_iou: float = 0.8
+    #: When the best garment covers at least this share of the photo, the whole photo is the one
+    #: region searched (a garment laid flat); above 1: never.
+    whole_photo_area: float = 0.25
     #: Also search the whole photo as one more region.
     whole_image: bool = False
 

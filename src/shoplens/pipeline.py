@@ -22,6 +22,7 @@ import numpy as np
 from .allocator import keep_freed_memory
 from .config import DOMAINS, INTENTS, Config
 from .detect import Detector, Garment, create_detector
+from .detect.regions import search_regions
 from .embed import Calibration, Embedder, Head, IdentityHead, Tail, calibration_file, load_head
 from .embed.calibration import default_calibration
 from .errors import ConfigError, StoreError
@@ -420,10 +421,15 @@ class Pipeline:
             cache.replace_photos([photo])
         if intent == "apparel":
             garments: list[Garment] = []
+            detected = 0
             if self.config.detect.enabled:
                 with timer.step("detect"):
-                    garments = self.detect(cache)[0]
-            steps["detect"] = {"enabled": self.config.detect.enabled, "detector": self.config.detect.detector, "garments": len(garments)}
+                    found = self.detect(cache)[0]
+                    d = self.config.detect
+                    garments = search_regions(found, photo.size, min_score=d.search_min_score, iou=d.region_iou, whole_photo_area=d.whole_photo_area)
+                detected = len(found)
+            steps["detect"] = {"enabled": self.config.detect.enabled, "detector": self.config.detect.detector, "garments": detected,
+                               "regions": len(garments)}
             with timer.step("embed"):
                 regions: list[Garment | None] = list(garments)
                 crops = [crop(photo, g.box) for g in garments]
