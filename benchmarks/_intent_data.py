@@ -127,7 +127,7 @@ def encoded(samples: list[Sample], backbone: str = "efficientnet_lite0", progres
     return {"logits": lg.astype(np.float32), "pooled": pl.astype(np.float32), "ok": ok}
 
 
-__all__ = ["KINDS", "NEW_KINDS", "OLD_KINDS", "Sample", "cache_dir", "data_dir", "encoded", "negative_samples", "shared_samples",
+__all__ = ["KINDS", "NEW_KINDS", "OLD_KINDS", "Sample", "cache_dir", "data_dir", "encoded", "encoded_maps", "negative_samples", "shared_samples",
            "skimage_other_samples"]
 
 

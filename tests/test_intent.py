@@ -336,4 +336,62 @@ def test_the_gate_decides_the_same_from_a_preview(photos_root: Path) -> None:
     diff = np.abs(small - full).max(1)  # per photo; 0.014 on average, 0.094 at most here
     assert diff.max() < 0.15 and diff.mean() < 0.03, diff
     said = classify_photos(pipeline, wallpapers)  # `shoplens classify` reads previews only
-    assert [r.intent for r in said] == [INTENTS[i] for i in small.argmax(1)]  # type: ignore[union-attr]
+    assert [r.intent for r in said] == [pipeline.intent_of(row) for row in small]  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------- the shipped default head
+
+def test_shipped_head_loads_is_deterministic_and_is_the_default() -> None:
+    from shoplens.intent import GateHead
+
+    head = create_intent_classifier("default-head")
+    assert isinstance(head, GateHead) and "default-head" in list_intent_classifiers()
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (6, 1000)).astype(np.float32)
+    stats = np.abs(rng.normal(0, 1, (6, 2, 1280))).astype(np.float32)
+    a, b = head.predict_features(logits, stats), GateHead().predict_features(logits, stats)
+    assert a.shape == (6, 3) and np.array_equal(a, b) and np.allclose(a.sum(1), 1, atol=1e-5)
+    assert Pipeline().intent_classifier.name == "default-head"  # "auto" without a trained store head
+
+
+def test_shipped_head_keeps_what_the_mapping_claims_as_a_product() -> None:
+    head = create_intent_classifier("default-head")
+    mapping = ImageNetIntent()
+    logits = np.full((2, 1000), -5.0, dtype=np.float32)
+    logits[0, 831] = 15.0  # studio couch: furniture, a kind the head never saw
+    logits[1, 610] = 15.0  # jersey
+    stats = np.full((2, 2, 1280), 3.0, dtype=np.float32)  # whatever the picture looks like
+    assert np.allclose(head.predict_features(logits, stats), mapping.predict_logits(logits), atol=1e-6)
+
+
+def test_shipped_head_rejects_a_foreign_file(tmp_path: Path) -> None:
+    from shoplens.intent import GateHead
+
+    bad = tmp_path / "x.npz"
+    np.savez(bad, format=np.array("something else"))
+    with pytest.raises(StoreError):
+        GateHead(str(bad))
+
+
+@pytest.mark.slow
+def test_shipped_head_stops_drawn_and_captioned_pictures(backbone, tmp_path: Path) -> None:
+    pytest.importorskip("skimage", reason="scikit-image (dev extra) makes the captioned pictures")
+    paths = generate_negatives(tmp_path, 8, seed=11, kinds=("chart", "cartoon", "fractal", "captioned"))
+    encodings = backbone.encode([load_image(p, target_size=224) for p in paths])
+    stopped = {n: float((create_intent_classifier(n).predict(encodings)[:, 2] >= 0.9).mean())
+               for n in ("imagenet-map", "default-head")}
+    assert stopped["default-head"] >= 0.9 and stopped["default-head"] > stopped["imagenet-map"], stopped
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_shipped_head_keeps_real_product_photos(backbone, photos_root: Path) -> None:
+    with open(photos_root / "grocery" / "photos.csv", newline="") as f:
+        grocery = [photos_root / "grocery" / r["image"] for r in csv.DictReader(f) if r["split"] == "val"][::12]
+    with open(photos_root / "clothing" / "labels.csv", newline="") as f:
+        clothing = [photos_root / "clothing" / r["image"] for r in csv.DictReader(f)][::110]
+    with open(photos_root / "outfits" / "garments.jsonl") as f:
+        outfits = [photos_root / "outfits" / json.loads(line)["image"] for line in f if line.strip()][::25]
+    encodings = backbone.encode([load_image(p, target_size=224) for p in grocery + clothing + outfits])
+    probs = create_intent_classifier("default-head").predict(encodings)
+    assert float((probs[:, 2] < 0.9).mean()) >= 0.98

@@ -194,7 +194,7 @@ class Pipeline:
         trained = self.models_dir / INTENT_MODEL_FILE if self.models_dir else None
         if name == "auto":
             use_trained = trained is not None and trained.exists() and "trained" in list_intent_classifiers()
-            name = "trained" if use_trained else "imagenet-map"
+            name = "trained" if use_trained else "default-head"
         if name == "trained":
             if trained is None or not trained.exists():
                 raise StoreError("no trained intent classifier in this store: run 'shoplens train-intent' first")

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..registry import Registry
 from .base import IntentClassifier
+from .gate_head import GateHead
 from .imagenet_map import PRODUCE_CLASSES, ImageNetIntent, produce_share
 from .trained import IntentTrainReport, TrainedIntent, read_labelled, train_intent
 
@@ -22,6 +23,11 @@ _REGISTRY: Registry[IntentClassifier] = Registry("intent classifier")
 @_REGISTRY.register("imagenet-map", "ImageNet-1k class probabilities mapped to intents (no training)")
 def _imagenet_map(*, backbone: str = "efficientnet_lite0", **_: Any) -> IntentClassifier:
     return ImageNetIntent(backbone=backbone)
+
+
+@_REGISTRY.register("default-head", "the shipped default: a small head over imagenet-map with a product guard")
+def _default_head(*, path: Path | None = None, **_: Any) -> IntentClassifier:
+    return GateHead(None if path is None else str(path))
 
 
 @_REGISTRY.register("trained", "a head trained by `shoplens train-intent` (path: the saved model file)")
@@ -48,6 +54,7 @@ def register_intent_classifier(name: str, description: str = "") -> Any:
 
 __all__ = [
     "PRODUCE_CLASSES",
+    "GateHead",
     "ImageNetIntent",
     "IntentClassifier",
     "IntentTrainReport",
