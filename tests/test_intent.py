@@ -54,7 +54,7 @@ def photos_root() -> Path:
 def negatives(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     pytest.importorskip("skimage", reason="scikit-image (dev extra) makes the photo and meme negatives")
     kinds = ("document", "chart", "noise", "meme", "photo")  # the kinds the imagenet-map rule was chosen on
-    return generate_negatives(tmp_path_factory.mktemp("neg"), 4, seed=3, kinds=kinds)
+    return generate_negatives(tmp_path_factory.mktemp("neg"), 8, seed=3, kinds=kinds)
 
 
 def _classify(backbone, classifier, paths: list[Path]) -> list[str]:
@@ -275,16 +275,17 @@ def test_read_labelled_folder_errors(tmp_path: Path, negatives: list[Path]) -> N
 
 @pytest.mark.slow
 def test_train_intent_trains_reports_saves_and_reloads(tmp_path: Path, backbone, negatives: list[Path]) -> None:
-    root = _folder(tmp_path / "lab", {"apparel": 4, "other_product": 4, "non_product": 4}, negatives)
+    # Eight pictures a class, six held out: with three, one picture decided a third of the accuracy.
+    root = _folder(tmp_path / "lab", {"apparel": 8, "other_product": 8, "non_product": 8}, negatives)
     (root / "non_product" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     out = tmp_path / "models" / "intent.pt"
     report = train_intent(root, out, holdout=0.25, seed=1)
     assert report.n_skipped == 1
-    assert report.n_train + report.n_test == 12 and report.n_test == 3
+    assert report.n_train + report.n_test == 24 and report.n_test == 6
     assert np.asarray(report.confusion).shape == (3, 3) and np.asarray(report.confusion).sum() == report.n_test
     assert report.accuracy == np.trace(np.asarray(report.confusion)) / report.n_test
     assert set(report.recall) == set(INTENTS)
-    assert report.to_dict()["counts"] == {"apparel": 4, "other_product": 4, "non_product": 4}
+    assert report.to_dict()["counts"] == {"apparel": 8, "other_product": 8, "non_product": 8}
     assert report.accuracy >= 2 / 3  # noise vs charts vs documents is easy
     assert out.exists() and not list(out.parent.glob("*.tmp"))
     assert torch.load(out, weights_only=True)["format"] == "shoplens-intent-head"
@@ -299,7 +300,7 @@ def test_train_intent_trains_reports_saves_and_reloads(tmp_path: Path, backbone,
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
     np.testing.assert_allclose(TrainedIntent(out).predict(encodings), probs, atol=1e-6)
     truth = [p.parent.name for p in paths]
-    assert sum(a == b for a, b in zip(loaded.labels(probs), truth)) >= 10  # fits its training pictures
+    assert sum(a == b for a, b in zip(loaded.labels(probs), truth)) >= 20  # fits its training pictures
 
 
 def test_trained_intent_bad_files(tmp_path: Path) -> None:
