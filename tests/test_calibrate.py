@@ -153,6 +153,8 @@ def test_default_search_returns_what_retrieval_finds_on_real_photos(data_dir: Pa
     assert len(photos) >= 40 and empty <= 0.05
     assert recall(default, 1) >= recall(found, 1) - 0.03
     assert recall(default, 5) >= recall(found, 5) - 0.04
-    hits = [h for res in default for reg in res.regions for h in reg.results]
+    # The calibrated partition's hits (an unsure gate also searches the other one: few products, no curve).
+    hits = [h for res in default for reg in res.regions if reg.domain in (None, "other_product") for h in reg.results]
+    assert len(hits) >= len(photos)
     assert all(0.0 <= h.precision <= 1.0 and h.rank == pytest.approx(2 - h.distance, abs=1e-3) and h.rank >= 1.08 for h in hits)
     assert default_calibration().kind == "margin"

@@ -256,7 +256,7 @@ def test_fit_stop_score_keeps_the_shops_own_photos_searched() -> None:
 @pytest.mark.data
 @pytest.mark.slow
 def test_train_embedder_raises_the_stop_score_its_labelled_photos_need(tmp_path: Path) -> None:
-    """Store photos of produce the default gate stops (non_product >= 0.9), given as labelled photos,
+    """Store photos of produce the imagenet-map gate stops (non_product >= 0.9), given as labelled photos,
     are searched after train-embedder, and the store keeps the fitted stop score."""
     root = _data_root() / "grocery"
     if not (root / "catalog.csv").exists():
@@ -278,7 +278,9 @@ def test_train_embedder_raises_the_stop_score_its_labelled_photos_need(tmp_path:
         w.writerow(["image", "product_id"])
         w.writerows([str(root / r["image"]), r["product_id"]] for r in extra)
     probe = root / "photos" / "val" / stopped[0]
-    with Shoplens(tmp_path / "store") as lens:
+    # The gate these photos' scores come from: the ImageNet mapping stops them; the shipped default
+    # head keeps every grocery photo, so it leaves nothing to fit.
+    with Shoplens(tmp_path / "store", **{"intent.classifier": "imagenet-map"}) as lens:
         lens.index(write_grocery_catalogue(tmp_path / "catalogue.csv", root, cat))
         assert lens.search([probe])[0].intent == "non_product", "the photo this test is about is no longer stopped"
         gate = lens.train_embedder(labelled, tune_backbone=False)["other_product"].extra["gate"]
