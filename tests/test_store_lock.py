@@ -286,3 +286,33 @@ def test_index_next_to_a_running_server_is_refused_and_search_still_works(tmp_pa
             assert hit["regions"][0]["results"][0]["product_id"] != "q0"
     finally:
         server.stop()
+
+
+def test_a_lock_left_with_a_dead_writers_child_is_waited_for(tmp_path: Path) -> None:
+    """A writer forks a child (which shares its lock) and dies: the next writer waits for the child, then writes."""
+    import os
+    import signal
+    import time
+
+    from shoplens.store.lock import WriterLock
+
+    (tmp_path / "store").mkdir()
+    ready_r, ready_w = os.pipe()
+    writer = os.fork()
+    if writer == 0:  # the writer: takes the lock, forks a child that keeps it 1.5 s, then waits to be killed
+        held = WriterLock(tmp_path / "store")
+        held.acquire()
+        if os.fork() == 0:
+            time.sleep(1.5)
+            os._exit(0)
+        os.write(ready_w, b"x")
+        time.sleep(60)
+        os._exit(0)
+    os.read(ready_r, 1)
+    os.kill(writer, signal.SIGKILL)
+    os.waitpid(writer, 0)
+    start = time.monotonic()
+    lock = WriterLock(tmp_path / "store")
+    lock.acquire()  # neither refused nor hung: the child exits and lets go
+    assert lock.held and 0.5 < time.monotonic() - start < 10
+    lock.release()

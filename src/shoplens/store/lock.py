@@ -21,11 +21,15 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from ..errors import StoreBusyError, StoreError
 
 log = logging.getLogger(__name__)
+
+#: How long a writer waits for the lock while the writer named in it is dead (a child it forked still holds it).
+ORPHAN_WAIT_S = 15.0
 
 LOCK_FILE = "writer.lock"
 
@@ -63,7 +67,7 @@ class WriterLock:
         except OSError as err:
             raise StoreError(f"{self.root}: cannot open the writer lock {self.path} ({err.strerror or err})") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._lock_or_wait_for_orphans(fd)
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
@@ -76,6 +80,29 @@ class WriterLock:
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": _command()}).encode() + b"\n", 0)
         self._fd = fd
         log.debug("%s: writer lock taken", self.root)
+
+    def _lock_or_wait_for_orphans(self, fd: int) -> None:
+        """flock ``fd``; while the writer named in the file is dead, wait up to ORPHAN_WAIT_S.
+
+        A process a writer forked shares its lock; killed, the writer leaves
+        the lock with such a child until the child exits too (moments later).
+        A live holder is refused at once (BlockingIOError).
+        """
+        deadline = time.monotonic() + ORPHAN_WAIT_S
+        warned = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pid = _read_holder(fd).get("pid")
+                if not isinstance(pid, int) or _alive(pid) or time.monotonic() > deadline:
+                    raise
+                if not warned:
+                    log.warning("%s: the writer lock is held after its writer (PID %d) died, by a process it "
+                                "started; waiting up to %.0f s for it to exit", self.root, pid, ORPHAN_WAIT_S)
+                    warned = True
+                time.sleep(0.1)
 
     def release(self) -> None:
         """Let the next writer in (closing the file drops the lock)."""
@@ -111,3 +138,14 @@ def _read_holder(fd: int) -> dict[str, object]:
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
