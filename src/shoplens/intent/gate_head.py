@@ -73,7 +73,9 @@ class GateHead(IntentClassifier):
     name = "default-head"
 
     def __init__(self, path: str | None = None) -> None:
-        state = _load(path)
+        self._set_state(_load(path))
+
+    def _set_state(self, state: dict[str, np.ndarray]) -> None:
         self.backbone = str(state["backbone"])
         self._map = ImageNetIntent(self.backbone)
         self._mean, self._std = state["mean"], state["std"]
@@ -176,13 +178,7 @@ def save_gate_head(state: dict[str, np.ndarray], path: str) -> None:
 def head_from_state(state: dict[str, np.ndarray]) -> GateHead:
     """A :class:`GateHead` over a state in memory (benchmarks, tests)."""
     head = GateHead.__new__(GateHead)
-    s = {k: (v.astype(np.float64) if v.dtype.kind == "f" else v) for k, v in state.items()}
-    head.backbone = str(s["backbone"])
-    head._map = ImageNetIntent(head.backbone)
-    head._mean, head._std = s["mean"], s["std"]
-    head._weight, head._bias, head._prior_scale = s["weight"], s["bias"], s["prior_scale"]
-    head.guard = float(s["guard"])
-    head.report = str(s["report"])
+    head._set_state({k: (v.astype(np.float64) if v.dtype.kind == "f" else v) for k, v in state.items()})
     return head
 
 
