@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .config import Config, resolve_config
+from .config import Config, options_summary, resolve_config
 from .errors import ShoplensError
 
 if TYPE_CHECKING:
@@ -537,7 +537,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("config", help="print the resolved configuration")
+    p = sub.add_parser(
+        "config", help="print the resolved configuration",
+        epilog="options (--set KEY=VALUE; docs/configuration.md says what each does):\n" + options_summary(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--store", metavar="DIR", help="include the configuration saved in this store")
     _add_config_options(p)
     _add_model_options(p)
