@@ -332,3 +332,49 @@ def test_a_private_catalogue_asks_for_its_key_and_sends_it(browser: Any, tmp_pat
             assert refused == []  # every search and photo request carried the key
             _shot(page, "private-catalogue")
             page.close()
+
+
+def test_result_cards_show_the_thumbnail_title_and_chosen_fields_escaped(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """--card-fields: price as text, an http(s) URL as a link; catalogue values never become markup or script."""
+    folder = tmp_path_factory.mktemp("web-cards")
+    evil = '<img src=x onerror="window.pwned=1">'
+    with open(folder / "catalog.csv", "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(["product_id", "image", "title", "category", "domain", "price", "link", "note", "bad_link"])
+        for i in range(3):
+            (folder / f"c{i}.png").write_bytes(encode(picture(70 + i, (400, 300))))
+            out.writerow([f"card-{i}", f"c{i}.png", f"{evil} {i}", "Red", "other_product", f"1{i}.5",
+                          f"https://shop.example/p/{i}?a=1&b=<b>", evil, "javascript:window.pwned=1"])
+    fields = ("price", "link", "note", "bad_link", "absent")
+    with Shoplens(folder / "store", **{"intent.classifier": "test-other_product", "search.rank_filter": False}) as lens:
+        lens.index(folder / "catalog.csv")
+        with LiveServer(create_app(lens, ServerSettings(card_fields=fields))) as server:
+            server.wait_ready()
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server.url)
+            page.set_input_files("#pick", str(folder / "c1.png"))
+            page.wait_for_selector(".card", timeout=60_000)
+            card = page.query_selector(".card")
+            assert card.get_attribute("data-product-id") == "card-1"
+            assert card.query_selector(".title").inner_text() == f"{evil} 1"  # as text
+            assert card.query_selector(".id").inner_text() == "card-1"
+            assert [r.get_attribute("data-field") for r in card.query_selector_all(".field")] == ["price", "link", "note", "bad_link"]
+            assert card.query_selector('.field[data-field="price"] dd').inner_text() == "11.5"
+            link = card.query_selector('.field[data-field="link"] a')
+            assert link.get_attribute("href") == "https://shop.example/p/1?a=1&b=%3Cb%3E"
+            assert link.get_attribute("target") == "_blank" and "noopener" in link.get_attribute("rel")
+            assert link.inner_text() == "shop.example/p/1"
+            assert card.query_selector('.field[data-field="note"] dd').inner_text() == evil
+            bad = card.query_selector('.field[data-field="bad_link"]')
+            assert bad.query_selector("a") is None and bad.inner_text().endswith("javascript:window.pwned=1")
+            # the only image in a card is its thumbnail, loaded from image_url
+            assert page.evaluate("[...document.querySelectorAll('.card')].every(c => c.querySelectorAll('img').length === 1)")
+            img = card.query_selector(".thumb img")
+            assert "/thumbnail?size=256&v=" in img.get_attribute("src")
+            _wait_until(page, "(() => { const i = document.querySelector('.card .thumb img'); return i.complete && i.naturalWidth > 0; })()")
+            assert page.evaluate("document.querySelector('.card .thumb img').naturalWidth") == 256  # a 400 x 300 photo, shrunk
+            assert page.evaluate("window.pwned") is None and errors == []
+            _shot(page, "result-cards")
+            page.close()

@@ -443,6 +443,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_decoded_bytes=None if args.max_decoded_mb is None else int(args.max_decoded_mb * 1024 * 1024),
         search_concurrency=args.search_concurrency,
         persist_interval_s=args.persist_interval,
+        card_fields=None if args.card_fields is None else [f.strip() for f in args.card_fields.split(",") if f.strip()],
     )
     with Shoplens(args.store, config_file=args.config, create=args.create, **_flags(args)) as lens:
         writes = "enabled (API key set)" if settings.writes_enabled else "disabled: no API key (set SHOPLENS_API_KEY or --api-key-file)"
@@ -647,6 +648,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--persist-interval", type=float, metavar="S", help=(
         "save the vector indexes this often, in seconds, when the catalogue changed (default 300; and at shutdown). "
         "Every acknowledged write is durable in SQLite at once; a restart replays what the saved indexes miss"))
+    p.add_argument("--card-fields", metavar="F1,F2", help=(
+        "product metadata fields the web page's result cards show under the title, e.g. price,url "
+        "(a value that is an http(s) URL becomes a link; default: none)"))
     _add_config_options(p)
     _add_model_options(p)
     _add_search_options(p)

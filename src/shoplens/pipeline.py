@@ -618,4 +618,6 @@ def _product_hit(hit: Hit, record: ProductRecord) -> ProductHit:
     fields = record.fields()
     fields.update(product_id=hit.product_id, rank=round(hit.rank, 4), distance=round(hit.distance, 4), category=hit.category,
                   precision=hit.precision)
-    return ProductHit(**fields)
+    out = ProductHit(**fields)
+    out._image_id = int(hit.image_id)
+    return out

@@ -8,13 +8,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+
+def _document_image_url(schema: dict[str, Any]) -> None:
+    # Not a field: the CLI has no URL to give, and a catalogue column of that name rides along there as before.
+    schema.setdefault("properties", {})["image_url"] = {
+        "anyOf": [{"type": "string"}, {"type": "null"}],
+        "title": "Image Url",
+        "description": (
+            "HTTP answers only: the matched photo's thumbnail, relative to the server root "
+            "(GET /images/{image_id}/thumbnail?size=256&v=…; the URL changes when the photo does). "
+            "Absent from `shoplens search --json`."
+        ),
+    }
 
 
 class ProductHit(BaseModel):
     """One product in a result list; catalogue metadata columns ride along."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=_document_image_url)
 
     product_id: str
     rank: float
@@ -22,6 +35,14 @@ class ProductHit(BaseModel):
     category: str | None = None
     title: str | None = None
     precision: float | None = Field(None, description="calibrated share of relevant hits at this rank (why it was kept); null: not calibrated")
+    #: The catalogue image that matched (not serialised: a metadata column may have any name,
+    #: ``image_id`` included). The HTTP server makes the hit's ``image_url`` from it.
+    _image_id: int | None = PrivateAttr(None)
+
+    @property
+    def matched_image_id(self) -> int | None:
+        """The id of the product's image that matched the query (None: not known)."""
+        return self._image_id
 
 
 class Reason(BaseModel):

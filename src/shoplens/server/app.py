@@ -3,18 +3,19 @@
 ``create_app(lens, settings)`` builds it; ``shoplens serve`` runs it with
 uvicorn. Every handler does what the Python API does, nothing more: search a
 photo, add / update / delete products (with their photos), read the
-catalogue, serve product photos by image id, health, readiness, metrics and
+catalogue, serve product photos (and cached thumbnails) by image id, health, readiness, metrics and
 the web page at ``/``.
 """
 
 
+import html
 import json
 import logging
 import mimetypes
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from importlib import resources
 from typing import Annotated, Any
 
@@ -44,7 +45,7 @@ from ..errors import (
     StoreError,
     UnknownModelError,
 )
-from ..imaging import load_image, photo_from_array
+from ..imaging import DEFAULT_MAX_BYTES, load_image, photo_from_array
 from ..indexing import IndexReport
 from ..pipeline import EncodingCache
 from ..results import SearchResult
@@ -71,6 +72,7 @@ from .models import (
     WriteReport,
 )
 from .settings import ServerSettings
+from .thumbnails import DEFAULT_SIZE, SIZES, ThumbnailCache, media_type_for
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,9 @@ class ServerState:
         self.settings = settings
         self.search_slots = threading.BoundedSemaphore(settings.search_concurrency)
         self.metrics = Metrics(self.counts)
+        # Catalogue photos were accepted by size when indexed; the pixel and decoded-memory limits bound the decode.
+        self.thumbnails = ThumbnailCache(lens.store, max_bytes=max(settings.max_upload_bytes, DEFAULT_MAX_BYTES),
+                                         max_pixels=settings.max_pixels, max_decoded_bytes=settings.max_decoded_bytes)
         self.ready = threading.Event()
         self.warm_error: str | None = None
         self.dirty = threading.Event()
@@ -165,6 +170,10 @@ class ServerState:
 
     def _warm_up(self) -> None:
         """Load the models and the vector indexes once, so the first search is not slow."""
+        try:
+            self.thumbnails.sweep()  # photos changed or removed while the server was stopped
+        except Exception:
+            log.exception("cleaning the thumbnail cache failed")
         try:
             lens = self.lens
             lens.store.warm_up()
@@ -297,7 +306,20 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
             decode_ms = (time.perf_counter() - start) * 1000.0
             result = lens.search_photo(photo, top_k=top_k, filters=list(filters), decode_ms=decode_ms, domain=domain)
         state.metrics.observe_search(result)
-        return result
+        return with_image_urls(result)
+
+    def thumbnail_url(image_id: int | None, size: int = DEFAULT_SIZE) -> str | None:
+        sha1 = None if image_id is None else state.thumbnails.sha1(image_id)
+        return None if sha1 is None else f"/images/{image_id}/thumbnail?size={size}&v={sha1[:16]}"
+
+    def with_image_urls(result: SearchResult) -> SearchResult:
+        """Each hit with ``image_url``: the thumbnail of the photo that matched (it changes with the photo)."""
+        urls = {i: thumbnail_url(i) for i in {h.matched_image_id for r in result.regions for h in r.results}}
+        data = result.model_dump()
+        for region, served in zip(result.regions, data["regions"]):
+            for hit, out in zip(region.results, served["results"]):
+                out["image_url"] = urls[hit.matched_image_id]
+        return SearchResult.model_validate(data)
 
     @app.post(
         "/search",
@@ -366,6 +388,18 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
         return ProductPage(total=lens.count_products(), offset=offset, limit=limit, items=items)
 
     # -- products: writes (registered before the catch-all product path) ----------
+    @contextmanager
+    def photos_may_change(product_ids: Iterable[str]) -> Iterator[None]:
+        """Around a write that may drop photos: their thumbnails go once no image has them (after the commit)."""
+        before = state.thumbnails.sha1s_of(product_ids)
+        try:
+            yield
+        finally:
+            try:
+                state.thumbnails.forget(before)
+            except Exception:  # noqa: BLE001 - the write stands; the next start sweeps what is left
+                log.exception("removing unused thumbnails failed")
+
     def report_out(report: IndexReport, products: Sequence[str]) -> WriteReport:
         d = report.to_dict()
         return WriteReport(products=list(products), **{k: d[k] for k in WriteReport.model_fields if k in d and k != "products"})
@@ -392,7 +426,8 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
         fields = _parse_json(ProductFields, product, "product")
         uploads = _read_photos(photos, settings)
         existed = lens.store.get_product(fields.product_id) is not None
-        report = lens.put_products([_input(fields, uploads)], max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
+        with photos_may_change([fields.product_id]):
+            report = lens.put_products([_input(fields, uploads)], max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
         state.dirty.set()
         state.metrics.writes.labels("add").inc()
         if existed:
@@ -429,7 +464,8 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
             if missing:
                 raise CatalogueError(f"product {item.product_id!r} names photos that were not uploaded: {', '.join(missing[:5])}")
             inputs.append(_input(item, [by_name[n] for n in item.photos]))
-        report = lens.put_products(inputs, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
+        with photos_may_change(i.product_id for i in inputs):
+            report = lens.put_products(inputs, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
         state.dirty.set()
         state.metrics.writes.labels("add").inc(len(inputs))
         ids = [i.product_id for i in inputs]
@@ -446,7 +482,8 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
     def delete_products(body: DeleteRequest) -> DeleteResult:
         ids = list(dict.fromkeys(body.product_ids))
         present = set(lens.store.get_products(ids))
-        lens.delete_products(ids)
+        with photos_may_change(present):
+            lens.delete_products(ids)
         state.dirty.set()
         state.metrics.writes.labels("delete").inc(len(present))
         return DeleteResult(deleted=[p for p in ids if p in present], missing=[p for p in ids if p not in present])
@@ -466,7 +503,8 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
     ) -> ProductWritten:
         lens.get_product(product_id)  # 404 before reading the photos
         uploads = _read_photos(photos, settings)
-        report = lens.set_photos(product_id, uploads, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
+        with photos_may_change([product_id]):
+            report = lens.set_photos(product_id, uploads, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
         state.dirty.set()
         state.metrics.writes.labels("photos").inc()
         return ProductWritten(product=product_out(product_id), report=report_out(report, [product_id]))
@@ -510,7 +548,9 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
         responses={**WRITE_ERRORS, 404: {"model": ErrorBody, "description": "no such product"}},
     )
     def delete_product(product_id: Annotated[str, PathParam(description="the product's id")]) -> Response:
-        if lens.delete_products([product_id]) == 0:
+        with photos_may_change([product_id]):
+            deleted = lens.delete_products([product_id])
+        if deleted == 0:
             raise NotFoundError(f"no product {product_id!r}")
         state.dirty.set()
         state.metrics.writes.labels("delete").inc()
@@ -545,6 +585,51 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
         if not images:
             raise NotFoundError(f"no photo of product {product_id!r}")
         return photo_response(images[0][0])
+
+    thumbnail_doc: dict[int | str, dict[str, Any]] = {
+        **READ_ERRORS,
+        200: {"content": {"image/jpeg": {}, "image/webp": {}}, "description": "the thumbnail (WebP when the request accepts image/webp)"},
+        304: {"description": "not modified (If-None-Match names the current ETag)"},
+        400: {"model": ErrorBody, "description": "a size that is not offered (code bad_size)"},
+        404: {"model": ErrorBody, "description": "no such image"},
+    }
+
+    # Registered after /images/of-product/{id}: a product called "thumbnail" keeps its photo.
+    @app.get("/images/{image_id}/thumbnail", tags=["photos"], summary="A product photo resized for a result card (cached)",
+             response_class=Response, dependencies=reader, responses=thumbnail_doc, description=(
+                 "The photo shrunk to `size` pixels on its longest side (never enlarged), EXIF orientation applied, as JPEG, "
+                 "or WebP for a client that accepts it. Made on the first request and kept under `<store>/thumbnails/`, named "
+                 "by the photo's content: search hits' `image_url` points here, with `v` naming the photo's version, so a "
+                 "changed photo gets a new URL. `ETag` and `If-None-Match` (304) as usual."))
+    def get_thumbnail(
+        request: Request,
+        image_id: Annotated[int, PathParam(ge=0, le=2**62, description="an image id (search hits' `image_url`, a product's `images`)")],
+        size: Annotated[int, Query(description=f"longest side in pixels: one of {', '.join(map(str, SIZES))}",
+                                   json_schema_extra={"enum": list(SIZES)})] = DEFAULT_SIZE,
+        v: Annotated[str | None, Query(max_length=64, description="the photo's version, as `image_url` gives it (it only keys caches)")] = None,
+    ) -> Response:
+        if size not in SIZES:
+            return error(400, "bad_size", f"thumbnail size {size} is not offered: ask for one of {', '.join(map(str, SIZES))}")
+        sha1 = state.thumbnails.sha1(image_id)
+        photo = None if sha1 is None else lens.image_file(image_id)
+        if sha1 is None or photo is None:
+            raise NotFoundError(f"no photo with image id {image_id}")
+        media = media_type_for(request.headers.get("accept", ""))
+        etag = state.thumbnails.etag(sha1, size, media)
+        scope = "private" if settings.reads_need_key else "public"  # no shared cache keeps a private photo
+        # A URL naming the photo's version never changes what it answers; any other is revalidated by its ETag.
+        versioned = v is not None and len(v) >= 16 and sha1.startswith(v)
+        headers = {"ETag": etag, "Vary": "Accept",
+                   "Cache-Control": f"{scope}, max-age=86400, immutable" if versioned else f"{scope}, no-cache"}
+        asked = {t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")}
+        if etag in asked or "*" in asked:
+            return Response(status_code=304, headers=headers)
+        thumb = state.thumbnails.cached(sha1, size, media)
+        headers["X-Thumbnail-Cache"] = "hit" if thumb is not None else "miss"
+        if thumb is None:
+            with state.search_slots:  # a decode, bounded like a search's
+                thumb = state.thumbnails.cached(sha1, size, media) or state.thumbnails.make(photo, sha1, size, media)
+        return Response(thumb.data, media_type=thumb.media_type, headers=headers)
 
     # -- operations -------------------------------------------------------------
     @app.get("/healthz", response_model=Health, tags=["operations"], summary="Liveness: the process answers")
@@ -583,7 +668,11 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
     # -- the web page -----------------------------------------------------------
     @app.get("/", include_in_schema=False)
     def page() -> Response:
-        return Response((STATIC / "index.html").read_bytes(), media_type="text/html; charset=utf-8")
+        # The cards' metadata fields, as an HTML-escaped JSON attribute the page's script reads.
+        fields = html.escape(json.dumps(list(settings.card_fields)), quote=True)
+        text = (STATIC / "index.html").read_text("utf-8").replace('name="shoplens-card-fields" content="[]"',
+                                                                  f'name="shoplens-card-fields" content="{fields}"', 1)
+        return Response(text, media_type="text/html; charset=utf-8")
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 

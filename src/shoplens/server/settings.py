@@ -54,6 +54,9 @@ class ServerSettings:
     #: Vector indexes are saved this often when the catalogue changed (and at shutdown);
     #: every acknowledged write is already durable in SQLite.
     persist_interval_s: float = 300.0
+    #: Product metadata fields the web page's result cards show under the title, in this order
+    #: (``shoplens serve --card-fields price,url``); a value that is an http(s) URL is shown as a link.
+    card_fields: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -66,6 +69,9 @@ class ServerSettings:
         for name in ("max_upload_bytes", "max_request_bytes", "max_pixels", "max_decoded_bytes", "search_concurrency", "max_top_k", "max_batch_products", "max_page"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"server setting {name} must be positive")
+        for name in self.card_fields:
+            if not name or len(name) > 128 or any(not c.isprintable() for c in name) or "," in name:
+                raise ConfigError(f"card field {name!r}: a metadata field name (1-128 printable characters, no comma)")
         for prefix in self.url_allowlist:
             if not prefix.startswith(("http://", "https://")):
                 raise ConfigError(f"URL allow-list entry {prefix!r} must start with http:// or https://")
@@ -88,7 +94,7 @@ class ServerSettings:
         ``overrides`` set other fields; ``None`` values are ignored.
         """
         values = {k: v for k, v in overrides.items() if v is not None}
-        for name in ("cors_origins", "url_allowlist"):
+        for name in ("cors_origins", "url_allowlist", "card_fields"):
             if name in values:
                 values[name] = tuple(values[name])
         return replace(cls(), api_key=_key(api_key_file, API_KEY_ENV, "API key"), read_key=_key(read_key_file, READ_KEY_ENV, "read key"), **values)

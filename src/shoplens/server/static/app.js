@@ -7,6 +7,13 @@
   const INTENT_NAMES = { apparel: "Apparel", other_product: "Product", non_product: "Not a product" };
   const $ = (id) => document.getElementById(id);
   const drop = $("drop"), statusBox = $("status"), result = $("result");
+  // The metadata fields the server's --card-fields names, shown under each card's title.
+  const CARD_FIELDS = (() => {
+    try {
+      const names = JSON.parse(document.querySelector('meta[name="shoplens-card-fields"]').content || "[]");
+      return Array.isArray(names) ? names.map(String) : [];
+    } catch (err) { return []; }
+  })();
   let current = null; // object URL of the photo shown
   let lastFile = null; // the photo searched last: "Search anyway" sends it again with a domain
   // A server with a read key wants it (or the write key) on every search and photo: asked for once,
@@ -232,16 +239,51 @@
     const img = el("img");
     img.loading = "lazy";
     img.alt = hit.title || hit.product_id;
-    showPhoto(img, "/images/of-product/" + encodeURIComponent(hit.product_id));
+    // image_url: the server's thumbnail of the photo that matched; older servers give none.
+    const src = typeof hit.image_url === "string" && hit.image_url.startsWith("/") && !hit.image_url.startsWith("//")
+      ? hit.image_url : "/images/of-product/" + encodeURIComponent(hit.product_id);
+    showPhoto(img, src);
     thumb.append(img);
     c.append(thumb, el("span", "pos", "#" + position));
     const body = el("div", "body");
     body.append(el("div", "title", hit.title || hit.product_id));
+    const fields = el("dl", "fields");
+    for (const name of CARD_FIELDS) {
+      const value = hit[name];
+      if (value === undefined || value === null || value === "" || typeof value === "object") continue;
+      const row = el("div", "field");
+      row.dataset.field = name;
+      row.append(el("dt", null, name), cardValue(value));
+      fields.append(row);
+    }
+    if (fields.childElementCount) body.append(fields);
     const meta = el("div", "meta");
     meta.append(el("span", "cat", hit.category || "uncategorised"), el("span", "rank", "rank " + Number(hit.rank).toFixed(2)));
     body.append(meta);
+    body.append(el("div", "id", hit.product_id));
     c.append(body);
     return c;
+  }
+
+  // A value that is an http(s) URL becomes a link (to a new tab, no referrer); anything else is text.
+  function cardValue(value) {
+    const dd = el("dd");
+    const text = String(value);
+    let url = null;
+    if (typeof value === "string" && /^https?:\/\//i.test(text.trim())) {
+      try { url = new URL(text.trim()); } catch (err) { url = null; }
+    }
+    if (url && (url.protocol === "http:" || url.protocol === "https:")) {
+      const a = el("a", null, url.host + (url.pathname.length > 1 ? url.pathname : ""));
+      a.href = url.href;
+      a.target = "_blank";
+      a.rel = "noopener noreferrer nofollow";
+      a.title = url.href;
+      dd.append(a);
+    } else {
+      dd.textContent = text;
+    }
+    return dd;
   }
 
   // An <img src> cannot send the key: with one, the photo is fetched and shown from memory.
