@@ -307,3 +307,41 @@ def test_a_label_is_found_among_look_alikes(tmp_path: Path) -> None:
         results = lens.search([q for q, _ in queries], top_k=3)
     firsts = [r.regions[0].results[0].product_id if r.regions[0].results else None for r in results]
     assert firsts == [pid for _, pid in queries]
+
+
+@pytest.mark.data
+def test_indexing_extracts_local_features_once_from_its_own_decode(tmp_path: Path, data_dir: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`index` gives the local index the SIFT features of the photos it decoded for the backbone:
+    no second read, and the same features the stage makes from the photo files."""
+    root = data_dir / "grocery"
+    with open(root / "photos.csv", newline="") as f:
+        photos = [r for r in csv.DictReader(f) if r["split"] == "val"][::30][:8]
+    catalogue = tmp_path / "catalogue.csv"
+    with open(catalogue, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["product_id", "image", "category"])
+        w.writerows([f"p{i}", str(root / r["image"]), "grocery"] for i, r in enumerate(photos))
+    from shoplens.local import stage
+
+    reads: list[object] = []
+    original = stage.load_image
+    monkeypatch.setattr(stage, "load_image", lambda *a, **kw: reads.append(a[0]) or original(*a, **kw))
+    with Shoplens(tmp_path / "store", **_flags()) as lens:
+        report = lens.index(catalogue)
+        local = lens.pipeline.local
+        assert local is not None and local.index is not None
+        assert len(local) == lens.store.count_images("other_product") == len(photos)
+        assert reads == []  # the stage read no photo again
+        assert "local_features" in report.timings_s
+        ids = lens.store.image_ids("other_product")
+        for image_id in ids.tolist():
+            segment, row = local.index._where[image_id]
+            source = lens.store.image_source(image_id)
+            assert source is not None
+            again = local.extract(original(Path(source), target_size=local.catalogue_side))
+            assert (segment.features(row).sift == again.sift).all() and (segment.features(row).xy == again.xy).all()
+    # Saved: a new writer finds every image in the local index and extracts none.
+    with Shoplens(tmp_path / "store", **_flags()) as lens:
+        assert lens.pipeline.local is not None and len(lens.pipeline.local) == len(photos)
+    assert reads == []

@@ -259,7 +259,9 @@ class Shoplens:
             rows = catalogue if domain is None else with_default_domain(catalogue, domain)
         with self._write_lock:
             report = Indexer(self.pipeline, self.store).run(rows, progress=progress)
+            t0 = time.perf_counter()
             self._sync_local(progress=progress)
+            report.add_time("local_sync", time.perf_counter() - t0)
             self._calibrate(report)
             self._save_config()
         report.timings_s["total"] = time.perf_counter() - start  # the whole call: local features and calibration too

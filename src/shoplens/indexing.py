@@ -36,11 +36,17 @@ from .config import DOMAINS, INTENTS
 from .errors import BadImageError
 from .imaging import ImageSource, Photo, load_image, read_image_file
 from .intent.imagenet_map import intent_of_class
+from .local.features import LocalFeatures
 from .models import imagenet_class_names
 from .pipeline import EncodingCache, Pipeline
 from .store import CatalogueStore, ImageRecord, ProductRecord, WriteBatch
 
 log = logging.getLogger(__name__)
+
+#: The domain whose photos have local features (``shoplens.local``).
+LOCAL_DOMAIN = "other_product"
+#: Extracted local features are added to the local index in batches of at least this many (one segment each).
+LOCAL_ADD_BATCH = 256
 
 
 @dataclass
@@ -133,6 +139,13 @@ class Indexer:
         self.chunk_size = chunk_size
         self.workers = workers
         self._names = imagenet_class_names()
+        #: The local-feature stage this run feeds: each new other_product photo's SIFT features are
+        #: extracted from the pixels decoded for the backbone (the stage's sync would read them again).
+        local = pipeline.local
+        self._local = local if pipeline.config.local.enabled and local is not None and not local.read_only else None
+        #: Decoded for the backbone and, where on, for the local features (their catalogue side).
+        self._decode_size = max(pipeline.decode_size, self._local.catalogue_side if self._local is not None else 0)
+        self._local_ready: list[tuple[int, LocalFeatures]] = []
         #: Domains decided for products whatever the stored one (a category's majority).
         self._assigned: dict[str, str] = {}
         #: Per product whose domain is inferred, this run: (category, domain now, vote weights).
@@ -151,14 +164,17 @@ class Indexer:
         if moves:
             self._move(OrderedDict((pid, products[pid]) for pid in moves), moves, report, progress=progress)
         if persist:
+            t1 = time.perf_counter()
             self.store.persist()
+            report.add_time("persist", time.perf_counter() - t1)
         report.add_time("total", time.perf_counter() - t0)
         return report
 
     def _write_all(self, products: OrderedDict[str, list[CatalogueRow]], report: IndexReport, *, progress: bool, desc: str) -> None:
         total = sum(len(r) for r in products.values())
         bar = tqdm(total=total, unit="img", desc=desc, disable=not progress, leave=False)
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="shoplens-decode") as pool:
+        with (ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="shoplens-decode") as pool,
+              ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="shoplens-sift") as sift):
             chunks = list(_chunks(products, self.chunk_size))
             # Prefetch: the next chunk is read and decoded while this one is embedded. The first
             # chunk is prepared here, so that both workers decode it: nothing runs beside it.
@@ -166,9 +182,19 @@ class Indexer:
             for i in range(len(chunks)):
                 plan = prepared.result() if prepared is not None else self._prepare(chunks[i], report, pool)
                 prepared = pool.submit(self._prepare, chunks[i + 1], report, pool) if i + 1 < len(chunks) else None
-                self._embed_and_write(plan, report)
+                self._embed_and_write(plan, report, sift)
                 bar.update(sum(len(rows) for _, rows in chunks[i]))
+        self._flush_local(report, at_least=1)
         bar.close()
+
+    def _flush_local(self, report: IndexReport, *, at_least: int = LOCAL_ADD_BATCH) -> None:
+        """Add the extracted local features to the local index, in batches of at least ``at_least``."""
+        if self._local is None or len(self._local_ready) < at_least:
+            return
+        t0 = time.perf_counter()
+        ready, self._local_ready = self._local_ready, []
+        self._local.add([i for i, _ in ready], [p for _, p in ready])
+        report.add_time("local_features", time.perf_counter() - t0)
 
     # -- domains ------------------------------------------------------------
     def _majorities(self, report: IndexReport) -> dict[str, str]:
@@ -275,7 +301,7 @@ class Indexer:
 
         t0 = time.perf_counter()
         todo = [p for item in plan for p in item.pending]
-        for p, result in zip(todo, decode_all([(p.data, p.row.image) for p in todo], pool, self.pipeline.decode_size)):
+        for p, result in zip(todo, decode_all([(p.data, p.row.image) for p in todo], pool, self._decode_size)):
             if isinstance(result, BadImageError):
                 report.failed.append(_failure(p.row, str(result)))
             else:
@@ -284,7 +310,7 @@ class Indexer:
         return plan
 
     # -- embed + write ------------------------------------------------------
-    def _embed_and_write(self, plan: list[_Product], report: IndexReport) -> None:
+    def _embed_and_write(self, plan: list[_Product], report: IndexReport, sift: Executor) -> None:
         t0 = time.perf_counter()
         for item in plan:
             item.pending = [p for p in item.pending if p.photo is not None]
@@ -341,12 +367,40 @@ class Indexer:
         report.add_time("embed", time.perf_counter() - t0)
 
         t0 = time.perf_counter()
-        self.store.write(batch)
+        new_ids = self.store.write(batch)
         # Acknowledged: every product of this chunk is durably stored, with all its listed images.
         done = [item.pid for item in plan if item.pending or item.unchanged]
         log.info("committed %d product(s), %d image(s): %s", len(done), len(batch.add_images), " ".join(done))
         report.products_written += len(batch.products)
         report.add_time("write", time.perf_counter() - t0)
+        if self._local is not None and per_domain[LOCAL_DOMAIN]:
+            stored = [i for i, im in zip(new_ids, batch.add_images) if im.domain == LOCAL_DOMAIN]
+            self._extract_local(stored, [p.photo for _, p, _ in per_domain[LOCAL_DOMAIN]], report, sift)  # type: ignore[misc]
+
+    def _extract_local(self, image_ids: list[int], photos: list[Photo], report: IndexReport, sift: Executor) -> None:
+        """The local features of the stored images ``image_ids``, from their photos as decoded for the backbone.
+
+        Extracted after the backbone's passes, not beside them: both use
+        every core, and OpenVINO's passes slow down far more than the
+        overlap gains when SIFT competes with them. A photo whose features
+        cannot be made now is left to the stage's ``sync``, which reads it
+        again from its source (and skips it if that fails too).
+        """
+        t0 = time.perf_counter()
+
+        def one(photo: Photo) -> LocalFeatures | Exception:
+            try:
+                return self._local.extract(photo)  # type: ignore[union-attr]
+            except Exception as err:  # noqa: BLE001 - an OpenCV failure on one photo must not lose the chunk's others
+                return err
+
+        for image_id, feats in zip(image_ids, sift.map(one, photos)):
+            if isinstance(feats, Exception):
+                log.warning("local features of image %d not made now (%s): made from its source at the end", image_id, feats)
+            else:
+                self._local_ready.append((image_id, feats))
+        report.add_time("local_features", time.perf_counter() - t0)
+        self._flush_local(report)
 
     def _logits(self, cache: EncodingCache) -> np.ndarray | None:
         clf = self.pipeline.intent_classifier

@@ -3,7 +3,11 @@
 The store is the source of truth. :meth:`LocalStage.sync` compares the
 ``other_product`` image ids the store holds with those the local index holds,
 forgets the ones the store no longer has and extracts the new ones from their
-stored source files, then saves the index atomically. Running it after every
+stored source files, then saves the index atomically. The indexer hands its
+new photos' features over itself (:meth:`LocalStage.extract`,
+:meth:`LocalStage.add`, from the pixels it decoded for the backbone), so
+``sync`` after a catalogue run only saves; it reads a photo again only where
+that failed, or after a crash. Running it after every
 catalogue write and when a store is opened means a crash between the store's
 commit and the local index's save costs a re-extraction, never a wrong answer.
 A stage opened ``read_only`` (a reader beside the store's writer) never
@@ -34,6 +38,7 @@ from tqdm import tqdm
 from ..config import LocalFeaturesConfig
 from ..errors import BadImageError, ConfigError, ShoplensError
 from ..imaging import Photo, load_image
+from .features import LocalFeatures
 from .index import MANIFEST, LocalConfig, LocalIndex
 
 log = logging.getLogger(__name__)
@@ -138,6 +143,8 @@ class LocalStage:
             self.index = LocalIndex(None, wanted)
         #: Image ids whose photo could not be read: searched by the global embedding only.
         self.unreadable: set[int] = set()
+        #: Images added by :meth:`add` since the index was last saved.
+        self._unsaved = False
         # Searches read the index while writes change it; feature extraction runs outside the lock.
         self._lock = threading.RLock()
 
@@ -171,7 +178,33 @@ class LocalStage:
         assert self.index is not None
         return self.index.config.query_side
 
+    @property
+    def catalogue_side(self) -> int:
+        """The longest side a catalogue photo's local features are extracted at."""
+        assert self.index is not None
+        return self.index.config.max_side
+
     # -- keeping in step with the store ---------------------------------------
+    def extract(self, photo: Photo) -> LocalFeatures:
+        """A catalogue photo's local features, for :meth:`add`. Thread-safe, outside the lock.
+
+        A writer extracts its new photos from the pixels it decoded for the
+        backbone, instead of :meth:`sync` reading and decoding them again.
+        """
+        assert self.index is not None
+        return self.index.extract(photo)
+
+    def add(self, image_ids: Sequence[int], features: Sequence[LocalFeatures]) -> None:
+        """Index the stored images ``image_ids`` (``other_product``) with their :meth:`extract` features; saved by :meth:`sync`."""
+        if self.read_only:
+            raise ShoplensError("a read-only local-feature stage adds nothing")
+        if not image_ids:
+            return
+        assert self.index is not None
+        with self._lock:
+            self.index.add(np.asarray(image_ids, np.int64), list(features))
+            self._unsaved = True
+
     def sync(self, store: StoredImages, *, progress: bool = False, workers: int = 2) -> tuple[int, int]:
         """Add the store's new ``other_product`` images, drop the gone ones, save. Returns (added, removed).
 
@@ -219,9 +252,10 @@ class LocalStage:
                     bar.update(len(chunk))
             bar.close()
             log.info("local features: %d image(s) added in %.1f s", added, time.perf_counter() - t0)
-        if added or removed or not (self.directory / MANIFEST).exists():
+        if added or removed or self._unsaved or not (self.directory / MANIFEST).exists():
             with self._lock:
                 self.index.save(self.directory)
+                self._unsaved = False
         return added, removed
 
     # -- search -----------------------------------------------------------------
