@@ -33,6 +33,7 @@ from .filters import FilterLike, parse_filters
 from .imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, Photo, load_image, read_image_file
 from .indexing import Indexer, IndexReport
 from .local.stage import LocalStage
+from .models import pick_device
 from .pipeline import INTENT_MODEL_FILE, EncodingCache, Pipeline
 from .results import DetectResult, ErrorResult, GarmentResult, IntentResult, SearchResult
 from .store import CatalogueStore, ProductRecord, WriteBatch, open_catalogue_store
@@ -189,9 +190,11 @@ class Shoplens:
         config_file: str | Path | None = None,
         create: bool = True,
         read_only: bool = False,
+        device: str = "cpu",
         **flags: Any,
     ) -> None:
         requested = resolve_config(config_file, base=config, **flags)
+        device = pick_device(device)  # before the store is opened: a bad device makes nothing
         self.read_only = read_only
         self.store = _open(store, create and not read_only, requested.store.engine, read_only)
         # Catalogue writes are read-check-write (what is stored decides what to embed): one at a time.
@@ -202,7 +205,7 @@ class Shoplens:
             if base is None and saved.exists():
                 base = load_store_config(saved)
             self.config = resolve_config(config_file, base=base, **flags)
-            self.pipeline = Pipeline(self.config, models_dir=self.store.models_dir)
+            self.pipeline = Pipeline(self.config, models_dir=self.store.models_dir, device=device)
             self.store.attach(self.pipeline, index=self.config.store.index)
             if self.config.local.enabled:
                 # Brought in step with the store now: a crash after a store commit left it behind at worst.

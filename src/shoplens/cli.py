@@ -177,7 +177,7 @@ def _human_detect(r: Any) -> str:
 def cmd_index(args: argparse.Namespace) -> int:
     from .api import Shoplens
 
-    with Shoplens(args.store, config_file=args.config, **_flags(args)) as lens:
+    with Shoplens(args.store, config_file=args.config, device=args.device, **_flags(args)) as lens:
         report = lens.index(args.catalogue, domain=args.domain, progress=sys.stderr.isatty() and not args.no_progress)
         total = lens.count_products()
     if args.json:
@@ -488,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", choices=["apparel", "other_product"], help=(
         "domain of every product whose row names none (default: inferred; a category's products all go "
         "where the majority of their photos' predicted intents point)"))
+    p.add_argument("--device", default="cpu", metavar="DEVICE", help=(
+        "where the backbone passes run: cpu (default: the configured runtime, OpenVINO), cuda or cuda:N "
+        "(eager PyTorch on that GPU), auto (cuda where torch sees a GPU, else cpu); not saved with the store"))
     _add_config_options(p)
     _add_model_options(p)
     p.set_defaults(func=cmd_index)

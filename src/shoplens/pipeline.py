@@ -138,9 +138,13 @@ class Query:
 class Pipeline:
     """The models of SPEC.md steps 1–2 and the search over a store (steps 3–6)."""
 
-    def __init__(self, config: Config | None = None, models_dir: Path | None = None) -> None:
+    def __init__(self, config: Config | None = None, models_dir: Path | None = None, *, device: str = "cpu") -> None:
         self.config = config or Config()
         self.models_dir = models_dir
+        #: Where the backbones' forward passes run: "cpu" (the configured runtime) or a CUDA device (eager
+        #: PyTorch). A choice of this process, not a setting the store keeps: a store indexed on a GPU is
+        #: searched on CPUs like any other.
+        self.device = device
         keep_freed_memory(self.config.runtime.malloc_trim_mib)  # process-wide: searches reuse their big buffers
         self._backbones: dict[str, Backbone] = {}
         #: Stride-32 stages tuned by train-embedder, by the name of the backbone they make (shoplens.embed.tail).
@@ -172,10 +176,10 @@ class Pipeline:
             if tail is not None:
                 self._backbones[name] = create_tuned_model(self.backbone(tail.backbone), tail.module, name, runtime=rt.engine,
                                                            threads=rt.threads, precision=rt.precision,
-                                                           static_shapes=rt.static_shapes)
+                                                           static_shapes=rt.static_shapes, device=self.device)
             else:
                 self._backbones[name] = create_model(name, runtime=rt.engine, threads=rt.threads, precision=rt.precision,
-                                                     static_shapes=rt.static_shapes)
+                                                     static_shapes=rt.static_shapes, device=self.device)
         return self._backbones[name]
 
     @property

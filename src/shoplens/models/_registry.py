@@ -214,7 +214,8 @@ RUNTIMES = ("auto", "torch", "onnx", "openvino")
 PRECISIONS = ("f32", "bf16")
 
 
-def create_model(name: str, *, runtime: str = "torch", threads: int = 0, precision: str = "f32", static_shapes: int = 0) -> Backbone:
+def create_model(name: str, *, runtime: str = "torch", threads: int = 0, precision: str = "f32", static_shapes: int = 0,
+                 device: str = "cpu") -> Backbone:
     """Build the backbone called ``name`` (see :func:`parse_model_name`).
 
     ``runtime``: ``"torch"`` (eager PyTorch), ``"onnx"`` (ONNX Runtime;
@@ -225,8 +226,13 @@ def create_model(name: str, *, runtime: str = "torch", threads: int = 0, precisi
     ``torch.set_num_threads``. ``precision``: ``"f32"`` or ``"bf16"``
     (OpenVINO only: ``openvino`` or ``auto``). ``static_shapes``: how many
     single-photo input shapes OpenVINO compiles on their own once they recur
-    (``runtime.static_shapes``; other runtimes ignore it).
+    (``runtime.static_shapes``; other runtimes ignore it). ``device``: where
+    the forward passes run, ``"cpu"`` or a torch GPU device (``"cuda"``,
+    ``"cuda:1"``): eager PyTorch there, whatever ``runtime`` says.
     """
+    check_device(device)
+    if device != "cpu":
+        runtime, precision = "torch", "f32"
     if runtime not in RUNTIMES:
         raise ConfigError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
     if precision not in PRECISIONS:
@@ -244,12 +250,47 @@ def create_model(name: str, *, runtime: str = "torch", threads: int = 0, precisi
     else:
         entry = _ENTRIES[parsed.location]
         backbone = entry.build(entry, entry.name)
-    return _in_runtime(backbone, runtime, threads, precision, static_shapes)
+    return _on_device(_in_runtime(backbone, runtime, threads, precision, static_shapes), device)
+
+
+def pick_device(choice: str) -> str:
+    """``choice`` as a device: ``"auto"`` is ``"cuda"`` where torch sees a GPU, else ``"cpu"``; others are checked."""
+    if choice == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(choice)
+    return choice
+
+
+def check_device(device: str) -> None:
+    """``device`` is ``"cpu"`` or a GPU device torch sees; else a :class:`ConfigError` saying why."""
+    if device == "cpu":
+        return
+    if not device.startswith("cuda"):
+        raise ConfigError(f"device must be 'cpu' or a CUDA device ('cuda', 'cuda:N'), got {device!r}")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: torch sees no CUDA GPU here (torch {torch.__version__}): use --device cpu")
+    index = torch.device(device).index
+    if index is not None and index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+
+
+def _on_device(backbone: Backbone, device: str) -> Backbone:
+    from .backbone import TorchConvBackbone
+
+    if device == "cpu":
+        return backbone
+    if not isinstance(backbone, TorchConvBackbone):
+        raise ConfigError(f"backbone {backbone.name!r} cannot run on {device!r}: only the convolutional backbones can")
+    return backbone.to_device(device)
 
 
 def create_tuned_model(
     shipped: Backbone, stage: nn.Module, name: str, *, runtime: str = "torch", threads: int = 0, precision: str = "f32",
-    static_shapes: int = 0,
+    static_shapes: int = 0, device: str = "cpu",
 ) -> Backbone:
     """The backbone ``shipped`` with its stride-32 stage replaced by ``stage`` (tuned by
     ``train-embedder``, shoplens.embed.tail), called ``name``, in ``runtime``.
@@ -265,11 +306,14 @@ def create_tuned_model(
         raise ConfigError(f"backbone {shipped.name!r} has no stride-32 stage to replace")
     built = TorchConvBackbone(name, module.with_tail(stage), shipped.preprocess, has_imagenet_head=False,  # type: ignore[union-attr,operator]
                               batch_size=shipped.batch_size)
+    check_device(device)
+    if device != "cpu":
+        runtime, precision = "torch", "f32"
     tuned = _in_runtime(built, runtime, threads, precision, static_shapes)
     if isinstance(tuned, TorchConvBackbone):
         # A photo the shipped backbone already encoded (the intent gate's pass) needs only the stage.
         tuned.share_trunk(shipped.name, copy.deepcopy(stage))
-    return tuned
+    return _on_device(tuned, device)
 
 
 def _in_runtime(backbone: Backbone, runtime: str, threads: int, precision: str = "f32", static_shapes: int = 0) -> Backbone:

@@ -94,6 +94,26 @@ class TorchConvBackbone(Backbone):
         self._pool = ThreadPoolExecutor(max_workers=threads or 2, thread_name_prefix="shoplens-resize")
         self._lock = threading.Lock()  # torch modules are not re-entrant across threads
         self._stage: torch.nn.Module | None = None
+        #: Where the forward passes run (:meth:`to_device`); encodings always come back on the CPU.
+        self.device = torch.device("cpu")
+
+    def to_device(self, device: str) -> TorchConvBackbone:
+        """Run this backbone's forward passes on ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"`` …); returns it.
+
+        TF32 stays off, so a GPU computes in f32 as the CPU does: a store
+        indexed on the GPU is searched on a CPU with the same encodings up to
+        float noise.
+        """
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        with self._lock:
+            if self._infer is not None:
+                self._infer = self._infer.to(self.device)
+            if self._stage is not None:
+                self._stage = self._stage.to(self.device)
+        return self
 
     def torch_module(self) -> torch.nn.Module:
         return self.module
@@ -152,7 +172,8 @@ class TorchConvBackbone(Backbone):
         """The stride-32 stage over a batch of stride-16 maps (see :meth:`share_trunk`)."""
         assert self._stage is not None
         with self._lock, torch.inference_mode():
-            return self._stage(s16.float().contiguous(memory_format=torch.channels_last))
+            x = s16.float().to(self.device).contiguous(memory_format=torch.channels_last)
+            return self._stage.to(self.device)(x).cpu()
 
     def make_batch(self, resized: Sequence[np.ndarray], cfg: PreprocessCfg) -> torch.Tensor:
         """One normalised NCHW batch of same-shaped resized photos, in the layout :meth:`forward` wants."""
@@ -160,11 +181,14 @@ class TorchConvBackbone(Backbone):
 
     def forward(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """Feature maps and ImageNet logits (or ``None``) of one normalised NCHW batch."""
-        batch = batch.contiguous(memory_format=torch.channels_last)
+        batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
         with self._lock, torch.inference_mode():
             model = self._inference_module()
             feats = model.forward_features(batch)  # type: ignore[operator]
             logits = model.classify(feats["s32"].mean((2, 3))) if self.has_imagenet_head else None  # type: ignore[operator]
+        if self.device.type != "cpu":
+            feats = {k: v.cpu() for k, v in feats.items()}
+            logits = None if logits is None else logits.cpu()
         return feats, logits
 
     def _inference_module(self) -> torch.nn.Module:
@@ -178,4 +202,5 @@ class TorchConvBackbone(Backbone):
         if self._infer is None:
             fused = getattr(self.module, "fused", None)
             self._infer = fused().to(memory_format=torch.channels_last) if callable(fused) else self.module
+            self._infer = self._infer.to(self.device)
         return self._infer
