@@ -351,3 +351,52 @@ def test_exif_orientation_of_a_reduced_png(orientation: int) -> None:
         expected = expected.transpose(op)
     assert photo.size == ((800, 1200) if orientation >= 5 else (1200, 800))
     np.testing.assert_array_equal(photo.pixels, np.asarray(expected))
+
+
+# -- decoding many --------------------------------------------------------------
+
+def _many() -> list[bytes]:
+    return [_jpeg(Image.new("RGB", (40, 30), (255, 0, 0))), b"not an image at all",
+            _jpeg(Image.new("RGB", (30, 50), (0, 255, 0))), _png(_gradient())[:60], _png(Image.new("RGB", (20, 10), "white"))]
+
+
+@pytest.mark.parametrize("workers", [0, 3], ids=["in-turn", "on-a-pool"])
+def test_decode_many_keeps_order_and_gives_each_bad_image_its_error_in_place(workers: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shoplens.imaging import Photo, decode_many
+
+    names = ["red.jpg", "junk.jpg", "green.jpg", "truncated.png", "white.png"]
+    if workers:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            out = decode_many(_many(), names=names, target_size=224, pool=pool)
+    else:
+        out = decode_many(_many(), names=names, target_size=224)
+    assert [type(o).__name__ for o in out] == ["Photo", "BadImageError", "Photo", "BadImageError", "Photo"]
+    assert [o.size for o in out if isinstance(o, Photo)] == [(40, 30), (30, 50), (20, 10)]
+    assert [o.name for o in out if isinstance(o, Photo)] == ["red.jpg", "green.jpg", "white.png"]
+    assert "junk.jpg" in str(out[1]) and "truncated.png" in str(out[3])
+    assert decode_many([]) == []
+    assert str(decode_many([b"junk"])[0]).startswith("<bytes>")  # no names: load_image's own
+    with pytest.raises(ValueError, match="2 names for 1 sources"):
+        decode_many([b"junk"], names=["a", "b"])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_decode_batches_yields_each_batch_with_its_photos(tmp_path: Path, workers: int) -> None:
+    from shoplens.imaging import Photo, decode_batches
+
+    files = []
+    for i, data in enumerate(_many()):
+        files.append(tmp_path / f"{i}.img")
+        files[-1].write_bytes(data)
+    batches = list(decode_batches(files, 2, lambda f: f, target_size=64, workers=workers))
+    assert [list(items) for items, _ in batches] == [files[0:2], files[2:4], files[4:5]]
+    flat = [photo for _, photos in batches for photo in photos]
+    assert [isinstance(p, Photo) for p in flat] == [True, False, True, False, True]
+    assert [p.name for p in flat if isinstance(p, Photo)] == [str(files[0]), str(files[2]), str(files[4])]
+    named = list(decode_batches(files[:1], 8, lambda f: f.read_bytes(), name=lambda f: f.stem))
+    assert named[0][1][0].name == "0"  # type: ignore[union-attr]
+    assert list(decode_batches([], 4, lambda f: f)) == []
+    with pytest.raises(ValueError, match="batch"):
+        list(decode_batches(files, 0, lambda f: f))

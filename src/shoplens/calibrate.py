@@ -26,7 +26,7 @@ from .config import DOMAINS
 from .embed.calibration import Calibration, Pairs, background, fit_calibration
 from .embed.synthetic import shopper_view
 from .errors import BadImageError
-from .imaging import Photo, load_image
+from .imaging import Photo, decode_many
 from .pipeline import EncodingCache, Pipeline
 from .store.base import CatalogueStore
 
@@ -84,15 +84,15 @@ def synthetic_calibration(pipeline: Pipeline, store: CatalogueStore, domain: str
     if len(ids) > SAMPLE_IMAGES:
         ids = np.sort(rng.choice(ids, SAMPLE_IMAGES, replace=False))
     owners = store.image_categories(ids.tolist())
+    listed = [(image_id, source) for image_id in ids.tolist()
+              if image_id in owners and (source := store.image_source(image_id)) is not None]
+    decoded = decode_many([source for _, source in listed], names=[source for _, source in listed], target_size=pipeline.decode_size)
     photos: list[tuple[int, Photo]] = []
-    for image_id in ids.tolist():
-        source = store.image_source(image_id)
-        if image_id not in owners or source is None:
-            continue
-        try:
-            photos.append((image_id, load_image(source, name=source, target_size=pipeline.decode_size)))
-        except BadImageError as err:  # a catalogue photo moved or removed since it was indexed
-            log.debug("calibration skips image %d: %s", image_id, err)
+    for (image_id, _), result in zip(listed, decoded):
+        if isinstance(result, BadImageError):  # a catalogue photo moved or removed since it was indexed
+            log.debug("calibration skips image %d: %s", image_id, result)
+        else:
+            photos.append((image_id, result))
     if len(photos) < 2:
         return None
     small = [cv2.resize(p.pixels, (160, 160), interpolation=cv2.INTER_AREA) for _, p in photos]

@@ -19,10 +19,11 @@ import io
 import os
 import stat
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import BinaryIO, Union
+from typing import BinaryIO, TypeVar, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -31,6 +32,7 @@ from . import allocator
 from .errors import BadImageError
 
 ImageSource = Union[str, "os.PathLike[str]", bytes, BinaryIO]
+T = TypeVar("T")
 
 #: Largest encoded image accepted, in bytes.
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
@@ -382,6 +384,64 @@ def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
     return pixels
 
 
+def decode_many(
+    sources: Sequence[ImageSource],
+    *,
+    names: Sequence[str | None] | None = None,
+    target_size: int | None = None,
+    pool: Executor | None = None,
+) -> list[Photo | BadImageError]:
+    """Decode ``sources`` (see :func:`load_image`), on ``pool`` in parallel or, without one, here in turn.
+
+    Results come in the sources' order; an image that cannot be decoded
+    gives its :class:`BadImageError` in its place, the others are unaffected.
+    ``names``: each source's name in messages and on its Photo (default: the
+    path, or ``<bytes>``).
+    """
+    if names is not None and len(names) != len(sources):
+        raise ValueError(f"{len(names)} names for {len(sources)} sources")
+    labels: Sequence[str | None] = names if names is not None else [None] * len(sources)
+
+    def one(item: tuple[ImageSource, str | None]) -> Photo | BadImageError:
+        try:
+            return load_image(item[0], name=item[1], target_size=target_size)
+        except BadImageError as err:
+            return err
+
+    items = list(zip(sources, labels))
+    return list(pool.map(one, items)) if pool is not None else [one(item) for item in items]
+
+
+def decode_batches(
+    items: Sequence[T],
+    batch: int,
+    source: Callable[[T], ImageSource],
+    *,
+    name: Callable[[T], str] | None = None,
+    target_size: int | None = None,
+    workers: int = 1,
+) -> Iterator[tuple[Sequence[T], list[Photo | BadImageError]]]:
+    """``items`` in batches of ``batch``, each with its photos decoded (:func:`decode_many`): ``(items, photos)``.
+
+    ``source(item)`` is what to decode, ``name(item)`` its name (default: the
+    path). ``workers`` > 1 decodes each batch on that many threads (one pool
+    for the whole run); 1 decodes in the calling thread. A batch is decoded
+    when the consumer asks for it, not ahead.
+    """
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, not {batch}")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shoplens-decode") if workers > 1 else None
+    try:
+        for start in range(0, len(items), batch):
+            part = items[start : start + batch]
+            photos = decode_many([source(it) for it in part], names=None if name is None else [name(it) for it in part],
+                                 target_size=target_size, pool=pool)
+            yield part, photos
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
 def photo_from_array(pixels: np.ndarray, name: str = "") -> Photo:
     """Wrap an (H, W, 3) uint8 RGB array as a :class:`Photo`."""
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
@@ -409,4 +469,4 @@ def to_pil(photo: Photo) -> Image.Image:
     return Image.fromarray(photo.pixels, "RGB")
 
 
-__all__ = ["ImageSource", "Photo", "crop", "load_image", "photo_from_array", "read_image_file", "to_pil"]
+__all__ = ["ImageSource", "Photo", "crop", "decode_batches", "decode_many", "load_image", "photo_from_array", "read_image_file", "to_pil"]

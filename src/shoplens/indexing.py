@@ -34,7 +34,7 @@ from tqdm import tqdm
 from .catalog import CatalogueRow
 from .config import DOMAINS, INTENTS
 from .errors import BadImageError
-from .imaging import ImageSource, Photo, load_image, read_image_file
+from .imaging import ImageSource, Photo, decode_batches, decode_many, read_image_file
 from .intent.imagenet_map import intent_of_class
 from .local.features import LocalFeatures
 from .models import imagenet_class_names
@@ -244,17 +244,16 @@ class Indexer:
                 if images:
                     todo.append((rec, images[0][2]))
         weights: dict[str, np.ndarray] = {}
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="shoplens-decode") as pool:
-            for i in tqdm(range(0, len(todo), batch), desc="classifying", disable=not progress, leave=False):
-                part = todo[i : i + batch]
-                decoded = decode_all([(source, source) for _, source in part], pool, self.pipeline.decode_size)
-                ok = [(rec, photo) for (rec, _), photo in zip(part, decoded) if not isinstance(photo, BadImageError)]
-                for (rec, source), photo in zip(part, decoded):
-                    if isinstance(photo, BadImageError):
-                        report.failed.append({"origin": source, "product_id": rec.product_id, "image": source, "error": str(photo)})
-                if ok:
-                    probs = self.pipeline.classify(EncodingCache(self.pipeline, [photo for _, photo in ok]))
-                    weights.update({rec.product_id: vote_weights(pr) for (rec, _), pr in zip(ok, probs)})
+        batches = decode_batches(todo, batch, lambda item: item[1], name=lambda item: item[1],
+                                 target_size=self.pipeline.decode_size, workers=self.workers)
+        for part, decoded in tqdm(batches, total=-(-len(todo) // batch), desc="classifying", disable=not progress, leave=False):
+            ok = [(rec, photo) for (rec, _), photo in zip(part, decoded) if not isinstance(photo, BadImageError)]
+            for (rec, source), photo in zip(part, decoded):
+                if isinstance(photo, BadImageError):
+                    report.failed.append({"origin": source, "product_id": rec.product_id, "image": source, "error": str(photo)})
+            if ok:
+                probs = self.pipeline.classify(EncodingCache(self.pipeline, [photo for _, photo in ok]))
+                weights.update({rec.product_id: vote_weights(pr) for (rec, _), pr in zip(ok, probs)})
         records = {rec.product_id: rec for rec, _ in todo}
         self._votes = {pid: (_vote_group(records[pid]) or f"\0{pid}", records[pid].domain, w) for pid, w in weights.items()}
         moves = self._majorities(report)
@@ -493,19 +492,8 @@ def _vote_group(item: _Product | ProductRecord) -> str | None:
 
 
 def decode_all(items: Sequence[tuple[ImageSource, str]], pool: Executor, target_size: int | None) -> list[Photo | BadImageError]:
-    """Decode ``(bytes or path, name)`` items on ``pool``, in parallel; results in the items' order.
-
-    An image that cannot be decoded gives its :class:`BadImageError` in its
-    place; the others are unaffected.
-    """
-
-    def one(item: tuple[ImageSource, str]) -> Photo | BadImageError:
-        try:
-            return load_image(item[0], name=item[1], target_size=target_size)
-        except BadImageError as err:
-            return err
-
-    return list(pool.map(one, items))
+    """Decode ``(bytes or path, name)`` items on ``pool`` (:func:`shoplens.imaging.decode_many`); results in the items' order."""
+    return decode_many([source for source, _ in items], names=[name for _, name in items], target_size=target_size, pool=pool)
 
 
 def _failure(row: CatalogueRow, error: str) -> dict[str, str]:

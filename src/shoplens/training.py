@@ -26,7 +26,7 @@ from .embed.calibration import calibration_file
 from .embed.tail import supports_tail, tune_tail
 from .embed.training import CATEGORY_CFG, EmbedderReport, ProjectionCfg, holdout_mask, train_embedder, training_labels
 from .errors import BadImageError, CatalogueError, StoreError
-from .imaging import read_image_file
+from .imaging import decode_batches, decode_many, read_image_file
 from .store.base import WriteBatch
 from .store.metadata import ImageRecord
 
@@ -77,30 +77,26 @@ def _describe_labelled(
     Each photo's non_product score from the store's intent gate is added
     to ``gate_scores`` (:func:`fit_stop_score`).
     """
-    from .indexing import decode_all
     from .pipeline import EncodingCache
 
     x_raw: list[np.ndarray] = []
     x_pid: list[str] = []
     x_cat: list[str] = []
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="shoplens-decode") as pool:
-        for start in range(0, len(todo), 32):
-            chunk = todo[start : start + 32]
-            decoded = decode_all([(file, str(file)) for file, _, _ in chunk], pool, pipeline.decode_size)
-            photos, keep = [], []
-            for (_, pid, cat), result in zip(chunk, decoded):
-                if isinstance(result, BadImageError):
-                    logger.warning("train-embedder: skipping %s", result)
-                    skipped["unreadable"] += 1
-                else:
-                    photos.append(result)
-                    keep.append((pid, cat))
-            if photos:
-                cache = EncodingCache(pipeline, photos)
-                x_raw.append(pipeline.describe(domain, cache))
-                gate_scores += pipeline.classify(cache)[:, INTENTS.index("non_product")].tolist()
-                x_pid += [p for p, _ in keep]
-                x_cat += [c for _, c in keep]
+    for chunk, decoded in decode_batches(todo, 32, lambda row: row[0], target_size=pipeline.decode_size, workers=2):
+        photos, keep = [], []
+        for (_, pid, cat), result in zip(chunk, decoded):
+            if isinstance(result, BadImageError):
+                logger.warning("train-embedder: skipping %s", result)
+                skipped["unreadable"] += 1
+            else:
+                photos.append(result)
+                keep.append((pid, cat))
+        if photos:
+            cache = EncodingCache(pipeline, photos)
+            x_raw.append(pipeline.describe(domain, cache))
+            gate_scores += pipeline.classify(cache)[:, INTENTS.index("non_product")].tolist()
+            x_pid += [p for p, _ in keep]
+            x_cat += [c for _, c in keep]
     return x_raw, x_pid, x_cat
 
 
@@ -112,24 +108,18 @@ def _shipped(pipeline: Pipeline, domain: str) -> str:
 def _stride16_maps(pipeline: Pipeline, domain: str, files: list[Path], progress: bool) -> tuple[list[torch.Tensor], np.ndarray]:
     """The shipped backbone's stride-16 maps (float16) of ``files`` at the domain's first input size,
     and a mask of the files that could be decoded."""
-    from .indexing import decode_all
-
     emb = pipeline.embedders[domain]
     backbone = pipeline.backbone(_shipped(pipeline, domain))
     maps: list[torch.Tensor] = []
-    ok = np.zeros(len(files), bool)
+    ok: list[bool] = []
     bar = tqdm(total=len(files), unit="img", desc=f"{domain}: stride-16 maps", disable=not progress, leave=False)
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="shoplens-decode") as pool:
-        for start in range(0, len(files), 32):
-            chunk = files[start : start + 32]
-            decoded = decode_all([(f, str(f)) for f in chunk], pool, pipeline.decode_size)
-            photos = [d for d in decoded if not isinstance(d, BadImageError)]
-            for i, d in enumerate(decoded):
-                ok[start + i] = not isinstance(d, BadImageError)
-            maps += [e.features["s16"].to(torch.float16).clone() for e in backbone.encode(photos, input_size=emb.input_size)]
-            bar.update(len(chunk))
+    for chunk, decoded in decode_batches(files, 32, lambda f: f, target_size=pipeline.decode_size, workers=2):
+        photos = [d for d in decoded if not isinstance(d, BadImageError)]
+        ok += [not isinstance(d, BadImageError) for d in decoded]
+        maps += [e.features["s16"].to(torch.float16).clone() for e in backbone.encode(photos, input_size=emb.input_size)]
+        bar.update(len(chunk))
     bar.close()
-    return maps, ok
+    return maps, np.array(ok, bool)
 
 
 def _tune_tail(store: CatalogueStore, pipeline: Pipeline, domain: str, extras: list[tuple[Path, str, str]], *,
@@ -179,7 +169,6 @@ def _reencode(store: CatalogueStore, pipeline: Pipeline, domain: str, progress: 
     source and content); a run cut short resumes where it stopped. Returns
     (re-encoded, unreadable) counts; an unreadable image keeps its old descriptor.
     """
-    from .indexing import decode_all
     from .pipeline import EncodingCache
 
     emb = pipeline.embedders[domain]
@@ -197,7 +186,8 @@ def _reencode(store: CatalogueStore, pipeline: Pipeline, domain: str, progress: 
                     logger.warning("train-embedder: cannot re-encode %s: %s", src, err)
                     datas.append(None)
             readable = [(row, d) for row, d in zip(chunk, datas) if d is not None]
-            decoded = decode_all([(d, src) for (_, src), d in readable], pool, pipeline.decode_size)
+            decoded = decode_many([d for _, d in readable], names=[src for (_, src), _ in readable],
+                                  target_size=pipeline.decode_size, pool=pool)
             good = [(row, d, photo) for (row, d), photo in zip(readable, decoded) if not isinstance(photo, BadImageError)]
             failed += len(chunk) - len(good)
             if good:

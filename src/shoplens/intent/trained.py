@@ -30,7 +30,7 @@ from tqdm import tqdm
 from ..catalog import read_labelled_csv
 from ..config import INTENTS
 from ..errors import BadImageError, CatalogueError, StoreError
-from ..imaging import Photo, load_image
+from ..imaging import Photo, decode_batches
 from ..models import Backbone, Encoding, create_model
 from .base import IntentClassifier
 from .imagenet_map import ImageNetIntent
@@ -138,15 +138,15 @@ def encode_paths(
     ok = np.zeros(n, dtype=bool)
     size = backbone.preprocess.input_size
     with tqdm(total=n, desc="photos", unit="photo", disable=not progress) as bar:
-        for start in range(0, n, batch_size):
+        for start, (_, decoded) in zip(range(0, n, batch_size), decode_batches(paths, batch_size, lambda p: p, target_size=size)):
             photos: list[Photo] = []
             index: list[int] = []
-            for i in range(start, min(n, start + batch_size)):
-                try:
-                    photos.append(load_image(paths[i], target_size=size))
+            for i, result in enumerate(decoded, start):
+                if isinstance(result, BadImageError):
+                    logger.warning("skipping unreadable photo: %s", result)
+                else:
+                    photos.append(result)
                     index.append(i)
-                except BadImageError as err:
-                    logger.warning("skipping unreadable photo: %s", err)
             if photos:
                 encodings = backbone.encode(photos)
                 feats = pooled_features(encodings).numpy()
