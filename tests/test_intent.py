@@ -24,6 +24,7 @@ from shoplens.intent import (
     TrainedIntent,
     create_intent_classifier,
     list_intent_classifiers,
+    predict_category,
     read_labelled,
     train_intent,
 )
@@ -118,6 +119,19 @@ def test_default_rule_on_synthetic_logits() -> None:
     assert [INTENTS[i] for i in probs.argmax(1)] == ["apparel", "other_product", "non_product", "non_product"]
     assert clf.predict([]).shape == (0, 3)
 
+
+
+def test_predict_category_is_the_most_likely_class_of_the_domain() -> None:
+    from shoplens.models import imagenet_class_names
+
+    names = imagenet_class_names()
+    logits = np.zeros(1000, dtype=np.float32)
+    logits[281] = 20.0  # tabby: the most likely class overall, but no product
+    logits[610] = 5.0  # jersey
+    logits[478] = 3.0  # carton
+    assert predict_category(logits, "apparel") == names[610]
+    assert predict_category(torch.from_numpy(logits), "other_product") == names[478]
+    assert predict_category(logits, "non_product") == names[281]
 
 def test_uncertainty_rule_only_acts_on_flat_predictions() -> None:
     base = ImageNetIntent(uncertain_slope=0.0)

@@ -32,12 +32,11 @@ import numpy as np
 from tqdm import tqdm
 
 from .catalog import CatalogueRow
-from .config import DOMAINS, INTENTS
+from .config import DOMAINS
 from .errors import BadImageError
 from .imaging import ImageSource, Photo, decode_batches, decode_many, read_image_file
-from .intent.imagenet_map import intent_of_class
+from .intent import predict_category
 from .local.features import LocalFeatures
-from .models import imagenet_class_names
 from .pipeline import EncodingCache, Pipeline
 from .store import CatalogueStore, ImageRecord, ProductRecord, WriteBatch
 
@@ -138,7 +137,6 @@ class Indexer:
         self.store = store
         self.chunk_size = chunk_size
         self.workers = workers
-        self._names = imagenet_class_names()
         #: The local-feature stage this run feeds: each new other_product photo's SIFT features are
         #: extracted from the pixels decoded for the backbone (the stage's sync would read them again).
         local = pipeline.local
@@ -409,9 +407,8 @@ class Indexer:
         return np.stack([e.logits.numpy() for e in encodings])  # type: ignore[union-attr]
 
     def _predict_category(self, logits: np.ndarray, domain: str) -> str:
-        """The most likely ImageNet class among those of the product's domain."""
-        mask = intent_of_class() == INTENTS.index(domain)
-        return self._names[int(np.argmax(np.where(mask, logits, -np.inf)))]
+        """The most likely ImageNet class among those of the product's domain (:func:`shoplens.intent.predict_category`)."""
+        return predict_category(logits, domain)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 from ..registry import Registry
 from .base import IntentClassifier
 from .gate_head import GateHead
-from .imagenet_map import PRODUCE_CLASSES, ImageNetIntent, produce_share
+from .imagenet_map import PRODUCE_CLASSES, ImageNetIntent, predict_category, produce_share
 from .trained import IntentTrainReport, TrainedIntent, read_labelled, train_intent
 
 _REGISTRY: Registry[IntentClassifier] = Registry("intent classifier")
@@ -62,6 +62,7 @@ __all__ = [
     "create_intent_classifier",
     "describe_intent_classifiers",
     "list_intent_classifiers",
+    "predict_category",
     "produce_share",
     "read_labelled",
     "register_intent_classifier",

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..config import INTENTS
-from ..models import Encoding
+from ..models import Encoding, imagenet_class_names
 from .base import IntentClassifier
 
 #: ImageNet classes of loose fresh produce: fruit and vegetables (936-957: head cabbage ... pomegranate),
@@ -64,6 +64,12 @@ def intent_of_class() -> np.ndarray:
     if (table < 0).any():
         raise RuntimeError("imagenet_intent.tsv does not map every ImageNet class")
     return table
+
+
+def predict_category(logits: np.ndarray | torch.Tensor, domain: str) -> str:
+    """The name of the most likely ImageNet class, by one photo's ``logits`` (1000,), among the classes of ``domain``."""
+    mask = intent_of_class() == INTENTS.index(domain)
+    return imagenet_class_names()[int(np.argmax(np.where(mask, np.asarray(logits), -np.inf)))]
 
 
 def group_matrix(class_intent: np.ndarray | torch.Tensor) -> np.ndarray:
