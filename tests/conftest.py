@@ -33,7 +33,7 @@ class FixedIntent(IntentClassifier):
 
 
 for _intent in INTENTS:
-    register_intent_classifier(f"test-{_intent}")(lambda _i=_intent, **_: FixedIntent(_i))
+    register_intent_classifier(f"test-{_intent}", f"always {_intent} (tests)")(lambda _i=_intent, **_: FixedIntent(_i))
 
 
 def data_root() -> Path:

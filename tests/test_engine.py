@@ -34,7 +34,7 @@ class SeenIntent(FixedIntent):
 
 
 for _intent in INTENTS:
-    register_intent_classifier(f"test-seen-{_intent}")(lambda _i=_intent, **_: SeenIntent(_i))
+    register_intent_classifier(f"test-seen-{_intent}", f"always {_intent}, counting photos (tests)")(lambda _i=_intent, **_: SeenIntent(_i))
 
 
 class TwoBoxes(Detector):
@@ -52,7 +52,7 @@ class TwoBoxes(Detector):
         return out
 
 
-register_detector("test-two-boxes")(lambda **_: TwoBoxes())
+register_detector("test-two-boxes", "two fixed boxes (tests)")(lambda **_: TwoBoxes())
 
 LOOSE = {"search.rank_filter": False, "search.entropy_filter": False}
 
@@ -293,7 +293,7 @@ class Flood(Detector):
         return out
 
 
-register_detector("test-flood")(lambda **_: Flood())
+register_detector("test-flood", "more boxes than a search keeps (tests)")(lambda **_: Flood())
 
 
 def test_a_single_garment_photo_is_searched_as_one_region(tmp_path: Path, synthetic_catalogue: Path) -> None:

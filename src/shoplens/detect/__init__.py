@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from ..models import Encoding
-from ..registry import Registry
+from ..registry import Factory, Registry
 from .base import GARMENT_LABELS, Detector, Garment
 from .owlv2 import GARMENT_QUERIES, Owlv2Detector, create_owlv2
 
-_REGISTRY: Registry[Detector] = Registry("garment detector")
+_REGISTRY: Registry[Factory[Detector]] = Registry("garment detector")
 
 
 class NoDetector(Detector):

@@ -17,8 +17,18 @@ from ..models import Encoding
 from .calibration import Calibration, calibration_file, fit_calibration, returned_set_quality, similar_sets
 from .colour import DIM as COLOUR_DIM
 from .colour import colour_histogram
-from .heads import Head, IdentityHead, LinearHead, MLPHead, l2_normalize, load_head, register_head
-from .pooling import gem, gem_numpy, get_pooling, list_poolings, register_pooling, rmac
+from .heads import (
+    Head,
+    IdentityHead,
+    LinearHead,
+    MLPHead,
+    describe_heads,
+    l2_normalize,
+    list_heads,
+    load_head,
+    register_head,
+)
+from .pooling import describe_poolings, gem, gem_numpy, get_pooling, list_poolings, register_pooling, rmac
 from .tail import Tail, TailCfg, tune_tail
 from .training import EmbedderReport, ProjectionCfg, calibrate_head, train_embedder, train_projection
 from .whitening import default_head, fit_whitening
@@ -133,12 +143,15 @@ __all__ = [
     "calibration_file",
     "colour_histogram",
     "default_head",
+    "describe_heads",
+    "describe_poolings",
     "fit_calibration",
     "fit_whitening",
     "gem",
     "gem_numpy",
     "get_pooling",
     "l2_normalize",
+    "list_heads",
     "list_poolings",
     "load_head",
     "register_head",

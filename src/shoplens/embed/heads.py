@@ -17,17 +17,31 @@ import numpy as np
 import torch
 
 from ..errors import StoreError
+from ..registry import Registry
 
-_HEAD_KINDS: dict[str, Callable[[dict[str, Any]], Head]] = {}
+#: Each head kind's ``from_state``: what :func:`load_head` rebuilds a saved head with.
+_HEAD_KINDS: Registry[Callable[[dict[str, Any]], Head]] = Registry("head kind")
 
 
 def register_head(kind: str) -> Callable[[type[Head]], type[Head]]:
+    """Class decorator: saved heads of ``kind`` are rebuilt by the class's ``from_state``."""
+
     def decorator(cls: type[Head]) -> type[Head]:
-        _HEAD_KINDS[kind] = cls.from_state  # type: ignore[assignment]
+        _HEAD_KINDS.add(kind, cls.from_state, (cls.__doc__ or "").strip().split("\n")[0])
         cls.kind = kind
         return cls
 
     return decorator
+
+
+def list_heads(pattern: str = "*") -> list[str]:
+    """The registered head kinds (what a saved head file may hold)."""
+    return _HEAD_KINDS.names(pattern)
+
+
+def describe_heads() -> dict[str, str]:
+    """Every registered head kind with its one-line description."""
+    return _HEAD_KINDS.describe()
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -155,7 +169,7 @@ class MLPHead(LinearHead):
 def load_head(path: Path) -> Head:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        return _HEAD_KINDS[blob["kind"]](blob["state"])
+        return _HEAD_KINDS.get(blob["kind"])(blob["state"])
     except FileNotFoundError:
         raise
     except Exception as err:  # noqa: BLE001 - any corruption becomes one clear error

@@ -13,37 +13,32 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from ..errors import UnknownModelError
+from ..registry import Registry
 
 #: A pooling maps one photo's float32 (C, h, w) map to its (C,) descriptor.
 #: Poolings run in numpy: per photo, small torch ops cost far more than their
 #: arithmetic on a busy CPU (intra-op thread hand-offs; docs/decisions.md).
 Pooling = Callable[[np.ndarray], np.ndarray]
 
-_POOLINGS: dict[str, Pooling] = {}
-_DESCRIPTIONS: dict[str, str] = {}
+_POOLINGS: Registry[Pooling] = Registry("pooling")
 
 
 def register_pooling(name: str, description: str = "") -> Callable[[Pooling], Pooling]:
-    def decorator(fn: Pooling) -> Pooling:
-        if name in _POOLINGS:
-            raise ValueError(f"pooling {name!r} is already registered")
-        _POOLINGS[name] = fn
-        _DESCRIPTIONS[name] = description or (fn.__doc__ or "").strip().split("\n")[0]
-        return fn
-
-    return decorator
+    return _POOLINGS.register(name, description)
 
 
-def list_poolings() -> list[str]:
-    return sorted(_POOLINGS)
+def list_poolings(pattern: str = "*") -> list[str]:
+    return _POOLINGS.names(pattern)
+
+
+def describe_poolings() -> dict[str, str]:
+    """Every registered pooling name with its one-line description."""
+    return _POOLINGS.describe()
 
 
 def get_pooling(name: str) -> Pooling:
-    try:
-        return _POOLINGS[name]
-    except KeyError:
-        raise UnknownModelError(f"unknown pooling {name!r}; known: {', '.join(list_poolings())}") from None
+    """The pooling registered as ``name``; :class:`UnknownModelError` listing the known ones if none."""
+    return _POOLINGS.get(name)
 
 
 def gem(fmap: torch.Tensor, p: float = 3.0, eps: float = 1e-6) -> torch.Tensor:

@@ -11,13 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..registry import Registry
+from ..registry import Factory, Registry
 from .base import IntentClassifier
 from .gate_head import GateHead
 from .imagenet_map import PRODUCE_CLASSES, ImageNetIntent, predict_category, produce_share
 from .trained import IntentTrainReport, TrainedIntent, read_labelled, train_intent
 
-_REGISTRY: Registry[IntentClassifier] = Registry("intent classifier")
+_REGISTRY: Registry[Factory[IntentClassifier]] = Registry("intent classifier")
 
 
 @_REGISTRY.register("imagenet-map", "ImageNet-1k class probabilities mapped to intents (no training)")

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from .._deps import import_optional
 from ..errors import UnknownModelError
+from ..registry import Registry
 from ._registry import WeightsSource, parse_source, register_scheme, resolve_local_dir
 from .backbone import Backbone
 from .preprocess import PreprocessCfg
@@ -29,7 +30,7 @@ from .preprocess import PreprocessCfg
 logger = logging.getLogger(__name__)
 
 HfLoader = Callable[[WeightsSource, Mapping[str, Any]], Backbone]
-_HF_LOADERS: dict[str, HfLoader] = {}
+_HF_LOADERS: Registry[HfLoader] = Registry("loader for model type")
 #: (marker file, loader): folders that are not in transformers format.
 _DIR_LOADERS: list[tuple[str, Callable[[WeightsSource], Backbone]]] = []
 
@@ -45,9 +46,7 @@ def register_hf_loader(*model_types: str) -> Callable[[F], F]:
 
     def decorator(loader: F) -> F:
         for model_type in model_types:
-            if model_type in _HF_LOADERS:
-                raise ValueError(f"a loader for model type {model_type!r} is already registered")
-            _HF_LOADERS[model_type] = loader
+            _HF_LOADERS.add(model_type, loader)
         return loader
 
     return decorator
@@ -59,7 +58,7 @@ def register_dir_loader(marker: str, loader: Callable[[WeightsSource], Backbone]
 
 
 def hf_model_types() -> list[str]:
-    return sorted(_HF_LOADERS)
+    return _HF_LOADERS.names()
 
 
 def transformers_module(purpose: str) -> ModuleType:
@@ -194,7 +193,7 @@ def build_from_source(source: WeightsSource) -> Backbone:
     model_type = str(config.get("model_type", "")) if config else ""
     if config is not None and model_type in _HF_LOADERS:
         logger.info("loading %s (model type %s)", source, model_type)
-        return _HF_LOADERS[model_type](source, config)
+        return _HF_LOADERS.get(model_type)(source, config)
     for marker, loader in _DIR_LOADERS:
         if fetch_file(source, marker, required=False) is not None:
             logger.info("loading %s (%s)", source, marker)

@@ -12,7 +12,6 @@ several schemes (and the detectors) share.
 from __future__ import annotations
 
 import copy
-import fnmatch
 import logging
 import math
 import re
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from ..errors import ConfigError, UnknownModelError
+from ..registry import Registry
 from .backbone import Backbone
 from .preprocess import PreprocessCfg
 
@@ -100,16 +100,13 @@ def resolve_local_dir(source: WeightsSource) -> Path:
     return path
 
 
-_ENTRIES: dict[str, ModelEntry] = {}
+_ENTRIES: Registry[ModelEntry] = Registry("model")
 #: Scheme -> (location parser, builder(parsed location)) for names that carry their own location.
-_SCHEMES: dict[str, tuple[Callable[[str], Any], Callable[[Any], Backbone]]] = {}
+_SCHEMES: Registry[tuple[Callable[[str], Any], Callable[[Any], Backbone]]] = Registry("model scheme")
 
 
 def register_model(entry: ModelEntry) -> ModelEntry:
-    if entry.name in _ENTRIES:
-        raise ValueError(f"model {entry.name!r} is already registered")
-    _ENTRIES[entry.name] = entry
-    return entry
+    return _ENTRIES.add(entry.name, entry, entry.description)
 
 
 def _same_preprocess(a: PreprocessCfg, b: PreprocessCfg) -> bool:
@@ -162,18 +159,16 @@ def register_scheme(
     :class:`UnknownModelError`) and returns what ``builder`` receives; without
     it the builder gets the location string.
     """
-    if scheme in _SCHEMES:
-        raise ValueError(f"model scheme {scheme!r} is already registered")
-    _SCHEMES[scheme] = (parse or (lambda location: location), builder)
+    _SCHEMES.add(scheme, (parse or (lambda location: location), builder))
 
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style ``pattern``."""
-    return sorted(n for n in _ENTRIES if fnmatch.fnmatchcase(n, pattern))
+    return _ENTRIES.names(pattern)
 
 
 def list_schemes() -> list[str]:
-    return sorted(_SCHEMES)
+    return _SCHEMES.names()
 
 
 def parse_model_name(name: str) -> ParsedName:
@@ -190,7 +185,7 @@ def parse_model_name(name: str) -> ParsedName:
         if not location:
             raise UnknownModelError(f"model name {name!r} has no location after '{scheme}:'")
         try:
-            target = _SCHEMES[scheme][0](location)
+            target = _SCHEMES.get(scheme)[0](location)
         except UnknownModelError as err:
             raise UnknownModelError(f"model name {name!r}: {err}") from None
         return ParsedName(scheme, location, target)
@@ -205,7 +200,7 @@ def get_entry(name: str) -> ModelEntry:
     parsed = parse_model_name(name)
     if parsed.scheme:
         raise UnknownModelError(f"{name!r} is not a registered entry")
-    return _ENTRIES[parsed.location]
+    return _ENTRIES.get(parsed.location)
 
 
 #: Engines a backbone can run on (``runtime.engine`` in the configuration).
@@ -246,9 +241,9 @@ def create_model(name: str, *, runtime: str = "torch", threads: int = 0, precisi
         raise ConfigError(f"runtime.static_shapes must be 0 (off) or more, got {static_shapes}")
     parsed = parse_model_name(name)
     if parsed.scheme:
-        backbone = _SCHEMES[parsed.scheme][1](parsed.target)
+        backbone = _SCHEMES.get(parsed.scheme)[1](parsed.target)
     else:
-        entry = _ENTRIES[parsed.location]
+        entry = _ENTRIES.get(parsed.location)
         backbone = entry.build(entry, entry.name)
     return _on_device(_in_runtime(backbone, runtime, threads, precision, static_shapes), device)
 

@@ -17,7 +17,7 @@ a :class:`Projector` the pipeline hands it.
 
 from .base import CatalogueStore, Projector, WriteBatch
 from .embedded import EmbeddedStore
-from .engines import list_stores, open_catalogue_store
+from .engines import describe_stores, list_stores, open_catalogue_store
 from .metadata import ImageRecord, MetadataDB, ProductRecord
 from .vectors import FaissIndex, VectorIndex
 
@@ -31,6 +31,7 @@ __all__ = [
     "Projector",
     "VectorIndex",
     "WriteBatch",
+    "describe_stores",
     "list_stores",
     "open_catalogue_store",
 ]

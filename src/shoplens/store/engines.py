@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
-from ..registry import Registry
+from ..registry import Factory, Registry
 from .base import CatalogueStore, Projector
 from .embedded import EmbeddedStore
 
-STORES: Registry[CatalogueStore] = Registry("store")
+STORES: Registry[Factory[CatalogueStore]] = Registry("store")
 
 
 @STORES.register("embedded", "SQLite + FAISS in a folder (the default): a path, or embedded:PATH")
@@ -53,6 +53,11 @@ def list_stores() -> list[str]:
     return STORES.names()
 
 
+def describe_stores() -> dict[str, str]:
+    """Every registered store engine name with its one-line description."""
+    return STORES.describe()
+
+
 def open_catalogue_store(
     location: str | Path, projector: Projector | None = None, *, create: bool = True, read_only: bool = False, **kwargs: Any
 ) -> CatalogueStore:
@@ -70,7 +75,7 @@ def open_catalogue_store(
     """
     text = str(location)
     scheme, sep, rest = text.partition(":")
-    if sep and len(scheme) > 1 and f"{scheme}:" in STORES.names():
+    if sep and len(scheme) > 1 and f"{scheme}:" in STORES:
         return STORES.create(text, projector=projector, create=create, read_only=read_only, **kwargs)
     if sep and len(scheme) > 1 and re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme) and rest.startswith("//"):
         raise StoreError(f"unknown store location {text!r}; known schemes: {', '.join(n for n in STORES.names() if n.endswith(':'))}")
