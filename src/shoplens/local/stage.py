@@ -277,14 +277,7 @@ class LocalStage:
         under ``threads.small_op_threads()``.
         """
         assert self.index is not None
-        cfg = self.config
-        why: dict[str, float] = {}
-        if cfg.skip_produce > 0 and produce is not None and produce >= cfg.skip_produce:
-            why = {"produce": round(produce, 4)}
-        elif cfg.skip_margin > 0:
-            margin = product_margin(store, distances, ids)
-            if margin >= cfg.skip_margin:
-                why = {"margin": round(margin, 4)}
+        why = self._skip_reason(store, distances, ids, produce)
         if why:
             valid = ids >= 0
             return Refined(distances[valid].astype(np.float32), ids[valid].astype(np.int64),
@@ -292,15 +285,7 @@ class LocalStage:
         t = time.perf_counter()
         feats = self.index.extract_query(photo)
         valid = ids >= 0
-        with self._lock:
-            scope = "all" if cfg.scope == "all" or (cfg.scope == "auto" and len(self.index) <= cfg.all_up_to) else "candidates"
-            if scope == "all":
-                l_ids, l_scores = self.index.query(feats, cfg.candidates)
-            else:
-                l_ids, l_scores = self.index.query(feats, int(valid.sum()), among=ids[valid])
-        if allowed is not None and len(l_ids):
-            keep = np.isin(l_ids, allowed)
-            l_ids, l_scores = l_ids[keep], l_scores[keep]
+        scope, l_ids, l_scores = self._local_candidates(feats, ids[valid], allowed)
         query_ms = (time.perf_counter() - t) * 1000
         g_ids, g_d = ids[valid].astype(np.int64), distances[valid].astype(np.float64)
         # Local candidates the global list missed: their exact global distance, from the store.
@@ -310,28 +295,11 @@ class LocalStage:
             ok = mi[0] >= 0
             g_ids = np.concatenate([g_ids, mi[0][ok].astype(np.int64)])
             g_d = np.concatenate([g_d, md[0][ok].astype(np.float64)])
-        score = np.zeros(len(g_ids))
-        pos = {int(i): j for j, i in enumerate(g_ids)}
-        for i, s in zip(l_ids, l_scores):
-            j = pos.get(int(i))
-            if j is not None:
-                score[j] = float(s)
-        fused = g_d * np.exp(-cfg.weight * score)
-        order = np.argsort(fused, kind="stable")
-        g_ids, fused, score = g_ids[order], fused[order], score[order]
-        verified = 0
-        verify_ms = 0.0
-        if cfg.verify and cfg.shortlist > 0 and len(g_ids):
-            t = time.perf_counter()
-            head = _shortlist(fused, score, cfg.shortlist, cfg.local_shortlist)
-            with self._lock:
-                head = [j for j in head if int(g_ids[j]) in self.index]
-                inliers = self.index.verify(feats, g_ids[head]) if head else np.zeros(0, np.int64)
-            if head:
-                fused, verified = _verified_first(fused, np.array(head, np.int64), inliers, cfg.min_inliers, cfg.verified_bonus)
-                order = np.argsort(fused, kind="stable")
-                g_ids, fused = g_ids[order], fused[order]
-            verify_ms = (time.perf_counter() - t) * 1000
+        g_ids, fused, score = self._fuse(g_ids, g_d, l_ids, l_scores)
+        t = time.perf_counter()
+        checks = self.config.verify and self.config.shortlist > 0 and len(g_ids) > 0
+        g_ids, fused, verified = self._verify(feats, g_ids, fused, score) if checks else (g_ids, fused, 0)
+        verify_ms = (time.perf_counter() - t) * 1000 if checks else 0.0
         steps = {
             "enabled": True,
             "scope": scope,
@@ -343,6 +311,62 @@ class LocalStage:
             "verify_ms": round(verify_ms, 2),
         }
         return Refined(fused.astype(np.float32), g_ids, steps)
+
+    def _skip_reason(self, store: StoredImages, distances: np.ndarray, ids: np.ndarray, produce: float | None) -> dict[str, float]:
+        """Why the local step is not worth running for this query (``local.skip_produce``, ``local.skip_margin``); ``{}``: run it."""
+        cfg = self.config
+        if cfg.skip_produce > 0 and produce is not None and produce >= cfg.skip_produce:
+            return {"produce": round(produce, 4)}
+        if cfg.skip_margin > 0:
+            margin = product_margin(store, distances, ids)
+            if margin >= cfg.skip_margin:
+                return {"margin": round(margin, 4)}
+        return {}
+
+    def _local_candidates(self, feats: LocalFeatures, global_ids: np.ndarray,
+                          allowed: np.ndarray | None) -> tuple[str, np.ndarray, np.ndarray]:
+        """(scope, ids, ASMK scores): every indexed image's best (scope "all") or the global candidates' scores."""
+        assert self.index is not None
+        cfg = self.config
+        with self._lock:
+            scope = "all" if cfg.scope == "all" or (cfg.scope == "auto" and len(self.index) <= cfg.all_up_to) else "candidates"
+            if scope == "all":
+                l_ids, l_scores = self.index.query(feats, cfg.candidates)
+            else:
+                l_ids, l_scores = self.index.query(feats, len(global_ids), among=global_ids)
+        if allowed is not None and len(l_ids):
+            keep = np.isin(l_ids, allowed)
+            l_ids, l_scores = l_ids[keep], l_scores[keep]
+        return scope, l_ids, l_scores
+
+    def _fuse(self, g_ids: np.ndarray, g_d: np.ndarray, l_ids: np.ndarray,
+              l_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates by fused distance ``global × exp(−weight × local score)``: (ids, fused distances, local scores), closest first."""
+        score = np.zeros(len(g_ids))
+        pos = {int(i): j for j, i in enumerate(g_ids)}
+        for i, s in zip(l_ids, l_scores):
+            j = pos.get(int(i))
+            if j is not None:
+                score[j] = float(s)
+        fused = g_d * np.exp(-self.config.weight * score)
+        order = np.argsort(fused, kind="stable")
+        return g_ids[order], fused[order], score[order]
+
+    def _verify(self, feats: LocalFeatures, g_ids: np.ndarray, fused: np.ndarray,
+                score: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """The shortlist checked by RANSAC, verified candidates first by inliers: (ids, distances, how many verified)."""
+        assert self.index is not None
+        cfg = self.config
+        head = _shortlist(fused, score, cfg.shortlist, cfg.local_shortlist)
+        with self._lock:
+            head = [j for j in head if int(g_ids[j]) in self.index]
+            inliers = self.index.verify(feats, g_ids[head]) if head else np.zeros(0, np.int64)
+        verified = 0
+        if head:
+            fused, verified = _verified_first(fused, np.array(head, np.int64), inliers, cfg.min_inliers, cfg.verified_bonus)
+            order = np.argsort(fused, kind="stable")
+            g_ids, fused = g_ids[order], fused[order]
+        return g_ids, fused, verified
 
 
 def _shortlist(fused: np.ndarray, score: np.ndarray, length: int, by_local: int) -> list[int]:
