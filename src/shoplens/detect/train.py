@@ -397,23 +397,15 @@ def train_detector(
     module = backbone.torch_module()
     ch: dict[str, int] = module.feature_channels  # type: ignore[union-attr, assignment]
     canvas = _load_canvas(train, max(train_sizes))
-    heads: list[GarmentHead] = []
-    losses: list[float] = []
-    n_epochs: list[int] = []
     t0 = time.perf_counter()
+    heads, losses, n_epochs = [], [], []
     for member_epochs, channels in members:
         torch.manual_seed(seed)
-        cfg = HeadConfig(
-            input_size=input_size,
-            in_channels=(ch["s8"], ch["s16"], ch["s32"]),
-            channels=channels,
-            tower=tower,
-            dropout=dropout,
-        )
-        head = GarmentHead(cfg)
-        e = member_epochs if epochs is None else epochs
-        n_epochs.append(e)
-        losses = _fit(head, module, canvas, sizes=train_sizes, epochs=e, seed=seed, device=device, batch_size=batch_size, lr=lr, progress=progress)  # type: ignore[arg-type]
+        head = GarmentHead(HeadConfig(input_size=input_size, in_channels=(ch["s8"], ch["s16"], ch["s32"]), channels=channels,
+                                      tower=tower, dropout=dropout))
+        n_epochs.append(member_epochs if epochs is None else epochs)
+        losses = _fit(head, module, canvas, sizes=train_sizes, epochs=n_epochs[-1], seed=seed, device=device,  # type: ignore[arg-type]
+                      batch_size=batch_size, lr=lr, progress=progress)
         heads.append(head.cpu().eval())
     train_s = time.perf_counter() - t0
     module.cpu()  # type: ignore[union-attr]

@@ -1,4 +1,4 @@
-"""Adapting the recognition model to a catalogue (SPEC step 8, ``train-embedder``).
+"""Adapting the recognition model to a catalogue (step 8 of docs/method.md, ``train-embedder``).
 
 The backbone stays frozen: a projection head is trained on the catalogue's
 raw descriptors (and those of extra labelled photos) with a normalised-softmax
@@ -305,6 +305,17 @@ def training_labels(ids: np.ndarray, categories: np.ndarray | None) -> tuple[np.
     return None
 
 
+def _heldout_check(check: Head, raw: np.ndarray, labels: np.ndarray, held: np.ndarray, db: np.ndarray) -> dict[str, Any]:
+    """R@1 of the ``held`` rows against the ``db`` rows, untrained and with the head ``check`` trained without them."""
+    before = IdentityHead()
+    return {
+        "queries": int(held.sum()),
+        "against": "catalogue images",
+        "r1_untrained": round(_recall_at_1(before.apply(raw[held]), labels[held], before.apply(raw[db]), labels[db]), 4),
+        "r1_trained": round(_recall_at_1(check.apply(raw[held]), labels[held], check.apply(raw[db]), labels[db]), 4),
+    }
+
+
 def train_embedder(
     descriptors: np.ndarray,
     labels: Labels,
@@ -322,7 +333,7 @@ def train_embedder(
     kind: str = "margin",
     progress: bool = False,
 ) -> tuple[Head, EmbedderReport]:
-    """Adapt a domain's recognition head to a catalogue (SPEC step 8, ``train-embedder``).
+    """Adapt a domain's recognition head to a catalogue (step 8 of docs/method.md, ``train-embedder``).
 
     ``descriptors``: (N, D) raw descriptors of the catalogue images and of
     any extra labelled photos; ``labels``: each row's product id; ``catalogue``:
@@ -370,17 +381,10 @@ def train_embedder(
     held = holdout_mask(train_labels, is_cat, holdout)
     if held.any():
         check = train_projection(raw[~held], train_labels[~held], dim=dim, epochs=epochs, seed=seed, cfg=cfg)
-        db = is_cat & ~held
-        before = IdentityHead()
-        report.heldout = {
-            "queries": int(held.sum()),
-            "against": "catalogue images",
-            "r1_untrained": round(_recall_at_1(before.apply(raw[held]), train_labels[held], before.apply(raw[db]), train_labels[db]), 4),
-            "r1_trained": round(_recall_at_1(check.apply(raw[held]), train_labels[held], check.apply(raw[db]), train_labels[db]), 4),
-        }
+        report.heldout = _heldout_check(check, raw, train_labels, held, is_cat & ~held)
         logger.info("train-embedder %s held-out R@1 %.3f -> %.3f on %d photos", domain,
                     report.heldout["r1_untrained"], report.heldout["r1_trained"], int(held.sum()))
-        report.calibration = calibrate_head(check, raw, ids, cats, queries=held, database=db,
+        report.calibration = calibrate_head(check, raw, ids, cats, queries=held, database=is_cat & ~held,
                                             target_precision=target_precision, relevance=relevance, kind=kind)
     head = train_projection(raw, train_labels, dim=dim, epochs=epochs, seed=seed, cfg=cfg, progress=progress)
     if report.calibration is None:
