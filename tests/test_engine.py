@@ -440,6 +440,31 @@ def test_a_csv_without_domains_is_decided_per_category_and_domain_sets_them(tmp_
             lens.index(folder, domain="shoes")
 
 
+def test_a_category_too_small_to_tell_follows_the_catalogue() -> None:
+    from shoplens.indexing import PRIOR_VOTES, majority
+
+    apparel, other = np.array([[0.9, 0.1]]), np.array([[0.2, 0.8]])
+    mostly_other = PRIOR_VOTES * np.array([0.025, 0.975])
+    assert majority(apparel) == "apparel"  # alone, its own vote decides
+    assert majority(apparel, mostly_other) == "other_product"  # one product among a catalogue of others
+    assert majority(np.concatenate([apparel] * 3 + [other]), mostly_other) == "apparel"  # a few clear votes keep theirs
+    assert majority(apparel, PRIOR_VOTES * np.array([0.4, 0.6])) == "apparel"  # a mixed shop: the one vote outweighs
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_every_grocery_product_is_filed_where_groceries_are(tmp_path: Path, data_dir: Path) -> None:
+    """The grocery catalogue names no domain: asparagus and leek, whose one photo each looks like "apparel" to
+    the gate, are filed with the other 79 products (an apparel partition no grocery search reads would lose them)."""
+    flags = {"local.enabled": False, "search.rank_filter": False}
+    with Shoplens(tmp_path / "store", **flags) as lens:
+        report = lens.index(data_dir / "grocery" / "catalog.csv")
+        assert report.domains_inferred == 81
+        assert report.domains_by_category["Asparagus"]["domain"] == report.domains_by_category["Leek"]["domain"] == "other_product"
+        assert {rec.domain for rec in lens.store.iter_products()} == {"other_product"}
+        assert lens.store.count_vectors("apparel") == 0
+
+
 def test_train_intent_moves_products_where_the_new_classifier_puts_their_category(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 #: The domain whose photos have local features (``shoplens.local``).
 LOCAL_DOMAIN = "other_product"
+#: A category's vote for its domain counts this many votes more, spread as the whole run's votes are: a
+#: category of one or two products whose photos look like the other domain's (asparagus, leek: "apparel")
+#: follows the catalogue; one with a few clear votes keeps them (a hat alone in a clothing shop stays apparel).
+PRIOR_VOTES = 2.0
 #: Extracted local features are added to the local index in batches of at least this many (one segment each).
 LOCAL_ADD_BATCH = 256
 
@@ -201,9 +205,14 @@ class Indexer:
         for pid, (category, _, _) in self._votes.items():
             by_category.setdefault(category, []).append(pid)
         moves: dict[str, str] = {}
+        if not by_category:
+            return moves
+        # The whole run's votes, spread as PRIOR_VOTES votes over each category's own.
+        every = np.stack([v[2] for v in self._votes.values()])
+        prior = PRIOR_VOTES * np.bincount(every.argmax(1), minlength=len(DOMAINS)) / len(every)
         for category, pids in by_category.items():
             weights = np.stack([self._votes[p][2] for p in pids])
-            domain = majority(weights)
+            domain = majority(weights, prior)
             counts = np.bincount(weights.argmax(1), minlength=len(DOMAINS))
             report.domains_by_category[category] = {"domain": domain, **{d: int(n) for d, n in zip(DOMAINS, counts)}}
             moves.update({p: domain for p in pids if self._votes[p][1] != domain})
@@ -476,10 +485,12 @@ def vote_weights(probs: np.ndarray) -> np.ndarray:
     return p / p.sum() if p.sum() > 0 else np.full(len(DOMAINS), 1.0 / len(DOMAINS), np.float32)
 
 
-def majority(weights: np.ndarray) -> str:
-    """The domain most of ``weights``' rows (votes) prefer; a tie goes to the larger summed score."""
-    counts = np.bincount(weights.argmax(1), minlength=len(DOMAINS))
-    best = np.flatnonzero(counts == counts.max())
+def majority(weights: np.ndarray, prior: np.ndarray | None = None) -> str:
+    """The domain most of ``weights``' rows (votes) prefer, with ``prior`` votes per domain added; a tie goes to the larger summed score."""
+    counts = np.bincount(weights.argmax(1), minlength=len(DOMAINS)).astype(np.float64)
+    if prior is not None:
+        counts += prior
+    best = np.flatnonzero(np.isclose(counts, counts.max()))
     return DOMAINS[int(best[np.argmax(weights.sum(0)[best])])]
 
 
