@@ -5,7 +5,7 @@ The few names most users need::
     from shoplens import Shoplens, open_store, classify, detect
     lens = Shoplens("store-dir")          # a catalogue store (created if absent)
     lens.index("catalog.csv")             # add or update products
-    lens.search_one("photo.jpg")          # SPEC.md's search result
+    lens.search_one("photo.jpg")          # the search result (docs/method.md)
 
 Stages are pluggable through registries: ``list_models``/``create_model``
 (backbones), ``list_intent_classifiers``, ``list_detectors``.

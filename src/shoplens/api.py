@@ -146,12 +146,12 @@ def detect_photos(pipeline: Pipeline, images: Sequence[ImageSource]) -> list[Det
 
 
 def classify(images: Sequence[ImageSource], config: Config | None = None) -> list[IntentResult | ErrorResult]:
-    """Intent of each image, without any store (SPEC ``shoplens classify``)."""
+    """Intent of each image, without any store (``shoplens classify``)."""
     return classify_photos(Pipeline(config), images)
 
 
 def detect(images: Sequence[ImageSource], config: Config | None = None) -> list[DetectResult | ErrorResult]:
-    """Garments in each image, without any store (SPEC ``shoplens detect``)."""
+    """Garments in each image, without any store (``shoplens detect``)."""
     return detect_photos(Pipeline(config), images)
 
 
@@ -500,7 +500,7 @@ class Shoplens:
 
     # -- training -----------------------------------------------------------
     def train_intent(self, labelled: str | Path, *, holdout: float = 0.2, seed: int = 0, progress: bool = False) -> Any:
-        """SPEC step 7: train the intent classifier from labelled folders or a CSV.
+        """Step 7 of docs/method.md: train the intent classifier from labelled folders or a CSV.
 
         Reports accuracy on a held-out part and saves the classifier in the
         store, which uses it from now on (``intent.classifier = auto``). The
@@ -539,7 +539,7 @@ class Shoplens:
         tune_backbone: bool = True,
         progress: bool = False,
     ) -> dict[str, Any]:
-        """SPEC step 8: adapt each domain's recognition model to the catalogue (plus labelled photos).
+        """Step 8 of docs/method.md: adapt each domain's recognition model to the catalogue (plus labelled photos).
 
         ``labelled``: a CSV with columns ``image`` (relative to the CSV) and
         ``product_id`` of extra photos of catalogue products. With
@@ -583,7 +583,7 @@ class Shoplens:
         filters: FilterLike | Iterable[FilterLike] | None = None,
         domain: str | None = None,
     ) -> list[SearchResult | ErrorResult]:
-        """SPEC steps 1–6 for each image; unreadable images give an ErrorResult.
+        """Steps 1–6 of docs/method.md for each image; unreadable images give an ErrorResult.
 
         ``filters`` (e.g. ``["category=Juice", "price<=20"]``, see
         :mod:`shoplens.filters`) restrict the index search itself.
@@ -605,7 +605,7 @@ class Shoplens:
         self, photo: Photo, *, top_k: int | None = None, filters: FilterLike | Iterable[FilterLike] | None = None, decode_ms: float = 0.0,
         domain: str | None = None,
     ) -> SearchResult:
-        """SPEC steps 1–6 for a photo the caller decoded (with its own limits); ``domain`` as in :meth:`search`."""
+        """Steps 1–6 of docs/method.md for a photo the caller decoded (with its own limits); ``domain`` as in :meth:`search`."""
         _check_search_domain(domain)
         return self.pipeline.search(photo, self.store, top_k=top_k, allowed=self._allowed(filters, None), decode_ms=decode_ms,
                                     domain=domain)

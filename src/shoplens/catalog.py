@@ -1,6 +1,6 @@
 """Catalogue ingestion: a CSV or a folder of product photos -> validated rows.
 
-CSV (SPEC "Catalogue CSV"): required columns ``product_id`` and ``image`` (a
+CSV (docs/method.md, "Catalogue CSV"): required columns ``product_id`` and ``image`` (a
 path relative to the CSV's folder, or absolute); optional ``title``,
 ``category``, ``domain`` (``apparel`` / ``other_product``); every other column
 is kept as metadata. A folder: every image file below it, ``product_id`` = file

@@ -1,6 +1,6 @@
 """The ``shoplens`` command line: a thin face over the Python API.
 
-``--json`` output follows SPEC.md exactly: one JSON object per line per input
+``--json`` output follows the schema of docs/method.md exactly: one JSON object per line per input
 image. An image that cannot be read gives ``{"image", "error"}`` and the
 others go on; the exit code is 1 if any image (or catalogue row) failed, 2 on
 a usage, configuration or store error.
@@ -53,7 +53,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_search_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("search steps (SPEC steps 3-6)")
+    g = p.add_argument_group("search steps (steps 3-6 of docs/method.md)")
     g.add_argument("--top-k", type=int, metavar="N", help="cap of each result list (default 10)")
     g.add_argument("--similar-k", type=int, metavar="N", help="cap of the similar set fetched from the index (default 50)")
     g.add_argument("--max-distance", type=float, metavar="D", help="neighbours farther than D are not similar (0..2, default 2)")
@@ -500,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
         "filter, category entropy filter, category-aware ordering) on each image."))
     p.add_argument("images", nargs="+", metavar="IMAGE", help="photo(s) to search with")
     p.add_argument("--store", required=True, metavar="DIR", help="store folder made by 'shoplens index'")
-    p.add_argument("--json", action="store_true", help="one JSON object per line per image (SPEC.md schema)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line per image (schema: docs/method.md)")
     p.add_argument("--filter", action="append", default=[], metavar="FIELD_OP_VALUE", help=(
         "only products whose metadata pass (repeatable; all must hold), applied inside the index search: "
         "category=Juice, category=Juice|Milk, brand!=Acme, price<=20, price>5, title~apple (contains)"))
@@ -569,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_options(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("train-intent", help="train the intent classifier from labelled photos (SPEC step 7)", description=(
+    p = sub.add_parser("train-intent", help="train the intent classifier from labelled photos (step 7 of docs/method.md)", description=(
         "LABELLED is a folder with apparel/, other_product/ and non_product/ subfolders, or a CSV with columns image, intent. "
         "A head is trained on the bundled backbone's features, its accuracy is reported on a held-out part, and the store "
         "uses it from then on."))
@@ -581,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p)
     p.set_defaults(func=cmd_train_intent)
 
-    p = sub.add_parser("train-embedder", help="adapt the recognition models to the catalogue (SPEC step 8)", description=(
+    p = sub.add_parser("train-embedder", help="adapt the recognition models to the catalogue (step 8 of docs/method.md)", description=(
         "Tunes each domain's backbone stage (the stride-32 blocks) on the catalogue photos, read again from their sources, "
         "and re-encodes the stored images through it; then trains the domain's projection head on the stored raw "
         "descriptors. Both learn the catalogue's own labels: product ids where a product has several photos (add them "
@@ -630,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("serve", help="serve search, catalogue writes and a web page over HTTP", description=(
-        "Serve the store over HTTP: POST /search with a photo (SPEC.md's search object as JSON), product add / update / "
+        "Serve the store over HTTP: POST /search with a photo (the search object of docs/method.md, as JSON), product add / update / "
         "delete (needs the API key), GET /products, /images/ID, /healthz, /readyz, /metrics, the OpenAPI schema at "
         "/openapi.json and a web page at /. Needs: pip install 'shoplens[server]'."))
     p.add_argument("--store", required=True, metavar="DIR", help="store folder made by 'shoplens index' (see --create)")

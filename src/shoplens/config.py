@@ -61,8 +61,8 @@ class IntentConfig:
     enabled: bool = setting(True, help="step 1, the intent gate; off: no photo is stopped, each goes to its likelier product domain")
     #: The name of a registered intent classifier (``shoplens models``), so not a closed list.
     classifier: str = setting("auto", help=(
-        "`auto` (the store's trained classifier if `shoplens train-intent` made one, else `imagenet-map`), "
-        "`imagenet-map`, `trained`"
+        "`auto` (the store's trained classifier if `shoplens train-intent` made one, else `default-head`), "
+        "`default-head` (the shipped head over `imagenet-map`), `imagenet-map`, `trained`"
     ))
     backbone: str = setting("efficientnet_lite0", help="backbone the default classifier reads")
     stop_score: float = setting(0.9, ge=0.0, le=1.0, help=(
@@ -181,7 +181,7 @@ class SearchConfig:
         "background carries over from synthetic to real photos where the raw distance does not "
         "(docs/decisions.md). Fitted again when the domain's image count changed by a tenth; `train-embedder` "
         "replaces it with one fitted on labelled photos, which indexing never replaces. Before a store's "
-        "first fit, hits must be 0.05 nearer than the background. `off`: SPEC's raw distances (on an "
+        "first fit, hits must be 0.05 nearer than the background. `off`: raw distances, as in the plain method (on an "
         "untrained store most lists come back empty). With the rank filter off, distances are raw either way. "
         "Every hit reports `precision`, the share of relevant hits at its calibrated rank in the fit"
     ))
@@ -196,7 +196,7 @@ class SearchConfig:
     entropy_filter: bool = setting(True, help="step 5 on/off")
     max_entropy_bits: float = setting(3.0, ge=0.0, help=(
         "step 5 threshold. A category is weighed against what it could hold: `H_c = −log2(n_c / min(N, "
-        "size_c))` with `size_c` its products in the domain (SPEC's formula for categories of N products or "
+        "size_c))` with `size_c` its products in the domain (the plain `−log2(n_c / N)` for categories of N products or "
         "more), so a category of 2 products with both in the set is not uncertain; when no category is within "
         "the limit, nothing is dropped"
     ))
@@ -206,7 +206,7 @@ class SearchConfig:
     order_tolerance: float = setting(0.02, ge=0.0, help=(
         "step 6 moves a hit before a better-ranked one of a higher-scoring category (S_c) only when their "
         "ranks differ by less than this: categories break near-ties in rank, never a clear difference. 2: "
-        "SPEC's plain ordering (on the grocery train photos it cost 0.04 of R@5: a large category pushed the "
+        "the plain ordering of docs/method.md (on the grocery train photos it cost 0.04 of R@5: a large category pushed the "
         "right product down); 0: rank order"
     ))
     top_k: int = setting(10, ge=1, help="cap of each returned list (`--top-k`)")

@@ -2,7 +2,7 @@
 
 :class:`Pipeline` holds the models (backbones, intent classifier, detector,
 one embedder per domain) and runs each backbone once per photo and input
-size, whichever stages read it. :meth:`Pipeline.search` runs SPEC.md's steps
+size, whichever stages read it. :meth:`Pipeline.search` runs the steps of docs/method.md
 on one photo against a store and reports counts and time for each step.
 The pipeline knows no CLI and no HTTP.
 """
@@ -136,7 +136,7 @@ class Query:
 
 
 class Pipeline:
-    """The models of SPEC.md steps 1–2 and the search over a store (steps 3–6)."""
+    """The models of steps 1–2 (docs/method.md) and the search over a store (steps 3–6)."""
 
     def __init__(self, config: Config | None = None, models_dir: Path | None = None, *, device: str = "cpu") -> None:
         self.config = config or Config()
@@ -470,7 +470,7 @@ class Pipeline:
         decode_ms: float = 0.0,
         domain: str | None = None,
     ) -> SearchResult:
-        """SPEC steps 1–6 for one decoded photo against ``store``.
+        """Steps 1–6 for one decoded photo against ``store``.
 
         ``allowed(domain)`` returns the image ids a metadata filter admits
         (``None``: no filter); the filter runs inside the index search.

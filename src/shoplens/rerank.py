@@ -1,4 +1,4 @@
-"""SPEC steps 3–6: similar set, rank filter, category entropy filter, ordering.
+"""Steps 3–6 of docs/method.md: similar set, rank filter, category entropy filter, ordering.
 
 Pure functions over lists of :class:`Hit`, so every step can be tested on
 hand-computed cases. :func:`postprocess` chains them as configured and
@@ -10,7 +10,7 @@ catalogue's categories are small (docs/decisions.md):
 
 - the entropy filter weighs a category against what it *could* hold: a
   category of 3 products with all 3 in a set of 40 is not uncertain
-  (``H_c = −log2(n_c / min(N, size_c))``, SPEC's formula when the category
+  (``H_c = −log2(n_c / min(N, size_c))``, the plain formula when the category
   has at least N products), and when no category is certain it drops none;
 - the ordering lets a category's score move a hit only past near-tied
   hits (``search.order_tolerance`` in rank), so a clearly better match is
@@ -47,7 +47,7 @@ class Hit:
 
     @property
     def rank(self) -> float:
-        """SPEC step 4: rank = 2 − distance (distance between L2-normalised vectors)."""
+        """Step 4: rank = 2 − distance (distance between L2-normalised vectors)."""
         return 2.0 - self.distance
 
     @property
@@ -131,7 +131,7 @@ def category_order(hits: list[Hit], *, tolerance: float | None = None) -> list[H
     ``tolerance``: a hit goes before a better-ranked hit of another category
     only when its category scores higher and their ranks differ by less than
     this, so category evidence breaks near-ties in rank but never overrides
-    a clear difference (0: by rank alone; 2 or ``None``: SPEC's plain
+    a clear difference (0: by rank alone; 2 or ``None``: the plain
     ordering, every rank difference being under 2).
     """
     ordered = sorted(hits, key=lambda h: (-h.rank, h.product_id))

@@ -1,4 +1,4 @@
-"""Result objects, serialised exactly as SPEC.md's JSON schemas.
+"""Result objects, serialised exactly as the JSON schemas of docs/method.md.
 
 They are pydantic models so the HTTP API documents them in its OpenAPI
 schema and the CLI prints them with the same field names.

@@ -1,4 +1,4 @@
-"""Rank thresholds that mean a stated precision (SPEC step 4, calibrated).
+"""Rank thresholds that mean a stated precision (step 4 of docs/method.md, calibrated).
 
 A single ``min_rank`` keeps hits nearer than ``2 − min_rank`` whatever their
 category, yet the distance at which a neighbour stops being relevant differs
@@ -167,7 +167,7 @@ def similar_sets(
     k: int = 50,
     exclude_self: bool = False,
 ) -> Pairs:
-    """The hits SPEC step 3 gives each query (L2-normalised vectors), labelled relevant or not.
+    """The hits step 3 gives each query (L2-normalised vectors), labelled relevant or not.
 
     ``exclude_self``: the queries are the db rows themselves (leave-one-out),
     so a query never finds its own image.

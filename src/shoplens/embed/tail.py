@@ -1,4 +1,4 @@
-"""Tuning the backbone's stride-32 stage on a catalogue (``train-embedder``, SPEC step 8).
+"""Tuning the backbone's stride-32 stage on a catalogue (``train-embedder``, step 8 of docs/method.md).
 
 A projection head (shoplens.embed.training) only re-weights the ImageNet
 features; tuning the backbone's last stage lets the catalogue's own labels

@@ -14,7 +14,7 @@ The decision rule, with no training:
    (of which non-product has the most: 583 of 1000).
 2. Priors multiply the evidence: ``apparel_prior`` makes up for apparel
    having few classes (70 against 330 other goods), ``non_product_prior`` for
-   most uploads not being product photos (SPEC.md).
+   most uploads not being product photos (docs/method.md).
 3. When the network recognises nothing — the entropy ``H`` of
    ``softmax(logits)`` is above ``uncertain_nats`` — the non-product prior
    grows by ``exp(uncertain_slope * (H - uncertain_nats))``: noise, textures

@@ -329,7 +329,7 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
         dependencies=reader,
         responses=READ_ERRORS,
         description=(
-            "Upload one photo (multipart/form-data, part `photo`). The answer is SPEC.md's search object, the same as "
+            "Upload one photo (multipart/form-data, part `photo`). The answer is the search object documented in docs/method.md, the same as "
             "`shoplens search --json`: the intent, and for product photos one result list per region (each garment, "
             "or the whole photo). A non_product photo stops after the intent step: `regions` is empty and `reason` says "
             "why; send `domain` to search it anyway. An empty result list carries its `reason`."

@@ -1,7 +1,7 @@
 """Request and response bodies of the HTTP API (pydantic, documented in the OpenAPI schema).
 
 The search response is :class:`shoplens.results.SearchResult`: exactly
-SPEC.md's search object, as ``shoplens search --json`` prints it.
+the search object documented in docs/method.md, as ``shoplens search --json`` prints it.
 """
 
 from __future__ import annotations
