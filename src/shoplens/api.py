@@ -36,7 +36,7 @@ from .local.stage import LocalStage
 from .models import pick_device
 from .pipeline import INTENT_MODEL_FILE, EncodingCache, Pipeline
 from .results import DetectResult, ErrorResult, GarmentResult, IntentResult, SearchResult
-from .store import CatalogueStore, ProductRecord, WriteBatch, open_catalogue_store
+from .store import CatalogueStore, ProductRecord, StoredImage, WriteBatch, open_catalogue_store
 from .store.migrate import MigrationReport, copy_catalogue, copy_files
 
 log = logging.getLogger(__name__)
@@ -474,8 +474,8 @@ class Shoplens:
             self._sync_local()
         return len(existing)
 
-    def product_images(self, product_id: str) -> list[tuple[int, str, str]]:
-        """(image_id, domain, source) of a product's images."""
+    def product_images(self, product_id: str) -> list[StoredImage]:
+        """A product's images (image_id, domain, source), by image id."""
         return self.store.product_images(product_id)
 
     def image_file(self, image_id: int) -> Path | None:

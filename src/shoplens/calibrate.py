@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import cv2
@@ -112,7 +113,7 @@ def synthetic_calibration(pipeline: Pipeline, store: CatalogueStore, domain: str
 
 
 def _pairs(pipeline: Pipeline, store: CatalogueStore, domain: str, queries: list[tuple[int, Photo]],
-           owners: dict[int, tuple[str, str | None]]) -> Pairs:
+           owners: Mapping[int, tuple[str, str | None]]) -> Pairs:
     """Each synthetic query's similar set (step 3, as a search makes it), labelled by product."""
     cfg = pipeline.config.search
     fetch = max(cfg.similar_k * 4, cfg.similar_k + 16)

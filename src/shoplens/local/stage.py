@@ -26,7 +26,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -60,7 +60,7 @@ class StoredImages(Protocol):
         """Where the image's photo was read from, if the store knows."""
         ...
 
-    def image_categories(self, image_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+    def image_categories(self, image_ids: Sequence[int]) -> Mapping[int, tuple[str, str | None]]:
         """image id -> (product id, product category), for the ids whose image and product exist."""
         ...
 

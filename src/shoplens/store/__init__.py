@@ -18,7 +18,7 @@ a :class:`Projector` the pipeline hands it.
 from .base import CatalogueStore, Projector, WriteBatch
 from .embedded import EmbeddedStore
 from .engines import describe_stores, list_stores, open_catalogue_store
-from .metadata import ImageRecord, MetadataDB, ProductRecord
+from .metadata import ImageRecord, ImageVersion, MetadataDB, Owner, ProductRecord, StoredImage
 from .vectors import FaissIndex, VectorIndex
 
 __all__ = [
@@ -26,9 +26,12 @@ __all__ = [
     "EmbeddedStore",
     "FaissIndex",
     "ImageRecord",
+    "ImageVersion",
     "MetadataDB",
+    "Owner",
     "ProductRecord",
     "Projector",
+    "StoredImage",
     "VectorIndex",
     "WriteBatch",
     "describe_stores",

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import StoreError
 from ..filters import Filter
-from .metadata import ImageRecord, ProductRecord
+from .metadata import ImageRecord, ImageVersion, Owner, ProductRecord, StoredImage
 
 
 class Projector(Protocol):
@@ -113,18 +113,18 @@ class CatalogueStore(abc.ABC):
 
     # -- images -------------------------------------------------------------
     @abc.abstractmethod
-    def find_image(self, product_id: str, source: str) -> tuple[int, str, str, str] | None:
-        """(image_id, sha1, signature, domain) of a product's image, if stored."""
+    def find_image(self, product_id: str, source: str) -> ImageVersion | None:
+        """What is stored of a product's image (id, content hash, model signature, domain), if it is."""
 
     @abc.abstractmethod
-    def product_images(self, product_id: str) -> list[tuple[int, str, str]]:
-        """(image_id, domain, source) of a product's images."""
+    def product_images(self, product_id: str) -> list[StoredImage]:
+        """A product's images (id, domain, source), by image id."""
 
     @abc.abstractmethod
     def image_products(self, image_ids: Sequence[int]) -> dict[int, str]:
         """image id -> product id, for the ids that exist."""
 
-    def image_categories(self, image_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+    def image_categories(self, image_ids: Sequence[int]) -> dict[int, Owner]:
         """image id -> (product id, product category), for the ids whose image and product exist.
 
         What a search needs of every candidate before it picks the few it
@@ -132,7 +132,7 @@ class CatalogueStore(abc.ABC):
         """
         products = self.image_products(image_ids)
         records = self.get_products(list(set(products.values())))
-        return {i: (p, records[p].category) for i, p in products.items() if p in records}
+        return {i: Owner(p, records[p].category) for i, p in products.items() if p in records}
 
     def category_sizes(self, domain: str) -> dict[str, int]:
         """Products per category in ``domain`` ("" for none); an engine that can counts them in one query."""

@@ -14,7 +14,7 @@ from ..errors import StoreError
 from ..filters import Filter
 from .base import CatalogueStore, Projector, WriteBatch
 from .lock import WriterLock
-from .metadata import Change, ImageRecord, MetadataDB, ProductRecord
+from .metadata import Change, ImageRecord, ImageVersion, MetadataDB, Owner, ProductRecord, StoredImage
 from .vectors import AUTO_ANN_KIND, INDEX_KINDS, FaissIndex, VectorIndex, ann_params, ann_threshold
 
 log = logging.getLogger(__name__)
@@ -394,16 +394,16 @@ class EmbeddedStore(CatalogueStore):
     def count_products(self) -> int:
         return self.db.count_products()
 
-    def find_image(self, product_id: str, source: str) -> tuple[int, str, str, str] | None:
+    def find_image(self, product_id: str, source: str) -> ImageVersion | None:
         return self.db.find_image(product_id, source)
 
-    def product_images(self, product_id: str) -> list[tuple[int, str, str]]:
+    def product_images(self, product_id: str) -> list[StoredImage]:
         return self.db.product_images(product_id)
 
     def image_products(self, image_ids: Sequence[int]) -> dict[int, str]:
         return self.db.image_products(image_ids)
 
-    def image_categories(self, image_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+    def image_categories(self, image_ids: Sequence[int]) -> dict[int, Owner]:
         return self.db.image_categories(image_ids)
 
     def category_sizes(self, domain: str) -> dict[str, int]:

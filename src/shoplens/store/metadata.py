@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -95,6 +95,31 @@ class ImageRecord:
     domain: str
     signature: str
     raw: np.ndarray
+
+
+class StoredImage(NamedTuple):
+    """One of a product's stored images, as ``product_images`` lists them."""
+
+    image_id: int
+    domain: str
+    source: str
+
+
+class ImageVersion(NamedTuple):
+    """What is stored of a product's image (``find_image``): enough to tell whether it must be embedded again."""
+
+    image_id: int
+    sha1: str
+    #: The recognition model it was embedded with (``Embedder.signature``).
+    signature: str
+    domain: str
+
+
+class Owner(NamedTuple):
+    """The product an image shows and that product's category (``image_categories``)."""
+
+    product_id: str
+    category: str | None
 
 
 @dataclass(frozen=True)
@@ -246,12 +271,12 @@ class MetadataDB:
         return [(int(i), str(d)) for i, d in removed]
 
     # -- images -------------------------------------------------------------
-    def find_image(self, product_id: str, source: str) -> tuple[int, str, str, str] | None:
-        """(image_id, sha1, signature, domain) of a product's image, if stored."""
+    def find_image(self, product_id: str, source: str) -> ImageVersion | None:
+        """What is stored of a product's image, if it is."""
         rows = self.query(
             "SELECT image_id, sha1, signature, domain FROM images WHERE product_id=? AND source=?", (product_id, source)
         )
-        return (int(rows[0][0]), rows[0][1], rows[0][2], rows[0][3]) if rows else None
+        return ImageVersion(int(rows[0][0]), rows[0][1], rows[0][2], rows[0][3]) if rows else None
 
     @staticmethod
     def insert_image(c: sqlite3.Connection, record: ImageRecord) -> int:
@@ -268,10 +293,10 @@ class MetadataDB:
         c.execute("INSERT INTO changes(image_id, domain, op) VALUES (?, ?, 'del')", (image_id, domain))
         c.execute("DELETE FROM images WHERE image_id=?", (image_id,))
 
-    def product_images(self, product_id: str) -> list[tuple[int, str, str]]:
-        """(image_id, domain, source) of a product's images."""
+    def product_images(self, product_id: str) -> list[StoredImage]:
+        """A product's images, by image id."""
         rows = self.query("SELECT image_id, domain, source FROM images WHERE product_id=? ORDER BY image_id", (product_id,))
-        return [(int(i), d, s) for i, d, s in rows]
+        return [StoredImage(int(i), d, s) for i, d, s in rows]
 
     def image_products(self, image_ids: Sequence[int]) -> dict[int, str]:
         out: dict[int, str] = {}
@@ -283,9 +308,9 @@ class MetadataDB:
                 out[int(i)] = p
         return out
 
-    def image_categories(self, image_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+    def image_categories(self, image_ids: Sequence[int]) -> dict[int, Owner]:
         """image id -> (product id, category), for the ids that exist (one join, no metadata decoded)."""
-        out: dict[int, tuple[str, str | None]] = {}
+        out: dict[int, Owner] = {}
         ids = sorted({int(i) for i in image_ids})
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
@@ -295,7 +320,7 @@ class MetadataDB:
                 f"JOIN {self._products} ON products.product_id = images.product_id WHERE images.image_id IN ({marks})"
             )
             for i, p, c in self.query(sql, chunk):
-                out[int(i)] = (p, c)
+                out[int(i)] = Owner(p, c)
         return out
 
     def category_sizes(self, domain: str) -> dict[str, int]:

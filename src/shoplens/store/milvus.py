@@ -60,7 +60,7 @@ from ..config import DOMAINS
 from ..errors import MissingDependencyError, StoreBusyError, StoreError
 from ..filters import Filter, matches
 from .base import CatalogueStore, Projector, WriteBatch
-from .metadata import ImageRecord, ProductRecord, decode_raw, encode_raw
+from .metadata import ImageRecord, ImageVersion, ProductRecord, StoredImage, decode_raw, encode_raw
 
 log = logging.getLogger(__name__)
 
@@ -638,14 +638,14 @@ class MilvusStore(CatalogueStore):
             yield self._record(row)
 
     # -- images -------------------------------------------------------------
-    def find_image(self, product_id: str, source: str) -> tuple[int, str, str, str] | None:
+    def find_image(self, product_id: str, source: str) -> ImageVersion | None:
         rows = self.client.query(self._images, filter=f"product_id == {_quote(product_id)} and source == {_quote(source)}",
                                  output_fields=["image_id", "sha1", "signature", "domain"], limit=1)
-        return (int(rows[0]["image_id"]), rows[0]["sha1"], rows[0]["signature"], rows[0]["domain"]) if rows else None
+        return ImageVersion(int(rows[0]["image_id"]), rows[0]["sha1"], rows[0]["signature"], rows[0]["domain"]) if rows else None
 
-    def product_images(self, product_id: str) -> list[tuple[int, str, str]]:
+    def product_images(self, product_id: str) -> list[StoredImage]:
         rows = self._query(self._images, f"product_id == {_quote(product_id)}", ["image_id", "domain", "source"])
-        return sorted((int(r["image_id"]), r["domain"], r["source"]) for r in rows)
+        return sorted(StoredImage(int(r["image_id"]), r["domain"], r["source"]) for r in rows)
 
     def image_products(self, image_ids: Sequence[int]) -> dict[int, str]:
         out: dict[int, str] = {}
