@@ -30,7 +30,19 @@ from .catalog import CatalogueRow, check_domain, read_catalogue, validate_row, w
 from .config import DOMAINS, INTENTS, Config, load_store_config, resolve_config
 from .errors import BadImageError, CatalogueError, ConfigError, NotFoundError, ShoplensError, StoreError
 from .filters import FilterLike, parse_filters
-from .imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, Photo, load_image, read_image_file
+from .imaging import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    Box,
+    BoxLike,
+    ImageSource,
+    Photo,
+    box_as_given,
+    crop_to_box,
+    load_image,
+    parse_box,
+    read_image_file,
+)
 from .indexing import Indexer, IndexReport
 from .local.stage import LocalStage
 from .models import pick_device
@@ -243,7 +255,8 @@ class Shoplens:
 
     # -- catalogue ----------------------------------------------------------
     def index(
-        self, catalogue: str | Path | Iterable[CatalogueRow], *, domain: str | None = None, progress: bool = False
+        self, catalogue: str | Path | Iterable[CatalogueRow], *, domain: str | None = None, progress: bool = False,
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> IndexReport:
         """Add or update the products of a catalogue CSV, folder or rows.
 
@@ -252,6 +265,8 @@ class Shoplens:
         ``other_product``) is the domain of every row that names none; without
         it, such a product's domain is inferred: a category's products all go
         where the majority of their photos' predicted intents point.
+        ``on_progress(done, total)``: images written so far, of those to index,
+        called as each chunk is written.
         """
         self._check_writable()
         start = time.perf_counter()
@@ -261,7 +276,7 @@ class Shoplens:
         else:
             rows = catalogue if domain is None else with_default_domain(catalogue, domain)
         with self._write_lock:
-            report = Indexer(self.pipeline, self.store).run(rows, progress=progress)
+            report = Indexer(self.pipeline, self.store).run(rows, progress=progress, on_progress=on_progress)
             t0 = time.perf_counter()
             self._sync_local(progress=progress)
             report.add_time("local_sync", time.perf_counter() - t0)
@@ -582,6 +597,7 @@ class Shoplens:
         allowed: Allowed | None = None,
         filters: FilterLike | Iterable[FilterLike] | None = None,
         domain: str | None = None,
+        box: BoxLike | None = None,
     ) -> list[SearchResult | ErrorResult]:
         """Steps 1–6 of docs/method.md for each image; unreadable images give an ErrorResult.
 
@@ -590,25 +606,50 @@ class Shoplens:
         ``domain`` (``"apparel"`` / ``"other_product"``) searches every image
         in that domain whatever the intent gate says, a photo it would stop
         too; the result keeps the classifier's ``predicted_intent``.
+        ``box`` (``(x0, y0, x1, y1)`` or ``"x0,y0,x1,y1"``, pixels of the photo
+        as given) searches only that region of each photo, as a photo of its
+        own (intent gate included): see :meth:`search_photo`. A malformed or
+        empty box, or one outside a photo, raises :class:`BadBoxError`.
         """
         _ = self.pipeline.intent_classifier, self.pipeline.detector  # fail on bad configuration first
         _check_search_domain(domain)
+        crop = parse_box(box)
         allowed = self._allowed(filters, allowed)
         return _each(
             images,
-            lambda photo, ms: self.pipeline.search(photo, self.store, top_k=top_k, allowed=allowed, decode_ms=ms, domain=domain),
+            lambda photo, ms: self._search_region(photo, crop, top_k=top_k, allowed=allowed, decode_ms=ms, domain=domain),
             target_size=self.pipeline.decode_size,
-            preview=self.pipeline.preview,
+            preview=self.pipeline.preview if crop is None else None,  # a crop reads the photo decoded for every step
         )
 
     def search_photo(
         self, photo: Photo, *, top_k: int | None = None, filters: FilterLike | Iterable[FilterLike] | None = None, decode_ms: float = 0.0,
-        domain: str | None = None,
+        domain: str | None = None, box: BoxLike | None = None,
     ) -> SearchResult:
-        """Steps 1–6 of docs/method.md for a photo the caller decoded (with its own limits); ``domain`` as in :meth:`search`."""
+        """Steps 1–6 of docs/method.md for a photo the caller decoded (with its own limits); ``domain`` as in :meth:`search`.
+
+        ``box``: search only that region (pixels of ``photo.size``), cut from
+        the decoded photo and searched as a whole photo; the result's
+        ``steps["crop"]`` says which box was searched, and its regions' boxes
+        are in the photo's pixels.
+        """
         _check_search_domain(domain)
-        return self.pipeline.search(photo, self.store, top_k=top_k, allowed=self._allowed(filters, None), decode_ms=decode_ms,
-                                    domain=domain)
+        crop = parse_box(box)
+        return self._search_region(photo, crop, top_k=top_k, allowed=self._allowed(filters, None), decode_ms=decode_ms, domain=domain)
+
+    def _search_region(self, photo: Photo, box: Box | None, *, top_k: int | None, allowed: Allowed | None, decode_ms: float,
+                       domain: str | None) -> SearchResult:
+        if box is None:
+            return self.pipeline.search(photo, self.store, top_k=top_k, allowed=allowed, decode_ms=decode_ms, domain=domain)
+        start = time.perf_counter()
+        region, (ox, oy) = crop_to_box(photo, box)
+        decode_ms += (time.perf_counter() - start) * 1000.0  # a preview is decoded again for the crop
+        result = self.pipeline.search(region, self.store, top_k=top_k, allowed=allowed, decode_ms=decode_ms, domain=domain)
+        for r in result.regions:  # boxes found in the crop, reported in the photo's own pixels
+            if r.box is not None:
+                r.box = [round(r.box[0] + ox, 1), round(r.box[1] + oy, 1), round(r.box[2] + ox, 1), round(r.box[3] + oy, 1)]
+        result.steps["crop"] = {"box": box_as_given(box), "photo_size": list(photo.size), "searched_size": list(region.size)}
+        return result
 
     def _allowed(self, filters: FilterLike | Iterable[FilterLike] | None, allowed: Allowed | None) -> Allowed | None:
         """The allowed-ids function of ``filters`` (parsed now: bad syntax fails before any image)."""

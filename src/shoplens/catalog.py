@@ -20,7 +20,7 @@ import csv
 import io
 import math
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,26 @@ def _read_csv(path: Path) -> Iterator[CatalogueRow]:
         raw = path.read_bytes()
     except OSError as err:
         raise CatalogueError(f"{path}: cannot read: {err.strerror or err}") from None
+    base = path.parent.resolve()
+
+    def beside(cell: str) -> str:
+        p = Path(cell)
+        return str(p if p.is_absolute() else (base / p))
+
+    return _parse_csv(raw, path, path.name, beside)
+
+
+def read_catalogue_bytes(raw: bytes, *, name: str, image: Callable[[str], str]) -> Iterator[CatalogueRow]:
+    """Rows of a catalogue CSV given as bytes (an upload named ``name``), lazily.
+
+    ``image(cell)`` turns each row's image cell into the source the indexer
+    reads (a path), or raises :class:`CatalogueError`: that row's error (it is
+    reported, the other rows are indexed). The header is checked at once.
+    """
+    return _parse_csv(raw, name, Path(name).name, image)
+
+
+def _parse_csv(raw: bytes, path: str | Path, origin: str, image: Callable[[str], str]) -> Iterator[CatalogueRow]:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -153,16 +173,15 @@ def _read_csv(path: Path) -> Iterator[CatalogueRow]:
     if len(set(columns)) != len(columns):
         raise CatalogueError(f"{path}: duplicate column names in the header")
     reader.fieldnames = columns
-    base = path.parent.resolve()
-    return _csv_rows(reader, path, base)
+    return _csv_rows(reader, origin, image)
 
 
-def _csv_rows(reader: csv.DictReader[str], path: Path, base: Path) -> Iterator[CatalogueRow]:
+def _csv_rows(reader: csv.DictReader[str], name: str, resolve: Callable[[str], str]) -> Iterator[CatalogueRow]:
     records = iter(reader)
     line = 1
     while True:
         line += 1
-        origin = f"{path.name}:{line}"
+        origin = f"{name}:{line}"
         try:
             record = next(records)
         except StopIteration:
@@ -180,8 +199,10 @@ def _csv_rows(reader: csv.DictReader[str], path: Path, base: Path) -> Iterator[C
         error = validate_row(product_id, image, domain)
         image_path = ""
         if image:
-            p = Path(image)
-            image_path = str(p if p.is_absolute() else (base / p))
+            try:
+                image_path = resolve(image)
+            except CatalogueError as err:
+                error = error or str(err)
         metadata: dict[str, Any] = {}
         for k, v in record.items():
             if k in KNOWN_COLUMNS or not k:

@@ -145,12 +145,15 @@ def _human_search(r: Any) -> str:
     searched_as = _searched_as(r)
     if searched_as:
         lines.append(searched_as)
+    crop = r.steps.get("crop")
+    if crop:
+        lines.append(f"  searched the region {','.join(str(v) for v in crop['box'])} of the {crop['photo_size'][0]}x{crop['photo_size'][1]} photo")
     if r.intent == "non_product":
         why = f": {r.reason.message}" if r.reason else ""
         lines.append(f"  not a product photo, nothing searched{why}")
         lines.append("  to search it anyway: --domain apparel or --domain other_product")
     for region in r.regions:
-        where = "whole photo" if region.box is None else f"{region.label} at {[round(v) for v in region.box]}"
+        where = ("whole region" if crop else "whole photo") if region.box is None else f"{region.label} at {[round(v) for v in region.box]}"
         why = f": {region.reason.message}" if region.reason else ""
         lines.append(f"  {where}: {len(region.results)} result(s){why}")
         if region.reason and region.reason.hint:
@@ -218,10 +221,12 @@ def _by_category(categories: dict[str, dict[str, Any]], moved: int) -> str:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from .api import open_store
+    from .imaging import parse_box
 
+    box = parse_box(args.box)  # a malformed box fails before the store is opened
     # A reader: needs no writer lock, so it works beside a running server or indexing run.
     with open_store(args.store, read_only=True, config_file=args.config, **_flags(args)) as lens:
-        results = lens.search(args.images, top_k=args.top_k, filters=args.filter, domain=args.domain)
+        results = lens.search(args.images, top_k=args.top_k, filters=args.filter, domain=args.domain, box=box)
     return _emit(results, args.json, _human_search)
 
 
@@ -444,6 +449,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         search_concurrency=args.search_concurrency,
         persist_interval_s=args.persist_interval,
         card_fields=None if args.card_fields is None else [f.strip() for f in args.card_fields.split(",") if f.strip()],
+        max_batch_photos=args.max_batch_photos,
+        import_root=args.import_root,
     )
     with Shoplens(args.store, config_file=args.config, create=args.create, **_flags(args)) as lens:
         writes = "enabled (API key set)" if settings.writes_enabled else "disabled: no API key (set SHOPLENS_API_KEY or --api-key-file)"
@@ -507,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", choices=["apparel", "other_product"], help=(
         "search every photo in this product domain, whatever the intent gate says (a photo it would stop as "
         "non_product too); the result keeps the classifier's predicted_intent"))
+    p.add_argument("--box", metavar="X0,Y0,X1,Y1", help=(
+        "search only this region of each photo (pixels of the photo as given, x1 and y1 exclusive), as a photo of "
+        "its own, intent gate included; the result's steps.crop says which box was searched"))
     _add_config_options(p)
     _add_model_options(p)
     _add_search_options(p)
@@ -654,6 +664,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--card-fields", metavar="F1,F2", help=(
         "product metadata fields the web page's result cards show under the title, e.g. price,url "
         "(a value that is an http(s) URL becomes a link; default: none)"))
+    p.add_argument("--max-batch-photos", type=int, metavar="N", help="most photos one POST /search/batch may carry (default 16)")
+    p.add_argument("--import-root", metavar="DIR", help=(
+        "the folder whose photos a catalogue sent to POST /imports may name (symlinks and '..' resolved; paths outside "
+        "are refused); default: none, imports may name only --allow-url URLs"))
     _add_config_options(p)
     _add_model_options(p)
     _add_search_options(p)

@@ -57,3 +57,7 @@ class FilterError(ShoplensError):
 
 class NotFoundError(ShoplensError):
     """A product or other object that does not exist."""
+
+
+class BadBoxError(ShoplensError):
+    """A search's crop box that is malformed, empty or outside the photo (see :mod:`shoplens.imaging`)."""

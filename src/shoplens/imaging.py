@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from . import allocator
-from .errors import BadImageError
+from .errors import BadBoxError, BadImageError
 
 ImageSource = Union[str, "os.PathLike[str]", bytes, BinaryIO]
 T = TypeVar("T")
@@ -465,8 +465,76 @@ def crop(photo: Photo, box: tuple[float, float, float, float], name: str = "") -
     )
 
 
+#: A crop box: (x0, y0, x1, y1) in pixels of the photo as given (after EXIF orientation), x1 and y1 exclusive.
+Box = tuple[float, float, float, float]
+#: What :func:`parse_box` reads: ``"x0,y0,x1,y1"`` or four numbers (or numbers as text).
+BoxLike = str | Sequence[float | str]
+
+
+def parse_box(value: BoxLike | None) -> Box | None:
+    """A crop box from ``"x0,y0,x1,y1"`` or four numbers (``None``: no box); :class:`BadBoxError` when malformed or empty.
+
+    Whether it lies inside the photo is checked once the photo is decoded (:func:`crop_to_box`).
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts: Sequence[object] = [p.strip() for p in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        parts = value
+    else:
+        raise BadBoxError(f"box must be 'x0,y0,x1,y1' or four numbers, got {type(value).__name__}")
+    if len(parts) != 4:
+        raise BadBoxError(f"box must be four numbers x0,y0,x1,y1 (pixels of the photo), got {len(parts)}: {_shown(value)}")
+    numbers = []
+    for part in parts:
+        if isinstance(part, bool) or not isinstance(part, (int, float, str)):
+            raise BadBoxError(f"box must be four numbers x0,y0,x1,y1, got {_shown(value)}")
+        try:
+            number = float(part)
+        except ValueError:
+            raise BadBoxError(f"box must be four numbers x0,y0,x1,y1, got {_shown(value)}") from None
+        if not np.isfinite(number):
+            raise BadBoxError(f"box coordinates must be finite numbers, got {_shown(value)}")
+        numbers.append(number)
+    x0, y0, x1, y1 = numbers
+    if x0 < 0 or y0 < 0:
+        raise BadBoxError(f"box {_shown(value)} starts outside the photo: x0 and y0 must be at least 0")
+    if x1 <= x0 or y1 <= y0:
+        raise BadBoxError(f"box {_shown(value)} is empty: it needs x0 < x1 and y0 < y1")
+    return (x0, y0, x1, y1)
+
+
+def _shown(value: object) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return repr(text[:80] + ("…" if len(text) > 80 else ""))
+
+
+def box_as_given(box: Box) -> list[float | int]:
+    """The box as a JSON list, whole numbers as integers."""
+    return [int(v) if float(v).is_integer() else v for v in box]
+
+
+def crop_to_box(photo: Photo, box: Box) -> tuple[Photo, tuple[float, float]]:
+    """The part of ``photo`` inside ``box`` (in ``photo.size`` pixels) as a photo of its own, and its
+    top-left corner in ``photo.size`` pixels (the box's, snapped to the decoded pixels).
+
+    A preview is decoded for every step first, so the crop is cut from the
+    pixels a whole-photo search would read (reduced as :func:`load_image`
+    reduces large photos). :class:`BadBoxError` when the box leaves the photo.
+    """
+    width, height = photo.size
+    if box[2] > width or box[3] > height:
+        raise BadBoxError(f"{photo.name or 'photo'}: box {box_as_given(box)} is outside the photo, which is {width}x{height} pixels")
+    photo = photo.full()
+    s = photo.scale
+    h, w = photo.pixels.shape[:2]
+    corner = (max(0, min(w - 1, int(np.floor(box[0] / s)))) * s, max(0, min(h - 1, int(np.floor(box[1] / s)))) * s)
+    return crop(photo, box, name=photo.name), corner
+
+
 def to_pil(photo: Photo) -> Image.Image:
     return Image.fromarray(photo.pixels, "RGB")
 
 
-__all__ = ["ImageSource", "Photo", "crop", "decode_batches", "decode_many", "load_image", "photo_from_array", "read_image_file", "to_pil"]
+__all__ = ["Box", "BoxLike", "ImageSource", "Photo", "box_as_given", "crop", "crop_to_box", "parse_box", "decode_batches", "decode_many", "load_image", "photo_from_array", "read_image_file", "to_pil"]

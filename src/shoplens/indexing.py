@@ -23,7 +23,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -153,15 +153,17 @@ class Indexer:
         #: Per product whose domain is inferred, this run: (category, domain now, vote weights).
         self._votes: dict[str, tuple[str, str, np.ndarray]] = {}
 
-    def run(self, rows: Iterable[CatalogueRow], *, progress: bool = False, persist: bool = True) -> IndexReport:
+    def run(self, rows: Iterable[CatalogueRow], *, progress: bool = False, persist: bool = True,
+            on_progress: Callable[[int, int], None] | None = None) -> IndexReport:
         """Index ``rows``; ``persist=False`` leaves saving the indexes to the caller
-        (each chunk is durable in SQLite anyway; the server saves them now and then)."""
+        (each chunk is durable in SQLite anyway; the server saves them now and then).
+        ``on_progress(done, total)`` is called as each chunk of images is written (``POST /imports`` reports it)."""
         report = IndexReport()
         t0 = time.perf_counter()
         products = _group(rows, report)
         report.add_time("read", time.perf_counter() - t0)
         self._votes = {}
-        self._write_all(products, report, progress=progress, desc="indexing")
+        self._write_all(products, report, progress=progress, desc="indexing", on_progress=on_progress)
         moves = self._majorities(report)
         if moves:
             self._move(OrderedDict((pid, products[pid]) for pid in moves), moves, report, progress=progress)
@@ -172,8 +174,12 @@ class Indexer:
         report.add_time("total", time.perf_counter() - t0)
         return report
 
-    def _write_all(self, products: OrderedDict[str, list[CatalogueRow]], report: IndexReport, *, progress: bool, desc: str) -> None:
+    def _write_all(self, products: OrderedDict[str, list[CatalogueRow]], report: IndexReport, *, progress: bool, desc: str,
+                   on_progress: Callable[[int, int], None] | None = None) -> None:
         total = sum(len(r) for r in products.values())
+        done = 0
+        if on_progress is not None:
+            on_progress(done, total)
         bar = tqdm(total=total, unit="img", desc=desc, disable=not progress, leave=False)
         with (ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="shoplens-decode") as pool,
               ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="shoplens-sift") as sift):
@@ -185,7 +191,10 @@ class Indexer:
                 plan = prepared.result() if prepared is not None else self._prepare(chunks[i], report, pool)
                 prepared = pool.submit(self._prepare, chunks[i + 1], report, pool) if i + 1 < len(chunks) else None
                 self._embed_and_write(plan, report, sift)
-                bar.update(sum(len(rows) for _, rows in chunks[i]))
+                bar.update(n := sum(len(rows) for _, rows in chunks[i]))
+                done += n
+                if on_progress is not None:
+                    on_progress(done, total)
         self._flush_local(report, at_least=1)
         bar.close()
 

@@ -35,6 +35,7 @@ from .. import __version__
 from ..api import ProductInput, Shoplens
 from ..config import DOMAINS
 from ..errors import (
+    BadBoxError,
     BadImageError,
     CatalogueError,
     ConfigError,
@@ -45,14 +46,16 @@ from ..errors import (
     StoreError,
     UnknownModelError,
 )
-from ..imaging import DEFAULT_MAX_BYTES, load_image, photo_from_array
+from ..imaging import DEFAULT_MAX_BYTES, BoxLike, load_image, parse_box, photo_from_array
 from ..indexing import IndexReport
 from ..pipeline import EncodingCache
 from ..results import SearchResult
+from . import docs_ui, routes_batch, routes_imports
 from .fetch import FetchFailed, FetchRefused, FetchTooLarge, fetch
 from .guard import Guard, auth_problem, presented_key, read_problem
 from .metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from .models import (
+    BOX_HELP,
     DOMAIN_HELP,
     BatchProduct,
     BatchWritten,
@@ -109,6 +112,7 @@ _STATUS_OF: list[tuple[type[Exception], int, str]] = [
     (FetchTooLarge, 413, "too_large"),
     (FetchFailed, 422, "url_fetch_failed"),
     (BadImageError, 422, "bad_image"),
+    (BadBoxError, 400, "bad_box"),
     (FilterError, 400, "bad_filter"),
     (NotFoundError, 404, "not_found"),
     (CatalogueError, 422, "bad_product"),
@@ -223,7 +227,7 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
             "metrics: the read key or the write key; health, readiness, the web page and this schema stay open. "
             "Every error is JSON: {\"error\": message, \"code\": code}."
         ),
-        docs_url=None,  # Swagger UI would load from a CDN; the schema is at /openapi.json
+        docs_url=None,  # FastAPI's Swagger UI loads from a CDN: docs_ui serves /docs from bundled files
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -289,9 +293,11 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
     reader = [Depends(read_key)]
 
     # -- search -----------------------------------------------------------------
-    def run_search(data: bytes, name: str, top_k: int | None, filters: Sequence[str], domain: str | None = None) -> SearchResult:
+    def run_search(data: bytes, name: str, top_k: int | None, filters: Sequence[str], domain: str | None = None,
+                   box: BoxLike | None = None) -> SearchResult:
         if top_k is not None and top_k > settings.max_top_k:
             raise RequestValidationError([{"type": "less_than_equal", "loc": ("body", "top_k"), "msg": f"top_k is at most {settings.max_top_k}"}])
+        crop = parse_box(box)  # malformed: refused before the photo is decoded
         # The decode takes a search slot too: a photo of a few KB can decode to tens of MB, so at most
         # search_concurrency decodes are in flight, however many uploads arrive at once.
         with state.search_slots:
@@ -299,12 +305,12 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
             try:
                 photo = load_image(data, name=name, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
                                    max_decoded_bytes=settings.max_decoded_bytes, target_size=lens.pipeline.decode_size,
-                                   preview=lens.pipeline.preview)
+                                   preview=lens.pipeline.preview if crop is None else None)  # a crop reads the full decode
             except BadImageError:
                 state.metrics.bad_images.inc()
                 raise
             decode_ms = (time.perf_counter() - start) * 1000.0
-            result = lens.search_photo(photo, top_k=top_k, filters=list(filters), decode_ms=decode_ms, domain=domain)
+            result = lens.search_photo(photo, top_k=top_k, filters=list(filters), decode_ms=decode_ms, domain=domain, box=crop)
         state.metrics.observe_search(result)
         return with_image_urls(result)
 
@@ -340,9 +346,10 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
         top_k: Annotated[int | None, Form(ge=1, le=settings.max_top_k, description="cap of each result list (default: the store's search.top_k)")] = None,
         filters: Annotated[list[str] | None, Form(alias="filter", description=FILTER_HELP)] = None,
         domain: Annotated[SearchDomain | None, Form(description=DOMAIN_HELP)] = None,
+        box: Annotated[str | None, Form(max_length=200, description=BOX_HELP)] = None,
     ) -> SearchResult:
         data = _read_upload(photo, settings.max_upload_bytes)
-        return run_search(data, _upload_name(photo), top_k, filters or [], domain)
+        return run_search(data, _upload_name(photo), top_k, filters or [], domain, box)
 
     @app.post(
         "/search/url",
@@ -355,7 +362,7 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
     )
     def search_url(body: UrlSearch) -> SearchResult:
         data = fetch(body.url, settings.url_allowlist, max_bytes=settings.max_upload_bytes, timeout=settings.url_timeout_s)
-        return run_search(data, body.url, body.top_k, body.filters, body.domain)
+        return run_search(data, body.url, body.top_k, body.filters, body.domain, body.box)
 
     # -- products: reads --------------------------------------------------------
     def product_out(product_id: str) -> Product:
@@ -675,6 +682,11 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
         return Response(text, media_type="text/html; charset=utf-8")
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+
+    # -- batch search, catalogue imports, Swagger UI: their own modules ------------
+    routes_batch.register(app, state, run_search, reader)
+    routes_imports.register(app, state, writer)
+    docs_ui.register(app)
 
     # -- middleware: metrics (outermost) > CORS > guard (keys, body limit) > routes --
     def routes_needing(dependency: Any) -> list[Any]:

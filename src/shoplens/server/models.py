@@ -163,6 +163,16 @@ DOMAIN_HELP = ("search the photo in this product domain whatever the intent gate
                "too); the answer keeps the classifier's `predicted_intent`. Default: the gate decides")
 
 
+BOX_HELP = ("search only this region of the photo: x0,y0,x1,y1 in pixels of the photo as given (after EXIF orientation; "
+            "x1, y1 exclusive), e.g. 10,20,300,400. The region is cut out after decoding and searched as a whole photo, "
+            "intent gate included; the answer's steps.crop says which box was searched and its regions' boxes are in the "
+            "photo's pixels. Malformed, empty or outside the photo: 400 bad_box")
+BoxField = Annotated[
+    list[float | Annotated[str, StringConstraints(max_length=64)]] | Annotated[str, StringConstraints(max_length=200)] | None,
+    Field(description=BOX_HELP, examples=[[10, 20, 300, 400], "10,20,300,400"]),
+]
+
+
 class UrlSearch(BaseModel):
     """``POST /search/url``: search with a photo the server fetches (allow-listed prefixes only)."""
 
@@ -172,6 +182,15 @@ class UrlSearch(BaseModel):
     top_k: int | None = Field(None, ge=1, description="cap of each result list")
     filters: list[Annotated[Text, StringConstraints(max_length=1024)]] = Field(default_factory=list, max_length=64)
     domain: SearchDomain | None = Field(None, description=DOMAIN_HELP)
+    box: BoxField = None
+
+
+class BatchError(BaseModel):
+    """One photo of ``POST /search/batch`` that could not be searched, in its place in the answer."""
+
+    image: str = Field(description="the photo's upload file name")
+    error: str = Field(description="what went wrong, for people")
+    code: str = Field(description="stable code, as POST /search would answer for this photo alone: bad_image, too_large")
 
 
 class Health(BaseModel):

@@ -51,6 +51,11 @@ class ServerSettings:
     max_batch_products: int = 256
     max_photos_per_product: int = 32
     max_page: int = 1000
+    #: Most photos one ``POST /search/batch`` may carry (its body stays within ``max_request_bytes``).
+    max_batch_photos: int = 16
+    #: The folder whose files ``POST /imports`` catalogues may name (after resolving symlinks and ``..``);
+    #: ``None``: imports may name only allow-listed URLs (``url_allowlist``).
+    import_root: Path | None = None
     #: Vector indexes are saved this often when the catalogue changed (and at shutdown);
     #: every acknowledged write is already durable in SQLite.
     persist_interval_s: float = 300.0
@@ -66,12 +71,14 @@ class ServerSettings:
             raise ConfigError(f"the read key is too short to be safe: use at least {MIN_API_KEY_LENGTH} random characters (e.g. 'openssl rand -hex 24')")
         if self.read_key is not None and self.read_key == self.api_key:
             raise ConfigError("the read key is the write key: whoever may search could change the catalogue; use two different keys")
-        for name in ("max_upload_bytes", "max_request_bytes", "max_pixels", "max_decoded_bytes", "search_concurrency", "max_top_k", "max_batch_products", "max_page"):
+        for name in ("max_upload_bytes", "max_request_bytes", "max_pixels", "max_decoded_bytes", "search_concurrency", "max_top_k", "max_batch_products", "max_page", "max_batch_photos"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"server setting {name} must be positive")
         for name in self.card_fields:
             if not name or len(name) > 128 or any(not c.isprintable() for c in name) or "," in name:
                 raise ConfigError(f"card field {name!r}: a metadata field name (1-128 printable characters, no comma)")
+        if self.import_root is not None and not Path(self.import_root).is_dir():
+            raise ConfigError(f"import root {self.import_root}: no such folder")
         for prefix in self.url_allowlist:
             if not prefix.startswith(("http://", "https://")):
                 raise ConfigError(f"URL allow-list entry {prefix!r} must start with http:// or https://")
@@ -97,6 +104,8 @@ class ServerSettings:
         for name in ("cors_origins", "url_allowlist", "card_fields"):
             if name in values:
                 values[name] = tuple(values[name])
+        if "import_root" in values:
+            values["import_root"] = Path(values["import_root"])
         return replace(cls(), api_key=_key(api_key_file, API_KEY_ENV, "API key"), read_key=_key(read_key_file, READ_KEY_ENV, "read key"), **values)
 
 
