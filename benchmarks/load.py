@@ -4,7 +4,9 @@ Starts ``shoplens serve`` on a fresh store (or uses --url), fills it with a
 catalogue, then runs for --duration seconds: --searchers clients search with
 photos, --writers clients add products (one photo each) and delete some of
 their own. Reports requests per second and p50/p95/p99 latency per kind, the
-errors (must be 0), and afterwards checks that no product was lost or phantom:
+errors (must be 0), the CPU time the server and the clients spent per request
+(what the cores allow, however busy a shared machine is: wall-clock figures
+are not), and afterwards checks that no product was lost or phantom:
 the store holds exactly the initial catalogue + acknowledged adds - acknowledged
 deletes, every surviving written product is found by its own photo, and no
 deleted one is.
@@ -71,6 +73,11 @@ class Stats:
         self.latency: dict[str, list[float]] = defaultdict(list)
         self.errors: dict[str, list[str]] = defaultdict(list)
 
+    def reset(self) -> None:
+        with self.lock:
+            self.latency.clear()
+            self.errors.clear()
+
     def record(self, kind: str, seconds: float, error: str | None = None) -> None:
         with self.lock:
             if error is None:
@@ -106,6 +113,12 @@ def start_server(store: Path, log: Path, search_concurrency: int, gate: bool, se
             pass
         time.sleep(0.3)
     raise SystemExit("the server did not become ready")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (all its threads) has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def non_product_photos() -> list[bytes]:
@@ -255,7 +268,8 @@ def verify_in_process(store: Path, writers: list[Writer]) -> dict[str, list[str]
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="an already running server (its key in SHOPLENS_API_KEY); default: start one on a fresh store")
-    p.add_argument("--duration", type=float, default=60.0)
+    p.add_argument("--duration", type=float, default=60.0, help="seconds measured")
+    p.add_argument("--warmup", type=float, default=5.0, help="seconds of load before the measured ones")
     p.add_argument("--searchers", type=int, default=8)
     p.add_argument("--writers", type=int, default=2)
     p.add_argument("--catalogue", type=int, default=300, help="products in the store before the load")
@@ -287,14 +301,24 @@ def main() -> None:
         writers = [Writer(f"w{i}", url, stats, seed=i + 1) for i in range(args.writers)]
         threads = [threading.Thread(target=searcher, args=(url, queries, stop, stats, i)) for i in range(args.searchers)]
         threads += [threading.Thread(target=w.run, args=(stop,)) for w in writers]
-        start = time.perf_counter()
         for t in threads:
             t.start()
+        # The first seconds after the fill are not measured: background work (calibration, the local
+        # features' sync, OpenVINO's fixed-shape compilations) still runs then.
+        time.sleep(args.warmup)
+        warmup_errors = {k: list(v) for k, v in stats.errors.items()}
+        stats.reset()
+        server_cpu = cpu_seconds(proc.pid) if proc is not None else None
+        client_cpu = time.process_time()
+        start = time.perf_counter()
         time.sleep(args.duration)
         stop.set()
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - start
+        client_cpu = time.process_time() - client_cpu
+        if proc is not None and server_cpu is not None:
+            server_cpu = cpu_seconds(proc.pid) - server_cpu
         check = verify(url, initial, writers, search_over_http=not args.gate)
         metrics = httpx.get(f"{url}/metrics").text
     finally:
@@ -316,6 +340,12 @@ def main() -> None:
             "p95_ms": round(percentile(lat, 95) * 1000, 1),
             "p99_ms": round(percentile(lat, 99) * 1000, 1),
         }
+    requests = sum(r["ok"] + r["errors"] for r in rows.values())
+    # CPU time per request: what the machine's cores allow, whatever else shares them (wall times do not).
+    cpu_ms = {
+        "server_per_request": round(1000 * server_cpu / requests, 1) if server_cpu is not None and requests else None,
+        "clients_per_request": round(1000 * client_cpu / requests, 1) if requests else None,
+    }
     steps = {}
     for line in metrics.splitlines():
         if line.startswith("shoplens_search_step_seconds_sum"):
@@ -340,26 +370,31 @@ def main() -> None:
         "photos": source,
         "fill_s": round(fill_s, 1),
         "requests": rows,
+        "cpu_ms": cpu_ms,
         "mean_server_step_ms": step_ms,
         "by_intent": intent_ms,
         "verify": check,
         "cpu_cores": os.cpu_count(),
         "loadavg_before_after": [round(load_before[0], 1), round(load_after[0], 1)],
         "error_samples": {k: v[:3] for k, v in stats.errors.items()},
+        "warmup_errors": {k: v[:3] for k, v in warmup_errors.items()},
     }
     print(f"{elapsed:.0f} s, {args.searchers} searchers + {args.writers} writers, {len(catalogue)} products to start ({source}), "
           f"{os.cpu_count()} cores, load average {load_before[0]:.1f} -> {load_after[0]:.1f}")
     print("| kind | ok | errors | per s | p50 ms | p95 ms | p99 ms |\n|---|---:|---:|---:|---:|---:|---:|")
     for kind, r in rows.items():
         print(f"| {kind} | {r['ok']} | {r['errors']} | {r['per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} |")
+    print(f"CPU ms per request: server {cpu_ms['server_per_request']}, clients {cpu_ms['clients_per_request']}")
     print("mean server time per search step (ms):", step_ms)
     print("searches by intent (mean server time):", intent_ms)
     v = check
     print(f"after: {v['listed']} products listed, {v['expected']} expected; lost {len(v['lost'])}, phantom {len(v['phantom'])}, "
           f"unsearchable {len(v['unsearchable'])}, deleted but found {len(v['deleted_but_found'])}")
+    if any(warmup_errors.values()):
+        print("errors during the warm-up:", {k: len(v) for k, v in warmup_errors.items()})
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    failed = any(r["errors"] for r in rows.values()) or v["lost"] or v["phantom"] or v["unsearchable"] or v["deleted_but_found"]
+    failed = any(r["errors"] for r in rows.values()) or any(warmup_errors.values()) or v["lost"] or v["phantom"] or v["unsearchable"] or v["deleted_but_found"]
     sys.exit(1 if failed else 0)
 
 

@@ -75,6 +75,7 @@ from .models import (
     WriteReport,
 )
 from .settings import ServerSettings
+from .slots import SearchSlots
 from .thumbnails import DEFAULT_SIZE, SIZES, ThumbnailCache, media_type_for
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ class ServerState:
     def __init__(self, lens: Shoplens, settings: ServerSettings) -> None:
         self.lens = lens
         self.settings = settings
-        self.search_slots = threading.BoundedSemaphore(settings.search_concurrency)
+        self.search_slots = SearchSlots(settings.search_concurrency)  # first come, first served
         self.metrics = Metrics(self.counts)
         # Catalogue photos were accepted by size when indexed; the pixel and decoded-memory limits bound the decode.
         self.thumbnails = ThumbnailCache(lens.store, max_bytes=max(settings.max_upload_bytes, DEFAULT_MAX_BYTES),
