@@ -374,9 +374,9 @@ class ColourIntent(FixedIntent):
         return probs
 
 
-register_intent_classifier("test-colour")(lambda **_: ColourIntent())
-register_intent_classifier("test-colour-unsure")(lambda **_: ColourIntent(product_share=0.7))
-register_intent_classifier("test-colour-sure")(lambda **_: ColourIntent(product_share=0.95))
+register_intent_classifier("test-colour", "test: decides by the photo's colour")(lambda **_: ColourIntent())
+register_intent_classifier("test-colour-unsure", "test: test-colour, 0.7 sure")(lambda **_: ColourIntent(product_share=0.7))
+register_intent_classifier("test-colour-sure", "test: test-colour, 0.95 sure")(lambda **_: ColourIntent(product_share=0.95))
 
 
 def _solid(path: Path, rgb: tuple[int, int, int], seed: int) -> Path:
