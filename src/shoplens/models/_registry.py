@@ -225,9 +225,7 @@ def create_model(name: str, *, runtime: str = "torch", threads: int = 0, precisi
     the forward passes run, ``"cpu"`` or a torch GPU device (``"cuda"``,
     ``"cuda:1"``): eager PyTorch there, whatever ``runtime`` says.
     """
-    check_device(device)
-    if device != "cpu":
-        runtime, precision = "torch", "f32"
+    runtime, precision = _runtime_on(device, runtime, precision)
     if runtime not in RUNTIMES:
         raise ConfigError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
     if precision not in PRECISIONS:
@@ -256,6 +254,12 @@ def pick_device(choice: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     check_device(choice)
     return choice
+
+
+def _runtime_on(device: str, runtime: str, precision: str) -> tuple[str, str]:
+    """The (runtime, precision) a backbone runs in on ``device`` (checked): a GPU runs eager PyTorch in f32."""
+    check_device(device)
+    return (runtime, precision) if device == "cpu" else ("torch", "f32")
 
 
 def check_device(device: str) -> None:
@@ -301,9 +305,7 @@ def create_tuned_model(
         raise ConfigError(f"backbone {shipped.name!r} has no stride-32 stage to replace")
     built = TorchConvBackbone(name, module.with_tail(stage), shipped.preprocess, has_imagenet_head=False,  # type: ignore[union-attr,operator]
                               batch_size=shipped.batch_size)
-    check_device(device)
-    if device != "cpu":
-        runtime, precision = "torch", "f32"
+    runtime, precision = _runtime_on(device, runtime, precision)
     tuned = _in_runtime(built, runtime, threads, precision, static_shapes)
     if isinstance(tuned, TorchConvBackbone):
         # A photo the shipped backbone already encoded (the intent gate's pass) needs only the stage.
