@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import add_json_argument, write_result
+
 from shoplens.detect import create_detector
 from shoplens.detect.metrics import DetectionScores, iou_matrix
 from shoplens.detect.train import MAIN_LABELS, read_outfits, split_outfits
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-fraction", type=float, default=0.25)
     ap.add_argument("--scores", default="0.05,0.1,0.2,0.3", help="min_score values to sweep")
     ap.add_argument("--compare-size", type=int, default=224, help="backbone size to time side by side (intent's)")
-    ap.add_argument("--json", type=Path, help="write the figures here too")
+    add_json_argument(ap, "detect")
     args = ap.parse_args(argv)
 
     outfits = data_root() / "outfits"
@@ -117,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result, indent=1))
     print()
     print(_markdown(sweep, MAIN_LABELS))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    write_result("detect", result, args.json, argv)
     return 0
 
 

@@ -18,6 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for tests/
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import add_json_argument, write_result
+
 from shoplens import Shoplens
 from shoplens.api import ProductInput
 from shoplens.server import ServerSettings, create_app
@@ -31,6 +34,7 @@ def main() -> None:
     p.add_argument("--examples", type=int, default=200, help="generated requests per operation and mode")
     p.add_argument("--decoder", type=int, default=20000, help="mutated images through the decoder")
     p.add_argument("--seed", type=int, default=0)
+    add_json_argument(p, "fuzz_server")
     args = p.parse_args()
     failures: list[str] = []
 
@@ -62,6 +66,13 @@ def main() -> None:
 
     for f in failures[:50]:
         print("FAIL", f)
+    write_result("fuzz_server", {
+        "api": {"requests": api.total, "seconds": round(api_s, 1), "statuses": {str(k): v for k, v in sorted(api.statuses.items())},
+                "rejected_valid": api.rejected_valid, "by_mode": dict(by_mode), "failures": len(api.failures)},
+        "decoder": {"images": dec.total, "seconds": round(dec_s, 1), "outcomes": dict(dec.outcomes), "slowest_s": dec.slowest_s,
+                    "by_format": dict(sorted(by_format.items())), "failures": len(dec.failures)},
+        "failure_samples": failures[:50],
+    }, args.json)
     sys.exit(1 if failures else 0)
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import REPO, data_root
+from harness import add_json_argument, write_result
 
 from shoplens import Shoplens
 from shoplens.catalog import CatalogueRow
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-fraction", type=float, default=0.25)
     ap.add_argument("--limit", type=int, default=None, help="first N held-out photos only (quick runs)")
     ap.add_argument("--skip-config-run", action="store_true", help="no per-garment run at the config's detect.min_score")
-    ap.add_argument("--json", type=Path)
+    add_json_argument(ap, "garment_search")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -140,11 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             "ms_per_photo": round(1000 * seconds / max(len(val), 1), 1),
         }
         print(mode, json.dumps(report["modes"][mode]), file=sys.stderr, flush=True)
-        if args.json:
-            args.json.write_text(json.dumps(report, indent=1) + "\n")
+        write_result("garment_search", report, args.json, argv)  # after each mode: a long run keeps what it measured
     print(json.dumps(report, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
     return 0
 
 

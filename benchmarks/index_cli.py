@@ -42,6 +42,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import bench_cache, data_root, enlarged, rows
+from harness import add_json_argument, write_result
 
 from shoplens.models.efficientnet_lite import build_efficientnet_lite
 
@@ -106,6 +107,7 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="index copies of the photos enlarged this many times")
     ap.add_argument("--set", action="append", default=[], dest="settings", metavar="KEY=VALUE",
                     help="also time the command with these settings (repeatable; all go to one extra measure)")
+    add_json_argument(ap, "index_cli")
     args = ap.parse_args()
 
     model = build_efficientnet_lite("efficientnet_lite0").eval()
@@ -146,6 +148,7 @@ def main() -> None:
                          for s in stages},
         }
     print(json.dumps(out, indent=2))
+    write_result("index_cli", out, args.json)
 
 
 if __name__ == "__main__":

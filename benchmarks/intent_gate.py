@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _intent_data import KINDS, NEW_KINDS, Sample, data_dir, encoded_maps, negative_samples, shared_samples
+from harness import add_json_argument, write_result
 
 from shoplens.config import INTENTS
 from shoplens.intent.gate_head import fit_gate_head, head_from_state, save_gate_head
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--write-head", action="store_true")
     ap.add_argument("--out", type=Path)
+    add_json_argument(ap, "intent_gate")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     root = data_dir()
@@ -117,9 +119,11 @@ def main(argv: list[str] | None = None) -> int:
              "```", "",
              f"A photo is stopped when its non_product score is ≥ {STOP} (`intent.stop_score`). Head fitted on",
              f"{int(train.sum())} photos in {fit_s:.0f} s (L2 {L2}, product guard {head.guard}).", ""]
+    results: dict[str, object] = {"stop_score": STOP, "train_photos": int(train.sum()), "fit_s": round(fit_s, 1), "l2": L2}
     for name, mask in (("validation (used for choosing)", val), ("final test (seed 7, never used for choosing)", final)):
         hk, hs = summary(hp, y, mask)
         dk, ds = summary(dp, y, mask)
+        sources = {}
         lines += [f"## {name}: {int(mask.sum())} photos", "",
                   f"default-head: **products kept {hk:.3f}, non-products stopped {hs:.3f}**; "
                   f"imagenet-map: kept {dk:.3f}, stopped {ds:.3f}.", "",
@@ -127,7 +131,13 @@ def main(argv: list[str] | None = None) -> int:
         for k in dict.fromkeys(kinds[mask]):
             m = mask & (kinds == k)
             lines.append(f"| {k} | {int(m.sum())} | {gate_right(hp, y)[m].mean():.3f} | {gate_right(dp, y)[m].mean():.3f} |")
+            sources[str(k)] = {"photos": int(m.sum()), "default-head": round(float(gate_right(hp, y)[m].mean()), 3),
+                               "imagenet-map": round(float(gate_right(dp, y)[m].mean()), 3)}
         lines.append("")
+        results["validation" if mask is val else "final"] = {
+            "photos": int(mask.sum()), "default-head": {"kept": round(hk, 3), "stopped": round(hs, 3)},
+            "imagenet-map": {"kept": round(dk, 3), "stopped": round(ds, 3)}, "sources": sources}
+    leave_one_out = {}
     lines += ["## Leave one source out", "",
               "Trained without any photo of one source, tested on that source's validation photos.", "",
               "| held-out source | photos | trained without it | trained with it | imagenet-map |", "|---|---:|---:|---:|---:|"]
@@ -136,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         p = fit(train & (kinds != k)) if (train & (kinds == k)).any() else hp
         lines.append(f"| {k} | {int(te.sum())} | {gate_right(p, y)[te].mean():.3f} | {gate_right(hp, y)[te].mean():.3f} | "
                      f"{gate_right(dp, y)[te].mean():.3f} |")
+        leave_one_out[str(k)] = {"photos": int(te.sum()), "without": round(float(gate_right(p, y)[te].mean()), 3),
+                                 "with": round(float(gate_right(hp, y)[te].mean()), 3),
+                                 "imagenet-map": round(float(gate_right(dp, y)[te].mean()), 3)}
+    results["leave_one_out"] = leave_one_out
     report = "\n".join(lines) + "\n"
     print(report)
     if args.write_head:
@@ -144,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {HEAD} ({HEAD.stat().st_size} bytes)")
     if args.out:
         args.out.write_text(report, "utf-8")
+    write_result("intent_gate", results, args.json, argv)
     return 0
 
 

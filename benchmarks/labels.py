@@ -35,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import bench_cache, data_root, rows
+from harness import add_json_argument, write_result
 
 from shoplens.eval.labels import label, photo
 
@@ -139,7 +140,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), help=f"which of {list(VARIANTS)}")
     ap.add_argument("--no-exhaustive", action="store_true")
     ap.add_argument("--out", type=Path, default=bench_cache("labels"))
-    ap.add_argument("--json", type=Path, help="also write the results here")
+    add_json_argument(ap, "labels")
     args = ap.parse_args()
     catalogue, queries = build(args.out, args.labels, args.views, args.distractors, args.seed)
     store = args.out / f"store-{args.labels}-{args.distractors}"
@@ -158,8 +159,7 @@ def main() -> None:
         result["exhaustive SIFT + RANSAC"] = exhaustive(catalogue, queries, args.labels)
         print("exhaustive SIFT + RANSAC", result["exhaustive SIFT + RANSAC"], flush=True)
     print(json.dumps(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_result("labels", result, args.json)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,9 @@ from typing import Any
 import httpx
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import add_json_argument, cpu_seconds, free_port, percentile, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "load-test-key-" + "0123456789abcdef"
@@ -61,10 +63,6 @@ def generated(seed: int, size: tuple[int, int] = (200, 160)) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr, "RGB").resize(size, Image.NEAREST).save(buf, "JPEG", quality=90)
     return buf.getvalue()
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
 
 
 class Stats:
@@ -84,12 +82,6 @@ class Stats:
                 self.latency[kind].append(seconds)
             else:
                 self.errors[kind].append(error)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_server(store: Path, log: Path, search_concurrency: int, gate: bool, settings: list[str]) -> tuple[subprocess.Popen[bytes], str]:
@@ -113,12 +105,6 @@ def start_server(store: Path, log: Path, search_concurrency: int, gate: bool, se
             pass
         time.sleep(0.3)
     raise SystemExit("the server did not become ready")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process (all its threads) has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def non_product_photos() -> list[bytes]:
@@ -275,7 +261,7 @@ def main() -> None:
     p.add_argument("--catalogue", type=int, default=300, help="products in the store before the load")
     p.add_argument("--search-concurrency", type=int, default=2)
     p.add_argument("--gate", action="store_true", help="intent gate on, non-product photos among the queries")
-    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    add_json_argument(p, "load")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="configuration of the started server (repeatable)")
     args = p.parse_args()
 
@@ -392,8 +378,7 @@ def main() -> None:
           f"unsearchable {len(v['unsearchable'])}, deleted but found {len(v['deleted_but_found'])}")
     if any(warmup_errors.values()):
         print("errors during the warm-up:", {k: len(v) for k, v in warmup_errors.items()})
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    write_result("load", out, args.json)
     failed = any(r["errors"] for r in rows.values()) or any(warmup_errors.values()) or v["lost"] or v["phantom"] or v["unsearchable"] or v["deleted_but_found"]
     sys.exit(1 if failed else 0)
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import sys
 import time
@@ -38,13 +37,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import data_root, rows
 from _local_copies import attach_copies
+from harness import add_json_argument, rss_mib, write_result
 
 from shoplens.imaging import load_image
 from shoplens.local.index import LocalConfig, LocalIndex
-
-
-def rss_mib() -> float:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
 
 
 def main() -> None:
@@ -53,6 +49,7 @@ def main() -> None:
     ap.add_argument("--base", type=int, default=400, help="real store photos whose features are repeated")
     ap.add_argument("--queries", type=int, default=20, help="val photos searched at each size")
     ap.add_argument("--rounds", type=int, default=3)
+    add_json_argument(ap, "local_scale")
     args = ap.parse_args()
     root = data_root()
     photos = rows(root / "grocery" / "photos.csv")
@@ -108,6 +105,7 @@ def main() -> None:
         print(n, json.dumps(out["sizes"][str(n)]), file=sys.stderr, flush=True)  # type: ignore[index]
         del index, segment
     print(json.dumps(out, indent=2))
+    write_result("local_scale", out, args.json)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import data_root, rows
+from harness import add_json_argument, write_result
 from search_latency import build_catalogue, pad
 
 from shoplens import Shoplens
@@ -61,6 +62,7 @@ def main() -> None:
     ap.add_argument("--root", required=True, help="folder holding one store per size (built when missing)")
     ap.add_argument("--store-for", action="append", default=[], metavar="N=DIR", help="use this existing store for size N")
     ap.add_argument("--runtimes", default="torch,onnx,openvino")
+    add_json_argument(ap, "memory")
     args = ap.parse_args()
     root = data_root()
     given = {int(k): Path(v) for k, v in (s.split("=", 1) for s in args.store_for)}
@@ -98,7 +100,9 @@ def main() -> None:
                 "fixed_peak_mib": round((a["VmHWM"] - per * a["products"]) / 2**20, 1),  # type: ignore[operator]
                 "projected_peak_mib_at_1M": round((a["VmHWM"] + per * (1_000_000 - a["products"])) / 2**20),  # type: ignore[operator]
             }
-    print(json.dumps({"measures": results, "linear_fit": summary}, indent=2))
+    out = {"measures": results, "linear_fit": summary}
+    print(json.dumps(out, indent=2))
+    write_result("memory", out, args.json)
 
 
 if __name__ == "__main__":

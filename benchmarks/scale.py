@@ -34,18 +34,16 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import bench_cache
+from harness import add_json_argument, rss_mib, write_result
 
 from shoplens.store.vectors import FaissIndex
 
 CACHE = bench_cache("scale")
 SEEDS = CACHE / "real_lite0_gem.npz"
 log = logging.getLogger("scale")
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _pca(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -154,6 +152,7 @@ def main() -> int:
     ap.add_argument("--flat-sample", type=int, default=100_000, help="exact-search latency is measured on this many vectors and scaled")
     ap.add_argument("--out", default=str(CACHE / "results.jsonl"))
     ap.add_argument("--report", action="store_true", help="print the results in --out as a markdown table and stop")
+    add_json_argument(ap, "scale")
     args = ap.parse_args()
     if args.report:
         report(Path(args.out))
@@ -189,7 +188,7 @@ def main() -> int:
 
     for kind in args.kinds.split(","):
         gc.collect()
-        before = rss_mb()
+        before = rss_mib()
         t0 = time.perf_counter()
         if kind == "hnsw":
             index = faiss.IndexHNSWFlat(gen.dim, 32)
@@ -208,7 +207,7 @@ def main() -> int:
             else:
                 index.add(ids[start : start + 100_000], chunk)
         add_s = time.perf_counter() - t1
-        mem = (rss_mb() - before) * 2**20 / args.n
+        mem = (rss_mib() - before) * 2**20 / args.n
         if kind != "hnsw":  # what the index file holds: codes, ids, direct map, centroids
             mem = faiss.serialize_index(index.index).nbytes / args.n
         log.info("%s: trained in %.0f s, added %d in %.0f s (%.0f/s), %.0f bytes/vector", kind, train_s, args.n, add_s, args.n / add_s, mem)
@@ -231,6 +230,7 @@ def main() -> int:
         del index
     with open(args.out, "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
+    write_result("scale", rows, args.json)
     return 0
 
 

@@ -57,6 +57,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import data_root, enlarged, rows
 from _local_copies import attach_copies
+from harness import add_json_argument, rss_mib, summary, write_result
 
 from shoplens import Shoplens
 from shoplens.models.openvino_runtime import OpenVinoConvBackbone
@@ -134,6 +135,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="configuration override")
     ap.add_argument("--tails-from", action="append", default=[], metavar="STORE", help=(
         "copy the tuned backbone stages (models/tail_*.pt) of this store first, as after 'train-embedder' (repeatable)"))
+    add_json_argument(ap, "search_latency")
     args = ap.parse_args()
     root = data_root()
     flags = dict(s.split("=", 1) for s in args.set)
@@ -207,15 +209,13 @@ def main() -> None:
                 Path(args.profile).write_text("\n".join(report))
             n_products = lens.count_products()
             local_images = len(lens.pipeline.local) if lens.pipeline.local is not None else 0
-            rss_after = round(int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20)
+            rss_after = round(rss_mib())
             # Input shapes OpenVINO compiled on their own (runtime.static_shapes), per backbone.
             fixed_shapes = {name: ["x".join(map(str, shape[2:])) for ((_, shape),) in b._session.wait_fixed()]
                             for name, b in lens.pipeline._backbones.items() if isinstance(b, OpenVinoConvBackbone)}
             config = lens.config
 
-    def stats(v: list[float]) -> dict[str, float]:
-        return {"n": len(v), "p50": round(statistics.median(v), 1), "p95": round(float(np.percentile(v, 95)), 1)} if v else {"n": 0}
-
+    stats = summary
     out = {
         "products": n_products,
         "query_photos_enlarged": args.enlarge,
@@ -243,6 +243,7 @@ def main() -> None:
     if o.get("n") and n.get("n"):
         out["non_product_over_other_product_p50"] = round(n["p50"] / o["p50"], 3)
     print(json.dumps(out, indent=2))
+    write_result("search_latency", out, args.json)
 
 
 if __name__ == "__main__":

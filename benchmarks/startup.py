@@ -33,6 +33,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import add_json_argument, write_result
+
 EXE = [sys.executable, "-m", "shoplens.cli"]
 
 
@@ -75,6 +78,7 @@ def import_time(env: dict[str, str]) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10, help="timed runs per command (default 10)")
+    add_json_argument(parser, "startup")
     args = parser.parse_args()
     env = {**os.environ}
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,7 +94,6 @@ def main() -> None:
         subprocess.run([*EXE, "index", str(root / "catalog.csv"), "--store", str(store), "--json"], env=env, check=True,
                        capture_output=True)
         report = {
-            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
             **import_time(env),
             "help": timed([*EXE, "--help"], args.runs, env),
             "classify_warm_cache": timed([*EXE, "classify", str(query)], args.runs, env),
@@ -98,6 +101,7 @@ def main() -> None:
             "search": timed([*EXE, "search", str(query), "--store", str(store)], args.runs, env),
         }
     print(json.dumps(report, indent=2))
+    write_result("startup", report, args.json)
 
 
 if __name__ == "__main__":

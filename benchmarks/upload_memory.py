@@ -35,8 +35,6 @@ import csv
 import io
 import json
 import os
-import platform
-import socket
 import struct
 import subprocess
 import sys
@@ -50,6 +48,9 @@ from typing import Any
 import httpx
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import add_json_argument, free_port, git_commit, proc_status, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 SIDE = 6300
@@ -117,23 +118,6 @@ def query_photo() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (320, 240), (200, 40, 40)).save(buf, "JPEG")
     return buf.getvalue()
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of ``pid`` in MiB."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmHWM", "VmRSS"):
-                out[key] = round(int(value.split()[0]) / 1024, 1)
-    return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_server(store: Path, src: Path, log: Path, concurrency: int) -> tuple[subprocess.Popen[bytes], str]:
@@ -217,15 +201,6 @@ def measure(store: Path, src: Path, log: Path, kind: str, uploads: int, rounds: 
     }
 
 
-def _commit(src: Path) -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "."], capture_output=True, text=True, check=True)
-        return out.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--uploads", type=int, default=8, help="concurrent uploads of each photo (default 8)")
@@ -233,7 +208,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="waves of uploads per server, one after the other (default 2)")
     ap.add_argument("--search-concurrency", type=int, default=2, help="the server's --search-concurrency (default 2, its default)")
     ap.add_argument("--src", type=Path, default=REPO / "src", help="the shoplens source folder the server runs from (default: this checkout's)")
-    ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    add_json_argument(ap, "upload_memory")
     args = ap.parse_args()
     kinds = args.kinds.split(",")
     unknown = sorted(set(kinds) - set(KINDS))
@@ -255,9 +230,7 @@ def main() -> None:
         "rounds": args.rounds,
         "search_concurrency": args.search_concurrency,
         "side": SIDE,
-        "code": _commit(src),
-        "machine": {"cpu_cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "pillow": Image.__version__},
+        "code": git_commit(src),  # the checkout the server ran from (--src), which may not be this one
         "runs": results,
     }
     print(f"{args.rounds} rounds of {args.uploads} concurrent uploads per kind, --search-concurrency {args.search_concurrency}, "
@@ -269,8 +242,7 @@ def main() -> None:
         after = ", ".join(f"{a:+}" for a in r["after_over_before_mib"])
         print(f"| {r['kind']} | {r['upload_bytes']:,} | {r['rss_before_mib']} | {r['peak_mib']} ({r['peak_over_before_mib']:+}) | "
               f"{after} | {answers} | {r['slowest_s']} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    write_result("upload_memory", out, args.json)
 
 
 if __name__ == "__main__":
