@@ -140,3 +140,25 @@ def test_method_fields_match_a_real_search(data_dir: Path, tmp_path: Path, capsy
     assert set(result["timings_ms"]) <= _listed(fields["timings_ms"])
     assert set(region["steps"]) <= _listed(fields["regions[].steps"])
     assert set(result["intent_scores"]) == {"apparel", "other_product", "non_product"}
+
+
+#: A benchmark script named in the docs: ``benchmarks/X.py``, or a bare ``X.py`` on the benchmark pages.
+BENCHMARK_SCRIPT = re.compile(r"\bbenchmarks/([\w/]+\.py)\b")
+BARE_SCRIPT = re.compile(r"(?<![\w/.-])(\w+\.py)\b")
+
+
+def test_docs_cite_only_benchmarks_that_exist() -> None:
+    pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    missing = [
+        f"{page.relative_to(REPO)}: benchmarks/{name}"
+        for page in pages
+        for name in BENCHMARK_SCRIPT.findall(page.read_text("utf-8"))
+        if not (REPO / "benchmarks" / name).is_file()
+    ]
+    # The benchmark pages also name scripts without the folder; a test module is a test, not a benchmark.
+    for page in [REPO / "docs" / "benchmarks.md", *sorted((REPO / "docs" / "benchmarks").glob("*.md"))]:
+        for name in BARE_SCRIPT.findall(page.read_text("utf-8")):
+            known = (REPO / "benchmarks" / name).is_file() or (REPO / "tests" / name).is_file()
+            if not known and not list((REPO / "src" / "shoplens").rglob(name)):
+                missing.append(f"{page.relative_to(REPO)}: {name}")
+    assert not missing, "the docs cite scripts that do not exist:\n" + "\n".join(missing)
