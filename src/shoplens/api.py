@@ -41,9 +41,11 @@ from .imaging import (
     crop_to_box,
     load_image,
     parse_box,
+    photo_from_array,
     read_image_file,
 )
-from .indexing import Indexer, IndexReport
+from .indexing import Indexer
+from .indexing import IndexReport as IndexReport  # re-exported: what index() and put_products() return
 from .local.stage import LocalStage
 from .models import pick_device
 from .pipeline import INTENT_MODEL_FILE, EncodingCache, Pipeline
@@ -240,6 +242,16 @@ class Shoplens:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def warm_up(self) -> None:
+        """Load the models and the vector indexes now, so that the first search is not slow (``shoplens serve`` does at start)."""
+        self.store.warm_up()
+        photo = photo_from_array(np.full((64, 64, 3), 128, dtype=np.uint8), name="warm-up")
+        cache = EncodingCache(self.pipeline, [photo])
+        self.pipeline.classify(cache)
+        _ = self.pipeline.detector
+        for domain in DOMAINS:
+            self.pipeline.describe(domain, cache)
 
     def _check_writable(self) -> None:
         if self.read_only:
@@ -636,6 +648,19 @@ class Shoplens:
         _check_search_domain(domain)
         crop = parse_box(box)
         return self._search_region(photo, crop, top_k=top_k, allowed=self._allowed(filters, None), decode_ms=decode_ms, domain=domain)
+
+    @property
+    def decode_size(self) -> int:
+        """The longest side a search reads: a photo for :meth:`search_photo` may be decoded down to it (``load_image``'s ``target_size``)."""
+        return self.pipeline.decode_size
+
+    @property
+    def preview(self) -> Callable[[int, int], tuple[int, int]] | None:
+        """How small a photo for :meth:`search_photo` may be decoded first (``load_image``'s ``preview``); ``None``: in full at once.
+
+        A photo to search a region of (``box``) is decoded in full instead: the crop reads the photo every step reads.
+        """
+        return self.pipeline.preview
 
     def _search_region(self, photo: Photo, box: Box | None, *, top_k: int | None, allowed: Allowed | None, decode_ms: float,
                        domain: str | None) -> SearchResult:

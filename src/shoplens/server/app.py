@@ -19,7 +19,6 @@ from contextlib import asynccontextmanager, contextmanager
 from importlib import resources
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import Body, Depends, FastAPI, File, Form, Query, Request, Security, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -32,7 +31,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from .. import __version__
-from ..api import ProductInput, Shoplens
+from ..api import IndexReport, ProductInput, Shoplens
 from ..config import DOMAINS
 from ..errors import (
     BadBoxError,
@@ -46,9 +45,7 @@ from ..errors import (
     StoreError,
     UnknownModelError,
 )
-from ..imaging import DEFAULT_MAX_BYTES, BoxLike, load_image, parse_box, photo_from_array
-from ..indexing import IndexReport
-from ..pipeline import EncodingCache
+from ..imaging import DEFAULT_MAX_BYTES, BoxLike, load_image, parse_box
 from ..results import SearchResult
 from . import docs_ui, routes_batch, routes_imports
 from .fetch import FetchFailed, FetchRefused, FetchTooLarge, fetch
@@ -180,14 +177,7 @@ class ServerState:
         except Exception:
             log.exception("cleaning the thumbnail cache failed")
         try:
-            lens = self.lens
-            lens.store.warm_up()
-            photo = photo_from_array(np.full((64, 64, 3), 128, dtype=np.uint8), name="warm-up")
-            cache = EncodingCache(lens.pipeline, [photo])
-            lens.pipeline.classify(cache)
-            _ = lens.pipeline.detector
-            for domain in DOMAINS:
-                lens.pipeline.describe(domain, cache)
+            self.lens.warm_up()
             self.ready.set()
             log.info("models and indexes loaded: ready")
         except Exception as err:  # noqa: BLE001 - reported by /readyz
@@ -305,8 +295,8 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
             start = time.perf_counter()
             try:
                 photo = load_image(data, name=name, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
-                                   max_decoded_bytes=settings.max_decoded_bytes, target_size=lens.pipeline.decode_size,
-                                   preview=lens.pipeline.preview if crop is None else None)  # a crop reads the full decode
+                                   max_decoded_bytes=settings.max_decoded_bytes, target_size=lens.decode_size,
+                                   preview=lens.preview if crop is None else None)  # a crop reads the full decode
             except BadImageError:
                 state.metrics.bad_images.inc()
                 raise
