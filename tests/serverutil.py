@@ -71,6 +71,29 @@ class LiveServer:
         self.thread.join(timeout=30)
 
 
+def spy_on_search_slots(app: Any, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Record, at each decode of a search photo, whether a search slot was free then.
+
+    With ``search_concurrency=1`` a decode done inside the search's own slot
+    finds none free: the list holds ``False`` for each photo decoded.
+    """
+    from shoplens.server import app as app_module
+
+    slots = app.state.shoplens.search_slots
+    real = app_module.load_image
+    free_slot_seen: list[bool] = []
+
+    def load_image(*args: Any, **kwargs: Any) -> Any:
+        free = slots.acquire(blocking=False)  # with one slot, held by this very search if it decodes inside it
+        if free:
+            slots.release()
+        free_slot_seen.append(free)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(app_module, "load_image", load_image)
+    return free_slot_seen
+
+
 # -- photos ---------------------------------------------------------------------
 def encode(img: Image.Image, fmt: str = "PNG", **kwargs: Any) -> bytes:
     buf = io.BytesIO()

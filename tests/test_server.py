@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .serverutil import AUTH, KEY, LiveServer, bad_photos, encode, odd_but_good_photos, picture  # first: skips this module without the [server] extra
+from .serverutil import AUTH, KEY, LiveServer, bad_photos, encode, odd_but_good_photos, picture, spy_on_search_slots  # first: skips this module without the [server] extra
 
 from fastapi.testclient import TestClient
 
@@ -338,21 +338,8 @@ def bad_photos_named(name: str) -> bytes:
 
 def test_photos_are_decoded_inside_the_search_slots(lens: Shoplens, monkeypatch: pytest.MonkeyPatch) -> None:
     """However many uploads arrive at once, at most search_concurrency decodes are in flight."""
-    from shoplens.server import app as app_module
-
     app = create_app(lens, ServerSettings(search_concurrency=1))
-    slots = app.state.shoplens.search_slots
-    free_slot_seen: list[bool] = []
-
-    def load_image(*args: Any, **kwargs: Any) -> Any:
-        free = slots.acquire(blocking=False)  # with one slot, held by this very search if it decodes inside it
-        if free:
-            slots.release()
-        free_slot_seen.append(free)
-        return real(*args, **kwargs)
-
-    real = app_module.load_image
-    monkeypatch.setattr(app_module, "load_image", load_image)
+    free_slot_seen = spy_on_search_slots(app, monkeypatch)
     with TestClient(app) as c:
         assert search(c, photo(1)).status_code == 200
     assert free_slot_seen == [False]

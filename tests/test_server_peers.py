@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from .serverutil import AUTH, KEY, LiveServer, encode  # first: skips this module without the [server] extra
+from .serverutil import AUTH, KEY, LiveServer, encode, spy_on_search_slots  # first: skips this module without the [server] extra
 
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -239,21 +239,8 @@ def test_batch_search_limits(lens: Shoplens, shelf: dict[str, Any]) -> None:
 
 def test_batch_searches_go_through_the_search_slots(lens: Shoplens, shelf: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """Each photo of a batch is decoded inside a search slot, one slot at a time."""
-    from shoplens.server import app as app_module
-
     app = create_app(lens, ServerSettings(search_concurrency=1))
-    slots = app.state.shoplens.search_slots
-    free_slot_seen: list[bool] = []
-
-    def load_image(*args: Any, **kwargs: Any) -> Any:
-        free = slots.acquire(blocking=False)
-        if free:
-            slots.release()
-        free_slot_seen.append(free)
-        return real(*args, **kwargs)
-
-    real = app_module.load_image
-    monkeypatch.setattr(app_module, "load_image", load_image)
+    free_slot_seen = spy_on_search_slots(app, monkeypatch)
     files = [("photo", (f"{i}.jpg", shelf["queries"]["juice"], "image/jpeg")) for i in range(3)]
     with TestClient(app) as c:
         assert c.post("/search/batch", files=files).status_code == 200
