@@ -48,10 +48,12 @@ from .indexing import Indexer
 from .indexing import IndexReport as IndexReport  # re-exported: what index() and put_products() return
 from .local.stage import LocalStage
 from .models import pick_device
+from .models.text import check_text
 from .pipeline import INTENT_MODEL_FILE, EncodingCache, Pipeline
-from .results import DetectResult, ErrorResult, GarmentResult, IntentResult, SearchResult
+from .results import DetectResult, ErrorResult, GarmentResult, IntentResult, SearchResult, TextSearchResult
 from .store import CatalogueStore, ProductRecord, StoredImage, WriteBatch, open_catalogue_store
 from .store.migrate import MigrationReport, copy_catalogue, copy_files
+from .text_search import search_text
 
 log = logging.getLogger(__name__)
 
@@ -697,6 +699,28 @@ class Shoplens:
         if isinstance(result, ErrorResult):
             raise BadImageError(result.error)
         return result
+
+    def search_text(
+        self,
+        texts: str | Sequence[str],
+        *,
+        top_k: int | None = None,
+        filters: FilterLike | Iterable[FilterLike] | None = None,
+        domain: str | None = None,
+    ) -> list[TextSearchResult]:
+        """Search with words (``"red rain jacket"``): one result per text, one list per domain searched.
+
+        Needs a CLIP or SigLIP backbone (``embed.DOMAIN.backbone``): the text
+        tower's embedding queries the photos' index (:mod:`shoplens.text_search`).
+        ``domain`` searches that domain only; by default every domain holding
+        products whose backbone has a text tower. Raises
+        :class:`~shoplens.errors.NoTextModelError` when there is none, and
+        :class:`ConfigError` for an empty or overlong text, before any search.
+        """
+        _check_search_domain(domain)
+        queries = [check_text(t) for t in ([texts] if isinstance(texts, str) else texts)]
+        allowed = self._allowed(filters, None)
+        return [search_text(self.pipeline, self.store, text, top_k=top_k, allowed=allowed, domain=domain) for text in queries]
 
     def classify(self, images: Sequence[ImageSource]) -> list[IntentResult | ErrorResult]:
         return classify_photos(self.pipeline, images)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import Config, options_summary, resolve_config
-from .errors import ShoplensError
+from .errors import ConfigError, ShoplensError
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -164,6 +164,18 @@ def _human_search(r: Any) -> str:
     return "\n".join(lines)
 
 
+def _human_text(r: Any) -> str:
+    lines = [f"{r.text!r}: searched {', '.join(r.domains)} with {', '.join(r.steps['text'].values())}, "
+             f"{r.timings_ms.get('total', 0):.0f} ms"]
+    for region in r.regions:
+        why = f": {region.reason.message}" if region.reason else ""
+        lines.append(f"  {region.domain}: {len(region.results)} result(s){why}")
+        for i, hit in enumerate(region.results, 1):
+            title = f" {hit.title}" if hit.title else ""
+            lines.append(f"    {i:2d}. {hit.product_id}{title} [{hit.category or '-'}] rank {hit.rank:.3f}")
+    return "\n".join(lines)
+
+
 def _human_classify(r: Any) -> str:
     scores = ", ".join(f"{k} {v:.2f}" for k, v in r.intent_scores.items())
     return f"{r.image}: {r.intent} ({scores})"
@@ -223,11 +235,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .api import open_store
     from .imaging import parse_box
 
+    if not args.images and not args.text:
+        raise ConfigError("give photos to search with, or words with --text")
+    if args.text and args.box:
+        raise ConfigError("--box cuts a region of a photo: it does not go with --text")
     box = parse_box(args.box)  # a malformed box fails before the store is opened
     # A reader: needs no writer lock, so it works beside a running server or indexing run.
     with open_store(args.store, read_only=True, config_file=args.config, **_flags(args)) as lens:
-        results = lens.search(args.images, top_k=args.top_k, filters=args.filter, domain=args.domain, box=box)
-    return _emit(results, args.json, _human_search)
+        texts = lens.search_text(args.text, top_k=args.top_k, filters=args.filter, domain=args.domain) if args.text else []
+        results = lens.search(args.images, top_k=args.top_k, filters=args.filter, domain=args.domain, box=box) if args.images else []
+    code = _emit(results, args.json, _human_search) if results else EXIT_OK
+    return max(code, _emit(texts, args.json, _human_text))
 
 
 def _standalone_pipeline(args: argparse.Namespace) -> Pipeline:
@@ -505,9 +523,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="search the catalogue with photos", description=(
         "Run the whole pipeline (intent gate, garment detection, per-region embedding, index search, rank "
         "filter, category entropy filter, category-aware ordering) on each image."))
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="photo(s) to search with")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="photo(s) to search with")
     p.add_argument("--store", required=True, metavar="DIR", help="store folder made by 'shoplens index'")
     p.add_argument("--json", action="store_true", help="one JSON object per line per image (schema: docs/method.md)")
+    p.add_argument("--text", action="append", default=[], metavar="WORDS", help=(
+        "search with words instead of a photo, e.g. --text 'red rain jacket' (repeatable; one result per text, "
+        "after the photos'); needs a CLIP or SigLIP backbone (embed.DOMAIN.backbone, docs/models.md)"))
     p.add_argument("--filter", action="append", default=[], metavar="FIELD_OP_VALUE", help=(
         "only products whose metadata pass (repeatable; all must hold), applied inside the index search: "
         "category=Juice, category=Juice|Milk, brand!=Acme, price<=20, price>5, title~apple (contains)"))

@@ -51,6 +51,10 @@ class MissingDependencyError(ShoplensError):
         self.extra = extra
 
 
+class NoTextModelError(ShoplensError):
+    """Text search asked of a store whose backbone has no text tower (only CLIP and SigLIP models have one)."""
+
+
 class FilterError(ShoplensError):
     """A metadata filter that cannot be parsed (see :mod:`shoplens.filters`)."""
 

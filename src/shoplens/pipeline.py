@@ -31,6 +31,7 @@ from .intent import IntentClassifier, create_intent_classifier, list_intent_clas
 from .local.stage import LocalStage
 from .models import Backbone, Encoding, create_model, create_tuned_model
 from .models.preprocess import source_size
+from .models.text import TextModel, create_text_model
 from .reasons import empty_region, stopped
 from .rerank import Hit, postprocess
 from .results import ProductHit, RegionResult, SearchResult
@@ -167,6 +168,7 @@ class Pipeline:
         self.on_step: Callable[[str], None] | None = None
         #: The store's local-feature index (set by :class:`~shoplens.api.Shoplens` when configured).
         self.local: LocalStage | None = None
+        self._text_models: dict[str, TextModel] = {}
 
     # -- models -------------------------------------------------------------
     def backbone(self, name: str) -> Backbone:
@@ -181,6 +183,13 @@ class Pipeline:
                 self._backbones[name] = create_model(name, runtime=rt.engine, threads=rt.threads, precision=rt.precision,
                                                      static_shapes=rt.static_shapes, device=self.device)
         return self._backbones[name]
+
+    def text_model(self, domain: str) -> TextModel:
+        """The text tower of ``domain``'s backbone (text search); :class:`NoTextModelError` if it has none."""
+        name = getattr(self.config.embed, domain).backbone
+        if name not in self._text_models:
+            self._text_models[name] = create_text_model(name)
+        return self._text_models[name]
 
     @property
     def intent_classifier(self) -> IntentClassifier:
@@ -599,7 +608,7 @@ class Pipeline:
                 t["before"] += s["before"]
                 t["after"] += s["after"]
             # A product deleted since the first question is left out.
-            found_products = [_product_hit(h, records[h.product_id]) for h in final if h.product_id in records]
+            found_products = [product_hit(h, records[h.product_id]) for h in final if h.product_id in records]
             reason = None if found_products else empty_region(region_steps, domain=domain, indexed=store.count_vectors(domain),
                                                     filtered=filtered, kept=len(final))
             out.append(
@@ -618,7 +627,7 @@ class Pipeline:
         return out
 
 
-def _product_hit(hit: Hit, record: ProductRecord) -> ProductHit:
+def product_hit(hit: Hit, record: ProductRecord) -> ProductHit:
     fields = record.fields()
     fields.update(product_id=hit.product_id, rank=round(hit.rank, 4), distance=round(hit.distance, 4), category=hit.category,
                   precision=hit.precision)

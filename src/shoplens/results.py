@@ -77,6 +77,19 @@ class SearchResult(BaseModel):
     reason: Reason | None = Field(None, description="why nothing was searched (the gate stopped the photo); null otherwise")
 
 
+class TextSearchResult(BaseModel):
+    """A search with words: the products whose photos lie nearest the text in a CLIP or SigLIP backbone's space."""
+
+    text: str = Field(description="the text searched, as given (stripped)")
+    domains: list[str] = Field(default_factory=list, description="the product domains searched: those whose backbone has a text tower")
+    regions: list[RegionResult] = Field(default_factory=list, description=(
+        "one list per domain searched (`box` null), the list holding the best hit first; hits are ranked by "
+        "`rank` = 2 − distance (the L2 distance between the text's and the photo's unit vectors, "
+        "√(2 − 2 cos)), `precision` null"))
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+    steps: dict[str, Any] = Field(default_factory=dict)
+
+
 class IntentResult(BaseModel):
     image: str
     intent: str

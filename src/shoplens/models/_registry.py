@@ -42,6 +42,8 @@ class ModelEntry:
     #: The pip extra that provides its dependencies, if any.
     extra: str | None = None
     tags: tuple[str, ...] = field(default_factory=tuple)
+    #: The scheme name an alias stands for (``hf-hub:openai/clip-vit-base-patch32``); None for a model of its own.
+    target: str | None = None
 
 
 class ParsedName(NamedTuple):
@@ -146,7 +148,7 @@ def register_alias(
         return backbone
 
     return register_model(
-        ModelEntry(name, build, preprocess, f"{description} ({target})", extra, tuple(tags) + ("alias",))
+        ModelEntry(name, build, preprocess, f"{description} ({target})", extra, tuple(tags) + ("alias",), target)
     )
 
 
