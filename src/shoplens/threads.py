@@ -93,7 +93,7 @@ def blas_threads(n: int = SMALL_OP_THREADS) -> AbstractContextManager[Any]:
     A search's numpy products are small (a projection head, the visual words
     of one photo), and OpenBLAS's worker threads keep spinning for a while
     after each: the backbone pass that follows on the same two cores then
-    ran 1.5-6 ms slower (benchmarks/blas_interference.py). The setting is the
+    ran 1.5-6 ms slower (docs/decisions.md). The setting is the
     process's, not the thread's: overlapping searches can only restore a
     count the other just set, a matter of speed, never of results.
     """

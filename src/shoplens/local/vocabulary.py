@@ -32,7 +32,7 @@ GENERIC = "vocabulary-generic-4096.npy"
 GENERIC_SCALE = 512.0
 #: Vocabularies of more words than this are searched approximately (HNSW); smaller ones exactly,
 #: by one matrix product (BLAS): for the 4,096-word generic vocabulary and ~900 query
-#: descriptors that is exact and faster than HNSW (benchmarks/word_assignment.py).
+#: descriptors that is exact and faster than HNSW (docs/decisions.md).
 EXACT_ASSIGN_MAX_WORDS = 16384
 #: Descriptors per matrix product of an exact assignment (bounds its (rows, words) scratch).
 ASSIGN_CHUNK = 2048
@@ -40,7 +40,7 @@ ASSIGN_CHUNK = 2048
 #: threads keep spinning after a product and slow the next backbone pass), an exact assignment
 #: of at least twice this many descriptors is split by rows over :data:`ASSIGN_THREADS` threads
 #: that wait on a queue instead: 12.4 -> 7.0 ms for a query's 1,000 descriptors on 2 cores, the
-#: same words (benchmarks/word_assignment.py). With BLAS on several threads (indexing) one product
+#: same words (docs/decisions.md). With BLAS on several threads (indexing) one product
 #: is already shared out (7.0 ms there); splitting it as well, each block on one BLAS thread, was
 #: slower (10.2 ms).
 PARALLEL_ASSIGN_MIN_ROWS = 256
