@@ -77,10 +77,10 @@ def spy_on_search_slots(app: Any, monkeypatch: pytest.MonkeyPatch) -> list[bool]
     With ``search_concurrency=1`` a decode done inside the search's own slot
     finds none free: the list holds ``False`` for each photo decoded.
     """
-    from shoplens.server import app as app_module
+    from shoplens.server import routes_search
 
     slots = app.state.shoplens.search_slots
-    real = app_module.load_image
+    real = routes_search.load_image
     free_slot_seen: list[bool] = []
 
     def load_image(*args: Any, **kwargs: Any) -> Any:
@@ -90,7 +90,7 @@ def spy_on_search_slots(app: Any, monkeypatch: pytest.MonkeyPatch) -> list[bool]
         free_slot_seen.append(free)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(app_module, "load_image", load_image)
+    monkeypatch.setattr(routes_search, "load_image", load_image)
     return free_slot_seen
 
 

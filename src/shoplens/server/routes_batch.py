@@ -22,7 +22,7 @@ from ..filters import parse_filters
 from ..results import SearchResult
 from .models import DOMAIN_HELP, BatchError, ErrorBody, SearchDomain
 
-#: ``run_search(data, name, top_k, filters, domain)`` of :func:`shoplens.server.app.create_app`.
+#: :func:`shoplens.server.routes_search.run_search` bound to the server's state: ``run_search(data, name, top_k, filters, domain)``.
 RunSearch = Callable[..., SearchResult]
 
 
