@@ -626,131 +626,181 @@ def _abstract(rng: np.random.Generator) -> Image.Image:
         (int(rng.integers(300, 700)), int(rng.integers(300, 700)))
     style = int(rng.integers(0, 11))
     yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
-    if style == 0:  # overlapping translucent shapes (Kandinsky-like)
-        img = Image.new("RGBA", (w, h), (*_color(rng, 180, 256), 255))
-        for _ in range(int(rng.integers(8, 30))):
-            layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
-            ld = ImageDraw.Draw(layer)
-            x, y, s = rng.random() * w, rng.random() * h, rng.uniform(0.03, 0.3) * max(w, h)
-            col = (*_color(rng), int(rng.integers(90, 230)))
-            shape = int(rng.integers(0, 4))
-            if shape == 0:
-                ld.ellipse((x - s, y - s, x + s, y + s), fill=col, outline=(0, 0, 0, 255) if rng.random() < 0.3 else None)
-            elif shape == 1:
-                ld.rectangle((x - s, y - s / 2, x + s, y + s / 2), fill=col)
-            elif shape == 2:
-                ld.polygon([(x + s * np.cos(a), y + s * np.sin(a)) for a in rng.random(3) * 2 * np.pi], fill=col)
-            else:
-                ld.line((x, y, rng.random() * w, rng.random() * h), fill=col, width=int(rng.integers(2, 14)))
-            img = Image.alpha_composite(img, layer)
-        return img.convert("RGB")
-    if style == 1:  # Mondrian grid
-        img = Image.new("RGB", (w, h), (245, 242, 230))
-        d = ImageDraw.Draw(img)
-        cells = [(0, 0, w, h)]
-        for _ in range(int(rng.integers(4, 10))):
-            x0, y0, x1, y1 = cells.pop(int(rng.integers(0, len(cells))))
-            if (x1 - x0) > (y1 - y0):
-                cut = int(rng.uniform(x0 + (x1 - x0) * 0.25, x1 - (x1 - x0) * 0.25))
-                cells += [(x0, y0, cut, y1), (cut, y0, x1, y1)]
-            else:
-                cut = int(rng.uniform(y0 + (y1 - y0) * 0.25, y1 - (y1 - y0) * 0.25))
-                cells += [(x0, y0, x1, cut), (x0, cut, x1, y1)]
-        for cell in cells:
-            paint = [(220, 30, 30), (30, 60, 170), (250, 210, 20), (245, 242, 230), (245, 242, 230)][int(rng.integers(0, 5))]
-            d.rectangle(cell, fill=paint, outline=(10, 10, 10), width=int(rng.integers(6, 14)))
-        return img
-    if style == 2:  # low-poly triangles over a gradient
-        a, b = np.array(_color(rng)), np.array(_color(rng))
-        img = Image.new("RGB", (w, h))
-        d = ImageDraw.Draw(img)
-        nx, ny = int(rng.integers(5, 14)), int(rng.integers(4, 10))
-        pts = np.stack(np.meshgrid(np.linspace(0, w, nx), np.linspace(0, h, ny)), -1)
-        pts[1:-1, 1:-1] += rng.normal(0, 0.25, pts[1:-1, 1:-1].shape) * [w / nx, h / ny]
-        for i in range(ny - 1):
-            for j in range(nx - 1):
-                p00, p01, p10, p11 = pts[i, j], pts[i, j + 1], pts[i + 1, j], pts[i + 1, j + 1]
-                for tri in ((p00, p01, p11), (p00, p10, p11)):
-                    t = float(np.clip(np.mean([q[0] / w * 0.6 + q[1] / h * 0.4 for q in tri]) + rng.normal(0, 0.06), 0, 1))
-                    shade = tuple(int(v) for v in a * (1 - t) + b * t)
-                    d.polygon([tuple(q) for q in tri], fill=shade)  # type: ignore[misc]
-        return img
-    if style == 3:  # bokeh: blurred light discs on a dark gradient
-        base = np.array(_color(rng, 0, 60)) * (1 - yy[..., None]) + np.array(_color(rng, 0, 90)) * yy[..., None]
-        img = Image.fromarray(base.astype(np.uint8))
-        layer = Image.new("RGB", (w, h), (0, 0, 0))
+    return _ABSTRACT_STYLES[style](rng, w, h, yy, xx)
+
+
+def _abstract_shapes(rng: np.random.Generator, w: int, h: int, yy: np.ndarray, xx: np.ndarray) -> Image.Image:
+    """Overlapping translucent shapes (Kandinsky-like)."""
+    img = Image.new("RGBA", (w, h), (*_color(rng, 180, 256), 255))
+    for _ in range(int(rng.integers(8, 30))):
+        layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
         ld = ImageDraw.Draw(layer)
-        for _ in range(int(rng.integers(15, 60))):
-            x, y, r = rng.random() * w, rng.random() * h, rng.uniform(0.01, 0.08) * max(w, h)
-            ld.ellipse((x - r, y - r, x + r, y + r), fill=_color(rng, 60, 256))
-        layer = layer.filter(ImageFilter.GaussianBlur(float(rng.uniform(3, 12))))
-        return Image.fromarray(np.clip(np.asarray(img, float) + np.asarray(layer, float) * 0.8, 0, 255).astype(np.uint8))
-    if style == 4:  # flowing waves / ribbons
-        arr = np.zeros((h, w, 3))
-        bands = int(rng.integers(3, 9))
-        cols = [np.array(_color(rng)) for _ in range(bands + 1)]
-        level = yy * 0 + 0.0
-        for k in range(bands):
-            edge = (k + 1) / (bands + 1) + 0.08 * np.sin(xx * rng.uniform(3, 12) + rng.random() * 6) * rng.uniform(0.3, 1.5)
-            level = level + (yy * max(w, h) / h > edge)
-        for k in range(bands + 1):
-            arr[level == k] = cols[k]
-        return Image.fromarray(arr.astype(np.uint8)).filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 3))))
-    if style == 5:  # Voronoi cells
-        n = int(rng.integers(8, 60))
-        seeds = rng.random((n, 2)) * [w / max(w, h), h / max(w, h)]
-        dist = (xx[..., None] - seeds[:, 0]) ** 2 + (yy[..., None] - seeds[:, 1]) ** 2
-        label = dist.argmin(-1)
-        palette = rng.integers(0, 256, (n, 3))
-        arr = palette[label].astype(np.uint8)
-        img = Image.fromarray(arr)
-        if rng.random() < 0.6:
-            edges = Image.fromarray(((np.diff(label, axis=0, prepend=label[:1]) != 0) |
-                                     (np.diff(label, axis=1, prepend=label[:, :1]) != 0)).astype(np.uint8) * 255)
-            img.paste((20, 20, 20), mask=edges.filter(ImageFilter.MaxFilter(3)))
-        return img
-    if style == 6:  # brush strokes
-        img = Image.new("RGB", (w, h), _color(rng, 150, 256))
-        d = ImageDraw.Draw(img)
-        for _ in range(int(rng.integers(20, 80))):
-            pts = np.cumsum(rng.normal(0, 0.05, (6, 2)), 0) + rng.random(2)
-            d.line([(float(p[0] * w), float(p[1] * h)) for p in pts], fill=_color(rng), width=int(rng.integers(4, 30)),
-                   joint="curve")
-        return img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 2))))
-    if style == 7:  # nebula / starfield
-        k = int(rng.integers(3, 10))
-        cloud = np.asarray(Image.fromarray((rng.random((k, k, 3)) * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BICUBIC), float)
-        arr = cloud * rng.uniform(0.2, 0.7) * (rng.random(3) + 0.2)
-        stars = rng.random((h, w)) < rng.uniform(0.001, 0.006)
-        arr[stars] = 255
-        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.6))
-    if style == 8:  # plasma: sums of sines
-        f = rng.uniform(2, 20, 4)
-        t = (np.sin(xx * f[0] + rng.random() * 6) + np.sin(yy * f[1]) + np.sin((xx + yy) * f[2])
-             + np.sin(np.hypot(xx - rng.random(), yy - rng.random()) * f[3]))
-        return Image.fromarray(np.clip(_palette(rng)((t + 4) / 8), 0, 255).astype(np.uint8))
-    if style == 9:  # layered mountain silhouettes under a gradient sky (a flat "landscape" wallpaper)
-        top, bottom = np.array(_color(rng)), np.array(_color(rng))
-        arr = top * (1 - yy[..., None] * max(w, h) / h) + bottom * (yy[..., None] * max(w, h) / h)
-        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-        d = ImageDraw.Draw(img)
-        if rng.random() < 0.6:
-            r, cx, cy = rng.uniform(0.04, 0.1) * w, rng.random() * w, rng.uniform(0.15, 0.45) * h
-            d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=_color(rng, 180, 256))
-        layers = int(rng.integers(2, 6))
-        dark = np.array(_color(rng, 0, 120))
-        for k in range(layers):
-            base = h * (0.45 + 0.5 * k / layers)
-            xs = np.linspace(0, w, 40)
-            ys = base - np.abs(np.cumsum(rng.normal(0, h * 0.03, 40))) * rng.uniform(0.5, 1.5)
-            tone = tuple(int(v) for v in dark * (k + 1) / layers + top * (1 - (k + 1) / layers) * 0.5)
-            d.polygon([(0, h), *zip(xs.tolist(), ys.tolist()), (w, h)], fill=tone)  # type: ignore[arg-type]
-        return img
-    # style 10: concentric or spiral patterns
+        x, y, s = rng.random() * w, rng.random() * h, rng.uniform(0.03, 0.3) * max(w, h)
+        col = (*_color(rng), int(rng.integers(90, 230)))
+        shape = int(rng.integers(0, 4))
+        if shape == 0:
+            ld.ellipse((x - s, y - s, x + s, y + s), fill=col, outline=(0, 0, 0, 255) if rng.random() < 0.3 else None)
+        elif shape == 1:
+            ld.rectangle((x - s, y - s / 2, x + s, y + s / 2), fill=col)
+        elif shape == 2:
+            ld.polygon([(x + s * np.cos(a), y + s * np.sin(a)) for a in rng.random(3) * 2 * np.pi], fill=col)
+        else:
+            ld.line((x, y, rng.random() * w, rng.random() * h), fill=col, width=int(rng.integers(2, 14)))
+        img = Image.alpha_composite(img, layer)
+    return img.convert("RGB")
+
+
+def _abstract_mondrian(rng: np.random.Generator, w: int, h: int, yy: np.ndarray, xx: np.ndarray) -> Image.Image:
+    """Mondrian grid."""
+    img = Image.new("RGB", (w, h), (245, 242, 230))
+    d = ImageDraw.Draw(img)
+    cells = [(0, 0, w, h)]
+    for _ in range(int(rng.integers(4, 10))):
+        x0, y0, x1, y1 = cells.pop(int(rng.integers(0, len(cells))))
+        if (x1 - x0) > (y1 - y0):
+            cut = int(rng.uniform(x0 + (x1 - x0) * 0.25, x1 - (x1 - x0) * 0.25))
+            cells += [(x0, y0, cut, y1), (cut, y0, x1, y1)]
+        else:
+            cut = int(rng.uniform(y0 + (y1 - y0) * 0.25, y1 - (y1 - y0) * 0.25))
+            cells += [(x0, y0, x1, cut), (x0, cut, x1, y1)]
+    for cell in cells:
+        paint = [(220, 30, 30), (30, 60, 170), (250, 210, 20), (245, 242, 230), (245, 242, 230)][int(rng.integers(0, 5))]
+        d.rectangle(cell, fill=paint, outline=(10, 10, 10), width=int(rng.integers(6, 14)))
+    return img
+
+
+def _abstract_low_poly(rng: np.random.Generator, w: int, h: int, yy: np.ndarray, xx: np.ndarray) -> Image.Image:
+    """Low-poly triangles over a gradient."""
+    a, b = np.array(_color(rng)), np.array(_color(rng))
+    img = Image.new("RGB", (w, h))
+    d = ImageDraw.Draw(img)
+    nx, ny = int(rng.integers(5, 14)), int(rng.integers(4, 10))
+    pts = np.stack(np.meshgrid(np.linspace(0, w, nx), np.linspace(0, h, ny)), -1)
+    pts[1:-1, 1:-1] += rng.normal(0, 0.25, pts[1:-1, 1:-1].shape) * [w / nx, h / ny]
+    for i in range(ny - 1):
+        for j in range(nx - 1):
+            p00, p01, p10, p11 = pts[i, j], pts[i, j + 1], pts[i + 1, j], pts[i + 1, j + 1]
+            for tri in ((p00, p01, p11), (p00, p10, p11)):
+                t = float(np.clip(np.mean([q[0] / w * 0.6 + q[1] / h * 0.4 for q in tri]) + rng.normal(0, 0.06), 0, 1))
+                shade = tuple(int(v) for v in a * (1 - t) + b * t)
+                d.polygon([tuple(q) for q in tri], fill=shade)  # type: ignore[misc]
+    return img
+
+
+def _abstract_bokeh(rng: np.random.Generator, w: int, h: int, yy: np.ndarray, xx: np.ndarray) -> Image.Image:
+    """Bokeh: blurred light discs on a dark gradient."""
+    base = np.array(_color(rng, 0, 60)) * (1 - yy[..., None]) + np.array(_color(rng, 0, 90)) * yy[..., None]
+    img = Image.fromarray(base.astype(np.uint8))
+    layer = Image.new("RGB", (w, h), (0, 0, 0))
+    ld = ImageDraw.Draw(layer)
+    for _ in range(int(rng.integers(15, 60))):
+        x, y, r = rng.random() * w, rng.random() * h, rng.uniform(0.01, 0.08) * max(w, h)
+        ld.ellipse((x - r, y - r, x + r, y + r), fill=_color(rng, 60, 256))
+    layer = layer.filter(ImageFilter.GaussianBlur(float(rng.uniform(3, 12))))
+    return Image.fromarray(np.clip(np.asarray(img, float) + np.asarray(layer, float) * 0.8, 0, 255).astype(np.uint8))
+
+
+def _abstract_waves(rng: np.random.Generator, w: int, h: int, yy: np.ndarray, xx: np.ndarray) -> Image.Image:
+    """Flowing waves / ribbons."""
+    arr = np.zeros((h, w, 3))
+    bands = int(rng.integers(3, 9))
+    cols = [np.array(_color(rng)) for _ in range(bands + 1)]
+    level = yy * 0 + 0.0
+    for k in range(bands):
+        edge = (k + 1) / (bands + 1) + 0.08 * np.sin(xx * rng.uniform(3, 12) + rng.random() * 6) * rng.uniform(0.3, 1.5)
+        level = level + (yy * max(w, h) / h > edge)
+    for k in range(bands + 1):
+        arr[level == k] = cols[k]
+    return Image.fromarray(arr.astype(np.uint8)).filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 3))))
+
+
+def _abstract_voronoi(rng: np.random.Generator, w: int, h: int, yy: np.ndarray, xx: np.ndarray) -> Image.Image:
+    """Voronoi cells."""
+    n = int(rng.integers(8, 60))
+    seeds = rng.random((n, 2)) * [w / max(w, h), h / max(w, h)]
+    dist = (xx[..., None] - seeds[:, 0]) ** 2 + (yy[..., None] - seeds[:, 1]) ** 2
+    label = dist.argmin(-1)
+    palette = rng.integers(0, 256, (n, 3))
+    arr = palette[label].astype(np.uint8)
+    img = Image.fromarray(arr)
+    if rng.random() < 0.6:
+        edges = Image.fromarray(((np.diff(label, axis=0, prepend=label[:1]) != 0) |
+                                 (np.diff(label, axis=1, prepend=label[:, :1]) != 0)).astype(np.uint8) * 255)
+        img.paste((20, 20, 20), mask=edges.filter(ImageFilter.MaxFilter(3)))
+    return img
+
+
+def _abstract_brush_strokes(rng: np.random.Generator, w: int, h: int, yy: np.ndarray, xx: np.ndarray) -> Image.Image:
+    """Brush strokes."""
+    img = Image.new("RGB", (w, h), _color(rng, 150, 256))
+    d = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(20, 80))):
+        pts = np.cumsum(rng.normal(0, 0.05, (6, 2)), 0) + rng.random(2)
+        d.line([(float(p[0] * w), float(p[1] * h)) for p in pts], fill=_color(rng), width=int(rng.integers(4, 30)),
+               joint="curve")
+    return img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 2))))
+
+
+def _abstract_nebula(rng: np.random.Generator, w: int, h: int, yy: np.ndarray, xx: np.ndarray) -> Image.Image:
+    """Nebula / starfield."""
+    k = int(rng.integers(3, 10))
+    cloud = np.asarray(Image.fromarray((rng.random((k, k, 3)) * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BICUBIC), float)
+    arr = cloud * rng.uniform(0.2, 0.7) * (rng.random(3) + 0.2)
+    stars = rng.random((h, w)) < rng.uniform(0.001, 0.006)
+    arr[stars] = 255
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.6))
+
+
+def _abstract_plasma(rng: np.random.Generator, w: int, h: int, yy: np.ndarray, xx: np.ndarray) -> Image.Image:
+    """Plasma: sums of sines."""
+    f = rng.uniform(2, 20, 4)
+    t = (np.sin(xx * f[0] + rng.random() * 6) + np.sin(yy * f[1]) + np.sin((xx + yy) * f[2])
+         + np.sin(np.hypot(xx - rng.random(), yy - rng.random()) * f[3]))
+    return Image.fromarray(np.clip(_palette(rng)((t + 4) / 8), 0, 255).astype(np.uint8))
+
+
+def _abstract_mountains(rng: np.random.Generator, w: int, h: int, yy: np.ndarray, xx: np.ndarray) -> Image.Image:
+    """Layered mountain silhouettes under a gradient sky (a flat "landscape" wallpaper)."""
+    top, bottom = np.array(_color(rng)), np.array(_color(rng))
+    arr = top * (1 - yy[..., None] * max(w, h) / h) + bottom * (yy[..., None] * max(w, h) / h)
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(img)
+    if rng.random() < 0.6:
+        r, cx, cy = rng.uniform(0.04, 0.1) * w, rng.random() * w, rng.uniform(0.15, 0.45) * h
+        d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=_color(rng, 180, 256))
+    layers = int(rng.integers(2, 6))
+    dark = np.array(_color(rng, 0, 120))
+    for k in range(layers):
+        base = h * (0.45 + 0.5 * k / layers)
+        xs = np.linspace(0, w, 40)
+        ys = base - np.abs(np.cumsum(rng.normal(0, h * 0.03, 40))) * rng.uniform(0.5, 1.5)
+        tone = tuple(int(v) for v in dark * (k + 1) / layers + top * (1 - (k + 1) / layers) * 0.5)
+        d.polygon([(0, h), *zip(xs.tolist(), ys.tolist()), (w, h)], fill=tone)  # type: ignore[arg-type]
+    return img
+
+
+def _abstract_spiral(rng: np.random.Generator, w: int, h: int, yy: np.ndarray, xx: np.ndarray) -> Image.Image:
+    """Concentric or spiral patterns."""
     cx, cy = rng.random() * w / max(w, h), rng.random() * h / max(w, h)
     r, a = np.hypot(xx - cx, yy - cy), np.arctan2(yy - cy, xx - cx)
     t = np.sin(r * rng.uniform(20, 80) + a * int(rng.integers(0, 8)))
     return Image.fromarray(np.clip(_palette(rng)((t + 1) / 2 * rng.uniform(0.5, 2)), 0, 255).astype(np.uint8))
+
+
+#: The styles of :func:`_abstract`, by the number it draws; each is given the size and the pixel grid (y, x over the longer side).
+_ABSTRACT_STYLES: tuple[Callable[[np.random.Generator, int, int, np.ndarray, np.ndarray], Image.Image], ...] = (
+    _abstract_shapes,
+    _abstract_mondrian,
+    _abstract_low_poly,
+    _abstract_bokeh,
+    _abstract_waves,
+    _abstract_voronoi,
+    _abstract_brush_strokes,
+    _abstract_nebula,
+    _abstract_plasma,
+    _abstract_mountains,
+    _abstract_spiral,
+)
 
 
 # ---------------------------------------------------------------- captioned pictures (memes, second kind)
