@@ -22,6 +22,8 @@ NOT_FROM_STAGES = ("store", "pipeline", "indexing", "training", "text_search", "
 #: What the store package must not import: any model stage, the orchestration or a face. It may use
 #: the leaves (config, errors, filters, registry); today it needs nothing else.
 NOT_FROM_STORE = ("embed", "local", "intent", "detect", "models", "rerank", *NOT_FROM_STAGES[1:])
+#: What the HTTP server must not import: the orchestration. It is a face over the public ``Shoplens`` API.
+NOT_FROM_SERVER = ("pipeline", "indexing", "training")
 
 
 def _module_name(path: Path, src: Path) -> tuple[str, str]:
@@ -88,3 +90,14 @@ def test_stages_import_no_store_orchestration_or_face(stage: str) -> None:
 
 def test_the_store_imports_no_model_stage_orchestration_or_face() -> None:
     assert violations(("store",), NOT_FROM_STORE) == []
+
+
+def test_the_server_calls_the_public_api_only() -> None:
+    """No import of the orchestration, and no reach into a lens's pipeline (``lens.pipeline.…``)."""
+    assert violations(("server",), NOT_FROM_SERVER) == []
+    reached = []
+    for file in sorted((SRC / "shoplens" / "server").rglob("*.py")):
+        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"), str(file))):
+            if isinstance(node, ast.Attribute) and node.attr == "pipeline":
+                reached.append(f"{file.relative_to(SRC)}:{node.lineno} reads .pipeline")
+    assert reached == []
