@@ -492,16 +492,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 # -- parser -------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="shoplens",
-        description="Search a shop's own product catalogue with a photo.",
-        epilog="Run 'shoplens COMMAND --help' for the options of a command.",
-    )
-    parser.add_argument("--version", action="version", version=f"shoplens {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+def _add_index_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("index", help="add or update the products of a catalogue CSV or folder", description=(
         "Add or update products. CATALOGUE is a CSV (columns product_id, image; optional title, category, domain "
         "and any metadata columns) or a folder of images (product_id = file stem, category = parent folder). "
@@ -520,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.set_defaults(func=cmd_index)
 
+
+def _add_search_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("search", help="search the catalogue with photos", description=(
         "Run the whole pipeline (intent gate, garment detection, per-region embedding, index search, rank "
         "filter, category entropy filter, category-aware ordering) on each image."))
@@ -543,6 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_options(p)
     p.set_defaults(func=cmd_search)
 
+
+def _add_classify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("classify", help="intent of photos (apparel, other_product, non_product), no index needed")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--store", metavar="DIR", help="use the store's trained intent classifier, if it has one")
@@ -551,6 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.set_defaults(func=cmd_classify)
 
+
+def _add_detect_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("detect", help="garments in photos (boxes and labels), no index needed")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--store", metavar="DIR", help="use the store's configuration")
@@ -559,6 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.set_defaults(func=cmd_detect)
 
+
+def _add_migrate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("migrate", help="move a catalogue between stores or engines (embedded folder, Milvus)", description=(
         "Copy every product, image (raw descriptor), trained model and the saved configuration from SOURCE to a new "
         "or empty TARGET, then verify the counts. A store location is a folder (embedded engine), "
@@ -568,10 +568,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the migration report as one JSON object")
     p.set_defaults(func=cmd_migrate)
 
+
+def _add_models_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("models", help="list the registered backbones, intent classifiers and detectors")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
+
+def _add_config_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "config", help="print the resolved configuration",
         epilog="options (--set KEY=VALUE; docs/configuration.md says what each does):\n" + options_summary(),
@@ -583,6 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_options(p)
     p.set_defaults(func=cmd_config)
 
+
+def _add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="index a public sample catalogue (Grocery Store Dataset, MIT) and search it", description=(
         "Download the Grocery Store Dataset once (checksum verified, cached), or read an offline copy with --from, "
         "index its 81 products into --store and search a few store photos."))
@@ -600,6 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_options(p)
     p.set_defaults(func=cmd_demo)
 
+
+def _add_train_intent_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("train-intent", help="train the intent classifier from labelled photos (step 7 of docs/method.md)", description=(
         "LABELLED is a folder with apparel/, other_product/ and non_product/ subfolders, or a CSV with columns image, intent. "
         "A head is trained on the bundled backbone's features, its accuracy is reported on a held-out part, and the store "
@@ -612,6 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p)
     p.set_defaults(func=cmd_train_intent)
 
+
+def _add_train_embedder_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("train-embedder", help="adapt the recognition models to the catalogue (step 8 of docs/method.md)", description=(
         "Tunes each domain's backbone stage (the stride-32 blocks) on the catalogue photos, read again from their sources, "
         "and re-encodes the stored images through it; then trains the domain's projection head on the stored raw "
@@ -632,6 +642,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p)
     p.set_defaults(func=cmd_train_embedder)
 
+
+def _add_train_detector_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("train-detector", help="train the garment detector on boxed outfit photos", description=(
         "OUTFITS_DIR holds garments.jsonl (one line per photo: image, garments with label and box) and the photos. "
         "Heads on the frozen efficientnet_lite0 maps are trained on three quarters of the photos (a hash of the file "
@@ -644,6 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the training report as one JSON object")
     p.set_defaults(func=cmd_train_detector)
 
+
+def _add_eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("eval", help="measure search quality on labelled query photos (Recall@K, mAP, returned-set precision, intent, time)", description=(
         "QUERIES is a CSV with an 'image' column (relative to the CSV) and labels: product_id, category and/or intent. "
         "Every query is searched as configured; the report gives Recall@K, mAP, precision and recall of the returned set, "
@@ -660,6 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_options(p)
     p.set_defaults(func=cmd_eval)
 
+
+def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="serve search, catalogue writes and a web page over HTTP", description=(
         "Serve the store over HTTP: POST /search with a photo (the search object of docs/method.md, as JSON), product add / update / "
         "delete (needs the API key), GET /products, /images/ID, /healthz, /readyz, /metrics, the OpenAPI schema at "
@@ -693,6 +709,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     _add_search_options(p)
     p.set_defaults(func=cmd_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shoplens",
+        description="Search a shop's own product catalogue with a photo.",
+        epilog="Run 'shoplens COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"shoplens {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_index_parser(sub)
+    _add_search_parser(sub)
+    _add_classify_parser(sub)
+    _add_detect_parser(sub)
+    _add_migrate_parser(sub)
+    _add_models_parser(sub)
+    _add_config_parser(sub)
+    _add_demo_parser(sub)
+    _add_train_intent_parser(sub)
+    _add_train_embedder_parser(sub)
+    _add_train_detector_parser(sub)
+    _add_eval_parser(sub)
+    _add_serve_parser(sub)
     return parser
 
 
