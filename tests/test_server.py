@@ -116,6 +116,8 @@ def test_a_stopped_photo_is_searched_anyway_with_domain(lens: Shoplens) -> None:
         assert body["regions"][0]["results"][0]["product_id"] == "p2" and body["reason"] is None
         assert_error(search(c, photo(2), domain="non_product"), 422, "invalid_request")
         assert_error(c.post("/search/url", json={"url": "http://example.invalid/a.png", "domain": "shoes"}), 422, "invalid_request")
+        # A JSON body without its url is an invalid request, not a photo upload in the wrong content type.
+        assert_error(c.post("/search/url", json={"domain": "apparel"}), 422, "invalid_request")
 
 
 def test_an_empty_list_says_why_over_http(client: TestClient) -> None:

@@ -248,3 +248,57 @@ def test_cli_searches_with_text(clip_store: Path, tmp_path: Path, synthetic_cata
     assert neither.returncode != 0 and "give photos to search with, or words with --text" in neither.stderr
     with_box = _cli("search", "--store", str(clip_store), "--text", "juice", "--box", "0,0,5,5")
     assert with_box.returncode != 0 and "does not go with --text" in with_box.stderr
+
+
+def _post(url: str, body: object, headers: dict[str, str] | None = None) -> tuple[int, dict[str, object]]:
+    import httpx
+
+    r = httpx.post(url, json=body, headers=headers or {}, timeout=60)
+    return r.status_code, r.json()
+
+
+def test_http_text_search(clip_store: Path, tmp_path: Path, synthetic_catalogue: Path) -> None:
+    pytest.importorskip("fastapi", reason="the server tests need the [server] extra")
+    import httpx
+
+    from shoplens import Shoplens, open_store
+    from shoplens.server import ServerSettings, create_app
+
+    from .serverutil import LiveServer
+
+    with open_store(clip_store, read_only=True) as lens:
+        expected = lens.search_text("red rain jacket", top_k=2)[0]
+        with LiveServer(create_app(lens, ServerSettings(read_key="text-read-key-0123456789"))) as server:
+            server.wait_ready()
+            ready = httpx.get(f"{server.url}/readyz", headers={"X-API-Key": "text-read-key-0123456789"}).json()
+            assert sorted(ready["text_search"]) == ["apparel", "other_product"]
+            status, _ = _post(f"{server.url}/search/text", {"text": "red rain jacket"})
+            assert status == 401  # a read like any search
+            auth = {"X-API-Key": "text-read-key-0123456789"}
+            status, body = _post(f"{server.url}/search/text", {"text": "red rain jacket", "top_k": 2}, auth)
+            assert status == 200, body
+            assert body["text"] == "red rain jacket" and body["domains"] == expected.domains
+            served = [[h["product_id"] for h in r["results"]] for r in body["regions"]]  # type: ignore[union-attr]
+            assert served == [[h.product_id for h in r.results] for r in expected.regions]
+            hit = body["regions"][0]["results"][0]  # type: ignore[index]
+            image_id = int(hit["image_url"].split("/")[2])
+            assert image_id in {im.image_id for im in lens.product_images(hit["product_id"])}  # the photo that matched
+            assert hit["image_url"].startswith(f"/images/{image_id}/thumbnail?size=256&v=")
+            assert httpx.get(server.url + hit["image_url"], headers=auth).status_code == 200
+            status, body = _post(f"{server.url}/search/text", {"text": "shirt", "filters": ["category=tops"], "domain": "apparel"}, auth)
+            assert status == 200 and {h["product_id"] for h in body["regions"][0]["results"]} == {"p1", "p3"}  # type: ignore[index]
+            for bad in ({"text": ""}, {"text": "a" * 1001}, {"text": "a", "top_k": 10_000}, {"text": "a", "domain": "shoes"},
+                        {"text": "a", "other": 1}, {"words": "a"}):
+                status, body = _post(f"{server.url}/search/text", bad, auth)
+                assert status == 422 and body["code"] == "invalid_request", (bad, body)
+            status, body = _post(f"{server.url}/search/text", {"text": "a", "filters": ["price<<3"]}, auth)
+            assert status == 400 and body["code"] == "bad_filter"
+    with Shoplens(tmp_path / "store", **{"local.enabled": False}) as lens:
+        lens.index(synthetic_catalogue)
+        with LiveServer(create_app(lens, ServerSettings())) as server:
+            server.wait_ready()
+            assert httpx.get(f"{server.url}/readyz").json()["text_search"] == []
+            status, body = _post(f"{server.url}/search/text", {"text": "red"})
+            assert status == 400 and body["code"] == "no_text_model"
+            assert "efficientnet_lite0 has no text tower" in str(body["error"])
+

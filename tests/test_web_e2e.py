@@ -162,6 +162,7 @@ def test_upload_a_photo_and_see_results(browser: Any, real_server: tuple[str, Pa
     page.goto(url)
     assert "shoplens" in page.title()
     _wait_until(page, "document.getElementById('store-info').textContent.includes('products')")
+    assert page.evaluate("document.getElementById('text-form').hidden")  # EfficientNet-Lite has no text tower: no text box
     page.set_input_files("#pick", str(query))
     page.wait_for_selector(".card", timeout=60_000)
     assert page.inner_text("#intent") == "Product"
@@ -377,4 +378,45 @@ def test_result_cards_show_the_thumbnail_title_and_chosen_fields_escaped(browser
             assert page.evaluate("document.querySelector('.card .thumb img').naturalWidth") == 256  # a 400 x 300 photo, shrunk
             assert page.evaluate("window.pwned") is None and errors == []
             _shot(page, "result-cards")
+            page.close()
+
+
+def test_search_with_words_where_the_backbone_has_a_text_tower(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A store indexed with a CLIP backbone shows the text box; words give the nearest products, then a photo search shows its photo again."""
+    pytest.importorskip("transformers", reason="the tiny CLIP checkpoint needs the [hf] extra")
+    from .test_text_search import make_clip_with_tokenizer
+
+    folder = tmp_path_factory.mktemp("web-text")
+    clip = make_clip_with_tokenizer(folder / "clip")
+    lines = ["product_id,image,title,category,domain"]
+    for i in range(4):
+        (folder / f"t{i}.png").write_bytes(encode(picture(80 + i, (200, 160))))
+        lines.append(f"t{i},t{i}.png,Words {i},Red,other_product")
+    (folder / "catalog.csv").write_text("\n".join(lines) + "\n")
+    flags = {"embed.other_product.backbone": f"local-dir:{clip}", "local.enabled": False,
+             "intent.classifier": "test-other_product", "search.rank_filter": False}
+    with Shoplens(folder / "store", **flags) as lens:
+        lens.index(folder / "catalog.csv")
+        expected = [h.product_id for h in lens.search_text("a red box", top_k=3)[0].regions[0].results]
+        with LiveServer(create_app(lens, ServerSettings())) as server:
+            server.wait_ready()
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server.url)
+            page.wait_for_selector("#text-form:not([hidden])", timeout=30_000)
+            page.click(".options summary")
+            page.fill("#topk", "3")
+            page.fill("#text-query", "a red box")
+            page.click("#text-form button")
+            page.wait_for_selector(".card", timeout=60_000)
+            assert [c.get_attribute("data-product-id") for c in page.query_selector_all(".card")] == expected
+            assert "a red box" in page.inner_text("#searched-text")
+            assert page.inner_text(".region-head h2") == "Product"
+            assert page.evaluate("document.getElementById('query-photo').hidden")  # no photo to show for words
+            _shot(page, "text-search")
+            page.set_input_files("#pick", str(folder / "t1.png"))
+            page.wait_for_selector("#intent", timeout=60_000)
+            assert not page.evaluate("document.getElementById('query-photo').hidden")
+            assert errors == []
             page.close()

@@ -48,7 +48,7 @@ from .indexing import Indexer
 from .indexing import IndexReport as IndexReport  # re-exported: what index() and put_products() return
 from .local.stage import LocalStage
 from .models import pick_device
-from .models.text import check_text
+from .models.text import check_text, has_text_tower
 from .pipeline import INTENT_MODEL_FILE, EncodingCache, Pipeline
 from .results import DetectResult, ErrorResult, GarmentResult, IntentResult, SearchResult, TextSearchResult
 from .store import CatalogueStore, ProductRecord, StoredImage, WriteBatch, open_catalogue_store
@@ -254,6 +254,8 @@ class Shoplens:
         _ = self.pipeline.detector
         for domain in DOMAINS:
             self.pipeline.describe(domain, cache)
+        for domain in self.text_domains():
+            self.pipeline.text_model(domain)
 
     def _check_writable(self) -> None:
         if self.read_only:
@@ -721,6 +723,10 @@ class Shoplens:
         queries = [check_text(t) for t in ([texts] if isinstance(texts, str) else texts)]
         allowed = self._allowed(filters, None)
         return [search_text(self.pipeline, self.store, text, top_k=top_k, allowed=allowed, domain=domain) for text in queries]
+
+    def text_domains(self) -> list[str]:
+        """The domains :meth:`search_text` reads by default: those holding products, indexed with a CLIP or SigLIP backbone."""
+        return [d for d in DOMAINS if self.store.count_vectors(d) > 0 and has_text_tower(getattr(self.config.embed, d).backbone)]
 
     def classify(self, images: Sequence[ImageSource]) -> list[IntentResult | ErrorResult]:
         return classify_photos(self.pipeline, images)

@@ -25,13 +25,14 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
 
 from .._deps import import_optional
-from ..errors import NoTextModelError, UnknownModelError
+from ..errors import NoTextModelError, ShoplensError, UnknownModelError
 from ..registry import Registry
 from ._hf import fetch_file, from_pretrained, pretrained_ref, read_json, transformers_module
 from ._registry import WeightsSource, get_entry, parse_model_name, resolve_local_dir
@@ -184,6 +185,26 @@ def create_text_model(backbone: str) -> TextModel:
     if parsed.scheme in ("hf-hub", "local-dir"):
         return _from_source(parsed.target)
     raise NoTextModelError(f"the backbone {backbone} has no text tower (no text loader for {parsed.scheme}: names)")
+
+
+@lru_cache(maxsize=64)
+def has_text_tower(backbone: str) -> bool:
+    """Whether :func:`create_text_model` finds a text tower for ``backbone``, told from its name and config files (no weights loaded)."""
+    try:
+        parsed = parse_model_name(backbone)
+        if not parsed.scheme:
+            target = get_entry(backbone).target
+            return target is not None and has_text_tower(target)
+        if parsed.scheme == "open_clip":
+            return True
+        if parsed.scheme not in ("hf-hub", "local-dir"):
+            return False
+        config = read_json(parsed.target, "config.json", required=False)
+        if config is not None and str(config.get("model_type", "")) in _HF_TEXT:
+            return True
+        return fetch_file(parsed.target, "open_clip_config.json", required=False) is not None
+    except ShoplensError:  # an unknown name, a missing file or package: no text search with it
+        return False
 
 
 def list_text_loaders(pattern: str = "*") -> list[str]:

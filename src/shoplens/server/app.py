@@ -29,6 +29,7 @@ from . import (
     routes_photos,
     routes_products,
     routes_search,
+    routes_text,
 )
 from .errors import add_exception_handlers
 from .guard import Guard
@@ -76,6 +77,7 @@ def create_app(lens: Shoplens, settings: ServerSettings | None = None) -> FastAP
 
     # The order matters where paths overlap: each module registers its fixed paths before its catch-alls.
     routes_search.register(app, state)
+    routes_text.register(app, state)
     routes_products.register(app, state)
     routes_photos.register(app, state)
     routes_operations.register(app, state)

@@ -16,6 +16,7 @@ from ..errors import (
     ConfigError,
     FilterError,
     MissingDependencyError,
+    NoTextModelError,
     NotFoundError,
     ShoplensError,
     StoreError,
@@ -44,6 +45,10 @@ WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+#: The POST routes whose body is JSON; every other POST and PUT takes multipart/form-data (a photo upload).
+JSON_BODY_PATHS = frozenset({"/products/batch-delete", "/search/url", "/search/text"})
+
+
 class TooLarge(ShoplensError):
     """An uploaded file over the per-photo limit."""
 
@@ -60,6 +65,7 @@ _STATUS_OF: list[tuple[type[Exception], int, str]] = [
     (CatalogueError, 422, "bad_product"),
     (ConfigError, 400, "bad_config"),
     (UnknownModelError, 400, "unknown_model"),
+    (NoTextModelError, 400, "no_text_model"),
     (MissingDependencyError, 501, "missing_dependency"),
     (StoreError, 503, "store_unavailable"),
     (ShoplensError, 400, "error"),
@@ -91,7 +97,8 @@ def add_exception_handlers(app: FastAPI) -> None:
         details = [_detail(e) for e in exc.errors()]
         ctype = request.headers.get("content-type", "")
         body_missing = any(d["loc"][:1] == ["body"] and d["type"] == "missing" for d in details)
-        if body_missing and request.method in ("POST", "PUT") and request.url.path != "/products/batch-delete" and not ctype.startswith("multipart/form-data"):
+        wants_form = request.url.path not in JSON_BODY_PATHS
+        if body_missing and request.method in ("POST", "PUT") and wants_form and not ctype.startswith("multipart/form-data"):
             return error(415, "unsupported_media_type", f"expected multipart/form-data, got {ctype or 'no content type'}: " + _expected_body(request))
         if any(d["type"] == "json_invalid" for d in details):
             return error(422, "bad_json", "the request body is not valid JSON", details)

@@ -205,3 +205,5 @@ class Ready(BaseModel):
     writes_enabled: bool
     #: Whether search and reads need a key (the server has a read key); the counts are then given only with one.
     reads_need_key: bool = False
+    #: The domains ``POST /search/text`` searches (indexed with a CLIP or SigLIP backbone); empty: no text search.
+    text_search: list[str] = Field(default_factory=list)

@@ -45,7 +45,7 @@ def register(app: FastAPI, state: ServerState) -> None:
             return answer("unavailable", 503, detail=str(err))
         if read_problem(settings, presented_key(dict(request.headers.raw))) is not None:
             return answer("ready")  # the catalogue's size is for key holders
-        return answer("ready", products=products, images=images)
+        return answer("ready", products=products, images=images, text_search=state.lens.text_domains())
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response,
            dependencies=state.keys.reader, responses={**READ_ERRORS, 200: {"content": {CONTENT_TYPE: {}}}})

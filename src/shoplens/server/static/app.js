@@ -65,6 +65,7 @@
       return;
     }
     lastFile = file;
+    $("query-photo").hidden = false;
     if (current) URL.revokeObjectURL(current);
     current = URL.createObjectURL(file);
     const img = $("query-img");
@@ -101,6 +102,52 @@
     hideStatus();
     if (!img.complete) await new Promise((ok) => { img.onload = ok; img.onerror = ok; });
     render(body, roundTrip);
+  }
+
+  // Words instead of a photo: POST /search/text, shown where the server says its store can (readyz text_search).
+  async function searchText(text) {
+    $("query-photo").hidden = true;
+    $("summary").replaceChildren();
+    $("regions").replaceChildren();
+    result.hidden = false;
+    showStatus("busy", "Searching the catalogue…");
+    const body = { text: text, filters: filters() };
+    const k = parseInt($("topk").value, 10);
+    if (k > 0) body.top_k = Math.min(k, 100);
+    const started = performance.now();
+    let response, answer;
+    try {
+      response = await fetch("/search/text", {
+        method: "POST", body: JSON.stringify(body), headers: Object.assign({ "Content-Type": "application/json" }, authHeaders()),
+      });
+      answer = await response.json();
+    } catch (err) {
+      showStatus("error", "The server could not be reached (" + err.message + ").");
+      return;
+    }
+    if (!response.ok) {
+      showStatus("error", (answer && answer.error) || "The search failed (HTTP " + response.status + ").");
+      if (response.status === 401) askForKey(accessKey() ? "That key was refused: enter the right one." : "This catalogue is private: enter its access key.");
+      return;
+    }
+    hideStatus();
+    renderText(answer, performance.now() - started);
+  }
+
+  function renderText(r, roundTrip) {
+    const summary = $("summary");
+    const said = el("p", "text-query");
+    said.id = "searched-text";
+    said.append("Products that look like ", el("strong", null, "“" + r.text + "”"));
+    summary.append(said);
+    const timing = el("p", "timing");
+    timing.id = "timing";
+    timing.append("Answered in ", el("strong", null, formatMs(roundTrip)), " (search " + formatMs((r.timings_ms && r.timings_ms.total) || 0) + ")");
+    summary.append(timing);
+    (r.regions || []).forEach((region, i) => {
+      const named = Object.assign({}, region, { label: INTENT_NAMES[region.domain] || region.domain });
+      $("regions").append(regionSection(named, i, COLOURS[i % COLOURS.length]));
+    });
   }
 
   function render(r, roundTrip) {
@@ -332,6 +379,11 @@
     if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("pick").click(); }
   });
   $("filters").addEventListener("keydown", (e) => { if (e.key === "Enter") e.preventDefault(); });
+  $("text-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = $("text-query").value.trim();
+    if (text) searchText(text);
+  });
 
   $("key-form").addEventListener("submit", (e) => {
     e.preventDefault();
@@ -348,6 +400,7 @@
   // The store's size; while the server is still loading its models, ask again each second.
   const storeInfo = () => fetch("/readyz", { headers: authHeaders() }).then((r) => r.json()).then((s) => {
     needsKey = Boolean(s.reads_need_key);
+    $("text-form").hidden = !(Array.isArray(s.text_search) && s.text_search.length);
     if (typeof s.products === "number") $("store-info").textContent = s.products.toLocaleString() + " products";
     else if (s.detail) $("store-info").textContent = s.detail;
     if (s.status === "starting") setTimeout(storeInfo, 1000);
