@@ -280,6 +280,7 @@ def test_migrate_embedded_to_milvus_and_back(tmp_path: Path) -> None:
 
     mid = open_catalogue_store(f"milvus-lite:{tmp_path / 'm.db'}#moved", Identity())
     assert copy_files(src, mid) == ["models/head_other_product.pt"]
+    assert [(a.name, a.sha256) for a in mid.artifacts.all()] == [(a.name, a.sha256) for a in src.artifacts.all()]
     report = copy_catalogue(src, mid)
     assert (report.products, report.images) == (151, {"apparel": 2, "other_product": 150})
     mid.close()

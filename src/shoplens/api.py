@@ -49,15 +49,15 @@ from .indexing import IndexReport as IndexReport  # re-exported: what index() an
 from .local.stage import LocalStage
 from .models import pick_device
 from .models.text import check_text, has_text_tower
-from .pipeline import INTENT_MODEL_FILE, EncodingCache, Pipeline
+from .pipeline import EncodingCache, Pipeline
 from .results import DetectResult, ErrorResult, GarmentResult, IntentResult, SearchResult, TextSearchResult
 from .store import CatalogueStore, ProductRecord, StoredImage, WriteBatch, open_catalogue_store
+from .store.artifacts import write_atomic
 from .store.migrate import MigrationReport, copy_catalogue, copy_files
 from .text_search import search_text
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
 #: The local-feature index, in the store's folder.
 LOCAL_DIR = "local"
 #: Photos added through the API, content-addressed: ``<store>/photos/ab/ab12….jpg``.
@@ -217,11 +217,11 @@ class Shoplens:
         self._write_lock = threading.RLock()
         try:
             base = config
-            saved = self.store.root / CONFIG_FILE
+            saved = self.store.artifacts.config()
             if base is None and saved.exists():
                 base = load_store_config(saved)
             self.config = resolve_config(config_file, base=base, **flags)
-            self.pipeline = Pipeline(self.config, models_dir=self.store.models_dir, device=device)
+            self.pipeline = Pipeline(self.config, self.store.artifacts, device=device)
             self.store.attach(self.pipeline, index=self.config.store.index)
             if self.config.local.enabled:
                 # Brought in step with the store now: a crash after a store commit left it behind at worst.
@@ -263,11 +263,7 @@ class Shoplens:
                              "(while a server runs, add products through its HTTP API)")
 
     def _save_config(self) -> None:
-        path = self.store.root / CONFIG_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", "utf-8")
-        tmp.replace(path)
+        write_atomic(self.store.artifacts.config(), (json.dumps(self.config.to_dict(), indent=2) + "\n").encode("utf-8"))
 
     # -- catalogue ----------------------------------------------------------
     def index(
@@ -437,7 +433,7 @@ class Shoplens:
                 self._collect_photos(digests)  # committed or not, what no image refers to goes
             self._sync_local()
             self._calibrate(report)
-            if not (self.store.root / CONFIG_FILE).exists():
+            if not self.store.artifacts.config().exists():
                 self._save_config()
         if report.failed:
             raise ShoplensError("; ".join(f"{f['origin']}: {f['error']}" for f in report.failed))
@@ -543,7 +539,7 @@ class Shoplens:
         self._check_writable()
         report = train_intent(
             labelled,
-            self.store.models_dir / INTENT_MODEL_FILE,
+            self.store.artifacts.intent(),
             backbone=self.config.intent.backbone,
             holdout=holdout,
             seed=seed,
@@ -755,8 +751,9 @@ def migrate(src: str | Path, dst: str | Path) -> MigrationReport:
             if target.count_products() or target.count_images():
                 raise StoreError(f"{target.location}: the target store is not empty")
             files = copy_files(source.store, target)
-            config = resolve_config(target.root / CONFIG_FILE) if (target.root / CONFIG_FILE).exists() else source.config
-            target.attach(Pipeline(config, models_dir=target.models_dir), index=config.store.index)
+            saved = target.artifacts.config()
+            config = resolve_config(saved) if saved.exists() else source.config
+            target.attach(Pipeline(config, target.artifacts), index=config.store.index)
             report = copy_catalogue(source.store, target)
             report.files = files
         finally:

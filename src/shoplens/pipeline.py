@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ from .allocator import keep_freed_memory
 from .config import DOMAINS, INTENTS, Config
 from .detect import Detector, Garment, create_detector
 from .detect.regions import search_regions
-from .embed import Calibration, Embedder, Head, IdentityHead, Tail, calibration_file, load_head
+from .embed import Calibration, Embedder, Head, IdentityHead, Tail, load_head
 from .embed.calibration import default_calibration
 from .errors import ConfigError, StoreError
 from .imaging import Photo, crop
@@ -35,22 +34,12 @@ from .models.text import TextModel, create_text_model
 from .reasons import empty_region, stopped
 from .rerank import Hit, postprocess
 from .results import ProductHit, RegionResult, SearchResult
+from .store.artifacts import StoreArtifacts
 from .store.base import CatalogueStore
 from .store.metadata import ProductRecord
 from .threads import blas_threads, index_search_threads, small_op_threads, torch_threads
 
 log = logging.getLogger(__name__)
-
-INTENT_MODEL_FILE = "intent.pt"
-
-
-def head_file(models_dir: Path, domain: str) -> Path:
-    return models_dir / f"head_{domain}.pt"
-
-
-def tail_file(models_dir: Path, domain: str) -> Path:
-    return models_dir / f"tail_{domain}.pt"
-
 
 class Timer:
     """Accumulates milliseconds per named step."""
@@ -139,9 +128,10 @@ class Query:
 class Pipeline:
     """The models of steps 1–2 (docs/method.md) and the search over a store (steps 3–6)."""
 
-    def __init__(self, config: Config | None = None, models_dir: Path | None = None, *, device: str = "cpu") -> None:
+    def __init__(self, config: Config | None = None, artifacts: StoreArtifacts | None = None, *, device: str = "cpu") -> None:
         self.config = config or Config()
-        self.models_dir = models_dir
+        #: The store's model files (heads, tails, calibrations, intent classifier); ``None``: the shipped models only.
+        self.artifacts = artifacts
         #: Where the backbones' forward passes run: "cpu" (the configured runtime) or a CUDA device (eager
         #: PyTorch). A choice of this process, not a setting the store keeps: a store indexed on a GPU is
         #: searched on CPUs like any other.
@@ -162,8 +152,8 @@ class Pipeline:
         #: Products per category of each domain, with the vector count they were counted at.
         self._category_sizes: dict[str, tuple[int, dict[str, int]]] = {}
         for d in DOMAINS:
-            if models_dir is not None and calibration_file(models_dir, d).exists():
-                self.calibrations[d] = Calibration.load(calibration_file(models_dir, d))
+            if artifacts is not None and artifacts.calibration(d).exists():
+                self.calibrations[d] = Calibration.load(artifacts.calibration(d))
         #: Called with the step name whenever a costly step runs (tests count work with it).
         self.on_step: Callable[[str], None] | None = None
         #: The store's local-feature index (set by :class:`~shoplens.api.Shoplens` when configured).
@@ -204,7 +194,7 @@ class Pipeline:
     def _make_intent(self) -> IntentClassifier:
         cfg = self.config.intent
         name = cfg.classifier
-        trained = self.models_dir / INTENT_MODEL_FILE if self.models_dir else None
+        trained = self.artifacts.intent() if self.artifacts else None
         if name == "auto":
             use_trained = trained is not None and trained.exists() and "trained" in list_intent_classifiers()
             name = "trained" if use_trained else "default-head"
@@ -224,12 +214,12 @@ class Pipeline:
     def _make_embedder(self, domain: str) -> Embedder:
         cfg = getattr(self.config.embed, domain)
         head: Head = IdentityHead()
-        if self.models_dir is not None and head_file(self.models_dir, domain).exists():
-            head = load_head(head_file(self.models_dir, domain))
+        if self.artifacts is not None and self.artifacts.head(domain).exists():
+            head = load_head(self.artifacts.head(domain))
         backbone = cfg.backbone
-        if self.models_dir is not None and tail_file(self.models_dir, domain).exists():
+        if self.artifacts is not None and self.artifacts.tail(domain).exists():
             try:
-                tail = Tail.load(tail_file(self.models_dir, domain), cfg.backbone, self.backbone(cfg.backbone).torch_module())
+                tail = Tail.load(self.artifacts.tail(domain), cfg.backbone, self.backbone(cfg.backbone).torch_module())
             except ConfigError as err:  # the backbone was changed since: its stored descriptors are stale anyway
                 log.warning("%s: %s; using the shipped stage (re-run train-embedder)", domain, err)
             else:
@@ -240,13 +230,13 @@ class Pipeline:
 
     def set_head(self, domain: str, head: Head) -> None:
         """Use ``head`` for ``domain`` from now on, saved in the store's models folder."""
-        if self.models_dir is not None:
-            head.save(head_file(self.models_dir, domain))
+        if self.artifacts is not None:
+            head.save(self.artifacts.head(domain))
         self.embedders[domain].head = head
         # A calibration belongs to the head it was fitted for.
         self.calibrations.pop(domain, None)
-        if self.models_dir is not None:
-            calibration_file(self.models_dir, domain).unlink(missing_ok=True)
+        if self.artifacts is not None:
+            self.artifacts.calibration(domain).unlink(missing_ok=True)
 
     def set_tail(self, domain: str, tail: Tail) -> None:
         """Encode ``domain``'s photos with ``tail`` as the backbone's stride-32 stage from now on,
@@ -254,15 +244,15 @@ class Pipeline:
 
         Descriptors stored before no longer match the embedder's signature: re-encode them.
         """
-        if self.models_dir is not None:
-            tail.save(tail_file(self.models_dir, domain))
+        if self.artifacts is not None:
+            tail.save(self.artifacts.tail(domain))
         self._tails[tail.model_name] = tail
         self.embedders[domain].backbone = tail.model_name
 
     def set_calibration(self, domain: str, calibration: Calibration) -> None:
         """Rescale ``domain``'s hit distances with ``calibration`` from now on (saved with the head)."""
-        if self.models_dir is not None:
-            calibration.save(calibration_file(self.models_dir, domain))
+        if self.artifacts is not None:
+            calibration.save(self.artifacts.calibration(domain))
         self.calibrations[domain] = calibration
 
     def calibration(self, domain: str) -> Calibration | None:
@@ -326,7 +316,7 @@ class Pipeline:
         return self.embedders[domain].project(raw)
 
     def version(self, domain: str) -> str:
-        path = head_file(self.models_dir, domain) if self.models_dir else None
+        path = self.artifacts.head(domain) if self.artifacts else None
         if path is not None and path.exists():
             st = path.stat()
             return f"{self.embedders[domain].head.kind}:{st.st_size}:{st.st_mtime_ns}"

@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from .catalog import read_labelled_csv
 from .config import DOMAINS, INTENTS
-from .embed.calibration import calibration_file
 from .embed.tail import supports_tail, tune_tail
 from .embed.training import CATEGORY_CFG, EmbedderReport, ProjectionCfg, holdout_mask, train_embedder, training_labels
 from .errors import BadImageError, CatalogueError, StoreError
@@ -274,10 +273,10 @@ def train_store_embedder(
         if report.calibration is not None:
             pipeline.set_calibration(domain, report.calibration)
         store.reproject(domain)
-        if pipeline.models_dir is not None:
-            report.path = str(pipeline.models_dir / f"head_{domain}.pt")
+        if pipeline.artifacts is not None:
+            report.path = str(pipeline.artifacts.head(domain))
             if report.calibration is not None:
-                report.extra["calibration_path"] = str(calibration_file(pipeline.models_dir, domain))
+                report.extra["calibration_path"] = str(pipeline.artifacts.calibration(domain))
         reports[domain] = report
     if not reports:
         raise StoreError("the store holds no catalogue image: index a catalogue before train-embedder")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..models import Encoding
-from .calibration import Calibration, calibration_file, fit_calibration, returned_set_quality, similar_sets
+from .calibration import Calibration, fit_calibration, returned_set_quality, similar_sets
 from .colour import DIM as COLOUR_DIM
 from .colour import colour_histogram
 from .heads import (
@@ -140,7 +140,6 @@ __all__ = [
     "Tail",
     "TailCfg",
     "calibrate_head",
-    "calibration_file",
     "colour_histogram",
     "default_head",
     "describe_heads",

@@ -294,7 +294,3 @@ def returned_set_quality(pairs: Pairs, calibration: Calibration | None = None, *
     total = int(pairs.n_relevant_total.sum())
     recall = float(pairs.relevant[kept].sum() / total) if total else 0.0
     return precision, recall
-
-
-def calibration_file(models_dir: Path, domain: str) -> Path:
-    return models_dir / f"calibration_{domain}.json"

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import StoreError
 from ..filters import Filter
+from .artifacts import StoreArtifacts
 from .metadata import ImageRecord, ImageVersion, Owner, ProductRecord, StoredImage
 
 
@@ -57,6 +58,11 @@ class CatalogueStore(abc.ABC):
     index_kind: str = "auto"
     #: Whether this process is the store's only writer (it holds the store's writer lock).
     exclusive: bool = False
+
+    @property
+    def artifacts(self) -> StoreArtifacts:
+        """The store's model files and saved configuration (their paths and hashes)."""
+        return StoreArtifacts(self.root, self.models_dir)
 
     def attach(self, projector: Projector, *, index: str | None = None) -> None:
         """Use ``projector`` (and the configured index kind) from now on."""

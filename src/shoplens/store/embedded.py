@@ -12,6 +12,7 @@ import numpy as np
 from ..config import DOMAINS
 from ..errors import StoreError
 from ..filters import Filter
+from .artifacts import MODELS_DIR
 from .base import CatalogueStore, Projector, WriteBatch
 from .lock import WriterLock
 from .metadata import Change, ImageRecord, ImageVersion, MetadataDB, Owner, ProductRecord, StoredImage
@@ -83,7 +84,7 @@ class EmbeddedStore(CatalogueStore):
         try:
             if not read_only:
                 (self.root / "index").mkdir(exist_ok=True)
-                (self.root / "models").mkdir(exist_ok=True)
+                self.models_dir.mkdir(exist_ok=True)
             self.db = MetadataDB(self.root / DB_NAME, readonly=read_only)
         except BaseException:
             if self.writer_lock is not None:
@@ -96,7 +97,7 @@ class EmbeddedStore(CatalogueStore):
 
     @property
     def models_dir(self) -> Path:  # type: ignore[override]
-        return self.root / "models"
+        return self.root / MODELS_DIR
 
     @property
     def _projector(self) -> Projector:

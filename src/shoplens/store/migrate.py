@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,20 +24,11 @@ class MigrationReport:
 
 
 def copy_files(src: CatalogueStore, dst: CatalogueStore) -> list[str]:
-    """Copy the trained models and the saved configuration (call before opening ``dst``'s pipeline)."""
-    copied: list[str] = []
-    if src.models_dir.exists():
-        for path in sorted(p for p in src.models_dir.rglob("*") if p.is_file() and not p.name.endswith(".tmp")):
-            target = dst.models_dir / path.relative_to(src.models_dir)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-            copied.append(f"models/{path.relative_to(src.models_dir).as_posix()}")
-    config = src.root / "config.json"
-    if config.exists():
-        dst.root.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(config, dst.root / "config.json")
-        copied.append("config.json")
-    return copied
+    """Copy the trained models and the saved configuration (call before opening ``dst``'s pipeline).
+
+    Every file of ``src.artifacts``: returns their names (``models/…``, ``config.json``).
+    """
+    return dst.artifacts.copy_from(src.artifacts)
 
 
 def copy_catalogue(src: CatalogueStore, dst: CatalogueStore, *, batch: int = 500) -> MigrationReport:

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import base64
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -59,6 +58,7 @@ import numpy as np
 from ..config import DOMAINS
 from ..errors import MissingDependencyError, StoreBusyError, StoreError
 from ..filters import Filter, matches
+from .artifacts import MODELS_DIR, sha256_bytes, write_atomic
 from .base import CatalogueStore, Projector, WriteBatch
 from .metadata import ImageRecord, ImageVersion, ProductRecord, StoredImage, decode_raw, encode_raw
 
@@ -264,7 +264,7 @@ class MilvusStore(CatalogueStore):
     # -- collections ----------------------------------------------------------
     @property
     def models_dir(self) -> Path:  # type: ignore[override]
-        return self.root / "models"
+        return self.root / MODELS_DIR
 
     @property
     def _products(self) -> str:
@@ -545,23 +545,16 @@ class MilvusStore(CatalogueStore):
         server_manager_instance.release_server(path)
 
     # -- files (trained models, saved configuration) ------------------------
-    def _local_files(self) -> dict[str, Path]:
-        out = {f"models/{p.relative_to(self.models_dir).as_posix()}": p for p in self.models_dir.rglob("*") if p.is_file() and not p.name.endswith(".tmp")}
-        config = self.root / "config.json"
-        if config.exists():
-            out["config.json"] = config
-        return out
-
     def _stored_files(self) -> dict[str, str]:
         return {r["name"]: r["sha256"] for r in self._query(self._files, "part == 0", ["name", "sha256"])}
 
     def _upload_files(self) -> None:
         stored = self._stored_files()
-        for name, path in self._local_files().items():
-            data = path.read_bytes()
-            sha = hashlib.sha256(data).hexdigest()
-            if stored.get(name) == sha:
+        for artifact in self.artifacts.all():
+            if stored.get(artifact.name) == artifact.sha256:
                 continue
+            name, data = artifact.name, artifact.path.read_bytes()
+            sha = sha256_bytes(data)  # of the bytes sent, should the file have changed since it was listed
             text = base64.b64encode(data).decode("ascii")
             parts = [text[i : i + _CHUNK] for i in range(0, len(text), _CHUNK)] or [""]
             # Part 0 carries the checksum and is written last: a reader never takes a half-written file.
@@ -571,21 +564,17 @@ class MilvusStore(CatalogueStore):
             log.info("%s: stored %s (%d bytes)", self.location, name, len(data))
 
     def _download_files(self) -> None:
-        local = self._local_files()
+        local = {a.name: a.sha256 for a in self.artifacts.all()}
         for name, sha in self._stored_files().items():
-            path = self.root / name
-            if name in local and hashlib.sha256(local[name].read_bytes()).hexdigest() == sha:
+            if local.get(name) == sha:
                 continue
             rows = self._query(self._files, f"name == {_quote(name)}", ["part", "parts", "data"])
             rows.sort(key=lambda r: r["part"])
             data = base64.b64decode("".join(r["data"] for r in rows))
-            if not rows or len(rows) != rows[0]["parts"] or hashlib.sha256(data).hexdigest() != sha:
+            if not rows or len(rows) != rows[0]["parts"] or sha256_bytes(data) != sha:
                 log.warning("%s: stored file %s is incomplete: skipped", self.location, name)
                 continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(path)
+            write_atomic(self.artifacts.path(name), data)
 
     # -- vector search ------------------------------------------------------
     def search(self, domain: str, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
