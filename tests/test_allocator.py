@@ -63,7 +63,7 @@ def test_kept_memory_spares_sift_the_page_faults() -> None:
 
 def test_pipeline_applies_the_configured_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    monkeypatch.setattr("shoplens.pipeline.keep_freed_memory", lambda mib: calls.append(mib) or True)
+    monkeypatch.setattr("shoplens.pipeline.search.keep_freed_memory", lambda mib: calls.append(mib) or True)
     Pipeline(Config())
     Pipeline(Config().with_flags(**{"runtime.malloc_trim_mib": 0}))
     assert calls == [Config().runtime.malloc_trim_mib, 0]

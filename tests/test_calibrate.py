@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from shoplens import Shoplens
-from shoplens.calibrate import REFIT_MIN, SOURCE, needs_fit
 from shoplens.config import Config
 from shoplens.embed.calibration import (
     REFERENCE_DISTANCE,
@@ -22,6 +21,7 @@ from shoplens.embed.calibration import (
 )
 from shoplens.embed.synthetic import shopper_view
 from shoplens.pipeline import Pipeline
+from shoplens.pipeline.calibrate import REFIT_MIN, SOURCE, needs_fit
 
 from .conftest import write_grocery_catalogue
 

@@ -67,7 +67,7 @@ def test_duplicate_rows_are_merged_and_said(tmp_path: Path, capsys: pytest.Captu
         "p2,a.png,Other,4\n"  # another product with p0's photo: not a duplicate row
     )
     store = str(tmp_path / "store")
-    caplog.set_level(logging.INFO, logger="shoplens.indexing")
+    caplog.set_level(logging.INFO, logger="shoplens.pipeline.indexing")
     code, lines, _ = run(capsys, "index", str(tmp_path / "c.csv"), "--store", store, "--json", "--intent-classifier", "test-other_product")
     assert code == 0 and lines[0]["rows"] == 6 and lines[0]["products"] == 3 and lines[0]["images_added"] == 4
     a, c = str(tmp_path.resolve() / "a.png"), str(tmp_path.resolve() / "c.png")
@@ -75,7 +75,7 @@ def test_duplicate_rows_are_merged_and_said(tmp_path: Path, capsys: pytest.Captu
         {"origin": "c.csv:3", "product_id": "p0", "image": a, "duplicate_of": "c.csv:2", "cells": "identical"},
         {"origin": "c.csv:6", "product_id": "p1", "image": c, "duplicate_of": "c.csv:5", "cells": "different (ignored)"},
     ]
-    logged = [r.getMessage() for r in caplog.records if r.name == "shoplens.indexing"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "shoplens.pipeline.indexing"]
     assert any(m.startswith("c.csv:3: product 'p0' lists image") for m in logged) and any(m.startswith("c.csv:6:") for m in logged)
     code = main(["index", str(tmp_path / "c.csv"), "--store", store, "--intent-classifier", "test-other_product"])
     out = capsys.readouterr().out

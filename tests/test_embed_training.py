@@ -239,7 +239,7 @@ def test_train_embedder_on_a_store_with_labelled_photos(tmp_path: Path) -> None:
 
 
 def test_fit_stop_score_keeps_the_shops_own_photos_searched() -> None:
-    from shoplens.training import MAX_STOP_SCORE, fit_stop_score
+    from shoplens.pipeline.training import MAX_STOP_SCORE, fit_stop_score
 
     assert fit_stop_score([], 0.9) is None
     low = [0.01 * i for i in range(80)]  # every photo below the stop score: nothing to change

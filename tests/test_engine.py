@@ -441,7 +441,7 @@ def test_a_csv_without_domains_is_decided_per_category_and_domain_sets_them(tmp_
 
 
 def test_a_category_too_small_to_tell_follows_the_catalogue() -> None:
-    from shoplens.indexing import PRIOR_VOTES, majority
+    from shoplens.pipeline.indexing import PRIOR_VOTES, majority
 
     apparel, other = np.array([[0.9, 0.1]]), np.array([[0.2, 0.8]])
     mostly_other = PRIOR_VOTES * np.array([0.025, 0.975])

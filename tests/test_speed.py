@@ -16,10 +16,10 @@ from shoplens.config import Config
 from shoplens.embed import Embedder, IdentityHead, gem, l2_normalize
 from shoplens.errors import BadImageError, ConfigError, MissingDependencyError
 from shoplens.imaging import Photo, load_image
-from shoplens.indexing import decode_all
 from shoplens.models import Backbone, Encoding, TorchConvBackbone, create_model
 from shoplens.models.efficientnet_lite import build_efficientnet_lite
 from shoplens.pipeline import Pipeline
+from shoplens.pipeline.indexing import decode_all
 
 from .conftest import write_grocery_catalogue
 

@@ -17,8 +17,8 @@ from shoplens.imaging import load_image
 from shoplens.models import TorchConvBackbone, create_model, create_tuned_model
 from shoplens.models.efficientnet_lite import build_efficientnet_lite
 from shoplens.pipeline import EncodingCache
+from shoplens.pipeline.training import _reencode
 from shoplens.store import ImageRecord, WriteBatch
-from shoplens.training import _reencode
 
 from .conftest import make_image, write_grocery_catalogue
 

@@ -44,17 +44,17 @@ from .imaging import (
     photo_from_array,
     read_image_file,
 )
-from .indexing import Indexer
-from .indexing import IndexReport as IndexReport  # re-exported: what index() and put_products() return
 from .local.stage import LocalStage
 from .models import pick_device
 from .models.text import check_text, has_text_tower
 from .pipeline import EncodingCache, Pipeline
+from .pipeline.indexing import Indexer
+from .pipeline.indexing import IndexReport as IndexReport  # re-exported: what index() and put_products() return
+from .pipeline.text_search import search_text
 from .results import DetectResult, ErrorResult, GarmentResult, IntentResult, SearchResult, TextSearchResult
 from .store import CatalogueStore, ProductRecord, StoredImage, WriteBatch, open_catalogue_store
 from .store.artifacts import write_atomic
 from .store.migrate import MigrationReport, copy_catalogue, copy_files
-from .text_search import search_text
 
 log = logging.getLogger(__name__)
 
@@ -298,8 +298,8 @@ class Shoplens:
         return report
 
     def _calibrate(self, report: IndexReport) -> None:
-        """Fit the rank filter's calibration anew where the catalogue changed enough (shoplens.calibrate)."""
-        from .calibrate import refresh_calibrations
+        """Fit the rank filter's calibration anew where the catalogue changed enough (shoplens.pipeline.calibrate)."""
+        from .pipeline.calibrate import refresh_calibrations
 
         start = time.perf_counter()
         fitted = refresh_calibrations(self.pipeline, self.store)
@@ -582,9 +582,9 @@ class Shoplens:
         of them (``extra["gate"]``). Returns an
         :class:`~shoplens.embed.EmbedderReport` per domain trained.
         """
-        from .calibrate import refresh_calibrations
         from .config import DOMAINS
-        from .training import train_store_embedder
+        from .pipeline.calibrate import refresh_calibrations
+        from .pipeline.training import train_store_embedder
 
         self._check_writable()
         with self._write_lock:
@@ -709,7 +709,7 @@ class Shoplens:
         """Search with words (``"red rain jacket"``): one result per text, one list per domain searched.
 
         Needs a CLIP or SigLIP backbone (``embed.DOMAIN.backbone``): the text
-        tower's embedding queries the photos' index (:mod:`shoplens.text_search`).
+        tower's embedding queries the photos' index (:mod:`shoplens.pipeline.text_search`).
         ``domain`` searches that domain only; by default every domain holding
         products whose backbone has a text tower. Raises
         :class:`~shoplens.errors.NoTextModelError` when there is none, and

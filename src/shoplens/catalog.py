@@ -7,7 +7,7 @@ is kept as metadata. A folder: every image file below it, ``product_id`` = file
 stem, ``category`` = parent folder name. ``read_catalogue(..., domain=...)``
 gives every row without a domain of its own that domain (``shoplens index
 --domain``); where neither says, the indexer infers one per category
-(:mod:`shoplens.indexing`).
+(:mod:`shoplens.pipeline.indexing`).
 
 Structural problems (missing file, missing columns) raise
 :class:`CatalogueError` at once; problems of one row are reported on that row

@@ -21,7 +21,7 @@ catalogue image than the catalogue's own photos do (other light, framing,
 clutter), and the margin over the background carries over from synthetic
 queries to real photos where the distance does not (docs/decisions.md). A
 store fits it at index time from synthetic views of its own catalogue
-photos (:mod:`shoplens.calibrate`), without any label.
+photos (:mod:`shoplens.pipeline.calibrate`), without any label.
 
 Both record a precision curve: the share of relevant hits at each
 calibrated distance, which every result reports as its ``precision``.

@@ -6,7 +6,7 @@ around it. :func:`shopper_view` makes such a view of one catalogue photo, on
 a background of other catalogue photos, so that a store can measure how far
 a photo of the *same* product lands from its catalogue image, and how close
 *other* products come, without a single labelled photo
-(:mod:`shoplens.calibrate`).
+(:mod:`shoplens.pipeline.calibrate`).
 """
 
 from __future__ import annotations

@@ -349,7 +349,7 @@ def train_embedder(
     distances to the catalogue. The head returned is then trained on every
     row. Without held-out photos the calibration comes from the catalogue
     alone (leave-one-out), and is None where no product has two photos: the
-    store then fits one on synthetic views (shoplens.calibrate).
+    store then fits one on synthetic views (shoplens.pipeline.calibrate).
     """
     raw = np.asarray(descriptors, dtype=np.float32)
     ids = np.asarray(labels).astype(str)

@@ -23,17 +23,17 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .config import DOMAINS
-from .embed import l2_normalize
-from .embed.colour import DIM as COLOUR_DIM
-from .errors import NoTextModelError
-from .models.text import check_text
-from .pipeline import Pipeline, Timer, product_hit
-from .reasons import empty_region
-from .rerank import Hit
-from .results import RegionResult, TextSearchResult
-from .store.base import CatalogueStore
-from .threads import blas_threads, small_op_threads
+from ..config import DOMAINS
+from ..embed import l2_normalize
+from ..embed.colour import DIM as COLOUR_DIM
+from ..errors import NoTextModelError
+from ..models.text import check_text
+from ..reasons import empty_region
+from ..rerank import Hit
+from ..results import RegionResult, TextSearchResult
+from ..store.base import CatalogueStore
+from ..threads import blas_threads, small_op_threads
+from .search import Pipeline, Timer, product_hit
 
 #: Candidate images fetched per wanted product (a product's several photos share the list).
 FETCH_PER_PRODUCT = 4

@@ -18,26 +18,26 @@ from typing import Any
 
 import numpy as np
 
-from .allocator import keep_freed_memory
-from .config import DOMAINS, INTENTS, Config
-from .detect import Detector, Garment, create_detector
-from .detect.regions import search_regions
-from .embed import Calibration, Embedder, Head, IdentityHead, Tail, load_head
-from .embed.calibration import default_calibration
-from .errors import ConfigError, StoreError
-from .imaging import Photo, crop
-from .intent import IntentClassifier, create_intent_classifier, list_intent_classifiers, produce_share
-from .local.stage import LocalStage
-from .models import Backbone, Encoding, create_model, create_tuned_model
-from .models.preprocess import source_size
-from .models.text import TextModel, create_text_model
-from .reasons import empty_region, stopped
-from .rerank import Hit, postprocess
-from .results import ProductHit, RegionResult, SearchResult
-from .store.artifacts import StoreArtifacts
-from .store.base import CatalogueStore
-from .store.metadata import ProductRecord
-from .threads import blas_threads, index_search_threads, small_op_threads, torch_threads
+from ..allocator import keep_freed_memory
+from ..config import DOMAINS, INTENTS, Config
+from ..detect import Detector, Garment, create_detector
+from ..detect.regions import search_regions
+from ..embed import Calibration, Embedder, Head, IdentityHead, Tail, load_head
+from ..embed.calibration import default_calibration
+from ..errors import ConfigError, StoreError
+from ..imaging import Photo, crop
+from ..intent import IntentClassifier, create_intent_classifier, list_intent_classifiers, produce_share
+from ..local.stage import LocalStage
+from ..models import Backbone, Encoding, create_model, create_tuned_model
+from ..models.preprocess import source_size
+from ..models.text import TextModel, create_text_model
+from ..reasons import empty_region, stopped
+from ..rerank import Hit, postprocess
+from ..results import ProductHit, RegionResult, SearchResult
+from ..store.artifacts import StoreArtifacts
+from ..store.base import CatalogueStore
+from ..store.metadata import ProductRecord
+from ..threads import blas_threads, index_search_threads, small_op_threads, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class Pipeline:
             raise ConfigError(f"search.calibration must be 'auto' or 'off', got {self.config.search.calibration!r}")
         if not 0.0 < self.config.search.target_precision < 1.0:
             raise ConfigError(f"search.target_precision must be between 0 and 1, got {self.config.search.target_precision}")
-        #: Per-domain rank calibrations: fitted at index time (shoplens.calibrate) or by ``train-embedder``.
+        #: Per-domain rank calibrations: fitted at index time (shoplens.pipeline.calibrate) or by ``train-embedder``.
         self.calibrations: dict[str, Calibration] = {}
         #: Products per category of each domain, with the vector count they were counted at.
         self._category_sizes: dict[str, tuple[int, dict[str, int]]] = {}

@@ -23,13 +23,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .config import DOMAINS
-from .embed.calibration import Calibration, Pairs, background, fit_calibration
-from .embed.synthetic import shopper_view
-from .errors import BadImageError
-from .imaging import Photo, decode_many
-from .pipeline import EncodingCache, Pipeline
-from .store.base import CatalogueStore
+from ..config import DOMAINS
+from ..embed.calibration import Calibration, Pairs, background, fit_calibration
+from ..embed.synthetic import shopper_view
+from ..errors import BadImageError
+from ..imaging import Photo, decode_many
+from ..store.base import CatalogueStore
+from .search import EncodingCache, Pipeline
 
 log = logging.getLogger(__name__)
 

@@ -31,14 +31,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .catalog import CatalogueRow
-from .config import DOMAINS
-from .errors import BadImageError
-from .imaging import ImageSource, Photo, decode_batches, decode_many, read_image_file
-from .intent import predict_category
-from .local.features import LocalFeatures
-from .pipeline import EncodingCache, Pipeline
-from .store import CatalogueStore, ImageRecord, ProductRecord, WriteBatch
+from ..catalog import CatalogueRow
+from ..config import DOMAINS
+from ..errors import BadImageError
+from ..imaging import ImageSource, Photo, decode_batches, decode_many, read_image_file
+from ..intent import predict_category
+from ..local.features import LocalFeatures
+from ..store import CatalogueStore, ImageRecord, ProductRecord, WriteBatch
+from .search import EncodingCache, Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class IndexReport:
     domains_reassigned: int = 0
     #: Per catalogue category whose products' domain was inferred: the votes and the domain chosen.
     domains_by_category: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: Domains whose rank calibration was fitted anew after this run (shoplens.calibrate).
+    #: Domains whose rank calibration was fitted anew after this run (shoplens.pipeline.calibrate).
     calibrated: list[str] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     #: Rows naming the same product and image as an earlier row: merged into it (the earlier row is used).

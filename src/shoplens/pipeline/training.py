@@ -20,18 +20,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .catalog import read_labelled_csv
-from .config import DOMAINS, INTENTS
-from .embed.tail import supports_tail, tune_tail
-from .embed.training import CATEGORY_CFG, EmbedderReport, ProjectionCfg, holdout_mask, train_embedder, training_labels
-from .errors import BadImageError, CatalogueError, StoreError
-from .imaging import decode_batches, decode_many, read_image_file
-from .store.base import WriteBatch
-from .store.metadata import ImageRecord
+from ..catalog import read_labelled_csv
+from ..config import DOMAINS, INTENTS
+from ..embed.tail import supports_tail, tune_tail
+from ..embed.training import CATEGORY_CFG, EmbedderReport, ProjectionCfg, holdout_mask, train_embedder, training_labels
+from ..errors import BadImageError, CatalogueError, StoreError
+from ..imaging import decode_batches, decode_many, read_image_file
+from ..store.base import WriteBatch
+from ..store.metadata import ImageRecord
 
 if TYPE_CHECKING:
-    from .pipeline import Pipeline
-    from .store import CatalogueStore
+    from ..store import CatalogueStore
+    from .search import Pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def _describe_labelled(
     Each photo's non_product score from the store's intent gate is added
     to ``gate_scores`` (:func:`fit_stop_score`).
     """
-    from .pipeline import EncodingCache
+    from .search import EncodingCache
 
     x_raw: list[np.ndarray] = []
     x_pid: list[str] = []
@@ -168,7 +168,7 @@ def _reencode(store: CatalogueStore, pipeline: Pipeline, domain: str, progress: 
     source and content); a run cut short resumes where it stopped. Returns
     (re-encoded, unreadable) counts; an unreadable image keeps its old descriptor.
     """
-    from .pipeline import EncodingCache
+    from .search import EncodingCache
 
     emb = pipeline.embedders[domain]
     todo = [(im.product_id, im.source) for im in store.iter_images() if im.domain == domain and im.signature != emb.signature]
