@@ -382,3 +382,45 @@ def test_milvus_recovers_interrupted_writes(tmp_path: Path, monkeypatch: pytest.
     assert fourth.get_product("p3") == product("p3") and fourth.count_vectors("other_product") == 3
     for s in (store, again, third, fourth):
         s.close()
+
+
+@needs_milvus
+@pytest.mark.slow
+def test_milvus_clients_share_the_local_feature_index(tmp_path: Path, synthetic_catalogue: Path) -> None:
+    """The writer keeps the local-feature index in Milvus: a client with an empty cache folder, on a machine
+    without the photos, gets it from there instead of extracting SIFT; a reader never uploads its copy."""
+    import shutil
+
+    from shoplens import Shoplens, open_store
+    from shoplens.store.artifacts import LOCAL_INDEX_DIR, LOCAL_MANIFEST
+
+    from . import test_engine  # noqa: F401  (registers the test-* intent classifiers)
+
+    flags = {"intent.classifier": "test-other_product"}
+    target = f"milvus-lite:{tmp_path / 'm.db'}#shop"
+    with Shoplens(target, **flags) as lens:
+        lens.index(synthetic_catalogue)
+        cache = lens.store.root
+        manifest = (lens.store.artifacts.local_index() / LOCAL_MANIFEST).read_bytes()
+    with open_store(target, read_only=True, **flags) as lens:  # uploaded when the writer closed
+        stored = lens.store._stored_files()  # type: ignore[attr-defined]
+        assert f"{LOCAL_INDEX_DIR}/{LOCAL_MANIFEST}" in stored and any(n.endswith("/sift.npy") for n in stored)
+    query = tmp_path / "query.png"
+    shutil.copyfile(synthetic_catalogue.parent / "img" / "p4.png", query)
+    shutil.rmtree(cache)
+    shutil.rmtree(synthetic_catalogue.parent / "img")  # nothing to extract SIFT from
+    with open_store(target, read_only=True, **flags) as lens:
+        assert (lens.store.artifacts.local_index() / LOCAL_MANIFEST).read_bytes() == manifest
+        assert lens.pipeline.local is not None and len(lens.pipeline.local) == 7
+        result = lens.search_one(query)
+        assert result.regions[0].results[0].product_id == "p4" and "local" in result.steps
+        (lens.store.models_dir / "reader-only.bin").write_bytes(b"a reader's stray file")
+    with open_store(target, **flags) as lens:  # a writer on the fresh cache: nothing re-extracted, nothing lost
+        assert len(lens.pipeline.local or ()) == 7
+        assert "models/reader-only.bin" not in lens.store._stored_files()  # type: ignore[attr-defined]
+        lens.delete_products(["p5"])  # a new alive mask replaces the old one in the saved index
+        kept = {a.name for a in lens.store.artifacts.local_index_files()}
+    with open_store(target, read_only=True, **flags) as lens:
+        stored = {n for n in lens.store._stored_files() if n.startswith(LOCAL_INDEX_DIR + "/")}  # type: ignore[attr-defined]
+        assert stored == kept  # the files the manifest no longer names are gone from Milvus too
+        assert len(lens.pipeline.local or ()) == 6

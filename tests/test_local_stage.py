@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from shoplens import Shoplens
-from shoplens.api import LOCAL_DIR
 from shoplens.errors import ConfigError
+from shoplens.store.artifacts import LOCAL_INDEX_DIR
 
 from .conftest import make_image, to_word_sorted_layout
 
@@ -36,7 +36,7 @@ def test_local_index_follows_the_store(tmp_path: Path, synthetic_catalogue: Path
         assert len(local) == 6
         after = lens.search_one(synthetic_catalogue.parent / "img" / "p3.png", top_k=5)
         assert "p3" not in [h.product_id for h in after.regions[0].results]
-    assert (store / LOCAL_DIR / "MANIFEST.json").exists()
+    assert (store / LOCAL_INDEX_DIR / "MANIFEST.json").exists()
 
 
 def test_query_max_side_is_a_search_time_setting(tmp_path: Path, synthetic_catalogue: Path) -> None:
@@ -45,13 +45,13 @@ def test_query_max_side_is_a_search_time_setting(tmp_path: Path, synthetic_catal
     with Shoplens(store, **_flags(), **{"local.skip_margin": 0}) as lens:
         lens.index(synthetic_catalogue)
         full = lens.search_one(query, top_k=5).steps["local"]["keypoints"]
-    manifest = (store / LOCAL_DIR / "MANIFEST.json").read_bytes()
+    manifest = (store / LOCAL_INDEX_DIR / "MANIFEST.json").read_bytes()
     with Shoplens(store, **_flags(), **{"local.skip_margin": 0, "local.query_max_side": 64}) as lens:
         result = lens.search_one(query, top_k=5)
         assert 0 < result.steps["local"]["keypoints"] < full  # the query shrunk to 64 px before SIFT
         assert lens.pipeline.local is not None and lens.pipeline.local.index.config.query_max_side == 64
         assert result.regions[0].results[0].product_id == "p3"
-    assert (store / LOCAL_DIR / "MANIFEST.json").read_bytes() == manifest  # no rebuild
+    assert (store / LOCAL_INDEX_DIR / "MANIFEST.json").read_bytes() == manifest  # no rebuild
 
 
 def test_scope_candidates_scores_only_the_global_candidates(tmp_path: Path, synthetic_catalogue: Path) -> None:
@@ -85,7 +85,7 @@ def test_an_index_saved_by_word_is_rewritten_once_on_open(tmp_path: Path, synthe
     with Shoplens(store, **flags) as lens:
         lens.index(synthetic_catalogue)
         before = lens.search_one(query, top_k=5)
-    local = store / LOCAL_DIR
+    local = store / LOCAL_INDEX_DIR
     for seg in json.loads((local / "MANIFEST.json").read_text())["segments"]:
         to_word_sorted_layout(local / seg["name"])
     with monkeypatch.context() as m:  # a store that cannot be written still opens and searches
@@ -108,12 +108,12 @@ def test_lost_local_index_is_rebuilt_on_open(tmp_path: Path, synthetic_catalogue
     store = tmp_path / "store"
     with Shoplens(store, **_flags()) as lens:
         lens.index(synthetic_catalogue)
-    shutil.rmtree(store / LOCAL_DIR)
+    shutil.rmtree(store / LOCAL_INDEX_DIR)
     with caplog.at_level(logging.INFO, logger="shoplens.local.stage"), Shoplens(store, **_flags()) as lens:
         assert lens.pipeline.local is not None and len(lens.pipeline.local) == 7
     assert any("7 image(s) added" in r.getMessage() for r in caplog.records)
     # A corrupt manifest: rebuilt too, with a warning.
-    (store / LOCAL_DIR / "MANIFEST.json").write_text("{not json")
+    (store / LOCAL_INDEX_DIR / "MANIFEST.json").write_text("{not json")
     with caplog.at_level(logging.WARNING, logger="shoplens.local.stage"), Shoplens(store, **_flags()) as lens:
         assert len(lens.pipeline.local) == 7  # type: ignore[arg-type]
     assert any("unreadable" in r.getMessage() for r in caplog.records)

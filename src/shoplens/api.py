@@ -58,8 +58,6 @@ from .store.migrate import MigrationReport, copy_catalogue, copy_files
 
 log = logging.getLogger(__name__)
 
-#: The local-feature index, in the store's folder.
-LOCAL_DIR = "local"
 #: Photos added through the API, content-addressed: ``<store>/photos/ab/ab12….jpg``.
 PHOTOS_DIR = "photos"
 R = TypeVar("R")
@@ -225,7 +223,7 @@ class Shoplens:
             self.store.attach(self.pipeline, index=self.config.store.index)
             if self.config.local.enabled:
                 # Brought in step with the store now: a crash after a store commit left it behind at worst.
-                self.pipeline.local = LocalStage(self.store.root / LOCAL_DIR, self.config.local, read_only=read_only)
+                self.pipeline.local = LocalStage(self.store.artifacts.local_index(), self.config.local, read_only=read_only)
                 self._sync_local()
             if self.store.exclusive:
                 # Photos a crash left behind: written for a write that never committed, or of a

@@ -29,6 +29,11 @@ CONFIG_FILE = "config.json"
 INTENT_FILE = "intent.pt"
 #: What a file being written atomically is called until its rename: never listed.
 TMP_SUFFIX = ".tmp"
+#: The local-feature index (shoplens.local), under a store's root: derived from the photos, so not
+#: migrated, but kept in the store by an engine whose clients share no folder (Milvus).
+LOCAL_INDEX_DIR = "local"
+#: The file of the local index naming its current files; replaced last, read first.
+LOCAL_MANIFEST = "MANIFEST.json"
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,9 @@ class StoreArtifacts:
     def config(self) -> Path:
         return self.root / CONFIG_FILE
 
+    def local_index(self) -> Path:
+        return self.root / LOCAL_INDEX_DIR
+
     def path(self, name: str) -> Path:
         """The path of the file :meth:`all` names ``name`` (``models/…`` or ``config.json``)."""
         prefix = MODELS_DIR + "/"
@@ -102,6 +110,22 @@ class StoreArtifacts:
             out.append(Artifact(CONFIG_FILE, config, sha256_file(config)))
         return out
 
+    def local_index_files(self) -> list[Artifact]:
+        """The files of the local-feature index now (``local/…``), each with its SHA-256, its manifest last.
+
+        The index replaces its manifest last when it saves, and names in it
+        every file it reads, so whoever copies these files in this order, and
+        the manifest last, copies one saved state. Files being written
+        (``*.tmp``, ``.tmp-*``) are left out.
+        """
+        root = self.local_index()
+        if not root.is_dir():
+            return []
+        files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.endswith(TMP_SUFFIX) and not p.name.startswith(".tmp")
+                       and not any(part.startswith(".tmp") for part in p.relative_to(root).parts))
+        files.sort(key=lambda p: p.relative_to(root).as_posix() == LOCAL_MANIFEST)
+        return [Artifact(f"{LOCAL_INDEX_DIR}/{p.relative_to(root).as_posix()}", p, sha256_file(p)) for p in files]
+
     def copy_from(self, source: StoreArtifacts) -> list[str]:
         """Copy every file of ``source`` here (replacing files of the same name); returns their names."""
         copied: list[str] = []
@@ -113,4 +137,4 @@ class StoreArtifacts:
         return copied
 
 
-__all__ = ["CONFIG_FILE", "INTENT_FILE", "MODELS_DIR", "Artifact", "StoreArtifacts", "sha256_bytes", "sha256_file", "write_atomic"]
+__all__ = ["CONFIG_FILE", "INTENT_FILE", "LOCAL_INDEX_DIR", "LOCAL_MANIFEST", "MODELS_DIR", "Artifact", "StoreArtifacts", "sha256_bytes", "sha256_file", "write_atomic"]

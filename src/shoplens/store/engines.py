@@ -29,7 +29,7 @@ def _embedded_scheme(location: str, projector: Projector | None = None, **kwargs
 def _milvus(location: str, projector: Projector | None = None, **kwargs: Any) -> CatalogueStore:
     from .milvus import MilvusStore
 
-    kwargs.pop("read_only", None)  # no writer lock on Milvus (see open_catalogue_store)
+    # No writer lock on Milvus (see open_catalogue_store); a reader only never uploads its files.
     m = re.fullmatch(r"//([^/]+)/([A-Za-z_][A-Za-z0-9_]*)/?", location)
     if not m:
         raise StoreError(f"milvus:{location}: expected milvus://HOST:PORT/NAME")
@@ -41,7 +41,6 @@ def _milvus(location: str, projector: Projector | None = None, **kwargs: Any) ->
 def _milvus_lite(location: str, projector: Projector | None = None, **kwargs: Any) -> CatalogueStore:
     from .milvus import MilvusStore
 
-    kwargs.pop("read_only", None)
     path, _, name = location.partition("#")
     if not path.endswith(".db"):
         raise StoreError(f"milvus-lite:{location}: the Milvus Lite file name must end in .db")

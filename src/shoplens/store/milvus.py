@@ -11,7 +11,9 @@ NAME_images          image_id (key, allocated by Milvus), product_id, source, sh
                      signature, raw (the raw descriptor: float16, base64), batch (journal row that added it)
 NAME_vec_<domain>    image_id (key), vector: the projected vector, searched (one per domain partition)
 NAME_journal         one row per write in progress (see below)
-NAME_files           models trained for the catalogue and the saved configuration, in chunks
+NAME_files           models trained for the catalogue, the saved configuration and the local-feature
+                     index (its segments, then its manifest), in chunks: a client copies them into its
+                     cache folder at open; the writer uploads what changed at persist
 ```
 
 (Milvus requires a vector field in every collection: the metadata
@@ -58,7 +60,7 @@ import numpy as np
 from ..config import DOMAINS
 from ..errors import MissingDependencyError, StoreBusyError, StoreError
 from ..filters import Filter, matches
-from .artifacts import MODELS_DIR, sha256_bytes, write_atomic
+from .artifacts import LOCAL_INDEX_DIR, LOCAL_MANIFEST, MODELS_DIR, Artifact, sha256_bytes, write_atomic
 from .base import CatalogueStore, Projector, WriteBatch
 from .metadata import ImageRecord, ImageVersion, ProductRecord, StoredImage, decode_raw, encode_raw
 
@@ -113,6 +115,12 @@ def _b64(raw: np.ndarray) -> str:
 
 def _unb64(text: str) -> np.ndarray:
     return decode_raw(base64.b64decode(text))
+
+
+def _safe_name(name: str) -> bool:
+    """Whether a stored file's name stays inside the cache folder (relative, no ``..``)."""
+    parts = name.split("/")
+    return bool(name) and not name.startswith("/") and all(p not in ("", ".", "..") for p in parts)
 
 
 def _quote(value: str) -> str:
@@ -216,12 +224,15 @@ class MilvusStore(CatalogueStore):
         token: str | None = None,
         cache_dir: str | Path | None = None,
         lite_wait_s: float = LITE_WAIT_S,
+        read_only: bool = False,
     ) -> None:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,200}", name):
             raise StoreError(f"Milvus collection name {name!r}: use letters, digits and underscores")
         if index not in MILVUS_INDEXES:
             raise StoreError(f"unknown vector index kind {index!r} for Milvus; known: {', '.join(MILVUS_INDEXES)}")
         self.uri, self.name, self.index_kind = uri, name, index
+        #: A reader: it downloads the store's files, never uploads its copy (which may be older than the writer's).
+        self.read_only = read_only
         self.projector = projector  # type: ignore[assignment]
         lite = not uri.startswith(("http://", "https://", "tcp://", "grpc://"))
         if lite:
@@ -513,8 +524,9 @@ class MilvusStore(CatalogueStore):
         self.persist()
 
     def persist(self) -> None:
-        """Upload the models and configuration changed in the local cache folder."""
-        self._upload_files()
+        """Upload the models, the configuration and the local-feature index changed in the local cache folder."""
+        if not self.read_only:
+            self._upload_files()
 
     def close(self) -> None:
         if self.client is None:
@@ -544,13 +556,19 @@ class MilvusStore(CatalogueStore):
             return
         server_manager_instance.release_server(path)
 
-    # -- files (trained models, saved configuration) ------------------------
+    # -- files (trained models, saved configuration, the local-feature index) ----
     def _stored_files(self) -> dict[str, str]:
         return {r["name"]: r["sha256"] for r in self._query(self._files, "part == 0", ["name", "sha256"])}
 
+    def _local_files(self) -> list[Artifact]:
+        """What the store keeps of the cache folder: the models and configuration, then the local-feature
+        index with its manifest last (its clients share no folder: each would extract every photo's SIFT)."""
+        return self.artifacts.all() + self.artifacts.local_index_files()
+
     def _upload_files(self) -> None:
         stored = self._stored_files()
-        for artifact in self.artifacts.all():
+        local = self._local_files()
+        for artifact in local:
             if stored.get(artifact.name) == artifact.sha256:
                 continue
             name, data = artifact.name, artifact.path.read_bytes()
@@ -562,11 +580,21 @@ class MilvusStore(CatalogueStore):
             self._upsert(self._files, rows[1:])
             self._upsert(self._files, rows[:1])
             log.info("%s: stored %s (%d bytes)", self.location, name, len(data))
+        # Index files the manifest no longer names (merged segments, old masks): after the manifest went in.
+        gone = [n for n in stored if n.startswith(LOCAL_INDEX_DIR + "/") and n not in {a.name for a in local}]
+        for name in gone:
+            keys = [r["key"] for r in self._query(self._files, f"name == {_quote(name)}", ["key"])]
+            self._delete_ids(self._files, keys)
 
     def _download_files(self) -> None:
-        local = {a.name: a.sha256 for a in self.artifacts.all()}
-        for name, sha in self._stored_files().items():
+        local = {a.name: a.sha256 for a in self._local_files()}
+        manifest = f"{LOCAL_INDEX_DIR}/{LOCAL_MANIFEST}"
+        stored = sorted(self._stored_files().items(), key=lambda item: item[0] == manifest)  # the manifest last
+        for name, sha in stored:
             if local.get(name) == sha:
+                continue
+            if not _safe_name(name):
+                log.warning("%s: stored file name %r leaves the cache folder: skipped", self.location, name)
                 continue
             rows = self._query(self._files, f"name == {_quote(name)}", ["part", "parts", "data"])
             rows.sort(key=lambda r: r["part"])
