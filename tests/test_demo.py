@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from shoplens.demo import catalogue_from_upstream, download, extract, sample_catalogue, sample_labelled, sample_root
+from shoplens.demo import (
+    catalogue_from_upstream,
+    download,
+    extract,
+    sample_answers,
+    sample_catalogue,
+    sample_labelled,
+    sample_root,
+)
 from shoplens.errors import ShoplensError
 
 from .conftest import make_image
@@ -124,6 +132,23 @@ def test_labelled_train_photos_of_the_sample(tmp_path: Path, server: tuple[str, 
         sample_labelled(tmp_path / "cache", tmp_path / "none.csv")
 
 
+def test_the_product_each_sample_photo_shows(tmp_path: Path, server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    url, root = server
+    monkeypatch.setenv("SHOPLENS_CACHE", str(tmp_path / "cache"))
+    (root / "ds.zip").write_bytes(upstream_zip(tmp_path).read_bytes())
+    upstream = sample_root(url=f"{url}/ds.zip", progress=False)
+    _, queries = sample_catalogue(upstream)
+    answers = sample_answers(upstream, queries)  # the upstream layout: the photo's folder names the product
+    assert sorted(answers.values()) == ["0", "1"]
+    assert all(answers[str(q.resolve())] == ("0" if "Granny-Smith" in q.name else "1") for q in queries)
+    shared = tmp_path / "shared"  # the shared layout: photos.csv's product_id
+    make_image(shared / "photos" / "val" / "a.jpg", seed=1)
+    make_image(shared / "photos" / "val" / "b.jpg", seed=2)
+    (shared / "photos.csv").write_text("split,image,product_id\nval,photos/val/a.jpg,7\n")
+    got = sample_answers(shared, [shared / "photos" / "val" / "a.jpg", shared / "photos" / "val" / "b.jpg"])
+    assert got == {str((shared / "photos" / "val" / "a.jpg").resolve()): "7"}  # b.jpg: not listed, no answer
+
+
 @pytest.mark.data
 @pytest.mark.slow
 def test_demo_adapt_on_the_shared_grocery_copy(
@@ -147,11 +172,15 @@ def test_demo_adapt_on_the_shared_grocery_copy(
         if split == "train" and pid not in seen:
             seen.add(pid)
             keep.append(line)
-    keep += [line for line in lines[1:] if line.startswith("val,")][:: 70]
+    _, queries = sample_catalogue(grocery)
+    shown = {str(q.relative_to(grocery)) for q in queries}
+    keep += [line for line in lines[1:] if line.startswith("val,") and line.split(",")[1] in shown]
     (small / "photos.csv").write_text("\n".join(keep) + "\n")
     monkeypatch.setenv("SHOPLENS_CACHE", str(tmp_path / "cache"))
     code = main(["demo", "--from", str(small), "--store", str(tmp_path / "store"), "--adapt"])
     out = capsys.readouterr().out
     assert code == 0 and "indexed 81 sample product(s)" in out
     assert "adapted to" in out and "labelled store photo(s)" in out
+    # Each photo says which product it shows and where that came; a summary counts them.
+    assert out.count("  this photo shows ") == 4 and "the product shown came first for " in out
     assert (tmp_path / "store" / "models" / "head_other_product.pt").exists()

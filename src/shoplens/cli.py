@@ -307,7 +307,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .api import Shoplens
-    from .demo import cache_dir, sample_catalogue, sample_labelled, sample_root
+    from .demo import cache_dir, sample_answers, sample_catalogue, sample_labelled, sample_root
 
     progress = sys.stderr.isatty()
     root = sample_root(Path(args.source) if args.source else None, url=args.url, sha256=args.sha256, progress=progress)
@@ -324,10 +324,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 check = f": held-out R@1 against the catalogue {h['r1_untrained']:.2f} -> {h['r1_trained']:.2f}" if h else ""
                 sys.stdout.write(f"adapted to {adapted.extra_images} labelled store photo(s){check}\n")
         results = lens.search(args.images or [str(q) for q in queries], top_k=5)
-    code = _emit(results, args.json, _human_search)
-    if not args.json:
-        sys.stdout.write(f"\nnext: shoplens search YOUR_PHOTO.jpg --store {args.store}\n")
+        answers = {} if args.images else sample_answers(root, queries)
+        titles = {pid: rec.title or "" for pid, rec in lens.store.get_products(sorted(set(answers.values()))).items()}
+    if args.json:
+        return _emit(results, True, _human_search)
+    code = _emit(results, False, lambda r: _human_search(r) + _demo_answer(r, answers, titles))
+    if answers:
+        places = [_place_of(r, answers) for r in results]
+        first, top = sum(p == 1 for p in places), sum(p is not None for p in places)
+        sys.stdout.write(f"\nthe product shown came first for {first} of {len(places)} photo(s), in the top 5 for {top}; on every "
+                         f"held-out store photo: shoplens eval {root / 'photos.csv'} --only split=val --store {args.store}"
+                         f"{'' if args.adapt else ' (--adapt adapts the search to the labelled store photos first)'}\n"
+                         if (root / "photos.csv").exists() else
+                         f"\nthe product shown came first for {first} of {len(places)} photo(s), in the top 5 for {top}\n")
+    sys.stdout.write(f"\nnext: shoplens search YOUR_PHOTO.jpg --store {args.store}\n")
     return code
+
+
+def _place_of(r: Any, answers: dict[str, str]) -> int | None:
+    """Where the product the photo shows came in its best region's list (1 = first); None: not listed."""
+    want = answers.get(str(Path(r.image).resolve())) if hasattr(r, "regions") else None
+    places = [i for region in getattr(r, "regions", []) for i, h in enumerate(region.results, 1) if h.product_id == want]
+    return min(places) if places else None
+
+
+def _demo_answer(r: Any, answers: dict[str, str], titles: dict[str, str]) -> str:
+    """The demo's note under a photo's results: which product it shows and where it came."""
+    want = answers.get(str(Path(r.image).resolve()))
+    if want is None:
+        return ""
+    place = _place_of(r, answers)
+    where = f"#{place}" if place is not None else "not in the top 5"
+    return f"\n  this photo shows {want} {titles.get(want, '')}".rstrip() + f": {where}"
 
 
 def cmd_train_intent(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ import shutil
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -185,6 +186,24 @@ def sample_catalogue(source_dir: Path | None = None, *, url: str | None = None, 
     if (root / "dataset" / "classes.csv").exists():
         return _from_upstream(root)
     raise ShoplensError(f"{root}: neither a catalog.csv nor an upstream dataset/classes.csv")
+
+
+def sample_answers(root: Path, queries: Sequence[Path]) -> dict[str, str]:
+    """The product each query photo shows (its product id), where the sample says: ``photos.csv``
+    (column ``product_id``), or the upstream archive's ``.../<Class Name>/*.jpg`` folders."""
+    wanted = {str(Path(q).resolve()) for q in queries}
+    answers: dict[str, str] = {}
+    if (root / "photos.csv").exists():
+        with open(root / "photos.csv", newline="", encoding="utf-8") as f:
+            for r in csv.DictReader(f):
+                path = str((root / r["image"]).resolve())
+                if path in wanted and r.get("product_id"):
+                    answers[path] = r["product_id"]
+    elif (root / "dataset" / "classes.csv").exists():
+        with open(root / "dataset" / "classes.csv", newline="", encoding="utf-8") as f:
+            ids = {rec["Class Name (str)"]: rec["Class ID (int)"] for rec in csv.DictReader(f)}
+        answers = {q: ids[Path(q).parent.name] for q in wanted if Path(q).parent.name in ids}
+    return answers
 
 
 def sample_labelled(root: Path, out_csv: Path) -> Path:
