@@ -194,6 +194,10 @@ class Shoplens:
     its writer: no lock, nothing written (not even at close), and searches
     see what the writer has committed; the write methods raise
     :class:`~shoplens.errors.StoreError`.
+
+    ``search_concurrency``: how many searches the caller runs at once (a
+    server's search slots); with ``runtime.streams`` 0 the OpenVINO backbones
+    run that many passes side by side, on a share of the cores each.
     """
 
     def __init__(
@@ -205,6 +209,7 @@ class Shoplens:
         create: bool = True,
         read_only: bool = False,
         device: str = "cpu",
+        search_concurrency: int = 1,
         **flags: Any,
     ) -> None:
         requested = resolve_config(config_file, base=config, **flags)
@@ -219,7 +224,7 @@ class Shoplens:
             if base is None and saved.exists():
                 base = load_store_config(saved)
             self.config = resolve_config(config_file, base=base, **flags)
-            self.pipeline = Pipeline(self.config, self.store.artifacts, device=device)
+            self.pipeline = Pipeline(self.config, self.store.artifacts, device=device, search_concurrency=search_concurrency)
             self.store.attach(self.pipeline, index=self.config.store.index)
             if self.config.local.enabled:
                 # Brought in step with the store now: a crash after a store commit left it behind at worst.

@@ -498,7 +498,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_batch_photos=args.max_batch_photos,
         import_root=args.import_root,
     )
-    with Shoplens(args.store, config_file=args.config, create=args.create, **_flags(args)) as lens:
+    with Shoplens(args.store, config_file=args.config, create=args.create, search_concurrency=settings.search_concurrency,
+                  **_flags(args)) as lens:
         writes = "enabled (API key set)" if settings.writes_enabled else "disabled: no API key (set SHOPLENS_API_KEY or --api-key-file)"
         reads = "need the read key (or the write key)" if settings.reads_need_key else "open to anyone (set SHOPLENS_READ_KEY or --read-key-file to protect them)"
         sys.stderr.write(f"shoplens: serving {args.store} ({lens.count_products()} products) at http://{args.host}:{args.port}/ ; writes {writes}; "

@@ -345,6 +345,17 @@ class RuntimeConfig:
         "CPU threads for inference; 0: the runtime's default (all cores). With `torch` it sets the "
         "process-wide `torch.set_num_threads`"
     ))
+    streams: int = setting(0, ge=0, help=(
+        "OpenVINO passes that run at once, each on its share of `runtime.threads` (all cores when 0). 0: one "
+        "per search `shoplens serve` runs at once (`--search-concurrency N`: N streams, at most one per "
+        "thread: 2 streams of 1 thread on 2 cores), one for every other command and for the Python API "
+        "(`Shoplens(search_concurrency=N)` asks for N), which runs one search at a time over all the threads. "
+        "Two searches on one stream each contend for both threads in every layer; side by side they cost less "
+        "CPU each (8 clients, 81 products, 2 cores: server CPU 75–84 against 88–92 ms a search with one stream; "
+        "docs/benchmarks.md section 7). Streams of a server are not pinned to cores, which its other threads "
+        "share. The outputs are the same whatever the streams, bit for bit; indexing batches always run on one "
+        "stream; other runtimes ignore the setting"
+    ))
     precision: Literal["f32", "bf16"] = setting("f32", help=(
         "`bf16`: OpenVINO computes the backbones in bfloat16 on CPUs that have it (AMX or AVX512-BF16; "
         "elsewhere f32, with a log line); `torch` and `onnx` refuse it, `auto` without OpenVINO falls back to "

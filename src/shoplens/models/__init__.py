@@ -29,6 +29,7 @@ from ._registry import (
     register_alias,
     register_model,
     register_scheme,
+    runtime_streams,
 )
 from .backbone import Backbone, Encoding, TorchConvBackbone
 from .efficientnet_lite import build_efficientnet_lite
@@ -84,4 +85,5 @@ __all__ = [
     "register_alias",
     "register_model",
     "register_scheme",
+    "runtime_streams",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -212,7 +213,7 @@ PRECISIONS = ("f32", "bf16")
 
 
 def create_model(name: str, *, runtime: str = "torch", threads: int = 0, precision: str = "f32", static_shapes: int = 0,
-                 device: str = "cpu") -> Backbone:
+                 streams: int = 1, device: str = "cpu") -> Backbone:
     """Build the backbone called ``name`` (see :func:`parse_model_name`).
 
     ``runtime``: ``"torch"`` (eager PyTorch), ``"onnx"`` (ONNX Runtime;
@@ -223,7 +224,9 @@ def create_model(name: str, *, runtime: str = "torch", threads: int = 0, precisi
     ``torch.set_num_threads``. ``precision``: ``"f32"`` or ``"bf16"``
     (OpenVINO only: ``openvino`` or ``auto``). ``static_shapes``: how many
     single-photo input shapes OpenVINO compiles on their own once they recur
-    (``runtime.static_shapes``; other runtimes ignore it). ``device``: where
+    (``runtime.static_shapes``; other runtimes ignore it). ``streams``: OpenVINO
+    passes that run at once, sharing ``threads`` (one per search slot of a
+    server; other runtimes ignore it). ``device``: where
     the forward passes run, ``"cpu"`` or a torch GPU device (``"cuda"``,
     ``"cuda:1"``): eager PyTorch there, whatever ``runtime`` says.
     """
@@ -239,13 +242,40 @@ def create_model(name: str, *, runtime: str = "torch", threads: int = 0, precisi
         raise ConfigError(f"runtime threads must be 0 (default) or more, got {threads}")
     if static_shapes < 0:
         raise ConfigError(f"runtime.static_shapes must be 0 (off) or more, got {static_shapes}")
+    if runtime in ("openvino", "auto"):
+        _check_streams(streams, threads)
     parsed = parse_model_name(name)
     if parsed.scheme:
         backbone = _SCHEMES.get(parsed.scheme)[1](parsed.target)
     else:
         entry = _ENTRIES.get(parsed.location)
         backbone = entry.build(entry, entry.name)
-    return _on_device(_in_runtime(backbone, runtime, threads, precision, static_shapes), device)
+    return _on_device(_in_runtime(backbone, runtime, threads, precision, static_shapes, streams), device)
+
+
+def runtime_streams(streams: int, search_concurrency: int = 1, threads: int = 0) -> int:
+    """The OpenVINO streams ``runtime.streams`` asks for in a process running ``search_concurrency`` searches at once.
+
+    0 (auto): one stream per search run at once, at most one per thread
+    (``threads``, or the cores this process may run on); one stream for a
+    process running one search at a time, over all the threads.
+    """
+    if streams:
+        return streams
+    return max(1, min(search_concurrency, threads or _cores()))
+
+
+def _cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _check_streams(streams: int, threads: int) -> None:
+    if streams < 1:
+        raise ConfigError(f"OpenVINO streams must be 1 or more, got {streams}")
+    if threads and streams > threads:
+        raise ConfigError(f"{streams} OpenVINO streams cannot share runtime.threads = {threads}: give each stream a thread at least")
 
 
 def pick_device(choice: str) -> str:
@@ -291,7 +321,7 @@ def _on_device(backbone: Backbone, device: str) -> Backbone:
 
 def create_tuned_model(
     shipped: Backbone, stage: nn.Module, name: str, *, runtime: str = "torch", threads: int = 0, precision: str = "f32",
-    static_shapes: int = 0, device: str = "cpu",
+    static_shapes: int = 0, streams: int = 1, device: str = "cpu",
 ) -> Backbone:
     """The backbone ``shipped`` with its stride-32 stage replaced by ``stage`` (tuned by
     ``train-embedder``, shoplens.embed.tail), called ``name``, in ``runtime``.
@@ -308,14 +338,17 @@ def create_tuned_model(
     built = TorchConvBackbone(name, module.with_tail(stage), shipped.preprocess, has_imagenet_head=False,  # type: ignore[union-attr,operator]
                               batch_size=shipped.batch_size)
     runtime, precision = _runtime_on(device, runtime, precision)
-    tuned = _in_runtime(built, runtime, threads, precision, static_shapes)
+    if runtime in ("openvino", "auto"):
+        _check_streams(streams, threads)
+    tuned = _in_runtime(built, runtime, threads, precision, static_shapes, streams)
     if isinstance(tuned, TorchConvBackbone):
         # A photo the shipped backbone already encoded (the intent gate's pass) needs only the stage.
         tuned.share_trunk(shipped.name, copy.deepcopy(stage))
     return _on_device(tuned, device)
 
 
-def _in_runtime(backbone: Backbone, runtime: str, threads: int, precision: str = "f32", static_shapes: int = 0) -> Backbone:
+def _in_runtime(backbone: Backbone, runtime: str, threads: int, precision: str = "f32", static_shapes: int = 0,
+                streams: int = 1) -> Backbone:
     if threads and runtime == "torch":
         import torch
 
@@ -327,13 +360,13 @@ def _in_runtime(backbone: Backbone, runtime: str, threads: int, precision: str =
     elif runtime == "openvino":
         from .openvino_runtime import to_openvino
 
-        backbone = to_openvino(backbone, threads=threads, precision=precision, static_shapes=static_shapes)
+        backbone = to_openvino(backbone, threads=threads, precision=precision, static_shapes=static_shapes, streams=streams)
     elif runtime == "auto":
-        backbone = _fastest(backbone, threads, precision, static_shapes)
+        backbone = _fastest(backbone, threads, precision, static_shapes, streams)
     return backbone
 
 
-def _fastest(backbone: Backbone, threads: int, precision: str = "f32", static_shapes: int = 0) -> Backbone:
+def _fastest(backbone: Backbone, threads: int, precision: str = "f32", static_shapes: int = 0, streams: int = 1) -> Backbone:
     """``backbone`` in OpenVINO when it can run there, else in ONNX Runtime, else as it is.
 
     Both run the convolutional backbones several times faster than eager torch
@@ -351,7 +384,7 @@ def _fastest(backbone: Backbone, threads: int, precision: str = "f32", static_sh
     from .openvino_runtime import to_openvino
 
     try:
-        return to_openvino(backbone, threads=threads, precision=precision, static_shapes=static_shapes)
+        return to_openvino(backbone, threads=threads, precision=precision, static_shapes=static_shapes, streams=streams)
     except MissingDependencyError as e:
         (logger.warning if precision != "f32" else logger.info)("%s: running %s in ONNX Runtime, f32", e, backbone.name)
     except Exception as e:  # noqa: BLE001 - an export or compile failure: ONNX Runtime may still run it

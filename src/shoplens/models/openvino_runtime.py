@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from .._deps import import_optional
+from ..errors import ConfigError
 from .backbone import Backbone, TorchConvBackbone
 from .onnx_runtime import OnnxConvBackbone, cache_dir, exportable
 
@@ -110,21 +111,39 @@ class OpenVinoSession:
     320 px, which a process that indexes and then searches (the server
     taking writes) held for good when they ran on the general compilation
     (docs/benchmarks.md, "Memory"). Same outputs, bit for bit.
+
+    ``streams``: passes that run at once, each on its share of ``threads``
+    (all cores when 0). One stream runs a pass over every thread, the
+    fastest for one search at a time; a server running N searches at once
+    runs them side by side on N streams of fewer threads each, which costs
+    less CPU per pass than two passes contending for all the threads
+    (docs/benchmarks.md, "Server"). Large passes always run on one stream
+    (docs/decisions.md). The outputs are the same whatever the streams,
+    bit for bit.
     """
 
-    def __init__(self, path: str | Path, threads: int = 0, precision: str = "f32", static_shapes: int = 0) -> None:
-        config: dict[str, Any] = {
+    def __init__(self, path: str | Path, threads: int = 0, precision: str = "f32", static_shapes: int = 0,
+                 streams: int = 1) -> None:
+        if streams < 1:
+            raise ConfigError(f"OpenVINO streams must be 1 or more, got {streams}")
+        one_stream: dict[str, Any] = {
             # f32 unless asked: OpenVINO's own default on AMX CPUs, bf16, changes the descriptors.
             "INFERENCE_PRECISION_HINT": precision,
             "PERFORMANCE_HINT": "LATENCY",  # one stream over all the threads: a search is one photo
         }
         if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
+            one_stream["INFERENCE_NUM_THREADS"] = threads  # of all the streams together
+        #: Passes that run at once, each on its share of the threads (one per search slot of a server).
+        self.streams = streams
+        # Streams unpinned: a server's own threads (SIFT, decoding, HTTP) share the cores with them, and a
+        # stream pinned to a core the other search's SIFT holds waits instead of moving (docs/benchmarks.md).
+        config = one_stream | ({"NUM_STREAMS": streams, "ENABLE_CPU_PINNING": False} if streams > 1 else {})
         self._config = dict(config)  # fixed-shape compilations skip the blob cache: a cached blob holds its own weights
         blobs = compiled_cache_dir()
-        if blobs is not None:
-            config["CACHE_DIR"] = str(blobs)
-        self._cached_config = config
+        cache = {} if blobs is None else {"CACHE_DIR": str(blobs)}
+        self._cached_config = config | cache
+        #: Indexing's batches run on one stream over all the threads (docs/decisions.md).
+        self._large_config = one_stream | cache
         self.path = Path(path)
         self._general = self._compile_any_size()
         #: The precision the CPU plugin computes in ("f32" where bf16 was asked of a CPU without it).
@@ -154,14 +173,14 @@ class OpenVinoSession:
         fixed = self._fixed_for(feed) if self.static_shapes else None
         return (fixed or self._general).run(feed)
 
-    def _compile_any_size(self) -> _Compiled:
+    def _compile_any_size(self, config: dict[str, Any] | None = None) -> _Compiled:
         """The graph compiled for any input size (through OpenVINO's blob cache where it can be written)."""
-        return _Compiled(core().compile_model(str(self.path), "CPU", self._cached_config))
+        return _Compiled(core().compile_model(str(self.path), "CPU", config or self._cached_config))
 
     def _run_large(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         with self._large_lock:
             if self._large is None:
-                self._large = self._compile_any_size()
+                self._large = self._compile_any_size(self._large_config)
             large = self._large
             self._large_busy += 1
         try:
@@ -281,23 +300,28 @@ class OpenVinoConvBackbone(OnnxConvBackbone):
     runtime_name = "openvino"
 
     def __init__(self, base: TorchConvBackbone, *, threads: int = 0, model_path: str | Path | None = None,
-                 precision: str = "f32", static_shapes: int = 0) -> None:
+                 precision: str = "f32", static_shapes: int = 0, streams: int = 1) -> None:
         self.precision = precision  # read by open_session, which the base class calls
         self.static_shapes = static_shapes
+        self.streams = streams
         super().__init__(base, threads=threads, model_path=model_path)
 
     def open_session(self, path: Path) -> OpenVinoSession:
-        return OpenVinoSession(path, self._threads, self.precision, self.static_shapes)
+        return OpenVinoSession(path, self._threads, self.precision, self.static_shapes, self.streams)
 
 
-def to_openvino(backbone: Backbone, *, threads: int = 0, precision: str = "f32", static_shapes: int = 0) -> OpenVinoConvBackbone:
+def to_openvino(backbone: Backbone, *, threads: int = 0, precision: str = "f32", static_shapes: int = 0,
+                streams: int = 1) -> OpenVinoConvBackbone:
     """Run ``backbone`` in OpenVINO (``precision``: f32 or bf16); only convolutional torch backbones can be.
 
-    ``static_shapes``: single-photo input shapes compiled on their own (see :class:`OpenVinoSession`).
+    ``static_shapes``: single-photo input shapes compiled on their own; ``streams``: passes run at once,
+    sharing ``threads`` (see :class:`OpenVinoSession`).
     """
-    if isinstance(backbone, OpenVinoConvBackbone) and (backbone.precision, backbone.static_shapes) == (precision, static_shapes):
+    if isinstance(backbone, OpenVinoConvBackbone) and \
+            (backbone.precision, backbone.static_shapes, backbone.streams) == (precision, static_shapes, streams):
         return backbone
     base = exportable(backbone, "openvino")
     _openvino()  # a clear MissingDependencyError before any export
     model_path = base.model_path if isinstance(base, OnnxConvBackbone) else None
-    return OpenVinoConvBackbone(base, threads=threads, model_path=model_path, precision=precision, static_shapes=static_shapes)
+    return OpenVinoConvBackbone(base, threads=threads, model_path=model_path, precision=precision, static_shapes=static_shapes,
+                                streams=streams)

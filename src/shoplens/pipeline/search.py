@@ -28,7 +28,7 @@ from ..errors import ConfigError, StoreError
 from ..imaging import Photo, crop
 from ..intent import IntentClassifier, create_intent_classifier, list_intent_classifiers, produce_share
 from ..local.stage import LocalStage
-from ..models import Backbone, Encoding, create_model, create_tuned_model
+from ..models import Backbone, Encoding, create_model, create_tuned_model, runtime_streams
 from ..models.preprocess import source_size
 from ..models.text import TextModel, create_text_model
 from ..reasons import empty_region, stopped
@@ -128,7 +128,8 @@ class Query:
 class Pipeline:
     """The models of steps 1–2 (docs/method.md) and the search over a store (steps 3–6)."""
 
-    def __init__(self, config: Config | None = None, artifacts: StoreArtifacts | None = None, *, device: str = "cpu") -> None:
+    def __init__(self, config: Config | None = None, artifacts: StoreArtifacts | None = None, *, device: str = "cpu",
+                 search_concurrency: int = 1) -> None:
         self.config = config or Config()
         #: The store's model files (heads, tails, calibrations, intent classifier); ``None``: the shipped models only.
         self.artifacts = artifacts
@@ -136,6 +137,9 @@ class Pipeline:
         #: PyTorch). A choice of this process, not a setting the store keeps: a store indexed on a GPU is
         #: searched on CPUs like any other.
         self.device = device
+        #: Searches this process runs at once (a server's search slots): OpenVINO's streams with
+        #: ``runtime.streams`` 0 (models.runtime_streams). A choice of this process, not a store setting.
+        self.search_concurrency = search_concurrency
         keep_freed_memory(self.config.runtime.malloc_trim_mib)  # process-wide: searches reuse their big buffers
         self._backbones: dict[str, Backbone] = {}
         #: Stride-32 stages tuned by train-embedder, by the name of the backbone they make (shoplens.embed.tail).
@@ -164,14 +168,15 @@ class Pipeline:
     def backbone(self, name: str) -> Backbone:
         if name not in self._backbones:
             rt = self.config.runtime
+            streams = runtime_streams(rt.streams, self.search_concurrency, rt.threads)
             tail = self._tails.get(name)
             if tail is not None:
                 self._backbones[name] = create_tuned_model(self.backbone(tail.backbone), tail.module, name, runtime=rt.engine,
                                                            threads=rt.threads, precision=rt.precision,
-                                                           static_shapes=rt.static_shapes, device=self.device)
+                                                           static_shapes=rt.static_shapes, streams=streams, device=self.device)
             else:
                 self._backbones[name] = create_model(name, runtime=rt.engine, threads=rt.threads, precision=rt.precision,
-                                                     static_shapes=rt.static_shapes, device=self.device)
+                                                     static_shapes=rt.static_shapes, streams=streams, device=self.device)
         return self._backbones[name]
 
     def text_model(self, domain: str) -> TextModel:
