@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 
 from ..errors import BadImageError
 from ..imaging import BoxLike, load_image, parse_box
-from ..results import SearchResult
+from ..results import RegionResult, SearchResult
 from .errors import READ_ERRORS
 from .fetch import fetch
 from .models import BOX_HELP, DOMAIN_HELP, ErrorBody, SearchDomain, UrlSearch
@@ -53,22 +53,25 @@ def run_search(state: ServerState, data: bytes, name: str, top_k: int | None, fi
         decode_ms = (time.perf_counter() - start) * 1000.0
         result = lens.search_photo(photo, top_k=top_k, filters=list(filters), decode_ms=decode_ms, domain=domain, box=crop)
     state.metrics.observe_search(result)
-    return with_image_urls(state, result)
+    set_image_urls(state, result.regions)
+    return result
 
 
-def thumbnail_url(state: ServerState, image_id: int | None, size: int = DEFAULT_SIZE) -> str | None:
-    sha1 = None if image_id is None else state.thumbnails.sha1(image_id)
-    return None if sha1 is None else f"/images/{image_id}/thumbnail?size={size}&v={sha1[:16]}"
+def thumbnail_url(image_id: int | None, sha1: str | None, size: int = DEFAULT_SIZE) -> str | None:
+    return None if image_id is None or sha1 is None else f"/images/{image_id}/thumbnail?size={size}&v={sha1[:16]}"
 
 
-def with_image_urls(state: ServerState, result: SearchResult) -> SearchResult:
-    """Each hit with ``image_url``: the thumbnail of the photo that matched (it changes with the photo)."""
-    urls = {i: thumbnail_url(state, i) for i in {h.matched_image_id for r in result.regions for h in r.results}}
-    data = result.model_dump()
-    for region, served in zip(result.regions, data["regions"]):
-        for hit, out in zip(region.results, served["results"]):
-            out["image_url"] = urls[hit.matched_image_id]
-    return SearchResult.model_validate(data)
+def set_image_urls(state: ServerState, regions: Sequence[RegionResult]) -> None:
+    """Give each hit its ``image_url``: the thumbnail of the photo that matched (it changes with the photo).
+
+    One store query for all the hits; the URL is set on the hits themselves
+    (an extra field of :class:`~shoplens.results.ProductHit`), not on a copy of the result.
+    """
+    hits = [h for r in regions for h in r.results]
+    sha1s = state.thumbnails.sha1s(h.matched_image_id for h in hits if h.matched_image_id is not None)
+    for hit in hits:
+        image_id = hit.matched_image_id
+        hit.image_url = thumbnail_url(image_id, None if image_id is None else sha1s.get(image_id))  # type: ignore[attr-defined]
 
 
 def register(app: FastAPI, state: ServerState) -> None:

@@ -18,7 +18,7 @@ from ..models.text import MAX_TEXT_CHARS
 from ..results import TextSearchResult
 from .errors import READ_ERRORS
 from .models import SearchDomain, Text
-from .routes_search import thumbnail_url
+from .routes_search import set_image_urls
 from .state import ServerState
 
 
@@ -34,15 +34,6 @@ class TextSearch(BaseModel):
         default_factory=list, max_length=64, description="metadata filters FIELD OP VALUE, as for POST /search")
     domain: SearchDomain | None = Field(None, description=(
         "search this product domain only; default: every domain holding products whose backbone has a text tower"))
-
-
-def with_image_urls(state: ServerState, result: TextSearchResult) -> TextSearchResult:
-    """Each hit with ``image_url``: the thumbnail of the photo that matched."""
-    data = result.model_dump()
-    for region, served in zip(result.regions, data["regions"]):
-        for hit, out in zip(region.results, served["results"]):
-            out["image_url"] = thumbnail_url(state, hit.matched_image_id)
-    return TextSearchResult.model_validate(data)
 
 
 def register(app: FastAPI, state: ServerState) -> None:
@@ -70,4 +61,5 @@ def register(app: FastAPI, state: ServerState) -> None:
                                            "msg": f"top_k is at most {settings.max_top_k}"}])
         with state.search_slots:
             [result] = state.lens.search_text(body.text, top_k=body.top_k, filters=body.filters, domain=body.domain)
-        return with_image_urls(state, result)
+        set_image_urls(state, result.regions)
+        return result

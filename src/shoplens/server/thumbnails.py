@@ -63,12 +63,11 @@ class ThumbnailCache:
 
     def sha1(self, image_id: int) -> str | None:
         """The content hash of a stored image (what its thumbnails are named by), or None."""
-        source = self.store.image_source(image_id)
-        if source is None:
-            return None
-        product = self.store.image_products([image_id]).get(image_id)
-        found = None if product is None else self.store.find_image(product, source)
-        return None if found is None or found[0] != image_id else found[1]
+        return self.store.image_sha1s([image_id]).get(image_id)
+
+    def sha1s(self, image_ids: Iterable[int]) -> dict[int, str]:
+        """:meth:`sha1` of several images at once (a search's hits: one store query)."""
+        return self.store.image_sha1s(list(image_ids))
 
     def path(self, sha1: str, size: int, media_type: str) -> Path:
         return self.root / sha1[:2] / f"{sha1}-{size}{FORMATS[media_type][1]}"

@@ -413,6 +413,9 @@ class EmbeddedStore(CatalogueStore):
     def image_source(self, image_id: int) -> str | None:
         return self.db.image_source(image_id)
 
+    def image_sha1s(self, image_ids: Sequence[int]) -> dict[int, str]:
+        return self.db.image_sha1s(image_ids)
+
     def sha1s_in_use(self, sha1s: Sequence[str]) -> set[str]:
         return self.db.sha1s_in_use(sha1s)
 

@@ -332,6 +332,16 @@ class MetadataDB:
         rows = self.query("SELECT source FROM images WHERE image_id=?", (image_id,))
         return rows[0][0] if rows else None
 
+    def image_sha1s(self, image_ids: Sequence[int]) -> dict[int, str]:
+        """image id -> content hash of its photo, for the ids that exist (one query per 500)."""
+        out: dict[int, str] = {}
+        ids = sorted({int(i) for i in image_ids})
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            out.update((int(i), s) for i, s in self.query(f"SELECT image_id, sha1 FROM images WHERE image_id IN ({marks})", chunk))
+        return out
+
     def sha1s_in_use(self, sha1s: Sequence[str]) -> set[str]:
         """Which of these content hashes some stored image has."""
         out: set[str] = set()

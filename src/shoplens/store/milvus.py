@@ -676,6 +676,14 @@ class MilvusStore(CatalogueStore):
         rows = self.client.get(self._images, ids=[int(image_id)], output_fields=["source"])
         return rows[0]["source"] if rows else None
 
+    def image_sha1s(self, image_ids: Sequence[int]) -> dict[int, str]:
+        ids = sorted({int(i) for i in image_ids})
+        out: dict[int, str] = {}
+        for start in range(0, len(ids), _BATCH):
+            rows = self.client.get(self._images, ids=ids[start : start + _BATCH], output_fields=["sha1"])
+            out.update((int(r["image_id"]), r["sha1"]) for r in rows)
+        return out
+
     def sha1s_in_use(self, sha1s: Sequence[str]) -> set[str]:
         wanted = sorted(set(sha1s))
         out: set[str] = set()
