@@ -1,6 +1,6 @@
 """Train the shipped default intent gate (``default-head``) and measure it against ``imagenet-map``.
 
-    PYTHONPATH=src python benchmarks/intent_gate.py [--write-head] [--out docs/benchmarks/intent_gate.md]
+    PYTHONPATH=src python benchmarks/intent_gate.py [--write-head] [--guards 0.5,0.7,0.9] [--out docs/benchmarks/intent_gate.md]
 
 Training: the shared grocery ``train`` photos, clothing of 80 % of the senders
 and 4 of 5 outfits (products), generated negatives of seed 0 (80 per old kind,
@@ -22,6 +22,7 @@ import sys
 import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from _intent_data import KINDS, NEW_KINDS, Sample, data_dir, encoded_maps, negat
 from harness import add_json_argument, write_result
 
 from shoplens.config import INTENTS
-from shoplens.intent.gate_head import fit_gate_head, head_from_state, save_gate_head
+from shoplens.intent.gate_head import GUARD, fit_gate_head, head_from_state, save_gate_head
 from shoplens.intent.imagenet_map import ImageNetIntent
 
 STOP = 0.9
@@ -78,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--write-head", action="store_true")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--guard", type=float, default=GUARD, help="the product guard the head ships with (default %(default)s)")
+    ap.add_argument("--guards", default="", help="also sweep these product guards (e.g. 0.5,0.7,0.9): per source, "
+                    "validation and leave-one-source-out, the head unchanged (the guard applies at prediction)")
     add_json_argument(ap, "intent_gate")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
@@ -105,17 +109,29 @@ def main(argv: list[str] | None = None) -> int:
     final = (((part == "shared") & unseen & (y != 2)) | (part == "neg7")) & ok
 
     def fit(mask: np.ndarray) -> np.ndarray:
-        state = fit_gate_head(lg[mask], st[mask], y[mask], weights(mask, y, kinds), l2=L2)
+        state = fit_gate_head(lg[mask], st[mask], y[mask], weights(mask, y, kinds), l2=L2, guard=args.guard)
         return head_from_state(state).predict_features(lg, st)
 
+    def fit_guarded(mask: np.ndarray) -> Any:
+        """The head fitted on ``mask``, predicting with any guard: the guard is not part of the fit."""
+        state = fit_gate_head(lg[mask], st[mask], y[mask], weights(mask, y, kinds), l2=L2)
+
+        def predict(guard: float) -> np.ndarray:
+            head = head_from_state(state)
+            head.guard = guard
+            return head.predict_features(lg, st)
+
+        return predict
+
     t0 = time.perf_counter()
-    state = fit_gate_head(lg[train], st[train], y[train], weights(train, y, kinds), l2=L2)
+    state = fit_gate_head(lg[train], st[train], y[train], weights(train, y, kinds), l2=L2, guard=args.guard)
     fit_s = time.perf_counter() - t0
     head = head_from_state(state)
     hp, dp = head.predict_features(lg, st), ImageNetIntent().predict_logits(lg)
     lines = ["# Intent gate: the shipped head (`default-head`) against `imagenet-map`", "",
              "Reproduce (features cached under ~/.cache/shoplens/bench/intent; first run ~15 min on 2 cores):", "",
-             "```", "PYTHONPATH=src python benchmarks/intent_gate.py --write-head --out docs/benchmarks/intent_gate.md",
+             "```", "PYTHONPATH=src python benchmarks/intent_gate.py --write-head --guards 0.5,0.6,0.7,0.8,0.9,1.01 "
+             "--out docs/benchmarks/intent_gate.md",
              "```", "",
              f"A photo is stopped when its non_product score is ≥ {STOP} (`intent.stop_score`). Head fitted on",
              f"{int(train.sum())} photos in {fit_s:.0f} s (L2 {L2}, product guard {head.guard}).", ""]
@@ -150,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
                                  "with": round(float(gate_right(hp, y)[te].mean()), 3),
                                  "imagenet-map": round(float(gate_right(dp, y)[te].mean()), 3)}
     results["leave_one_out"] = leave_one_out
+    if args.guards:
+        sweep = guard_sweep([float(g) for g in args.guards.split(",")], fit_guarded, train, val, final, kinds, y)
+        lines += sweep_table(sweep)
+        results["guards"] = sweep
     report = "\n".join(lines) + "\n"
     print(report)
     if args.write_head:
@@ -160,6 +180,47 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(report, "utf-8")
     write_result("intent_gate", results, args.json, argv)
     return 0
+
+
+def guard_sweep(guards: list[float], fit_guarded: Any, train: np.ndarray, val: np.ndarray, final: np.ndarray,
+                kinds: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Per product guard: kept/stopped and each source on validation and final test, and each product
+    source left out of training (the head fitted without it): how the guard fares on product kinds the
+    head never saw, which is what it is there for."""
+    out: dict[str, Any] = {}
+    predict = fit_guarded(train)
+    products = [k for k in dict.fromkeys(kinds[val]) if (y[val & (kinds == k)] != INTENTS.index("non_product")).all()]
+    left_out = {k: fit_guarded(train & (kinds != k)) for k in products if (train & (kinds == k)).any()}
+    for g in guards:
+        hp = predict(g)
+        row: dict[str, Any] = {}
+        for name, mask in (("validation", val), ("final", final)):
+            kept, stopped = summary(hp, y, mask)
+            row[name] = {"kept": round(kept, 3), "stopped": round(stopped, 3),
+                         "sources": {str(k): round(float(gate_right(hp, y)[mask & (kinds == k)].mean()), 3)
+                                     for k in dict.fromkeys(kinds[mask])}}
+        row["leave_one_out"] = {str(k): round(float(gate_right(p(g), y)[val & (kinds == k)].mean()), 3)
+                                for k, p in left_out.items()}
+        out[f"{g:g}"] = row
+    return out
+
+
+def sweep_table(sweep: dict[str, Any]) -> list[str]:
+    guards = list(sweep)
+    sources = list(next(iter(sweep.values()))["validation"]["sources"])
+    lines = ["## Product guard", "",
+             "The head unchanged; the guard (the mapping's product score from which its verdict stands) at each",
+             "value. Validation per source; for a product source also the figure with it left out of training.", "",
+             "| source | " + " | ".join(f"guard {g}: val / left out" for g in guards) + " |",
+             "|---|" + "---:|" * len(guards)]
+    for k in sources:
+        cells = [f"{sweep[g]['validation']['sources'][k]:.3f}" + (f" / {sweep[g]['leave_one_out'][k]:.3f}" if k in sweep[g]["leave_one_out"] else "")
+                 for g in guards]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    for name in ("validation", "final"):
+        cells = [f"kept {sweep[g][name]['kept']:.3f}, stopped {sweep[g][name]['stopped']:.3f}" for g in guards]
+        lines.append(f"| **{name}** | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 if __name__ == "__main__":
