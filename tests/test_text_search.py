@@ -8,9 +8,6 @@ tests compare against the same model run by hand through transformers.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +22,6 @@ from .conftest import make_image
 from .test_loaders import _TEXT, _VISION, _processor_json, _write_clip_tokenizer, make_tiny_dinov2, needs_hf
 
 pytestmark = needs_hf
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def _tokenizer_ids(path: Path) -> dict[str, int]:
@@ -230,24 +226,28 @@ def test_a_store_without_a_text_tower_refuses_text_search(tmp_path: Path, synthe
         lens.search_text("red")
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    return subprocess.run([sys.executable, "-m", "shoplens.cli", *args], capture_output=True, text=True, env=env, timeout=300)
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    from shoplens.cli import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def test_cli_searches_with_text(clip_store: Path, tmp_path: Path, synthetic_catalogue: Path) -> None:
-    run = _cli("search", "--store", str(clip_store), "--text", "red rain jacket", "--text", "juice", "--top-k", "2", "--json")
-    assert run.returncode == 0, run.stderr
-    lines = [json.loads(line) for line in run.stdout.splitlines()]
+def test_cli_searches_with_text(clip_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _cli(capsys, "search", "--store", str(clip_store), "--text", "red rain jacket", "--text", "juice",
+                          "--top-k", "2", "--json")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
     assert [d["text"] for d in lines] == ["red rain jacket", "juice"]
     assert all(len(region["results"]) == 2 for d in lines for region in d["regions"])
-    human = _cli("search", "--store", str(clip_store), "--text", "juice", "--domain", "other_product")
-    assert human.returncode == 0 and "'juice': searched other_product with local-dir:" in human.stdout
-    assert "2 result(s)" not in human.stdout and " 1. p" in human.stdout
-    neither = _cli("search", "--store", str(clip_store))
-    assert neither.returncode != 0 and "give photos to search with, or words with --text" in neither.stderr
-    with_box = _cli("search", "--store", str(clip_store), "--text", "juice", "--box", "0,0,5,5")
-    assert with_box.returncode != 0 and "does not go with --text" in with_box.stderr
+    code, out, _ = _cli(capsys, "search", "--store", str(clip_store), "--text", "juice", "--domain", "other_product")
+    assert code == 0 and "'juice': searched other_product with local-dir:" in out
+    assert "2 result(s)" not in out and " 1. p" in out
+    code, _, err = _cli(capsys, "search", "--store", str(clip_store))
+    assert code != 0 and "give photos to search with, or words with --text" in err
+    code, _, err = _cli(capsys, "search", "--store", str(clip_store), "--text", "juice", "--box", "0,0,5,5")
+    assert code != 0 and "does not go with --text" in err
 
 
 def _post(url: str, body: object, headers: dict[str, str] | None = None) -> tuple[int, dict[str, object]]:
