@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .._deps import import_optional
-from ..errors import NoTextModelError, ShoplensError, UnknownModelError
+from ..errors import ConfigError, NoTextModelError, ShoplensError, UnknownModelError
 from ..registry import Registry
 from ._hf import fetch_file, from_pretrained, pretrained_ref, read_json, transformers_module
 from ._registry import WeightsSource, get_entry, parse_model_name, resolve_local_dir
@@ -214,8 +214,6 @@ def list_text_loaders(pattern: str = "*") -> list[str]:
 
 def check_text(text: object) -> str:
     """``text`` stripped, refused when empty, not a string or longer than :data:`MAX_TEXT_CHARS`."""
-    from ..errors import ConfigError
-
     if not isinstance(text, str) or not text.strip():
         raise ConfigError("a text query must be a non-empty string")
     if len(text) > MAX_TEXT_CHARS:
