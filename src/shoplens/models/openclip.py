@@ -115,17 +115,21 @@ class OpenClipBackbone(TokenBackbone):
         return self.module(batch), None
 
 
+def open_clip_names(ref: OpenClipRef) -> tuple[str, str | None]:
+    """What ``open_clip.create_model`` takes for ``ref``: (model name, pretrained tag or None)."""
+    if ref.source is None:
+        return ref.arch, ref.pretrained
+    if ref.source.kind == "local-dir":
+        return f"local-dir:{resolve_local_dir(ref.source)}", None
+    if ref.source.revision:
+        raise UnknownModelError(f"{ref}: open_clip cannot load a hub revision; drop '@{ref.source.revision}'")
+    return f"hf-hub:{ref.source.ref}", None
+
+
 def build_open_clip(ref: OpenClipRef) -> OpenClipBackbone:
     """Load an open_clip model and keep its image tower."""
     open_clip = import_optional("open_clip", "open_clip_torch", "clip", "open_clip backbones")
-    if ref.source is None:
-        model_name, pretrained = ref.arch, ref.pretrained
-    elif ref.source.kind == "local-dir":
-        model_name, pretrained = f"local-dir:{resolve_local_dir(ref.source)}", None
-    else:
-        model_name, pretrained = f"hf-hub:{ref.source.ref}", None
-        if ref.source.revision:
-            raise UnknownModelError(f"{ref}: open_clip cannot load a hub revision; drop '@{ref.source.revision}'")
+    model_name, pretrained = open_clip_names(ref)
     try:
         model = open_clip.create_model(model_name, pretrained=pretrained, require_pretrained=True, device="cpu")
     except (OSError, RuntimeError, ValueError, KeyError) as err:

@@ -35,8 +35,8 @@ from .._deps import import_optional
 from ..errors import ConfigError, NoTextModelError, ShoplensError, UnknownModelError
 from ..registry import Registry
 from ._hf import fetch_file, from_pretrained, pretrained_ref, read_json, transformers_module
-from ._registry import WeightsSource, get_entry, parse_model_name, resolve_local_dir
-from .openclip import OpenClipRef
+from ._registry import WeightsSource, get_entry, parse_model_name
+from .openclip import OpenClipRef, open_clip_names
 
 logger = logging.getLogger(__name__)
 
@@ -136,12 +136,7 @@ def _siglip_text(source: WeightsSource, config: Mapping[str, Any]) -> TextModel:
 
 def _open_clip_text(ref: OpenClipRef) -> TextModel:
     open_clip = import_optional("open_clip", "open_clip_torch", "clip", "open_clip text search")
-    if ref.source is None:
-        model_name, pretrained = ref.arch, ref.pretrained
-    elif ref.source.kind == "local-dir":
-        model_name, pretrained = f"local-dir:{resolve_local_dir(ref.source)}", None
-    else:
-        model_name, pretrained = f"hf-hub:{ref.source.ref}", None
+    model_name, pretrained = open_clip_names(ref)
     try:
         model = open_clip.create_model(model_name, pretrained=pretrained, require_pretrained=True, device="cpu")
         tokenizer = open_clip.get_tokenizer(model_name)
