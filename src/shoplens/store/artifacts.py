@@ -49,11 +49,23 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: SHA-256 of files already read: path -> (what its stat said, the hash). A rewrite, atomic or not, changes the stat.
+_HASHED: dict[str, tuple[tuple[int, int, int, int], str]] = {}
+
+
 def sha256_file(path: Path) -> str:
+    """The file's SHA-256; read once while it stays the same file (a server's periodic persist lists a
+    local-feature index of gigabytes whose segments never change)."""
+    st = path.stat()
+    stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    known = _HASHED.get(str(path))
+    if known is not None and known[0] == stamp:
+        return known[1]
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    _HASHED[str(path)] = (stamp, digest.hexdigest())
     return digest.hexdigest()
 
 

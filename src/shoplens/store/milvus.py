@@ -581,7 +581,8 @@ class MilvusStore(CatalogueStore):
             self._upsert(self._files, rows[:1])
             log.info("%s: stored %s (%d bytes)", self.location, name, len(data))
         # Index files the manifest no longer names (merged segments, old masks): after the manifest went in.
-        gone = [n for n in stored if n.startswith(LOCAL_INDEX_DIR + "/") and n not in {a.name for a in local}]
+        names = {a.name for a in local}
+        gone = [n for n in stored if n.startswith(LOCAL_INDEX_DIR + "/") and n not in names]
         for name in gone:
             keys = [r["key"] for r in self._query(self._files, f"name == {_quote(name)}", ["key"])]
             self._delete_ids(self._files, keys)
