@@ -36,8 +36,7 @@ def run_search(state: ServerState, data: bytes, name: str, top_k: int | None, fi
                box: BoxLike | None = None) -> SearchResult:
     """Decode ``data`` within the server's limits and search it, inside a search slot; the hits carry ``image_url``."""
     settings, lens = state.settings, state.lens
-    if top_k is not None and top_k > settings.max_top_k:
-        raise RequestValidationError([{"type": "less_than_equal", "loc": ("body", "top_k"), "msg": f"top_k is at most {settings.max_top_k}"}])
+    check_top_k(state, top_k)
     crop = parse_box(box)  # malformed: refused before the photo is decoded
     # The decode takes a search slot too: a photo of a few KB can decode to tens of MB, so at most
     # search_concurrency decodes are in flight, however many uploads arrive at once.
@@ -55,6 +54,12 @@ def run_search(state: ServerState, data: bytes, name: str, top_k: int | None, fi
     state.metrics.observe_search(result)
     set_image_urls(state, result.regions)
     return result
+
+
+def check_top_k(state: ServerState, top_k: int | None) -> None:
+    """A JSON body's ``top_k`` within the server's cap (a form field's is checked by its declaration)."""
+    if top_k is not None and top_k > state.settings.max_top_k:
+        raise RequestValidationError([{"type": "less_than_equal", "loc": ("body", "top_k"), "msg": f"top_k is at most {state.settings.max_top_k}"}])
 
 
 def thumbnail_url(image_id: int | None, sha1: str | None, size: int = DEFAULT_SIZE) -> str | None:

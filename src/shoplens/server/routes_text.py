@@ -11,14 +11,13 @@ matched. A store with no CLIP or SigLIP domain answers 400 ``no_text_model``.
 from typing import Annotated
 
 from fastapi import FastAPI
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ..models.text import MAX_TEXT_CHARS
 from ..results import TextSearchResult
 from .errors import READ_ERRORS
 from .models import SearchDomain, Text
-from .routes_search import set_image_urls
+from .routes_search import check_top_k, set_image_urls
 from .state import ServerState
 
 
@@ -38,7 +37,6 @@ class TextSearch(BaseModel):
 
 def register(app: FastAPI, state: ServerState) -> None:
     """Add ``POST /search/text`` to ``app``."""
-    settings = state.settings
 
     @app.post(
         "/search/text",
@@ -56,9 +54,7 @@ def register(app: FastAPI, state: ServerState) -> None:
         ),
     )
     def search_text(body: TextSearch) -> TextSearchResult:
-        if body.top_k is not None and body.top_k > settings.max_top_k:
-            raise RequestValidationError([{"type": "less_than_equal", "loc": ("body", "top_k"),
-                                           "msg": f"top_k is at most {settings.max_top_k}"}])
+        check_top_k(state, body.top_k)
         with state.search_slots:
             [result] = state.lens.search_text(body.text, top_k=body.top_k, filters=body.filters, domain=body.domain)
         set_image_urls(state, result.regions)
