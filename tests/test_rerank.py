@@ -175,3 +175,16 @@ def test_postprocess_calibrates_against_the_background_and_reports_precision() -
     assert out[0].rank == pytest.approx(2 - out[0].distance)
     assert out[0].precision == pytest.approx(float(__import__("numpy").interp(out[0].distance, [0.7, 0.92, 1.0], [0.9, 0.5, 0.0])), abs=1e-4)
     assert steps["rank_filter"]["calibration"] == "margin" and steps["rank_filter"]["after"] == 1
+
+
+def test_hits_whose_calibrated_distance_clamps_to_zero_keep_their_raw_order() -> None:
+    from shoplens.embed.calibration import Calibration
+
+    # Three look-alikes far nearer than the background: each margin-calibrated distance is below 0 and
+    # clamps to 0, so ranks tie. The exact match (raw 0.0) must still come first, though its id sorts last.
+    spec = [("z-exact", 0.0, "w"), ("a-alike", 0.05, "w"), ("b-alike", 0.1, "w")] + [(f"o{i}", 1.6 + i * 0.001, "x") for i in range(30)]
+    cal = Calibration(0.5, "product", 0.2, kind="margin")
+    for order in (True, False):
+        out, _ = postprocess(hits_from(spec), SearchConfig(top_k=3, category_order=order, entropy_filter=False), calibration=cal)
+        assert [h.distance for h in out] == [0.0, 0.0, 0.0]
+        assert [h.product_id for h in out] == ["z-exact", "a-alike", "b-alike"]

@@ -44,6 +44,8 @@ class Hit:
     payload: dict[str, Any] = field(default_factory=dict)
     #: The calibrated share of relevant hits at this hit's rank (None: no calibration curve).
     precision: float | None = None
+    #: The distance before calibration (None: not calibrated); it orders hits whose calibrated ranks tie.
+    raw_distance: float | None = None
 
     @property
     def rank(self) -> float:
@@ -53,6 +55,14 @@ class Hit:
     @property
     def category_key(self) -> str:
         return self.category if self.category else NO_CATEGORY
+
+    def order_key(self) -> tuple[float, float, str]:
+        """Best first: by rank, then (calibrated hits) by the distance before calibration, then by product id.
+
+        A calibrated distance clamped to 0 ties an exact match with its look-alikes; the raw distance
+        tells them apart.
+        """
+        return (-self.rank, 0.0 if self.raw_distance is None else self.raw_distance, self.product_id)
 
 
 def similar_set(hits: Iterable[Hit], *, max_distance: float, k: int) -> list[Hit]:
@@ -77,7 +87,7 @@ def calibrate(hits: list[Hit], calibration: Calibration) -> list[Hit]:
     for h in hits:
         d = calibration.distance(h.category, h.distance, level)
         p = calibration.precision(d)
-        out.append(replace(h, distance=d, precision=None if p is None else round(p, 4)))
+        out.append(replace(h, distance=d, precision=None if p is None else round(p, 4), raw_distance=h.distance))
     return out
 
 
@@ -112,13 +122,13 @@ def entropy_filter(hits: list[Hit], *, max_bits: float, sizes: Mapping[str, int]
     bits = category_surprisal(hits, sizes)
     if len(bits) <= 1 or min(bits.values()) > max_bits:
         return list(hits)
-    best = max(hits, key=lambda h: (h.rank, -h.distance)).category_key
+    best = min(hits, key=Hit.order_key).category_key
     return [h for h in hits if bits[h.category_key] <= max_bits or h.category_key == best]
 
 
 def category_scores(hits: list[Hit]) -> dict[str, float]:
     """S_c = Σ 1/X_i over each category's positions X_i in the rank order."""
-    ordered = sorted(hits, key=lambda h: (-h.rank, h.product_id))
+    ordered = sorted(hits, key=Hit.order_key)
     scores: dict[str, float] = {}
     for position, hit in enumerate(ordered, start=1):
         scores[hit.category_key] = scores.get(hit.category_key, 0.0) + 1.0 / position
@@ -134,7 +144,7 @@ def category_order(hits: list[Hit], *, tolerance: float | None = None) -> list[H
     a clear difference (0: by rank alone; 2 or ``None``: the plain
     ordering, every rank difference being under 2).
     """
-    ordered = sorted(hits, key=lambda h: (-h.rank, h.product_id))
+    ordered = sorted(hits, key=Hit.order_key)
     scores = category_scores(ordered)
     if tolerance is not None and tolerance < 2.0:
         out: list[Hit] = []
@@ -146,7 +156,7 @@ def category_order(hits: list[Hit], *, tolerance: float | None = None) -> list[H
         return out
     # Ties keep the category that reached its first hit earlier first.
     first_seen = {c: i for i, c in reversed(list(enumerate(h.category_key for h in ordered)))}
-    return sorted(ordered, key=lambda h: (-scores[h.category_key], first_seen[h.category_key], -h.rank, h.product_id))
+    return sorted(ordered, key=lambda h: (-scores[h.category_key], first_seen[h.category_key], *h.order_key()))
 
 
 def _removed(before: list[Hit], after: list[Hit]) -> list[str]:
@@ -203,6 +213,6 @@ def postprocess(
     if config.category_order:
         current = category_order(current, tolerance=config.order_tolerance)
     else:
-        current = sorted(current, key=lambda h: (-h.rank, h.product_id))
+        current = sorted(current, key=Hit.order_key)
     steps["category_order"] = {"enabled": config.category_order, "before": len(current), "after": min(cap, len(current))}
     return current[:cap], steps
