@@ -65,8 +65,9 @@ def sha256_file(path: Path) -> str:
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    _HASHED[str(path)] = (stamp, digest.hexdigest())
-    return digest.hexdigest()
+    hexdigest = digest.hexdigest()
+    _HASHED[str(path)] = (stamp, hexdigest)
+    return hexdigest
 
 
 def write_atomic(path: Path, data: bytes) -> None:
