@@ -23,7 +23,7 @@ from shoplens.embed.synthetic import shopper_view
 from shoplens.pipeline import Pipeline
 from shoplens.pipeline.calibrate import REFIT_MIN, SOURCE, needs_fit
 
-from .conftest import write_grocery_catalogue
+from .conftest import make_image, write_grocery_catalogue
 
 OFF = {"intent.enabled": False, "search.rank_filter": False, "search.entropy_filter": False, "search.category_order": False}
 
@@ -158,3 +158,33 @@ def test_default_search_returns_what_retrieval_finds_on_real_photos(data_dir: Pa
     assert len(hits) >= len(photos)
     assert all(0.0 <= h.precision <= 1.0 and h.rank == pytest.approx(2 - h.distance, abs=1e-3) and h.rank >= 1.08 for h in hits)
     assert default_calibration().kind == "margin"
+
+
+def test_a_deferred_refit_is_due_after_the_write_and_dropped_if_overtaken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``defer_calibration`` a write only marks the refit due; a refit whose domain got another
+    calibration while it ran (train-embedder's) leaves that one in place."""
+    from shoplens.pipeline import calibrate
+
+    for i in range(12):
+        make_image(tmp_path / f"p{i}.png", seed=i)
+    (tmp_path / "catalog.csv").write_text("product_id,image,domain\n" + "".join(f"p{i},p{i}.png,other_product\n" for i in range(12)))
+    with Shoplens(tmp_path / "store", defer_calibration=True) as lens:
+        report = lens.index(tmp_path / "catalog.csv")
+        assert report.calibrated == [] and "other_product" not in lens.pipeline.calibrations
+        assert lens.calibration_due.is_set()
+        labelled = Calibration(0.9, "product", 0.7, info={"queries": 300})
+        real = calibrate.synthetic_calibration
+
+        def overtaken(*args: object, **kwargs: object) -> Calibration | None:
+            lens.pipeline.set_calibration("other_product", labelled)  # as train-embedder would, meanwhile
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(calibrate, "synthetic_calibration", overtaken)
+        assert lens.refresh_calibrations() == [] and lens.pipeline.calibrations["other_product"] is labelled
+        monkeypatch.setattr(calibrate, "synthetic_calibration", real)
+        lens.pipeline.calibrations.clear()
+        assert lens.refresh_calibrations() == ["other_product"]
+        assert lens.pipeline.calibrations["other_product"].info["source"] == SOURCE
+        lens.calibration_due.clear()
+        lens.delete_products([f"p{i}" for i in range(8)])  # shrunk by 8 of 12: due again, not fitted in the delete
+        assert lens.calibration_due.is_set() and lens.pipeline.calibrations["other_product"].info["images"] == 12

@@ -594,3 +594,42 @@ def test_cors_is_configurable(lens: Shoplens) -> None:
         assert "access-control-allow-origin" not in other.headers
     with TestClient(create_app(lens, ServerSettings())) as c:  # default: no cross-origin calls
         assert "access-control-allow-origin" not in c.get("/healthz", headers={"Origin": "https://shop.example"}).headers
+
+
+def test_a_write_that_makes_a_refit_due_does_not_wait_for_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rank filter's refit runs in the server's background, not inside the add that made it due:
+    while the refit is held, the add answers, searches keep the old calibration, and then the refit lands."""
+    from shoplens.pipeline import calibrate
+
+    rows = ["product_id,image,category,domain"]
+    for i in range(4):
+        (tmp_path / f"p{i}.png").write_bytes(photo(300 + i))
+        rows.append(f"p{i},p{i}.png,{'red' if i < 2 else 'blue'},other_product")
+    (tmp_path / "catalog.csv").write_text("\n".join(rows) + "\n")
+    running, release = threading.Event(), threading.Event()
+    real = calibrate.synthetic_calibration
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        running.set()
+        assert release.wait(30), "the test never released the refit"
+        return real(*args, **kwargs)
+
+    with Shoplens(tmp_path / "store", **{"intent.classifier": "test-other_product"}) as lens:
+        assert lens.index(tmp_path / "catalog.csv").calibrated == ["other_product"]
+        before = lens.pipeline.calibrations["other_product"]
+        monkeypatch.setattr(calibrate, "synthetic_calibration", held)
+        with TestClient(create_app(lens, ServerSettings(api_key=KEY, calibrate_delay_s=0))) as c:
+            products = [{"product_id": f"n{i}", "category": "new", "photos": [f"n{i}.png"]} for i in range(8)]
+            files = [("photos", (f"n{i}.png", photo(310 + i), "image/png")) for i in range(8)]
+            r = c.post("/products/batch", data={"products": json.dumps(products)}, files=files, headers=AUTH)
+            assert r.status_code == 200, r.text  # 4 + 8 images: a refit is due, and the add did not run it
+            assert running.wait(30), "no refit started in the background"
+            r = search(c, photo(312))
+            assert r.status_code == 200 and r.json()["regions"][0]["results"][0]["product_id"] == "n2"
+            assert lens.pipeline.calibrations["other_product"] is before  # the old one, until the refit is applied
+            release.set()
+            deadline = time.monotonic() + 60
+            while lens.pipeline.calibrations["other_product"] is before and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert lens.pipeline.calibrations["other_product"].info["images"] == 12
+            assert not lens.calibration_due.is_set()

@@ -198,6 +198,11 @@ class Shoplens:
     ``search_concurrency``: how many searches the caller runs at once (a
     server's search slots); with ``runtime.streams`` 0 the OpenVINO backbones
     run that many passes side by side, on a share of the cores each.
+
+    ``defer_calibration``: writes that make a rank-filter refit due
+    (:mod:`shoplens.pipeline.calibrate`) only set :attr:`calibration_due`,
+    and the caller runs :meth:`refresh_calibrations` in its own background
+    work, so that no write waits seconds for a refit (``shoplens serve``).
     """
 
     def __init__(
@@ -210,11 +215,15 @@ class Shoplens:
         read_only: bool = False,
         device: str = "cpu",
         search_concurrency: int = 1,
+        defer_calibration: bool = False,
         **flags: Any,
     ) -> None:
         requested = resolve_config(config_file, base=config, **flags)
         device = pick_device(device)  # before the store is opened: a bad device makes nothing
         self.read_only = read_only
+        self.defer_calibration = defer_calibration
+        #: Set (with ``defer_calibration``) by a write after which a refit is due; cleared by whoever runs it.
+        self.calibration_due = threading.Event()
         self.store = _open(store, create and not read_only, requested.store.engine, read_only)
         # Catalogue writes are read-check-write (what is stored decides what to embed): one at a time.
         self._write_lock = threading.RLock()
@@ -301,14 +310,30 @@ class Shoplens:
         return report
 
     def _calibrate(self, report: IndexReport) -> None:
-        """Fit the rank filter's calibration anew where the catalogue changed enough (shoplens.pipeline.calibrate)."""
-        from .pipeline.calibrate import refresh_calibrations
+        """Fit the rank filter's calibration anew where the catalogue changed enough (shoplens.pipeline.calibrate);
+        with ``defer_calibration``, only say that a refit is due."""
+        from .pipeline.calibrate import due
 
+        if self.defer_calibration:
+            if due(self.pipeline, self.store):
+                self.calibration_due.set()
+            return
         start = time.perf_counter()
-        fitted = refresh_calibrations(self.pipeline, self.store)
+        fitted = self.refresh_calibrations()
         if fitted:
             report.add_time("calibrate", time.perf_counter() - start)
-            report.calibrated = sorted(fitted)
+            report.calibrated = fitted
+
+    def refresh_calibrations(self) -> list[str]:
+        """Fit the rank filter's calibration anew for each domain whose catalogue changed enough since its fit.
+
+        The fit reads the store beside searches and writes; only applying it
+        takes the write lock. Returns the domains fitted.
+        """
+        from .pipeline.calibrate import refresh_calibrations
+
+        self._check_writable()
+        return sorted(refresh_calibrations(self.pipeline, self.store, lock=self._write_lock))
 
     def _sync_local(self, *, progress: bool = False) -> None:
         """Bring the local-feature index in step with the store (new images extracted, gone ones dropped)."""
@@ -502,6 +527,7 @@ class Shoplens:
             self.store.write(WriteBatch(delete_products=existing))
             self._collect_photos(digests)  # only once the delete has committed
             self._sync_local()
+            self._calibrate(IndexReport())
         return len(existing)
 
     def product_images(self, product_id: str) -> list[StoredImage]:

@@ -10,7 +10,10 @@ category (falling back to the domain) so that the default ``min_rank`` keeps
 hits at ``search.target_precision`` of the returned set, and each hit reports
 its ``precision``. A calibration ``train-embedder`` fitted on labelled photos
 is never replaced; a synthetic one is fitted again when its domain has grown
-or shrunk by a tenth since.
+or shrunk by a tenth since. The fit only reads the store, so it may run beside
+searches and writes (``shoplens serve`` runs it in the background); its
+result is applied under the caller's write lock, and dropped if the domain's
+calibration changed meanwhile.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import cv2
@@ -57,21 +61,36 @@ def needs_fit(calibration: Calibration | None, n_images: int) -> bool:
     return abs(n_images - fitted) >= max(REFIT_MIN, REFIT_CHANGE * fitted)
 
 
-def refresh_calibrations(pipeline: Pipeline, store: CatalogueStore, *, seed: int = 0) -> dict[str, Calibration]:
-    """Fit a synthetic calibration for every domain that needs one (:func:`needs_fit`); returns those fitted."""
-    fitted: dict[str, Calibration] = {}
+def due(pipeline: Pipeline, store: CatalogueStore) -> dict[str, int]:
+    """The domains that should get a (new) synthetic calibration (:func:`needs_fit`), with their image counts."""
     if not pipeline.config.search.rank_filter or pipeline.config.search.calibration == "off":
-        return fitted
-    for domain in DOMAINS:
-        n = store.count_images(domain)
-        if not needs_fit(pipeline.calibrations.get(domain), n):
-            continue
+        return {}
+    counts = {domain: store.count_images(domain) for domain in DOMAINS}
+    return {domain: n for domain, n in counts.items() if needs_fit(pipeline.calibrations.get(domain), n)}
+
+
+def refresh_calibrations(
+    pipeline: Pipeline, store: CatalogueStore, *, seed: int = 0, lock: AbstractContextManager[Any] | None = None
+) -> dict[str, Calibration]:
+    """Fit a synthetic calibration for every domain that needs one (:func:`due`); returns those fitted.
+
+    ``lock`` (the caller's write lock) is held only to apply a fit: one whose
+    domain got another calibration while it ran (``train-embedder``'s, or
+    none since a new head) is dropped.
+    """
+    fitted: dict[str, Calibration] = {}
+    for domain, n in due(pipeline, store).items():
+        before = pipeline.calibrations.get(domain)
         start = time.perf_counter()
         cal = synthetic_calibration(pipeline, store, domain, seed=seed)
         if cal is None:
             continue
         cal.info.update(images=n, seconds=round(time.perf_counter() - start, 2))
-        pipeline.set_calibration(domain, cal)
+        with lock if lock is not None else nullcontext():
+            if pipeline.calibrations.get(domain) is not before:
+                log.info("%s: the calibration changed while a refit ran: the refit is dropped", domain)
+                continue
+            pipeline.set_calibration(domain, cal)
         fitted[domain] = cal
         log.info("%s: rank filter calibrated on %d synthetic queries (%.1f s): threshold %.3f, fitted precision %.3f",
                  domain, cal.info["queries"], cal.info["seconds"], cal.threshold, cal.info["fitted_precision"])

@@ -59,6 +59,9 @@ class ServerSettings:
     #: Vector indexes are saved this often when the catalogue changed (and at shutdown);
     #: every acknowledged write is already durable in SQLite.
     persist_interval_s: float = 300.0
+    #: A rank-filter refit a write made due (``shoplens.pipeline.calibrate``) runs in the background this
+    #: long after that write, so that a burst of writes gives one refit and no write waits for it.
+    calibrate_delay_s: float = 30.0
     #: Product metadata fields the web page's result cards show under the title, in this order
     #: (``shoplens serve --card-fields price,url``); a value that is an http(s) URL is shown as a link.
     card_fields: tuple[str, ...] = ()
@@ -74,6 +77,8 @@ class ServerSettings:
         for name in ("max_upload_bytes", "max_request_bytes", "max_pixels", "max_decoded_bytes", "search_concurrency", "max_top_k", "max_batch_products", "max_page", "max_batch_photos"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"server setting {name} must be positive")
+        if not self.calibrate_delay_s >= 0:
+            raise ConfigError("server setting calibrate_delay_s must be 0 or more")
         for name in self.card_fields:
             if not name or len(name) > 128 or any(not c.isprintable() for c in name) or "," in name:
                 raise ConfigError(f"card field {name!r}: a metadata field name (1-128 printable characters, no comma)")

@@ -58,6 +58,7 @@ class ServerState:
 
     def __init__(self, lens: Shoplens, settings: ServerSettings) -> None:
         self.lens = lens
+        lens.defer_calibration = True  # refits run in _calibrate_loop, never inside a write request
         self.settings = settings
         self.keys = Keys(settings)
         self.search_slots = SearchSlots(settings.search_concurrency)  # first come, first served
@@ -78,7 +79,8 @@ class ServerState:
     # -- background work ------------------------------------------------------
     def start(self) -> None:
         self._stop.clear()
-        for target, name in ((self._warm_up, "shoplens-warm-up"), (self._persist_loop, "shoplens-persist")):
+        for target, name in ((self._warm_up, "shoplens-warm-up"), (self._persist_loop, "shoplens-persist"),
+                             (self._calibrate_loop, "shoplens-calibrate")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -115,3 +117,25 @@ class ServerState:
                 self.persist()
             except Exception:
                 log.exception("saving the vector indexes failed")
+
+    def _calibrate_loop(self) -> None:
+        """Refit the rank filter's calibration in the background: once ready (a refit a stopped server left
+        due), then ``calibrate_delay_s`` after each write that makes one due."""
+        if self.lens.read_only:
+            return
+        while not self.ready.is_set():
+            if self._stop.wait(0.5):
+                return
+        while True:
+            self.lens.calibration_due.clear()  # a write from now on asks for the next refit
+            try:
+                fitted = self.lens.refresh_calibrations()
+                if fitted:
+                    log.info("rank filter refitted for %s", ", ".join(fitted))
+            except Exception:
+                log.exception("refitting the rank filter's calibration failed")
+            while not self.lens.calibration_due.wait(timeout=0.5):
+                if self._stop.is_set():
+                    return
+            if self._stop.wait(self.settings.calibrate_delay_s):
+                return
