@@ -309,7 +309,7 @@ class Shoplens:
         report.timings_s["total"] = time.perf_counter() - start  # the whole call: local features and calibration too
         return report
 
-    def _calibrate(self, report: IndexReport) -> None:
+    def _calibrate(self, report: IndexReport | None = None) -> None:
         """Fit the rank filter's calibration anew where the catalogue changed enough (shoplens.pipeline.calibrate);
         with ``defer_calibration``, only say that a refit is due."""
         from .pipeline.calibrate import due
@@ -320,7 +320,7 @@ class Shoplens:
             return
         start = time.perf_counter()
         fitted = self.refresh_calibrations()
-        if fitted:
+        if fitted and report is not None:
             report.add_time("calibrate", time.perf_counter() - start)
             report.calibrated = fitted
 
@@ -527,7 +527,7 @@ class Shoplens:
             self.store.write(WriteBatch(delete_products=existing))
             self._collect_photos(digests)  # only once the delete has committed
             self._sync_local()
-            self._calibrate(IndexReport())
+            self._calibrate()
         return len(existing)
 
     def product_images(self, product_id: str) -> list[StoredImage]:
@@ -612,7 +612,6 @@ class Shoplens:
         :class:`~shoplens.embed.EmbedderReport` per domain trained.
         """
         from .config import DOMAINS
-        from .pipeline.calibrate import refresh_calibrations
         from .pipeline.training import train_store_embedder
 
         self._check_writable()
@@ -622,7 +621,7 @@ class Shoplens:
                 domains=tuple(domains or DOMAINS), holdout=holdout, seed=seed,
                 target_precision=target_precision, tune_backbone=tune_backbone, progress=progress))
             self._sync_local(progress=progress)  # re-encoded images have new ids
-            refresh_calibrations(self.pipeline, self.store)  # a domain with no labelled calibration: its views, embedded anew
+            self.refresh_calibrations()  # a domain with no labelled calibration: its views, embedded anew
             gate = next((r.extra["gate"] for r in reports.values() if "gate" in r.extra), None)
             if gate is not None and gate["stop_score"] != self.config.intent.stop_score:
                 self.config = self.pipeline.config = self.config.with_flags(**{"intent.stop_score": gate["stop_score"]})
