@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import re
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -151,36 +152,28 @@ def test_the_product_each_sample_photo_shows(tmp_path: Path, server: tuple[str, 
 
 @pytest.mark.data
 @pytest.mark.slow
-def test_demo_adapt_on_the_shared_grocery_copy(
+def test_the_demo_on_the_shared_grocery_copy_shows_right_answers(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`shoplens demo --from ../shared/data/grocery --adapt`: indexed, adapted with the train photos, searched."""
+    """`shoplens demo --from ../shared/data/grocery`: indexed, searched untrained, adapted with the train photos, searched."""
     from shoplens.cli import main
 
-    grocery = data_dir / "grocery"
-    # A small copy: every catalogue image, the first train photo of each product, four val photos.
-    small = tmp_path / "grocery"
-    small.mkdir()
-    (small / "catalog.csv").symlink_to(grocery / "catalog.csv")
-    (small / "catalog").symlink_to(grocery / "catalog")
-    (small / "photos").symlink_to(grocery / "photos")
-    lines = (grocery / "photos.csv").read_text().splitlines()
-    seen: set[str] = set()
-    keep = [lines[0]]
-    for line in lines[1:]:
-        split, _, pid = line.split(",")[:3]
-        if split == "train" and pid not in seen:
-            seen.add(pid)
-            keep.append(line)
-    _, queries = sample_catalogue(grocery)
-    shown = {str(q.relative_to(grocery)) for q in queries}
-    keep += [line for line in lines[1:] if line.startswith("val,") and line.split(",")[1] in shown]
-    (small / "photos.csv").write_text("\n".join(keep) + "\n")
     monkeypatch.setenv("SHOPLENS_CACHE", str(tmp_path / "cache"))
-    code = main(["demo", "--from", str(small), "--store", str(tmp_path / "store"), "--adapt"])
+    store = tmp_path / "store"
+    code = main(["demo", "--from", str(data_dir / "grocery"), "--store", str(store)])
     out = capsys.readouterr().out
     assert code == 0 and "indexed 81 sample product(s)" in out
-    assert "adapted to" in out and "labelled store photo(s)" in out
-    # Each photo says which product it shows and where that came; a summary counts them.
-    assert out.count("  this photo shows ") == 4 and "the product shown came first for " in out
-    assert (tmp_path / "store" / "models" / "head_other_product.pt").exists()
+    assert "adapted to 2640 labelled store photo(s)" in out
+    assert (store / "models" / "head_other_product.pt").exists() and not (store / "models" / "tail_other_product.pt").exists()
+    # Each photo says which product it shows, where it came, and where it came untrained; two summaries count them.
+    assert out.count("  this photo shows ") == 4 and out.count(" (untrained: ") == 4
+    untrained = re.search(r"untrained \(the catalogue photos alone\): the product shown came first for (\d) of 4", out)
+    adapted = re.search(r"adapted: the product shown came first for (\d) of 4 photo\(s\), in the top 5 for (\d)", out)
+    assert untrained and adapted, out
+    # What a first-time user sees: the right product first for most of the photos, every one in the top 5.
+    assert int(adapted[1]) >= 3 and int(adapted[2]) == 4 and int(adapted[1]) > int(untrained[1]), out
+    # A second run finds the store adapted and does not train again.
+    assert main(["demo", "--from", str(data_dir / "grocery"), "--store", str(store), "--adapt", "head"]) == 0
+    again = capsys.readouterr().out
+    assert "is already adapted" in again and "adapting the search" not in again
+    assert re.search(r"\nthe product shown came first for (\d) of 4", again)[1] == adapted[1]  # type: ignore[index]
