@@ -651,7 +651,8 @@ def _add_config_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 def _add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="index a public sample catalogue (Grocery Store Dataset, MIT) and search it", description=(
         "Download the Grocery Store Dataset once (checksum verified, cached), or read an offline copy with --from, "
-        "index its 81 products into --store and search a few store photos."))
+        "index its 81 products into --store, search four store photos, adapt the search to the sample's labelled store "
+        "photos (the head alone, about a minute; see --adapt) and search them again, saying where each photo's product came."))
     p.add_argument("--from", dest="source", metavar="DIR", help="offline copy: upstream layout, or a folder with catalog.csv (e.g. ../shared/data/grocery)")
     p.add_argument("--store", default="shoplens-demo-store", metavar="DIR", help="store folder (default ./shoplens-demo-store)")
     p.add_argument("--url", help="download from this URL instead of the pinned upstream archive")
