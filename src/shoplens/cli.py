@@ -326,8 +326,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         say(f"indexed {report.products} sample product(s) into {args.store} ({report.timings_s.get('total', 0):.1f} s)")
         adapt = args.adapt
         if adapt != "none" and lens.store.artifacts.head("other_product").exists():
-            say(f"the search in {args.store} is already adapted to the sample's labelled store photos "
-                "(delete the store folder to see the untrained search again)")
+            say(f"the search in {args.store} is already adapted (the store has a trained head): not training again; "
+                "delete the store folder to see the untrained search and the adaptation again")
             adapt = "none"
         labelled = None
         if adapt != "none":
