@@ -177,3 +177,22 @@ def test_the_demo_on_the_shared_grocery_copy_shows_right_answers(
     again = capsys.readouterr().out
     assert "is already adapted" in again and "adapting the search" not in again
     assert re.search(r"\nthe product shown came first for (\d) of 4", again)[1] == adapted[1]  # type: ignore[index]
+
+
+@pytest.mark.slow
+def test_the_demo_adapts_on_the_upstream_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The downloaded archive's layout: its dataset/train folders are the labelled photos the demo adapts to."""
+    from shoplens.cli import main
+
+    monkeypatch.setenv("SHOPLENS_CACHE", str(tmp_path / "cache"))
+    root = extract(upstream_zip(tmp_path), tmp_path / "x")
+    assert main(["demo", "--from", str(root), "--store", str(tmp_path / "store")]) == 0
+    out = capsys.readouterr().out
+    assert "untrained (the catalogue photos alone): the product shown came first for " in out
+    assert "adapted to 4 labelled store photo(s)" in out and out.count(" (untrained: ") == 2
+    assert "\nadapted: the product shown came first for " in out
+    # --adapt none: the untrained search only, on a fresh store.
+    assert main(["demo", "--from", str(root), "--store", str(tmp_path / "plain"), "--adapt", "none"]) == 0
+    plain = capsys.readouterr().out
+    assert "adapting" not in plain and "(untrained: " not in plain and "\nthe product shown came first for " in plain
+    assert not (tmp_path / "plain" / "models" / "head_other_product.pt").exists()
