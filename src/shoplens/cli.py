@@ -307,7 +307,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .api import Shoplens
-    from .demo import cache_dir, sample_answers, sample_catalogue, sample_labelled, sample_root
+    from .demo import sample_answers, sample_catalogue, sample_root
 
     progress = sys.stderr.isatty()
     root = sample_root(Path(args.source) if args.source else None, url=args.url, sha256=args.sha256, progress=progress)
@@ -324,25 +324,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with Shoplens(args.store, config_file=args.config, **_flags(args)) as lens:
         report = lens.index(catalogue, progress=progress)
         say(f"indexed {report.products} sample product(s) into {args.store} ({report.timings_s.get('total', 0):.1f} s)")
-        adapt = args.adapt
-        if adapt != "none" and lens.store.artifacts.head("other_product").exists():
-            say(f"the search in {args.store} is already adapted (the store has a trained head): not training again; "
-                "delete the store folder to see the untrained search and the adaptation again")
-            adapt = "none"
-        labelled = None
-        if adapt != "none":
-            try:
-                labelled = sample_labelled(root, cache_dir() / "demo" / f"{root.name}-labelled.csv")
-            except ShoplensError as e:
-                say(f"not adapting the search: {e}")
+        labelled = _demo_labelled(lens, root, args.adapt, args.store, say)
         if labelled is not None:
-            before = lens.search(photos, top_k=5)
-            if answers:
+            if answers and not args.json:  # the untrained places, for the notes (the user's own photos have none)
+                before = lens.search(photos, top_k=5)
                 say(_demo_summary("untrained (the catalogue photos alone): ", before, answers))
-            how = "the head and the backbone's last stage, about 5 minutes" if adapt == "full" else "its head, about a minute"
+            how = "the head and the backbone's last stage, about 5 minutes" if args.adapt == "full" else "its head, about a minute"
             say(f"adapting the search to the sample's labelled store photos, as 'shoplens train-embedder --labelled' "
                 f"does with a shop's own ({how} on 2 cores) …")
-            adapted = lens.train_embedder(labelled, domains=["other_product"], tune_backbone=adapt == "full",
+            adapted = lens.train_embedder(labelled, domains=["other_product"], tune_backbone=args.adapt == "full",
                                           progress=progress)["other_product"]
             h = adapted.heldout
             check = f": held-out R@1 against the catalogue {h['r1_untrained']:.2f} -> {h['r1_trained']:.2f}" if h else ""
@@ -359,6 +349,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         say("\n" + _demo_summary(label, results, answers) + (evaluate if (root / "photos.csv").exists() else ""))
     say(f"\nnext: shoplens search YOUR_PHOTO.jpg --store {args.store}")
     return code
+
+
+def _demo_labelled(lens: Any, root: Path, adapt: str, store: str, say: Callable[[str], None]) -> Path | None:
+    """The CSV of the sample's labelled photos the demo adapts to; None where it does not adapt (and says why)."""
+    from .demo import cache_dir, sample_labelled
+
+    if adapt == "none":
+        return None
+    if lens.store.artifacts.head("other_product").exists():
+        say(f"the search in {store} is already adapted (the store has a trained head): not training again; "
+            "delete the store folder to see the untrained search and the adaptation again")
+        return None
+    try:
+        return sample_labelled(root, cache_dir() / "demo" / f"{root.name}-labelled.csv")
+    except ShoplensError as e:
+        say(f"not adapting the search: {e}")
+        return None
 
 
 def _demo_summary(label: str, results: Sequence[Any], answers: dict[str, str]) -> str:
